@@ -1,0 +1,60 @@
+"""The ``vitrieval`` command: one sub-command per module in this package.
+
+Each sub-command module defines ``add_parser(subparsers) -> argparse.ArgumentParser`` (cheap: no heavy imports)
+and ``run(args) -> int`` (the exit code). Heavy imports (torch, timm, faiss) happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vitrieval import __version__
+
+COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "demo")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line (no traceback), exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitrieval",
+        description="Train, evaluate, index, search and serve image-retrieval descriptors from Vision Transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"vitrieval {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"vitrieval.cli.{name}_cmd")
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (CLIError, FileNotFoundError, ValueError, KeyError) as exc:
+        if args.verbose:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"vitrieval {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vitrieval {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

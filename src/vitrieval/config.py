@@ -1,0 +1,256 @@
+"""Configuration as data: dataclasses, YAML presets and ``--set key=value`` overrides, all validated.
+
+An unknown key stops with the list of valid keys; a value of the wrong type names the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """The encoder: a timm ViT/DeiT backbone, a pooling, an optional projection, then L2 normalisation."""
+
+    name: str = "deit_small_patch16_224"
+    pretrained: bool = True  # timm's usual weights (needs the network) unless pretrained_file is set
+    pretrained_file: str | None = None  # offline weights (.pth / .safetensors) loaded through timm
+    image_size: int = 224
+    patch_size: int | None = None  # override the backbone's patch size (e.g. 8 for 64 tokens at 64 px)
+    pooling: str = "cls"  # cls | avg | max | gem
+    gem_p: float = 3.0
+    gem_learnable: bool = False
+    projection_dim: int = 0  # 0 = no projection (the paper's setting)
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are turned into tensors."""
+
+    dataset: str = "folder"
+    root: str | None = None  # set by --data-root
+    train_fraction: float = 0.5  # folder dataset: share of (sorted) classes used for training
+    images_per_class: int = 4  # K of the P x K sampler
+    num_workers: int = 2
+    train_resize_ratio: float = 256 / 224  # train: square resize to size * ratio, random crop, flip
+    hflip: bool = True
+    eval_resize: str = "shorter"  # shorter (resize shorter side, centre crop) | square (landmarks)
+    on_bad_image: str = "stop"  # stop | skip (skip-and-count, logged)
+
+
+@dataclass
+class LossConfig:
+    """L = contrastive(batch) + w * contrastive(batch, memory) + lambda * KoLeo(batch)."""
+
+    margin: float = 0.5  # beta of Eq. 1
+    koleo_weight: float = 0.0  # lambda of Eq. 5; 0 = IRT_L, > 0 = IRT_R
+    koleo_eps: float = 1e-8
+
+
+@dataclass
+class MemoryConfig:
+    """Cross-batch memory (XBM): a FIFO queue of detached embeddings and labels."""
+
+    size: int = 0  # 0 disables the memory
+    start_iteration: int = 1000
+    weight: float = 1.0
+    momentum: float = 0.0  # > 0: queued embeddings come from a momentum encoder (0.999 for In-Shop)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (iterations are optimizer steps, as the paper counts them)."""
+
+    iterations: int = 35000
+    batch_size: int = 64
+    lr: float = 3e-5
+    weight_decay: float = 5e-4
+    amp: str = "auto"  # auto (bf16 on CPU and recent GPUs) | bf16 | fp16 | off
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    checkpoint_every: int = 1000
+    eval_every: int = 0  # 0 = only at the end
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    eval_max_images: int = 0  # 0 = all held-out images in periodic evaluation
+
+
+@dataclass
+class Config:
+    """A whole run: what a preset YAML file holds."""
+
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        choices = {
+            "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem")),
+            "data.eval_resize": (self.data.eval_resize, ("shorter", "square")),
+            "data.on_bad_image": (self.data.on_bad_image, ("stop", "skip")),
+            "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "off")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"config key {key}: {value!r} is not one of {', '.join(allowed)}")
+        positive = {
+            "model.image_size": self.model.image_size, "train.batch_size": self.train.batch_size,
+            "train.iterations": self.train.iterations, "data.images_per_class": self.data.images_per_class,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"config key {key} must be > 0, got {value}")
+        if self.train.batch_size % self.data.images_per_class:
+            raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                             f"data.images_per_class ({self.data.images_per_class})")
+        if not 0.0 <= self.memory.momentum < 1.0:
+            raise ValueError(f"config key memory.momentum must be in [0, 1), got {self.memory.momentum}")
+        return self
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key a config accepts, e.g. ``train.iterations``."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys.extend(valid_keys(tp, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int -> float allowed); raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise TypeError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"config key {key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"config key {key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(f"config key {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(f"config key {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"config key {key}: expected a string, got {value!r}")
+    raise TypeError(f"config key {key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"{source}: section {prefix.rstrip('.') or '<root>'} must be a mapping, got {data!r}")
+    hints = _field_types(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        keys = ", ".join(f"{prefix}{k}" for k in unknown)
+        raise KeyError(f"{source}: unknown config key(s) {keys}; valid keys: {', '.join(valid_keys(cls, prefix))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Build and validate a :class:`Config` from nested dicts (unknown keys and wrong types are errors)."""
+    try:
+        return _build(Config, data, "", source).validate()
+    except TypeError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: invalid YAML ({exc})") from None
+    return config_from_dict(data, str(path))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.iterations=100"`` -> (["train", "iterations"], 100); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value (e.g. train.iterations=100)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``key=value`` overrides; unknown keys list the valid ones; wrong types name the key."""
+    data = config.to_dict()
+    all_keys = valid_keys()
+    for text in overrides:
+        path, value = parse_override(text)
+        dotted = ".".join(path)
+        if dotted not in all_keys:
+            raise KeyError(f"unknown config key {dotted!r}; valid keys: {', '.join(all_keys)}")
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    return config_from_dict(data, "--set")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    from vitrieval.io_utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

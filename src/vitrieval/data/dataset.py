@@ -1,0 +1,57 @@
+"""Torch datasets over the canonical table: decode (with clear errors), crop to the bbox, transform."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from vitrieval.data.images import ImageDecodeError, crop_bbox, load_image
+from vitrieval.data.table import ImageTable
+
+
+class TableDataset(Dataset):
+    """Item ``i`` -> ``(image_tensor, label, i)``, or ``None`` for an unreadable image when ``skip_bad``.
+
+    ``None`` items are dropped by :func:`collate_skip_bad`, which also reports their indices, so a caller can count
+    and log them (skip-and-count) instead of losing them silently. With ``skip_bad=False`` the decode error, which
+    names the file, propagates.
+    """
+
+    def __init__(self, table: ImageTable, transform: Callable, skip_bad: bool = False, use_bbox: bool = True) -> None:
+        self.table = table
+        self.transform = transform
+        self.skip_bad = skip_bad
+        self.use_bbox = use_bbox
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | tuple[None, int, int]:
+        rec = self.table[i]
+        try:
+            img = load_image(rec.path)
+            if self.use_bbox and rec.bbox is not None:
+                img = crop_bbox(img, rec.bbox)
+        except (ImageDecodeError, ValueError):
+            if self.skip_bad:
+                return None, rec.label, i
+            raise
+        return self.transform(img), rec.label, i
+
+
+def collate_skip_bad(items: list[tuple[Any, int, int]]) -> dict[str, torch.Tensor]:
+    """Stack the readable items; ``bad`` holds the table indices of the unreadable ones."""
+    good = [it for it in items if it[0] is not None]
+    bad = [it[2] for it in items if it[0] is None]
+    if good:
+        images = torch.stack([it[0] for it in good])
+    else:
+        images = torch.zeros(0)
+    return {
+        "images": images,
+        "labels": torch.tensor([it[1] for it in good], dtype=torch.int64),
+        "indices": torch.tensor([it[2] for it in good], dtype=torch.int64),
+        "bad": torch.tensor(bad, dtype=torch.int64),
+    }

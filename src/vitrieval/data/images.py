@@ -1,0 +1,99 @@
+"""Image decoding that turns any common file into RGB, or fails with an error that names the file.
+
+Grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images become 8-bit RGB; the EXIF orientation
+is applied; truncated, empty or non-image files raise :class:`ImageDecodeError` naming the file; images above
+``max_pixels`` (a decompression bomb) are refused before their pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default for Image.MAX_IMAGE_PIXELS (~ 0.25 GB of RGBA)
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot be turned into an RGB image; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (alpha composited on white, 16-bit scaled to 8-bit)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr8 = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=1.0))
+        arr8 = np.clip((arr - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               name: str | None = None) -> Image.Image:
+    """Decode ``source`` (a path or the file's bytes) into an RGB image with EXIF orientation applied.
+
+    Raises :class:`ImageDecodeError` for a missing, empty, truncated or non-image file, or one whose pixel count
+    exceeds ``max_pixels`` (``None`` disables that check).
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<uploaded bytes>")
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(label, "file not found")
+        data = path.read_bytes()
+    if not data:
+        raise ImageDecodeError(label, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageDecodeError(label, f"{width}x{height} = {width * height} pixels exceeds the limit of "
+                                              f"{max_pixels} (possible decompression bomb)")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(label, "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(label, f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt data
+        raise ImageDecodeError(label, f"corrupt or truncated image data ({exc})") from None
+
+
+def crop_bbox(img: Image.Image, bbox: tuple[float, float, float, float] | None) -> Image.Image:
+    """Crop to ``(x1, y1, x2, y2)`` clipped to the image; ``None`` returns the image unchanged."""
+    if bbox is None:
+        return img
+    x1, y1, x2, y2 = bbox
+    w, h = img.size
+    box = (max(0, int(round(x1))), max(0, int(round(y1))), min(w, int(round(x2))), min(h, int(round(y2))))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"bounding box {bbox} is empty inside an image of size {w}x{h}")
+    return img.crop(box)

@@ -1,0 +1,61 @@
+"""The ``folder`` dataset: ``ROOT/<class>/<image>``, or ``ROOT/train/<class>/…`` and ``ROOT/test/<class>/…``.
+
+Without explicit ``train/`` and ``test/`` sub-folders, classes are sorted by name and the first
+``train_fraction`` of them (rounded down, at least one on each side) go to training; the rest are held out, as in
+the deep-metric-learning convention (test classes are never seen in training). Every test image is both a query
+and a gallery item (leave-one-out, as for SOP and CUB).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitrieval.data.table import ImageTable, Record
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.rglob("*") if is_image_file(p))
+
+
+def read_folder(root: str | Path, train_fraction: float = 0.5) -> ImageTable:
+    """Read a class-per-folder dataset into the canonical table (labels = index of the sorted class name)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder dataset: data root {root} does not exist or is not a directory")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        split_dirs = {s: _class_dirs(root / s) for s in ("train", "test")}
+    else:
+        if not 0.0 < train_fraction < 1.0:
+            raise ValueError(f"folder dataset: train_fraction must be in (0, 1), got {train_fraction}")
+        classes = _class_dirs(root)
+        if len(classes) < 2:
+            raise ValueError(f"folder dataset {root}: needs at least 2 class sub-folders, found {len(classes)}")
+        n_train = min(max(1, int(len(classes) * train_fraction)), len(classes) - 1)
+        split_dirs = {"train": classes[:n_train], "test": classes[n_train:]}
+    names = sorted({d.name for dirs in split_dirs.values() for d in dirs})
+    label_of = {name: i for i, name in enumerate(names)}
+    records: list[Record] = []
+    for split, dirs in split_dirs.items():
+        for d in dirs:
+            records.extend(Record(str(p), label_of[d.name], split) for p in _images(d))
+    if not records:
+        raise ValueError(f"folder dataset {root}: no image files found (extensions: {sorted(IMAGE_EXTENSIONS)})")
+    return ImageTable(records, root.name, {"classes": names})
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (recursively, sorted): a collection to index, labels unknown."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+    return sorted(p for p in root.rglob("*") if is_image_file(p))

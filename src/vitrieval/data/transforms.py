@@ -1,0 +1,48 @@
+"""Pre-processing from the backbone's pretrained_cfg (mean, std, interpolation, crop_pct).
+
+- train: square resize to ``size * train_resize_ratio`` (256 for 224), random crop ``size``, horizontal flip.
+- eval ``shorter``: resize the shorter side to ``size / crop_pct`` (256 for 224), centre crop ``size``.
+- eval ``square``: square resize to ``size`` (landmark retrieval: the whole image is kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torchvision.transforms import v2 as T
+import torch
+
+_INTERPOLATION = {
+    "bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+    "nearest": T.InterpolationMode.NEAREST, "lanczos": T.InterpolationMode.LANCZOS,
+}
+
+
+def _interp(data_config: dict[str, Any]) -> T.InterpolationMode:
+    return _INTERPOLATION.get(data_config.get("interpolation", "bicubic"), T.InterpolationMode.BICUBIC)
+
+
+def _to_tensor(data_config: dict[str, Any]) -> list:
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True),
+            T.Normalize(mean=data_config["mean"], std=data_config["std"])]
+
+
+def train_transform(data_config: dict[str, Any], resize_ratio: float = 256 / 224, hflip: bool = True) -> Callable:
+    size = int(data_config["image_size"])
+    big = max(size, int(round(size * resize_ratio)))
+    ops: list = [T.Resize((big, big), interpolation=_interp(data_config), antialias=True), T.RandomCrop(size)]
+    if hflip:
+        ops.append(T.RandomHorizontalFlip())
+    return T.Compose(ops + _to_tensor(data_config))
+
+
+def eval_transform(data_config: dict[str, Any], resize: str = "shorter") -> Callable:
+    size = int(data_config["image_size"])
+    if resize == "square":
+        ops: list = [T.Resize((size, size), interpolation=_interp(data_config), antialias=True)]
+    elif resize == "shorter":
+        shorter = max(size, int(size / float(data_config.get("crop_pct", 0.875))))
+        ops = [T.Resize(shorter, interpolation=_interp(data_config), antialias=True), T.CenterCrop(size)]
+    else:
+        raise ValueError(f"eval resize must be 'shorter' or 'square', got {resize!r}")
+    return T.Compose(ops + _to_tensor(data_config))

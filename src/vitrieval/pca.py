@@ -1,0 +1,73 @@
+"""PCA (optionally whitened) reduction of descriptors, fitted with faiss, applied before re-normalising.
+
+``y = normalize(A (x − μ))`` where the rows of A are the top principal directions (scaled by
+``eigenvalue^(-1/2)`` when whitening). faiss's ``PCAMatrix`` stores it as ``y = A x + b`` with ``b = −A μ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class PCAReduction(torch.nn.Module):
+    """A fitted linear reduction ``y = normalize(x Aᵀ + b)``; buffers so it saves with the model."""
+
+    def __init__(self, matrix: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor, whiten: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("matrix", torch.as_tensor(np.asarray(matrix), dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(np.asarray(bias), dtype=torch.float32))
+        self.whiten = whiten
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float() @ self.matrix.T + self.bias
+        return torch.nn.functional.normalize(y, dim=-1)
+
+    def apply_numpy(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    @classmethod
+    def fit(cls, descriptors: np.ndarray, dim: int, whiten: bool = False) -> "PCAReduction":
+        """Fit on ``descriptors`` (n × d) with ``faiss.PCAMatrix`` (eigen_power −0.5 when whitening)."""
+        import faiss
+
+        x = np.ascontiguousarray(descriptors, dtype=np.float32)
+        n, d = x.shape
+        if not 0 < dim <= d:
+            raise ValueError(f"PCA dimension must be in 1..{d}, got {dim}")
+        if n < 2:
+            raise ValueError(f"PCA needs at least 2 descriptors to fit, got {n}")
+        pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
+        pca.train(x)
+        matrix = faiss.vector_to_array(pca.A).reshape(d, d)[:dim] if pca.A.size() == d * d else \
+            faiss.vector_to_array(pca.A).reshape(dim, d)
+        bias = faiss.vector_to_array(pca.b)[:dim]
+        return cls(matrix, bias, whiten)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from vitrieval.io_utils import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({"matrix": self.matrix.contiguous(), "bias": self.bias.contiguous()}, str(tmp),
+                      metadata={"whiten": str(int(self.whiten))})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PCAReduction":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            return cls(fh.get_tensor("matrix"), fh.get_tensor("bias"), meta.get("whiten", "0") == "1")
