@@ -8,7 +8,6 @@ is applied; truncated, empty or non-image files raise :class:`ImageDecodeError` 
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,9 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     """Decode ``source`` (a path or the file's bytes) into an RGB image with EXIF orientation applied.
 
     Raises :class:`ImageDecodeError` for a missing, empty, truncated or non-image file, or one whose pixel count
-    exceeds ``max_pixels`` (``None`` disables that check).
+    exceeds ``max_pixels`` (``None`` disables that check). Pillow's own process-wide guard still applies on top:
+    above ``Image.MAX_IMAGE_PIXELS`` it warns, above twice that it refuses (also reported as
+    :class:`ImageDecodeError`); set ``PIL.Image.MAX_IMAGE_PIXELS`` to lift it.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<uploaded bytes>")
     if isinstance(source, bytes):
@@ -67,24 +68,31 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     if not data:
         raise ImageDecodeError(label, "the file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageDecodeError(label, f"{width}x{height} = {width * height} pixels exceeds the limit of "
-                                              f"{max_pixels} (possible decompression bomb)")
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+        # Image.open reads only the header; the size is checked before any pixel is decoded. No warnings-filter
+        # juggling here (it is process-global, hence unsafe when several threads decode at once).
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageDecodeError(label, f"{width}x{height} = {width * height} pixels exceeds the limit of "
+                                          f"{max_pixels} (possible decompression bomb)")
+        img.load()
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError(label, "not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError(label, f"refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt data
-        raise ImageDecodeError(label, f"corrupt or truncated image data ({exc})") from None
+    except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, EOFError, struct.error, ...
+        raise ImageDecodeError(label, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not cost an image whose pixels decoded fine
+        pass
+    try:
+        return to_rgb(img)
+    except Exception as exc:
+        raise ImageDecodeError(label, f"cannot convert mode {img.mode} to RGB ({type(exc).__name__}: {exc})") \
+            from None
 
 
 def crop_bbox(img: Image.Image, bbox: tuple[float, float, float, float] | None) -> Image.Image:

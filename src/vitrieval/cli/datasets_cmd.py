@@ -1,0 +1,66 @@
+"""``vitrieval datasets``: list the known dataset formats, or check a dataset on disk.
+
+    vitrieval datasets list
+    vitrieval datasets check --dataset sop --data-root /data/Stanford_Online_Products [--no-verify-images]
+
+``check`` prints a report (counts vs the official splits, missing and unreadable files) and exits 0 when the
+dataset is complete, 1 otherwise (including when the split files cannot be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``datasets`` and its ``list`` / ``check`` actions."""
+    parser = subparsers.add_parser("datasets", help="list dataset formats or check a dataset on disk",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="datasets_action", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("list", help="known dataset names and their official counts")
+    check = actions.add_parser("check", help="compare a dataset with its official counts and decode every image")
+    check.add_argument("--dataset", required=True, help="dataset name (see `vitrieval datasets list`)")
+    check.add_argument("--data-root", required=True, help="the dataset folder")
+    check.add_argument("--no-verify-images", dest="verify_images", action="store_false",
+                       help="only check that the files exist (and are not empty); do not decode them")
+    check.add_argument("--use-bbox", action="store_true", help="cub: read the bounding boxes too")
+    check.add_argument("--workers", type=int, default=None, help="threads decoding images (default: min(8, CPUs))")
+    check.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def _list() -> int:
+    from vitrieval.data.check import COUNT_KEYS, OFFICIAL_COUNTS
+    from vitrieval.data.readers import READERS
+
+    for name in READERS:
+        official = OFFICIAL_COUNTS.get(name)
+        if official is None:
+            print(f"{name:<10} (no official counts)")
+        else:
+            counts = ", ".join(f"{k} {official[k]:,}" for k in COUNT_KEYS if k in official)
+            print(f"{name:<10} {counts}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``datasets list`` or ``datasets check``; returns the exit code."""
+    if args.datasets_action == "list":
+        return _list()
+    from vitrieval.data.check import check_dataset
+    from vitrieval.data.readers import READERS
+
+    if args.dataset not in READERS:
+        print(f"unknown dataset {args.dataset!r}; known: {', '.join(READERS)}", file=sys.stderr)
+        return 1
+    options = {"use_bbox": True} if args.use_bbox and args.dataset == "cub" else {}
+    try:
+        result = check_dataset(args.dataset, args.data_root, verify_images=args.verify_images,
+                               progress=args.progress, workers=args.workers, **options)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dataset {args.dataset} at {args.data_root}: cannot read it:\n{exc}\nFAILED", file=sys.stderr)
+        return 1
+    print(result.format())
+    return 0 if result.ok else 1
