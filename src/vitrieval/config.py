@@ -53,6 +53,7 @@ class LossConfig:
     margin: float = 0.5  # beta of Eq. 1
     koleo_weight: float = 0.0  # lambda of Eq. 5; 0 = IRT_L, > 0 = IRT_R
     koleo_eps: float = 1e-8
+    koleo_global: bool = False  # under torchrun: KoLeo over the global batch (default: per rank, as the paper)
 
 
 @dataclass

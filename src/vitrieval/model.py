@@ -85,9 +85,13 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
         try:
             return timm.create_model(cfg.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         except (RuntimeError, KeyError, ValueError) as exc:
-            reference = timm.create_model(cfg.name, pretrained=False, **kwargs).state_dict()
-            try:
-                found = _read_state_dict(path)
+            reference_model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+            reference = reference_model.state_dict()
+            heads = reference_model.pretrained_cfg.get("classifier") or ()
+            heads = (heads,) if isinstance(heads, str) else tuple(heads)
+            try:  # the classifier is dropped by timm (num_classes=0): not a mismatch
+                found = {k: v for k, v in _read_state_dict(path).items()
+                         if not any(k.startswith(h + ".") for h in heads)}
                 detail = describe_mismatch(reference, found)
             except Exception as read_exc:  # noqa: BLE001 - reported to the user, nothing is lost
                 detail = f"unreadable checkpoint ({read_exc})"

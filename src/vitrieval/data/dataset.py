@@ -55,3 +55,20 @@ def collate_skip_bad(items: list[tuple[Any, int, int]]) -> dict[str, torch.Tenso
         "indices": torch.tensor([it[2] for it in good], dtype=torch.int64),
         "bad": torch.tensor(bad, dtype=torch.int64),
     }
+
+
+class SeededTableDataset(TableDataset):
+    """Training dataset: item ``(i, seed)`` draws its random augmentation from ``seed``.
+
+    The augmentation of an item then depends only on the sampler (not on worker count, prefetching or a resume),
+    and the caller's global RNG is left untouched.
+    """
+
+    def __getitem__(self, key: tuple[int, int] | int):  # type: ignore[override]
+        if isinstance(key, tuple):
+            i, seed = key
+        else:
+            i, seed = key, key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return super().__getitem__(int(i))

@@ -1,0 +1,52 @@
+"""Training checkpoints: everything needed to continue a run bit-for-bit, written atomically.
+
+A checkpoint holds the model, optimizer, cross-batch memory, momentum encoder, sampler position, iteration, and
+the RNG states (python, numpy, torch CPU and CUDA), so an interrupted run resumed from its last checkpoint ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitrieval.io_utils import atomic_path
+
+LAST = "last.pt"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``directory/last.pt`` atomically (a crash mid-write keeps the previous one)."""
+    target = Path(directory) / LAST
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
+    return target
+
+
+def load_checkpoint(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / LAST
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"checkpoint {path} is unreadable ({exc})") from None

@@ -1,0 +1,85 @@
+"""The IRT losses: contrastive loss with margin (Eq. 1) and the KoLeo differential-entropy regulariser (Eq. 5).
+
+Both take unit-norm descriptors ``z`` (the encoder's output) and are computed in float32 even under autocast
+(float64 inputs stay float64, for ``gradcheck``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _full_precision(z: torch.Tensor) -> torch.Tensor:
+    return z if z.dtype == torch.float64 else z.float()
+
+
+def contrastive_loss(z: torch.Tensor, labels: torch.Tensor, margin: float = 0.5,
+                     ref_z: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Contrastive loss with margin, summed per anchor and averaged over anchors (the paper's Eq. 1).
+
+    With ``s_ij = z_iᵀ r_j`` (cosine similarity of unit vectors) and ``N`` anchors::
+
+        L = 1/N Σ_i [ Σ_{j ∈ P(i)} (1 − s_ij)  +  Σ_{j ∈ N(i)} max(0, s_ij − β) ]
+
+    where ``P(i)`` are the references with the anchor's label and ``N(i)`` the others; ``β = margin``.
+
+    - Without ``ref_z`` the references are the batch itself and self-pairs ``j = i`` are excluded.
+    - With ``ref_z`` (e.g. the cross-batch memory) every anchor × reference pair counts; the caller passes the
+      memory *without* the batch's own just-queued copies.
+
+    This is the XBM reference normalisation (sum over pairs, divide by the number of anchors), not
+    pytorch-metric-learning's ``ContrastiveLoss`` (which averages the positive and negative terms separately over
+    their non-zero pairs): only the former reproduces the paper's KoLeo gain.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"z must be (N, D), got shape {tuple(z.shape)}")
+    if labels.shape != (z.shape[0],):
+        raise ValueError(f"labels must be ({z.shape[0]},), got {tuple(labels.shape)}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        zf = _full_precision(z)
+        if ref_z is None:
+            ref, ref_y = zf, labels
+        else:
+            if ref_labels is None or ref_labels.shape != (ref_z.shape[0],):
+                raise ValueError("ref_labels must be given with ref_z, one label per reference row")
+            if ref_z.shape[1] != z.shape[1]:
+                raise ValueError(f"ref_z has dimension {ref_z.shape[1]}, z has {z.shape[1]}")
+            ref, ref_y = ref_z.to(zf.dtype), ref_labels
+        if z.shape[0] == 0 or ref.shape[0] == 0:
+            return zf.sum() * 0.0
+        sim = zf @ ref.T
+        same = labels[:, None] == ref_y[None, :]
+        if ref_z is None:
+            eye = torch.eye(len(zf), dtype=torch.bool, device=zf.device)
+            pos = same & ~eye
+            neg = ~same
+        else:
+            pos, neg = same, ~same
+        pos_term = torch.where(pos, 1.0 - sim, torch.zeros_like(sim)).sum()
+        neg_term = torch.where(neg, F.relu(sim - margin), torch.zeros_like(sim)).sum()
+        return (pos_term + neg_term) / z.shape[0]
+
+
+def koleo_loss(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    r"""KoLeo differential-entropy regulariser (Sablayrolles et al. 2019; the paper's Eq. 5).
+
+    ::
+
+        L_KoLeo = −1/N Σ_i log(ρ_i + ε),    ρ_i = min_{j ≠ i} ‖z_i − z_j‖₂
+
+    The nearest neighbour ``j`` of each ``z_i`` within the batch is found without gradient (largest inner product,
+    diagonal excluded: for unit vectors that is the smallest distance); the distance is then computed with
+    gradient, as ``‖z_i − z_j + ε‖`` (``torch.nn.functional.pairwise_distance``), which keeps the gradient finite
+    for exact duplicates. Computed in float32 even under autocast.
+    """
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"koleo_loss needs (N >= 2, D) descriptors, got shape {tuple(z.shape)}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        zf = _full_precision(z)
+        with torch.no_grad():
+            dots = zf @ zf.T
+            dots.fill_diagonal_(float("-inf"))
+            nearest = dots.argmax(dim=1)
+        rho = F.pairwise_distance(zf, zf[nearest], p=2, eps=eps)
+        return -torch.log(rho + eps).mean()

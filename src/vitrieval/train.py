@@ -1,0 +1,304 @@
+"""The iteration-based training loop (IRT_L / IRT_R), resumable, on CPU, one GPU or many (torchrun).
+
+Output folder::
+
+    OUT/config.yaml          the resolved configuration
+    OUT/model/               model.safetensors + config.json (what ``vitrieval.load(OUT)`` reads)
+    OUT/checkpoints/last.pt  model, optimizer, memory, momentum encoder, sampler position, RNG states
+    OUT/train.log            readable log;  OUT/metrics.jsonl  one JSON row per logged iteration / evaluation
+    OUT/tensorboard/         the same scalars for TensorBoard;  OUT/eval.json  final Recall@K on held-out classes
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vitrieval.amp import amp_dtype, autocast_context, resolve_device
+from vitrieval.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from vitrieval.config import Config, save_config
+from vitrieval.data.dataset import SeededTableDataset, collate_skip_bad
+from vitrieval.data.readers import read_dataset
+from vitrieval.data.sampler import ClassBalancedBatchSampler
+from vitrieval.data.table import ImageTable
+from vitrieval.data.transforms import train_transform
+from vitrieval.distributed import DistContext
+from vitrieval.evaluate import recall_on_table
+from vitrieval.io_utils import atomic_write_json
+from vitrieval.model import Encoder
+from vitrieval.momentum import MomentumEncoder
+from vitrieval.objective import IRTObjective
+from vitrieval.run_log import MetricsWriter, attach_file_log
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    iterations: int
+    recall_at_k: dict[str, float]
+    seconds: float
+    skipped_images: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_tables(config: Config) -> tuple[ImageTable, ImageTable]:
+    """The training split and the held-out split of the configured dataset."""
+    if not config.data.root:
+        raise ValueError("no data root: pass --data-root DIR (or set data.root)")
+    options: dict[str, Any] = {}
+    if config.data.dataset == "folder":
+        options["train_fraction"] = config.data.train_fraction
+    table = read_dataset(config.data.dataset, config.data.root, **options)
+    train, test = table.split("train"), table.split("test")
+    if len(train) == 0:
+        raise ValueError(f"dataset {config.data.dataset} at {config.data.root} has no training images")
+    return train, test
+
+
+class Trainer:
+    """Holds the state of one run; :meth:`run` trains to ``train.iterations`` and returns a :class:`TrainResult`."""
+
+    def __init__(self, config: Config, output_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = config.validate()
+        self.out = Path(output_dir)
+        self.progress = progress
+        self.dist = DistContext.from_env()
+        self.device = resolve_device(config.train.device)
+        self.ckpt_dir = self.out / "checkpoints"
+        has_checkpoint = (self.ckpt_dir / "last.pt").is_file()
+        if has_checkpoint and not resume:
+            raise ValueError(f"{self.out} already holds a run (checkpoints/last.pt); pass --resume to continue it "
+                             "or choose another --output")
+        self.resume = resume and has_checkpoint
+        if resume and not has_checkpoint:
+            log.warning("--resume: no checkpoint in %s yet, starting from scratch", self.ckpt_dir)
+        if self.dist.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self._log_handler = attach_file_log(self.out / "train.log")
+            save_config(config, self.out / "config.yaml")
+        self.dist.barrier()
+
+        seed_everything(config.train.seed)  # same initial weights on every rank and in every rerun
+        self.train_table, self.test_table = load_tables(config)
+        self.encoder = Encoder(config.model).to(self.device)
+        self.momentum = MomentumEncoder(self.encoder, config.memory.momentum) if config.memory.momentum > 0 else None
+        self.objective = IRTObjective(config.loss, config.memory, self.encoder.feature_dim, self.device)
+        self.model: torch.nn.Module = self.encoder
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.encoder, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=config.train.lr,
+                                           weight_decay=config.train.weight_decay)
+        dtype = amp_dtype(self.device, config.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        self.sampler = ClassBalancedBatchSampler(self.train_table.labels, config.train.batch_size,
+                                                 config.data.images_per_class, config.train.seed,
+                                                 self.dist.rank, self.dist.world_size)
+        self.dataset = SeededTableDataset(
+            self.train_table,
+            train_transform(self.encoder.data_config, config.data.train_resize_ratio, config.data.hflip),
+            skip_bad=config.data.on_bad_image == "skip")
+        self.iteration = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.skipped_images = 0
+        self.metrics = MetricsWriter(self.out, enabled=self.dist.is_main)
+        if self.resume:
+            self._load(load_checkpoint(self.ckpt_dir))
+        elif self.dist.is_main and self.metrics.path.exists():
+            self.metrics.path.unlink()
+        log.info("run %s: %d train images / %d classes, %d held-out images / %d classes; %s on %s, world size %d",
+                 config.name, len(self.train_table), len(self.train_table.class_counts()), len(self.test_table),
+                 len(self.test_table.class_counts()), config.model.name, self.device, self.dist.world_size)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "skipped_images": self.skipped_images, "config": self.cfg.to_dict(),
+            "model": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "memory": self.objective.memory.state_dict() if self.objective.memory is not None else None,
+            "momentum": self.momentum.state_dict() if self.momentum is not None else None,
+            "rng": capture_rng_state(),
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        saved_model = state["config"]["model"]
+        if saved_model != self.cfg.to_dict()["model"]:
+            raise ValueError(f"checkpoint {self.ckpt_dir / 'last.pt'} was written for model settings {saved_model}, "
+                             f"not {self.cfg.to_dict()['model']}")
+        self.encoder.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.objective.memory is not None and state["memory"] is not None:
+            self.objective.memory.load_state_dict(state["memory"])
+        if self.momentum is not None and state["momentum"] is not None:
+            self.momentum.load_state_dict(state["momentum"])
+        self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
+        self.batch_in_epoch, self.skipped_images = int(state["batch_in_epoch"]), int(state["skipped_images"])
+        restore_rng_state(state["rng"])
+        self.metrics.truncate_after(self.iteration)
+        log.info("resumed from %s at iteration %d (epoch %d, batch %d)", self.ckpt_dir / "last.pt", self.iteration,
+                 self.epoch, self.batch_in_epoch)
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_dir, self._state())
+            self.encoder.save(self.out / "model", extra={"trained_iterations": self.iteration,
+                                                         "run": self.cfg.name})
+        self.dist.barrier()
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Recall@K on the held-out split (main rank); empty when there is none."""
+        if not self.dist.is_main or len(self.test_table) < 2:
+            return {}
+        table = self.test_table
+        cap = self.cfg.train.eval_max_images
+        if cap and len(table) > cap:
+            stride = math.ceil(len(table) / cap)
+            table = table.select([i % stride == 0 for i in range(len(table))])
+        ks = [k for k in self.cfg.train.eval_ks if k < len(table)]
+        return recall_on_table(self.encoder, table, ks, batch_size=max(64, self.cfg.train.batch_size),
+                               num_workers=self.cfg.data.num_workers, amp=self.cfg.train.amp,
+                               resize=self.cfg.data.eval_resize, progress=False)
+
+    # -- one optimizer step --------------------------------------------------------------------------------------
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.train()
+        images = batch["images"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device)
+        with autocast_context(self.device, self.cfg.train.amp):
+            z_local = self.model(images)
+            z_mem_local = self.momentum(images) if self.momentum is not None else None
+        z = self.dist.gather_with_grad(z_local)
+        y = self.dist.gather_with_grad(labels)
+        z_mem = self.dist.gather_with_grad(z_mem_local.float()) if z_mem_local is not None else None
+        terms = self.objective(z, y, self.iteration, z_for_memory=z_mem, z_local=z_local)
+        loss = self.objective.backward_loss(terms, self.dist.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        grad_norm = float("nan")
+        if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.cfg.train.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.momentum is not None:
+            self.momentum.update(self.encoder)
+        row = terms.as_floats()
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"loss became {row['loss']} at iteration {self.iteration}; lower train.lr or "
+                                     "enable train.grad_clip (the last checkpoint is intact)")
+        if self.cfg.train.grad_clip > 0:
+            row["grad_norm"] = grad_norm
+        return row
+
+    def _batches(self):
+        """Batches from the current (epoch, position) on, forever; tracks the position for checkpoints."""
+        while True:
+            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            generator = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.epoch)
+            loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.cfg.data.num_workers,
+                                collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda",
+                                generator=generator)
+            for batch in loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg.train
+        start = time.time()
+        history: list[dict[str, Any]] = []
+        if self.iteration == 0 and cfg.eval_every > 0:
+            recall = self.evaluate()
+            if recall:
+                row = {"iteration": 0, **{f"recall@{k}": v for k, v in recall.items()}}
+                self.metrics.write(row)
+                history.append(row)
+                log.info("iteration 0 (before training): %s", _fmt_recall(recall))
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"train {self.cfg.name}", unit="it",
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        seen_at_start = time.time()
+        images_done = 0
+        batches = self._batches()
+        while self.iteration < cfg.iterations:
+            batch = next(batches)
+            n_bad = int(self.dist.all_reduce_sum(torch.tensor(len(batch["bad"]), device=self.device)).item())
+            if n_bad:
+                self.skipped_images += n_bad
+                log.warning("skipped %d unreadable image(s) at iteration %d (total %d)", n_bad, self.iteration,
+                            self.skipped_images)
+            row = self.step(batch)
+            self.iteration += 1
+            images_done += len(batch["images"]) * self.dist.world_size
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+                row["iteration"] = self.iteration
+                row["images_per_second"] = images_done / max(time.time() - seen_at_start, 1e-9)
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                self.metrics.write(row)
+                history.append(row)
+                log.info("iteration %d: loss %.4f (contrastive %.4f, memory %.4f, koleo %.4f), %.1f img/s",
+                         self.iteration, row["loss"], row["loss_contrastive"], row["loss_memory"],
+                         row["loss_koleo"], row["images_per_second"])
+            if cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iterations:
+                recall = self.evaluate()
+                if recall:
+                    eval_row = {"iteration": self.iteration, **{f"recall@{k}": v for k, v in recall.items()}}
+                    self.metrics.write(eval_row)
+                    history.append(eval_row)
+                    log.info("iteration %d: %s", self.iteration, _fmt_recall(recall))
+            if self.iteration % cfg.checkpoint_every == 0 and self.iteration < cfg.iterations:
+                self.save()
+        bar.close()
+        self.save()
+        recall = self.evaluate()
+        if self.dist.is_main:
+            final = {"iteration": self.iteration, **{f"recall@{k}": v for k, v in recall.items()}}
+            if recall:
+                self.metrics.write(final)
+                history.append(final)
+                log.info("final (iteration %d): %s", self.iteration, _fmt_recall(recall))
+            atomic_write_json(self.out / "eval.json", {
+                "dataset": self.cfg.data.dataset, "split": "test", "iterations": self.iteration,
+                "recall_at_k": {str(k): v for k, v in recall.items()}, "skipped_images": self.skipped_images})
+        self.metrics.close()
+        seconds = time.time() - start
+        log.info("done: %d iterations in %.1f s; model in %s", self.iteration, seconds, self.out / "model")
+        if self.dist.is_main and getattr(self, "_log_handler", None) is not None:
+            logging.getLogger("vitrieval").removeHandler(self._log_handler)
+            self._log_handler.close()
+        return TrainResult(self.out, self.iteration, {str(k): v for k, v in recall.items()}, seconds,
+                           self.skipped_images, history)
+
+
+def _fmt_recall(recall: dict) -> str:
+    return ", ".join(f"R@{k} {100 * v:.1f}" for k, v in recall.items())
+
+
+def train(config: Config, output_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``config`` into ``output_dir`` (continuing the last checkpoint with ``resume``)."""
+    return Trainer(config, output_dir, resume=resume, progress=progress).run()

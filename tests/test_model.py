@@ -1,0 +1,127 @@
+"""The encoder: descriptor definition, pooling, offline pretrained weights, save / load, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import vitrieval
+from vitrieval.config import ModelConfig
+from vitrieval.model import Encoder, PretrainedWeightsError, load
+
+TINY = dict(name="deit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8)
+
+
+def tiny(**kw) -> Encoder:
+    torch.manual_seed(0)
+    return Encoder(ModelConfig(**{**TINY, **kw})).eval()
+
+
+def test_descriptor_is_the_l2_normalised_cls_token_of_forward_features():
+    enc = tiny()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        z = enc(x)
+        cls = enc.backbone.forward_features(x)[:, 0]
+    assert z.shape == (3, 192)
+    assert torch.allclose(z, torch.nn.functional.normalize(cls, dim=1), atol=1e-6)
+    assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-6)
+
+
+def test_distilled_model_uses_token_0_not_the_cls_distillation_average():
+    torch.manual_seed(0)
+    enc = Encoder(ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, image_size=32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = enc.backbone.forward_features(x)
+        z = enc(x)
+    assert enc.pool.num_prefix_tokens == 2
+    assert torch.allclose(z, torch.nn.functional.normalize(tokens[:, 0], dim=1), atol=1e-6)
+    avg = torch.nn.functional.normalize((tokens[:, 0] + tokens[:, 1]) / 2, dim=1)
+    assert not torch.allclose(z, avg, atol=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "gem"])
+def test_patch_token_pooling(pooling):
+    enc = tiny(pooling=pooling)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        patches = enc.backbone.forward_features(x)[:, 1:]
+        z = enc(x)
+    ref = {"avg": patches.mean(1), "max": patches.amax(1),
+           "gem": patches.clamp(min=1e-6).pow(3).mean(1).pow(1 / 3)}[pooling]
+    assert torch.allclose(z, torch.nn.functional.normalize(ref, dim=1), atol=1e-5)
+
+
+def test_projection_and_learnable_gem():
+    enc = tiny(pooling="gem", gem_learnable=True, projection_dim=64)
+    assert enc.descriptor_dim == 64 and isinstance(enc.pool.gem.p, torch.nn.Parameter)
+    enc(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert enc.pool.gem.p.grad is not None
+
+
+def test_offline_pretrained_file_loads_through_timm(tmp_path):
+    torch.manual_seed(1)
+    source = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8)
+    for ext in ("safetensors", "pth"):
+        path = tmp_path / f"weights.{ext}"
+        sd = {k: v.contiguous() for k, v in source.state_dict().items()}
+        save_file(sd, str(path)) if ext == "safetensors" else torch.save({"model": sd}, path)
+        enc = Encoder(ModelConfig(**{**TINY, "pretrained": True, "pretrained_file": str(path)}))
+        assert torch.equal(enc.backbone.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+        assert torch.equal(enc.backbone.cls_token, source.cls_token)
+
+
+def test_pretrained_file_of_another_architecture_fails_naming_file_and_keys(tmp_path):
+    other = timm.create_model("deit_small_patch16_224", pretrained=False, img_size=32, patch_size=8)
+    path = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(PretrainedWeightsError, match=r"small\.safetensors do not fit deit_tiny.*shape mismatch.*blocks\.0\.attn"):
+        Encoder(ModelConfig(**{**TINY, "pretrained": True, "pretrained_file": str(path)}))
+
+
+def test_missing_pretrained_file_is_named(tmp_path):
+    with pytest.raises(PretrainedWeightsError, match="nowhere.pth"):
+        Encoder(ModelConfig(**{**TINY, "pretrained": True, "pretrained_file": str(tmp_path / "nowhere.pth")}))
+
+
+def test_save_load_round_trip_with_pca(tmp_path):
+    from vitrieval.pca import PCAReduction
+
+    enc = tiny()
+    x = torch.randn(40, 3, 32, 32)
+    with torch.no_grad():
+        feats = enc(x).numpy()
+    enc.set_pca(PCAReduction.fit(feats, 16))
+    enc.save(tmp_path / "m")
+    back = vitrieval.load(tmp_path / "m")
+    assert back.descriptor_dim == 16
+    assert back.fingerprint() == enc.fingerprint()
+    a, b = enc.embed(x[:5]), back.embed(x[:5])
+    assert a.shape == (5, 16) and abs(a - b).max() < 1e-5
+
+
+def test_loading_weights_of_another_architecture_is_refused(tmp_path):
+    tiny().save(tmp_path / "m")
+    cfg = (tmp_path / "m" / "config.json").read_text().replace('"deit_tiny_patch16_224"', '"deit_small_patch16_224"')
+    (tmp_path / "m" / "config.json").write_text(cfg)
+    with pytest.raises(PretrainedWeightsError, match="model.safetensors does not fit.*deit_small"):
+        load(tmp_path / "m")
+
+
+def test_pca_matches_numpy_svd():
+    import numpy as np
+
+    from vitrieval.pca import PCAReduction
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((500, 12)) * np.linspace(5, 0.1, 12)).astype(np.float32)
+    pca = PCAReduction.fit(x, 3)
+    centred = x - x.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vt[:3].T
+    proj /= np.linalg.norm(proj, axis=1, keepdims=True)
+    got = pca.apply_numpy(x)
+    assert np.allclose(np.abs(got), np.abs(proj), atol=1e-4)  # same principal axes (each up to its sign)
