@@ -1,4 +1,9 @@
-"""Device selection and mixed precision: bf16 autocast on CPU and on GPUs that support it, fp16 otherwise."""
+"""Device selection and mixed precision.
+
+``auto``: bf16 autocast on GPUs that support it (fp16 otherwise), and on CPUs with native bf16 kernels
+(AVX512-BF16 / AMX, as oneDNN reports); full precision on other CPUs, where bf16 is emulated and several times
+slower than float32 (measured: DeiT-Tiny training step 5x slower on an AVX2-only CPU).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,14 @@ def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
         raise ValueError(f"amp must be auto, bf16, fp16 or off; got {mode!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def autocast_context(device: torch.device, mode: str = "auto") -> ContextManager:
