@@ -1,0 +1,64 @@
+"""``vitrieval search``: the top-k indexed images for one or more query images, as a text table or JSON.
+
+    vitrieval search --index catalog.idx query.jpg
+    vitrieval search --index catalog.idx a.jpg b.png -k 5 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vitrieval.cli import CLIError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``search``."""
+    parser = subparsers.add_parser("search", help="search an index with query images",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, help="index folder written by `vitrieval index`")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
+    parser.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--checkpoint", help="the index's model, if it moved since the index was built")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
+    parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
+    return parser
+
+
+def format_table(query: str, hits: list) -> str:
+    """A query's results as an aligned text table: rank, score, label, path."""
+    lines = [f"query: {query}", f"{'rank':>4}  {'score':>7}  {'label':>6}  path"]
+    for rank, h in enumerate(hits, start=1):
+        label = "" if h.label is None else str(h.label)
+        lines.append(f"{rank:>4}  {h.score:7.4f}  {label:>6}  {h.path}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed the queries with the index's model and print their neighbours."""
+    from vitrieval.data.images import ImageDecodeError
+    from vitrieval.index import Index
+
+    if args.k < 1:
+        raise CLIError(f"-k must be >= 1, got {args.k}")
+    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
+    try:
+        if args.nprobe:
+            index.nprobe = args.nprobe
+        if args.ef_search:
+            index.ef_search = args.ef_search
+    except AttributeError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        results = index.search(list(args.images), k=args.k)
+    except ImageDecodeError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        out = [{"query": q, "results": [{"rank": r, **h.to_dict()} for r, h in enumerate(hits, start=1)]}
+               for q, hits in zip(args.images, results)]
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n\n".join(format_table(q, hits) for q, hits in zip(args.images, results)))
+    return 0

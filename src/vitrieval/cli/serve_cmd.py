@@ -1,0 +1,59 @@
+"""``vitrieval serve``: an HTTP search service and web page over an index folder.
+
+    vitrieval serve --index catalog.idx                    # http://127.0.0.1:8000/  (API docs at /docs)
+    vitrieval serve --index catalog.idx --host 0.0.0.0 --port 9000 --max-upload-mb 20
+
+The service has no authentication: keep the default loopback host unless it sits behind a proxy that adds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from vitrieval.cli import CLIError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``serve``."""
+    parser = subparsers.add_parser("serve", help="serve an index over HTTP (API + web page)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, help="index folder written by `vitrieval index`")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10)")
+    parser.add_argument("--max-k", type=int, default=100, help="largest k a query may ask for (default 100)")
+    parser.add_argument("--checkpoint", help="the index's model, if it moved since the index was built")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads for embedding queries (default: torch's choice; 1 is steadier on "
+                             "a machine shared with other work)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the index and its model, then serve until interrupted."""
+    import uvicorn
+
+    from vitrieval.index import Index
+    from vitrieval.serve.app import create_app
+
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_k < 1:
+        raise CLIError("--max-upload-mb must be > 0 and --max-k >= 1")
+    if args.threads < 0:
+        raise CLIError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
+    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: the service has no authentication", args.host)
+    print(f"serving {len(index)} images from {args.index} at http://{args.host}:{args.port}/ (docs: /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,263 @@
+"""FastAPI app over an :class:`~vitrieval.index.Index`: search by uploaded image, thumbnails, a web page.
+
+Endpoints
+---------
+- ``POST /search?k=10``: multipart upload (field ``file``) -> ``{"results": [{id, score, label, path,
+  thumbnail_url}], "took_ms"}``; ``path`` is the file's base name only (no server paths leak).
+- ``GET /images/{id}?size=256``: a JPEG thumbnail (longest side <= size) of an indexed image, made on the fly and
+  kept in an in-memory LRU cache. Only ids of the index resolve to files, so no path can be traversed.
+- ``GET /healthz``: count, model fingerprint, descriptor dimension, factory, limits.
+- ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs``: OpenAPI.
+
+Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
+an upload over the limit -> 413 (checked on Content-Length and again while the body streams in), ``k`` out of
+range -> 422. Embedding and search run in the threadpool, serialised by the index's lock (one shared model).
+
+(No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations at runtime, and ``k``'s
+bound comes from ``create_app``'s arguments.)
+"""
+
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.datastructures import FormData, UploadFile
+
+from vitrieval import __version__
+from vitrieval.data.images import ImageDecodeError, load_image
+from vitrieval.index import Index
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_K = 100
+DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
+MULTIPART_OVERHEAD = 16 * 1024
+"""Allowance for the multipart envelope (boundary, part headers) on top of the file itself."""
+THUMBNAIL_SIZES = (16, 1024)
+PAGE_CSP = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
+            "script-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; base-uri 'none'")
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary", "description": "the query image"}},
+        }}},
+    }
+}
+
+
+class SearchResult(BaseModel):
+    """One indexed image in the answer to a search."""
+
+    id: int = Field(description="id of the image in the index (also its thumbnail's id)")
+    score: float = Field(description="cosine similarity to the query, 1 = identical")
+    label: int | None = Field(description="the image's label, when the collection had labels")
+    path: str = Field(description="base name of the indexed file")
+    thumbnail_url: str = Field(description="relative URL of a JPEG thumbnail")
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    took_ms: float = Field(description="server time for decoding, embedding and searching")
+
+
+class Health(BaseModel):
+    status: str
+    count: int
+    fingerprint: str
+    descriptor_dim: int
+    factory: str
+    max_k: int
+    max_upload_bytes: int
+    version: str
+
+
+class ThumbnailCache:
+    """A thread-safe LRU of encoded thumbnails, bounded in entries and in bytes."""
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[int, int]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: tuple[int, int], data: bytes) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= len(self._items.pop(key))
+            self._items[key] = data
+            self._bytes += len(data)
+            while self._items and (len(self._items) > self.max_entries or self._bytes > self.max_bytes):
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def make_thumbnail(path: str, size: int, quality: int = 85) -> bytes:
+    """JPEG bytes of the image at ``path`` shrunk to fit ``size`` x ``size`` (never enlarged)."""
+    img = load_image(path)
+    img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def _page() -> str:
+    return (resources.files("vitrieval.serve") / "static" / "index.html").read_text(encoding="utf-8")
+
+
+async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
+    """The multipart form of ``request``, refusing (413) a body over ``limit`` bytes as it streams in."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise HTTPException(400, "invalid Content-Length header")
+        if int(length) > limit:
+            raise HTTPException(413, f"upload too large: {int(length)} bytes, the limit is {max_mb} MB")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise HTTPException(413, f"upload too large: over {limit} bytes, the limit is {max_mb} MB")
+    replayed = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    return await Request(request.scope, receive).form(max_files=1, max_fields=8)
+
+
+def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_k: int = DEFAULT_MAX_K, thumbnail_cache_entries: int = 1024,
+               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, preload_model: bool = True) -> FastAPI:
+    """The search service for ``index`` (an :class:`Index` or an index folder).
+
+    ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
+    first query is not slow.
+    """
+    if max_upload_bytes <= 0 or max_k <= 0:
+        raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
+    idx = index if isinstance(index, Index) else Index.load(index)
+    if preload_model:
+        _ = idx.encoder
+    cache = ThumbnailCache(thumbnail_cache_entries)
+    max_mb = f"{max_upload_bytes / 2 ** 20:g}"
+    page = _page()
+
+    app = FastAPI(title="vitrieval image search", version=__version__,
+                  description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).")
+    app.state.index = idx
+    app.state.thumbnails = cache
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN202 - starlette signature
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/healthz", response_model=Health, summary="Liveness and what is indexed")
+    def healthz() -> Health:
+        return Health(status="ok", count=len(idx), fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
+                      factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes, version=__version__)
+
+    @app.post("/search", response_model=SearchResponse, summary="Find the indexed images most similar to an upload",
+              openapi_extra=_UPLOAD_BODY,
+              responses={400: {"description": "not a readable image"}, 413: {"description": "upload too large"},
+                         415: {"description": "not a multipart image upload"},
+                         422: {"description": "k out of range"}})
+    async def search(request: Request,
+                     k: Annotated[int, Query(ge=1, le=max_k, description="number of results")] = 10
+                     ) -> SearchResponse:
+        started = time.perf_counter()
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise HTTPException(415, "send the image as multipart/form-data in the field 'file' "
+                                     f"(got Content-Type {content_type or 'none'!r})")
+        form = await _read_form(request, max_upload_bytes + MULTIPART_OVERHEAD, max_mb)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(400, "the multipart field 'file' with an image is missing")
+            part_type = (upload.content_type or "application/octet-stream").lower()
+            if not (part_type.startswith("image/") or part_type == "application/octet-stream"):
+                raise HTTPException(415, f"'file' must be an image, got Content-Type {part_type!r}")
+            data = await upload.read(max_upload_bytes + 1)
+            name = upload.filename or "upload"
+        finally:
+            await form.close()
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"upload too large: the limit is {max_mb} MB")
+        if not data:
+            raise HTTPException(400, "the uploaded file is empty")
+
+        def run() -> list:
+            image = load_image(data, max_pixels=max_upload_pixels, name=name)
+            return idx.search([image], k)[0]
+
+        try:
+            hits = await run_in_threadpool(run)
+        except ImageDecodeError as exc:
+            raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
+        results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=Path(h.path).name,
+                                thumbnail_url=f"/images/{h.id}") for h in hits]
+        return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    @app.get("/images/{image_id}", response_class=Response, summary="Thumbnail of an indexed image (JPEG)",
+             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such image"}})
+    def image(image_id: str,
+              size: Annotated[int, Query(ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1],
+                                         description="longest side in pixels")] = 256) -> Response:
+        if not (image_id.isascii() and image_id.isdigit()):
+            raise HTTPException(404, "no such image")
+        try:
+            entry = idx.entry(int(image_id))
+        except KeyError:
+            raise HTTPException(404, f"no image with id {image_id}") from None
+        key = (entry.id, size)
+        data = cache.get(key)
+        if data is None:
+            try:
+                data = make_thumbnail(entry.path, size)
+            except ImageDecodeError as exc:
+                log.warning("thumbnail of id %d: %s", entry.id, exc)
+                raise HTTPException(404, f"image {entry.id} is no longer readable on the server") from None
+            cache.put(key, data)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    return app
