@@ -24,6 +24,9 @@ class ModelConfig:
     pretrained_file: str | None = None  # offline weights (.pth / .safetensors) loaded through timm
     image_size: int = 224
     patch_size: int | None = None  # override the backbone's patch size (e.g. 8 for 64 tokens at 64 px)
+    depth: int | None = None  # override the number of blocks (small CPU models trained from scratch)
+    embed_dim: int | None = None  # override the width (with num_heads)
+    num_heads: int | None = None
     pooling: str = "cls"  # cls | avg | max | gem
     gem_p: float = 3.0
     gem_learnable: bool = False

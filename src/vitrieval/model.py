@@ -76,8 +76,9 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
     import timm
 
     kwargs: dict[str, Any] = {"num_classes": 0, "img_size": cfg.image_size, "drop_path_rate": cfg.drop_path_rate}
-    if cfg.patch_size:
-        kwargs["patch_size"] = cfg.patch_size
+    for key in ("patch_size", "depth", "embed_dim", "num_heads"):
+        if getattr(cfg, key):
+            kwargs[key] = getattr(cfg, key)
     if cfg.pretrained_file:
         path = Path(cfg.pretrained_file).expanduser()
         if not path.is_file():
