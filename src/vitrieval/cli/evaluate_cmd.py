@@ -1,0 +1,149 @@
+"""``vitrieval evaluate``: the paper's benchmarks (Recall@K / MAP@R, revisited Oxford / Paris mAP) for a model.
+
+    vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/Stanford_Online_Products
+    vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --pca 128 --json sop128.json
+    vitrieval evaluate --model deit_small_patch16_224 --pretrained-file deit_s.pth --dataset cub --data-root /data/CUB
+    vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k --image-size 384
+
+Category-level sets (sop, cub, inshop, folder, csv): the test split, leave-one-out (SOP, CUB) or queries vs gallery
+(In-Shop); Recall@K at the paper's K and MAP@R. Landmarks (roxford5k, rparis6k): whole images resized to
+SIZE x SIZE, queries cropped to their box; mAP Easy / Medium / Hard and mP@1/5/10.
+
+``--model`` without ``--checkpoint`` evaluates off-the-shelf ImageNet features (IRT_O). ``--pca D`` fits a PCA on
+the training split (landmarks: on ``--pca-fit-dataset/--pca-fit-root``, else on the database, as the JSON says)
+and, for a checkpoint, stores it beside the model so that index and serve apply the same reduction.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vitrieval.cli import CLIError
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError(f"K values must be positive integers, got {text!r}")
+    return ks
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``evaluate``."""
+    parser = subparsers.add_parser("evaluate", help="Recall@K / revisited mAP of a model on a benchmark",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="trained model folder (a run folder or its model/)")
+    source.add_argument("--model", help="timm model name: off-the-shelf pretrained features (IRT_O)")
+    parser.add_argument("--pretrained-file", help="with --model: timm weights file (.pth / .safetensors), offline")
+    parser.add_argument("--dataset", required=True,
+                        help="sop | cub | inshop | roxford5k | rparis6k | folder | csv")
+    parser.add_argument("--data-root", required=True, help="the dataset folder")
+    parser.add_argument("--pca", type=int, metavar="DIM", help="reduce descriptors with a PCA to DIM dimensions")
+    parser.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
+    parser.add_argument("--pca-fit-dataset", help="fit the PCA on this dataset (its train split if it has one)")
+    parser.add_argument("--pca-fit-root", help="data root of --pca-fit-dataset")
+    parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
+                        help="do not store the fitted PCA beside the checkpoint's model")
+    parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
+    parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding workers (default 2)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                        help="autocast: auto (bf16 where native), bf16, fp16 (CUDA), off")
+    parser.add_argument("--use-bbox", action="store_true",
+                        help="cub: crop images to their bounding boxes (landmark queries are always cropped)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def _encoder(args: argparse.Namespace):  # noqa: ANN202 - vitrieval.model.Encoder (imported lazily)
+    """The model to evaluate: a trained folder, or timm's pretrained weights (IRT_O)."""
+    from vitrieval.config import ModelConfig
+    from vitrieval.model import Encoder, PretrainedWeightsError, load
+
+    if args.checkpoint:
+        try:
+            return load(args.checkpoint)
+        except PretrainedWeightsError as exc:
+            raise CLIError(str(exc)) from None
+    cfg = ModelConfig(name=args.model, pretrained=True, pretrained_file=args.pretrained_file,
+                      image_size=args.image_size or 224)
+    try:
+        return Encoder(cfg)
+    except PretrainedWeightsError as exc:
+        raise CLIError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - timm / hub failures (offline, unknown name) become one clear line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if "Unknown model" in first:
+            raise CLIError(f"--model {args.model}: unknown timm model ({first})") from None
+        raise CLIError(f"--model {args.model}: could not get its pretrained weights ({type(exc).__name__}: "
+                       f"{first}). Without network access pass --pretrained-file PATH (timm weights, "
+                       ".pth or .safetensors)") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the paper-style line, optionally write the JSON; returns the exit code."""
+    from pathlib import Path
+
+    from vitrieval.data.readers import READERS
+
+    if args.dataset not in READERS:
+        raise CLIError(f"unknown dataset {args.dataset!r}; known: {', '.join(READERS)}")
+    if not Path(args.data_root).expanduser().exists():
+        raise CLIError(f"--data-root {args.data_root} does not exist")
+    if args.pretrained_file and not args.model:
+        raise CLIError("--pretrained-file goes with --model (a checkpoint carries its own weights)")
+    if args.pca is not None and args.pca < 1:
+        raise CLIError(f"--pca must be a positive dimension, got {args.pca}")
+    if args.whiten and not args.pca:
+        raise CLIError("--whiten needs --pca DIM (whitening is part of the PCA)")
+    if (args.pca_fit_dataset is None) != (args.pca_fit_root is None):
+        raise CLIError("--pca-fit-dataset and --pca-fit-root go together")
+    if args.pca_fit_dataset is not None:
+        if not args.pca:
+            raise CLIError("--pca-fit-dataset needs --pca DIM")
+        if args.pca_fit_dataset not in READERS:
+            raise CLIError(f"unknown --pca-fit-dataset {args.pca_fit_dataset!r}; known: {', '.join(READERS)}")
+        if not Path(args.pca_fit_root).expanduser().exists():
+            raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
+    if args.image_size is not None and args.image_size < 1:
+        raise CLIError(f"--image-size must be positive, got {args.image_size}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise CLIError("--batch-size must be >= 1 and --workers >= 0")
+    reader_options = {}
+    if args.use_bbox:
+        if args.dataset == "cub":
+            reader_options["use_bbox"] = True
+        elif args.dataset not in ("roxford5k", "rparis6k"):
+            raise CLIError(f"--use-bbox applies to cub (landmark queries are always cropped; csv tables crop to "
+                           f"their x1,y1,x2,y2 columns); not to {args.dataset}")
+
+    from vitrieval.amp import resolve_device
+    from vitrieval.evaluate import evaluate_model, format_results, resolve_model_dir
+    from vitrieval.io_utils import atomic_write_json
+
+    device = resolve_device(args.device)
+    encoder = _encoder(args).to(device).eval()
+    model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
+    pca_before = encoder.pca
+    result = evaluate_model(
+        encoder, args.dataset, args.data_root, ks=args.ks, pca_dim=args.pca, whiten=args.whiten,
+        image_size=args.image_size if args.checkpoint else None, batch_size=args.batch_size,
+        num_workers=args.workers, amp=args.amp, progress=args.progress, reader_options=reader_options,
+        pca_fit_dataset=args.pca_fit_dataset, pca_fit_root=args.pca_fit_root,
+        pca_fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
+        model_dir=model_dir, save_pca=args.save_pca,
+        model_name=str(args.checkpoint) if args.checkpoint else args.model)
+    print(format_results(result))
+    if model_dir is not None and encoder.pca is not pca_before:
+        print(f"PCA {encoder.pca.out_dim}-d stored beside the model: {model_dir / 'pca.safetensors'}")
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"results written to {args.json}")
+    return 0
