@@ -241,3 +241,26 @@ def test_crop_bbox() -> None:
     assert crop_bbox(img, (-5, -5, 100, 100)).size == (10, 8)  # clipped to the image
     with pytest.raises(ValueError, match="empty"):
         crop_bbox(img, (20, 20, 30, 30))
+
+
+def test_decode_error_survives_pickling_for_dataloader_workers():
+    import pickle
+
+    from vitrieval.data.images import ImageDecodeError
+
+    err = pickle.loads(pickle.dumps(ImageDecodeError("/data/x.jpg", "truncated")))
+    assert isinstance(err, ImageDecodeError) and err.path == "/data/x.jpg" and "x.jpg: truncated" in str(err)
+
+
+def test_empty_bbox_error_names_the_file(tmp_path):
+    from PIL import Image
+
+    from vitrieval.data.dataset import TableDataset
+    from vitrieval.data.images import ImageDecodeError
+    from vitrieval.data.table import ImageTable, Record
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (10, 10)).save(path)
+    ds = TableDataset(ImageTable([Record(str(path), 0, bbox=(5, 5, 5, 9))]), transform=lambda im: im)
+    with pytest.raises(ImageDecodeError, match="a.png.*empty"):
+        ds[0]

@@ -33,8 +33,11 @@ class TableDataset(Dataset):
         try:
             img = load_image(rec.path)
             if self.use_bbox and rec.bbox is not None:
-                img = crop_bbox(img, rec.bbox)
-        except (ImageDecodeError, ValueError):
+                try:
+                    img = crop_bbox(img, rec.bbox)
+                except ValueError as exc:
+                    raise ImageDecodeError(rec.path, str(exc)) from None
+        except ImageDecodeError:
             if self.skip_bad:
                 return None, rec.label, i
             raise

@@ -24,6 +24,9 @@ class ImageDecodeError(ValueError):
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
 
+    def __reduce__(self):  # rebuilt intact when raised inside a DataLoader worker
+        return (type(self), (self.path, self.reason))
+
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB (alpha composited on white, 16-bit scaled to 8-bit)."""
