@@ -3,12 +3,15 @@
 One process (no ``WORLD_SIZE`` in the environment) is the default and needs no process group. Under torchrun,
 ``gather_with_grad`` returns the concatenation of every rank's tensor in rank order, where the local part is the
 autograd-tracked input itself, so the contrastive loss and the cross-batch memory see the global batch.
+``DistContext.current()`` describes a process group that something else already initialised (``embed.extract``
+uses it to shard extraction automatically); ``all_gather_object`` / ``broadcast_object`` move picklable results.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +44,13 @@ class DistContext:
             dist.init_process_group(backend=chosen)
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
+    @classmethod
+    def current(cls) -> "DistContext":
+        """The already initialised default process group (one process when there is none); initialises nothing."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+            return cls()
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -66,6 +76,22 @@ class DistContext:
         if self.enabled:
             dist.all_reduce(x, op=dist.ReduceOp.SUM)
         return x
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj``, in rank order (``[obj]`` in one process)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s picklable ``obj`` on every rank (what the other ranks pass is ignored)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
 
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():

@@ -1,4 +1,10 @@
-"""Batched descriptor extraction over a table: DataLoader workers, autocast, progress bar, optional PCA."""
+"""Batched descriptor extraction over a table: DataLoader workers, autocast, progress bar, optional PCA.
+
+Under ``torch.distributed`` (a process group initialised, e.g. by ``DistContext.from_env()`` under torchrun) the
+table is split into the same batches one process would make, each rank embeds a contiguous run of whole batches
+(no padding, no duplicates; a rank may get none when there are fewer batches than ranks), and the parts are
+gathered on every rank in rank order: every rank gets exactly the one-process result, rows in table order.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from vitrieval.amp import autocast_context
 from vitrieval.data.dataset import TableDataset, collate_skip_bad
 from vitrieval.data.table import ImageTable
 from vitrieval.data.transforms import eval_transform
+from vitrieval.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +34,66 @@ class Extraction:
     bad_paths: list[str] = field(default_factory=list)
 
 
+def shard_bounds(n_items: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of rank ``rank``: a contiguous run of whole ``batch_size`` batches (disjoint, covering)."""
+    n_batches = -(-n_items // batch_size)
+    first, last = rank * n_batches // world_size, (rank + 1) * n_batches // world_size
+    return min(first * batch_size, n_items), min(last * batch_size, n_items)
+
+
+def _resolve_dist(distributed: bool | DistContext | None) -> DistContext:
+    if isinstance(distributed, DistContext):
+        return distributed
+    if distributed is False:
+        return DistContext()
+    ctx = DistContext.current()
+    if distributed is True and not ctx.enabled:
+        ctx = DistContext.from_env()  # under torchrun: initialise the group; one process otherwise
+    return ctx
+
+
 @torch.no_grad()
 def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, num_workers: int = 2,
             amp: str = "auto", resize: str = "shorter", skip_bad: bool = False, apply_pca: bool = True,
-            progress: bool = True, desc: str = "embedding") -> Extraction:
+            progress: bool = True, desc: str = "embedding",
+            distributed: bool | DistContext | None = None) -> Extraction:
     """Embed every image of ``table`` with ``encoder`` (eval mode); rows come back in table order.
 
     ``skip_bad=True`` lists unreadable files in ``bad_paths`` (and logs them) instead of stopping.
+    ``distributed``: ``None`` (default) shards over the ranks when a process group is initialised, ``False``
+    never does (one process embeds everything), ``True`` also initialises the group from torchrun's environment,
+    a :class:`~vitrieval.distributed.DistContext` names the group. Sharded, every rank must call ``extract`` with
+    the same table and ``batch_size``, and every rank gets the whole result. Pass the plain encoder, not a
+    ``DistributedDataParallel`` wrapper.
     """
+    ctx = _resolve_dist(distributed)
+    if isinstance(encoder, torch.nn.parallel.DistributedDataParallel):
+        encoder = encoder.module
+    if not ctx.enabled:
+        return _extract_rows(encoder, table, range(len(table)), batch_size, num_workers, amp, resize, skip_bad,
+                             apply_pca, progress, desc)
+    start, stop = shard_bounds(len(table), batch_size, ctx.rank, ctx.world_size)
+    part = _extract_rows(encoder, table, range(start, stop), batch_size, num_workers, amp, resize, skip_bad,
+                         apply_pca, progress and ctx.is_main, desc, log_bad=False)
+    parts = ctx.all_gather_object((part.descriptors, part.indices, part.bad_paths))
+    descriptors = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
+    indices = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
+    bad_paths = [path for p in parts for path in p[2]]
+    if bad_paths:
+        log.warning("%d unreadable image(s) skipped, first: %s", len(bad_paths), bad_paths[0])
+    return Extraction(descriptors, indices, bad_paths)
+
+
+def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batch_size: int, num_workers: int,
+                  amp: str, resize: str, skip_bad: bool, apply_pca: bool, progress: bool, desc: str,
+                  log_bad: bool = True) -> Extraction:
+    """Embed the table rows ``rows`` (batches of ``batch_size`` from ``rows.start``); indices are table rows."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     dataset = TableDataset(table, eval_transform(encoder.data_config, resize), skip_bad=skip_bad)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    sampler = rows if (rows.start, rows.stop) != (0, len(table)) else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate_skip_bad, pin_memory=device.type == "cuda",
                         persistent_workers=False)
     chunks: list[np.ndarray] = []
@@ -58,7 +112,7 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
         indices.append(batch["indices"].numpy())
     encoder.train(was_training)
     bad_paths = [table[i].path for i in bad]
-    if bad_paths:
+    if bad_paths and log_bad:
         log.warning("%d unreadable image(s) skipped, first: %s", len(bad_paths), bad_paths[0])
     dim = encoder.descriptor_dim if apply_pca else encoder.feature_dim
     desc_arr = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, dim), np.float32)

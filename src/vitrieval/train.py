@@ -33,6 +33,7 @@ from vitrieval.data.sampler import ClassBalancedBatchSampler
 from vitrieval.data.table import ImageTable
 from vitrieval.data.transforms import train_transform
 from vitrieval.distributed import DistContext
+from vitrieval.embed import extract
 from vitrieval.evaluate import recall_on_table
 from vitrieval.io_utils import atomic_write_json
 from vitrieval.model import Encoder
@@ -81,9 +82,12 @@ class Trainer:
         self.out = Path(output_dir)
         self.progress = progress
         self.dist = DistContext.from_env()
+        if not self.dist.is_main and logging.getLogger("vitrieval").getEffectiveLevel() < logging.WARNING:
+            logging.getLogger("vitrieval").setLevel(logging.WARNING)  # rank 0 reports; the others only warn
         self.device = resolve_device(config.train.device)
         self.ckpt_dir = self.out / "checkpoints"
-        has_checkpoint = (self.ckpt_dir / "last.pt").is_file()
+        # rank 0's view decides (the output folder may be local to the first machine)
+        has_checkpoint = bool(self.dist.broadcast_object((self.ckpt_dir / "last.pt").is_file()))
         if has_checkpoint and not resume:
             raise ValueError(f"{self.out} already holds a run (checkpoints/last.pt); pass --resume to continue it "
                              "or choose another --output")
@@ -122,7 +126,7 @@ class Trainer:
         self.skipped_images = 0
         self.metrics = MetricsWriter(self.out, enabled=self.dist.is_main)
         if self.resume:
-            self._load(load_checkpoint(self.ckpt_dir))
+            self._load(self._read_checkpoint())
         elif self.dist.is_main and self.metrics.path.exists():
             self.metrics.path.unlink()
         log.info("run %s: %d train images / %d classes, %d held-out images / %d classes; %s on %s, world size %d",
@@ -141,6 +145,13 @@ class Trainer:
             "rng": capture_rng_state(),
         }
 
+    def _read_checkpoint(self) -> dict[str, Any]:
+        """``last.pt`` on every rank: read from disk where visible, else rank 0's copy (no shared file system)."""
+        visible = self.dist.all_gather_object((self.ckpt_dir / "last.pt").is_file())
+        if all(visible):
+            return load_checkpoint(self.ckpt_dir)
+        return self.dist.broadcast_object(load_checkpoint(self.ckpt_dir) if self.dist.is_main else None)
+
     def _load(self, state: dict[str, Any]) -> None:
         saved_model = state["config"]["model"]
         if saved_model != self.cfg.to_dict()["model"]:
@@ -155,22 +166,36 @@ class Trainer:
             self.momentum.load_state_dict(state["momentum"])
         self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
         self.batch_in_epoch, self.skipped_images = int(state["batch_in_epoch"]), int(state["skipped_images"])
-        restore_rng_state(state["rng"])
+        saved = int(state.get("world_size", 1)), int(state["config"]["train"]["batch_size"])
+        now = self.dist.world_size, self.cfg.train.batch_size
+        if saved[0] * saved[1] != now[0] * now[1]:
+            log.warning("the checkpoint was written with a global batch of %d (%d rank(s) x %d), this run has %d "
+                        "(%d x %d): the remaining iterations see other batches than the original run would",
+                        saved[0] * saved[1], *saved, now[0] * now[1], *now)
+        per_rank = state.get("rng_per_rank")
+        restore_rng_state(per_rank[self.dist.rank] if per_rank and len(per_rank) == self.dist.world_size
+                          else state["rng"])
         self.metrics.truncate_after(self.iteration)
         log.info("resumed from %s at iteration %d (epoch %d, batch %d)", self.ckpt_dir / "last.pt", self.iteration,
                  self.epoch, self.batch_in_epoch)
 
     def save(self) -> None:
+        rng_per_rank = self.dist.all_gather_object(capture_rng_state())  # every rank's, for an exact resume
         if self.dist.is_main:
-            save_checkpoint(self.ckpt_dir, self._state())
+            save_checkpoint(self.ckpt_dir, {**self._state(), "rng_per_rank": rng_per_rank,
+                                            "world_size": self.dist.world_size})
             self.encoder.save(self.out / "model", extra={"trained_iterations": self.iteration,
                                                          "run": self.cfg.name})
         self.dist.barrier()
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Recall@K on the held-out split (main rank); empty when there is none."""
-        if not self.dist.is_main or len(self.test_table) < 2:
+        """Recall@K on the held-out split (on the main rank; empty elsewhere and when there is none).
+
+        Under torchrun every rank embeds its shard of the table with the plain encoder (no DDP forward, so no
+        collective the other ranks would not join) and rank 0 computes the metric.
+        """
+        if len(self.test_table) < 2:
             return {}
         table = self.test_table
         cap = self.cfg.train.eval_max_images
@@ -178,9 +203,12 @@ class Trainer:
             stride = math.ceil(len(table) / cap)
             table = table.select([i % stride == 0 for i in range(len(table))])
         ks = [k for k in self.cfg.train.eval_ks if k < len(table)]
-        return recall_on_table(self.encoder, table, ks, batch_size=max(64, self.cfg.train.batch_size),
-                               num_workers=self.cfg.data.num_workers, amp=self.cfg.train.amp,
-                               resize=self.cfg.data.eval_resize, progress=False)
+        options = dict(batch_size=max(64, self.cfg.train.batch_size), num_workers=self.cfg.data.num_workers,
+                       amp=self.cfg.train.amp, resize=self.cfg.data.eval_resize, progress=False)
+        if not self.dist.is_main:  # the same sharded extraction as rank 0's recall_on_table, result unused
+            extract(self.encoder, table, distributed=self.dist, **options)
+            return {}
+        return recall_on_table(self.encoder, table, ks, **options)
 
     # -- one optimizer step --------------------------------------------------------------------------------------
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
