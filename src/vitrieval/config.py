@@ -188,7 +188,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
-        raise TypeError(f"config key {key}: expected a string, got {value!r}")
+        hint = " (YAML reads on/off/yes/no as booleans: quote the value)" if isinstance(value, bool) else ""
+        raise TypeError(f"config key {key}: expected a string, got {value!r}{hint}")
     raise TypeError(f"config key {key}: unsupported type {tp}")
 
 
@@ -243,6 +244,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _is_string_field(path: list[str]) -> bool:
+    cls: Any = Config
+    for part in path[:-1]:
+        cls = _field_types(cls)[part]
+    tp = _field_types(cls)[path[-1]]
+    return tp is str or (typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp))
+
+
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply ``key=value`` overrides; unknown keys list the valid ones; wrong types name the key."""
     data = config.to_dict()
@@ -252,6 +261,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         dotted = ".".join(path)
         if dotted not in all_keys:
             raise KeyError(f"unknown config key {dotted!r}; valid keys: {', '.join(all_keys)}")
+        if _is_string_field(path) and value is not None:
+            value = text.split("=", 1)[1].strip()  # --set train.amp=off means the string "off"
         node = data
         for part in path[:-1]:
             node = node[part]
