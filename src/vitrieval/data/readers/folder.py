@@ -1,6 +1,7 @@
 """The ``folder`` dataset: ``ROOT/<class>/<image>``, or ``ROOT/train/<class>/…`` and ``ROOT/test/<class>/…``.
 
-Without explicit ``train/`` and ``test/`` sub-folders, classes are sorted by name and the first
+Without explicit ``train/`` and ``test/`` sub-folders, classes are sorted by name in natural order (``s2`` before
+``s10``, so ORL's people 1-20 come first) and the first
 ``train_fraction`` of them (rounded down, at least one on each side) go to training; the rest are held out, as in
 the deep-metric-learning convention (test classes are never seen in training). Every test image is both a query
 and a gallery item (leave-one-out, as for SOP and CUB).
@@ -8,6 +9,7 @@ and a gallery item (leave-one-out, as for SOP and CUB).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from vitrieval.data.table import ImageTable, Record
@@ -19,8 +21,14 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def natural_key(name: str) -> list:
+    """Sort key comparing digit runs as numbers: ``s2`` < ``s10``, ``obj09`` < ``obj10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: natural_key(p.name))
 
 
 def _images(class_dir: Path) -> list[Path]:
@@ -42,7 +50,7 @@ def read_folder(root: str | Path, train_fraction: float = 0.5) -> ImageTable:
             raise ValueError(f"folder dataset {root}: needs at least 2 class sub-folders, found {len(classes)}")
         n_train = min(max(1, int(len(classes) * train_fraction)), len(classes) - 1)
         split_dirs = {"train": classes[:n_train], "test": classes[n_train:]}
-    names = sorted({d.name for dirs in split_dirs.values() for d in dirs})
+    names = sorted({d.name for dirs in split_dirs.values() for d in dirs}, key=natural_key)
     label_of = {name: i for i, name in enumerate(names)}
     records: list[Record] = []
     for split, dirs in split_dirs.items():
