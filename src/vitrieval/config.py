@@ -261,8 +261,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         dotted = ".".join(path)
         if dotted not in all_keys:
             raise KeyError(f"unknown config key {dotted!r}; valid keys: {', '.join(all_keys)}")
-        if _is_string_field(path) and value is not None:
-            value = text.split("=", 1)[1].strip()  # --set train.amp=off means the string "off"
+        if _is_string_field(path) and isinstance(value, (bool, int, float)):
+            value = text.split("=", 1)[1].strip()  # --set train.amp=off means the string "off", not false
         node = data
         for part in path[:-1]:
             node = node[part]
