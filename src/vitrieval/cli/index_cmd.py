@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         before = len(index)
         report = index.add(images, batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress)
         if args.nprobe or args.ef_search:
-            _set_params(index, args)
+            apply_search_params(index, args)
             index.save()
         print(f"added {report.added} image(s) to {args.output}: {before} -> {len(index)} "
               f"({report.already_indexed} already indexed, {len(report.skipped)} unreadable skipped) "
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_params(index, args: argparse.Namespace) -> None:  # noqa: ANN001 - vitrieval.index.Index
+def apply_search_params(index, args: argparse.Namespace) -> None:  # noqa: ANN001 - vitrieval.index.Index
+    """Set IVF nprobe / HNSW efSearch from ``--nprobe`` / ``--ef-search`` (shared by index and search)."""
     try:
         if args.nprobe:
             index.nprobe = args.nprobe

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from vitrieval.cli import CLIError
+from vitrieval.cli.index_cmd import apply_search_params
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -44,13 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
-    try:
-        if args.nprobe:
-            index.nprobe = args.nprobe
-        if args.ef_search:
-            index.ef_search = args.ef_search
-    except AttributeError as exc:
-        raise CLIError(str(exc)) from None
+    apply_search_params(index, args)
     try:
         results = index.search(list(args.images), k=args.k)
     except ImageDecodeError as exc:
