@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.evaluate import evaluate_model, format_results, resolve_model_dir
     from vitrieval.io_utils import atomic_write_json
 
+    from vitrieval.distributed import DistContext
+
+    dist = DistContext.from_env()  # under torchrun: each rank embeds its shard, every rank gets all descriptors
     device = resolve_device(args.device)
     encoder = _encoder(args).to(device).eval()
     model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
@@ -138,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers, amp=args.amp, progress=args.progress, reader_options=reader_options,
         pca_fit_dataset=args.pca_fit_dataset, pca_fit_root=args.pca_fit_root,
         pca_fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
-        model_dir=model_dir, save_pca=args.save_pca,
+        model_dir=model_dir, save_pca=args.save_pca and dist.is_main,
         model_name=str(args.checkpoint) if args.checkpoint else args.model)
+    if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
+        return 0
     print(format_results(result))
     if model_dir is not None and encoder.pca is not pca_before:
         print(f"PCA {encoder.pca.out_dim}-d stored beside the model: {model_dir / 'pca.safetensors'}")
