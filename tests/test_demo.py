@@ -1,0 +1,149 @@
+"""``vitrieval demo``: the quick variant end to end (report, results, learning, index); the folder split; the full
+demo (slow)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vitrieval.cli import main
+from vitrieval.demo import VARIANTS, _fresh_dir, folder_table, natural_key, run_demo
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(argv)
+    return code, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> dict:
+    """One ``vitrieval demo --quick`` run through the command line, shared by the tests below."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    code, stdout = _cli(["demo", "--quick", "--output", str(out), "--no-progress", "--seed", "0"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    return {"out": out, "stdout": stdout, "results": results}
+
+
+def test_quick_demo_results_json_has_every_variant(quick_demo) -> None:
+    results = quick_demo["results"]
+    for key in VARIANTS:
+        recall = results[key]["recall_at_k"]
+        assert set(recall) == {"1", "2", "4", "8"}
+        assert all(0.0 <= v <= 1.0 for v in recall.values())
+    assert results["seconds"] > 0
+    data = results["data"]
+    assert data["train_classes"] == 120 and data["test_classes"] == 30 and data["test_images"] == 180
+    assert results["IRT_L"]["koleo_weight"] == 0.0 and results["IRT_R"]["koleo_weight"] == 0.7
+
+
+def test_quick_demo_report_is_self_contained_with_table_and_figures(quick_demo) -> None:
+    html = (quick_demo["out"] / "report.html").read_text()
+    assert '<table class="recall">' in html
+    for row in ("raw pixels", "IRT_O", "IRT_L", "IRT_R"):
+        assert f'<td class="variant">{row}' in html
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) >= 5
+    assert not re.search(r'(src|href)="(https?:|file:)', html)  # nothing loaded from elsewhere
+    raw_r1 = 100 * quick_demo["results"]["raw_pixels"]["recall_at_k"]["1"]
+    assert f"Raw-pixel baseline: Recall@1 = {raw_r1:.1f}%" in html
+
+
+def test_quick_demo_training_beats_the_untrained_encoder(quick_demo) -> None:
+    results = quick_demo["results"]
+    r1 = {v: results[v]["recall_at_k"]["1"] for v in VARIANTS}
+    # margin measured with seeds 0 and 1: IRT_L - IRT_O was +0.XX and +0.XX
+    assert r1["IRT_L"] >= r1["IRT_O"] + 0.10, r1
+    assert r1["IRT_R"] >= r1["IRT_O"] + 0.10, r1
+
+
+def test_quick_demo_irt_o_is_the_trainers_initial_encoder(quick_demo) -> None:
+    """IRT_O must be the very weights IRT_L starts from: the trainer's iteration-0 evaluation agrees."""
+    from vitrieval.run_log import read_metrics
+
+    first = read_metrics(quick_demo["out"] / "irt_l" / "metrics.jsonl")[0]
+    assert first["iteration"] == 0
+    irt_o = quick_demo["results"]["IRT_O"]["recall_at_k"]
+    for k, v in irt_o.items():
+        assert first[f"recall@{k}"] == pytest.approx(v, abs=1e-9)
+
+
+def test_quick_demo_leaves_a_searchable_index_and_prints_how(quick_demo) -> None:
+    from vitrieval.index import Index
+
+    out, results = quick_demo["out"], quick_demo["results"]
+    index = Index.load(out / "index")
+    assert len(index) == results["data"]["test_images"]
+    assert Path(index.info["checkpoint"]) == (out / "irt_r" / "model").resolve()
+    query = results["example_query"]
+    assert index.search(query, k=1)[0][0].path == query
+    code, stdout = _cli(["search", "--index", str(out / "index"), query, "-k", "3", "--json"])
+    assert code == 0
+    hits = json.loads(stdout)[0]["results"]
+    assert hits[0]["path"] == query and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    printed = quick_demo["stdout"]
+    assert f"vitrieval search --index {out / 'index'} {query}" in printed
+    assert f"vitrieval serve --index {out / 'index'}" in printed
+    assert str(out / "report.html") in printed
+    for label in ("raw pixels", "IRT_O", "IRT_L", "IRT_R"):
+        assert label in printed
+    assert (out / "demo.log").is_file() and "IRT_R" in (out / "demo.log").read_text()
+
+
+def test_natural_key_orders_numbers_by_value() -> None:
+    names = ["s10", "s2", "s1", "obj03", "S11"]
+    assert sorted(names, key=natural_key) == ["obj03", "s1", "s2", "s10", "S11"]
+
+
+def test_folder_table_splits_classes_in_natural_order(tmp_path) -> None:
+    for k in range(1, 13):
+        d = tmp_path / f"s{k}"
+        d.mkdir()
+        for v in range(2):
+            Image.new("RGB", (8, 8), (k * 10, v * 50, 0)).save(d / f"{v + 1}.png")
+    table = folder_table(tmp_path, 0.5)
+    train = {Path(r.path).parent.name for r in table if r.split == "train"}
+    assert train == {f"s{k}" for k in range(1, 7)}  # not s1, s10, s11, s12, s2, s3 (plain sorting)
+    assert table.extras["classes"][:3] == ["s1", "s2", "s3"]
+    assert all(r.label == int(Path(r.path).parent.name[1:]) - 1 for r in table)
+
+
+def test_folder_table_orl_trains_on_people_1_to_20() -> None:
+    root = SHARED_DATA / "orl_faces"
+    if not root.is_dir():
+        pytest.skip(f"ORL faces not found at {root}")
+    table = folder_table(root, 0.5)
+    train = {Path(r.path).parent.name for r in table if r.split == "train"}
+    assert train == {f"s{k}" for k in range(1, 21)}
+    assert table.summary()["test_images"] == 200
+
+
+def test_fresh_dir_refuses_a_folder_the_demo_did_not_write(tmp_path) -> None:
+    foreign = tmp_path / "irt_l"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not written by `vitrieval demo`"):
+        _fresh_dir(foreign, ("config.yaml",))
+    (foreign / "config.yaml").write_text("name: demo")
+    _fresh_dir(foreign, ("config.yaml",))
+    assert not foreign.exists()
+
+
+@pytest.mark.slow
+def test_full_demo_in_ten_minutes(tmp_path) -> None:
+    """The default demo: under 10 minutes on 2 cores, trained far above raw pixels and the untrained encoder."""
+    results = run_demo(tmp_path / "demo", progress=False, threads=1)
+    r1 = {v: results[v]["recall_at_k"]["1"] for v in VARIANTS}
+    assert results["seconds"] < 600, results["timings"]
+    assert r1["IRT_L"] >= r1["IRT_O"] + 0.15, r1
+    assert r1["IRT_R"] >= 2 * r1["raw_pixels"], r1
+    assert (tmp_path / "demo" / "report.html").is_file()
