@@ -61,7 +61,7 @@ def test_quick_demo_report_is_self_contained_with_table_and_figures(quick_demo) 
 def test_quick_demo_training_beats_the_untrained_encoder(quick_demo) -> None:
     results = quick_demo["results"]
     r1 = {v: results[v]["recall_at_k"]["1"] for v in VARIANTS}
-    # margin measured with seeds 0 and 1: IRT_L - IRT_O was +0.XX and +0.XX
+    # measured (700 steps): seed 0 IRT_O 8.9% -> IRT_L 28.3%, IRT_R 28.9%; seed 1 8.9% -> 25.6%, 31.1%
     assert r1["IRT_L"] >= r1["IRT_O"] + 0.10, r1
     assert r1["IRT_R"] >= r1["IRT_O"] + 0.10, r1
 

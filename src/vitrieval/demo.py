@@ -53,6 +53,12 @@ RAW_PIXEL_SIZE = 16
 
 GRID_QUERIES = 6
 GRID_NEIGHBOURS = 8
+CURVE_SMOOTHING = 5
+"""Training-curve loss terms: moving average over this many logged values (one every ``train.log_every`` steps)."""
+MIN_WORKER_EPOCH = 20
+"""Fewer batches per epoch than this: load training images in the main process (see :func:`loader_overrides`)."""
+ALL_PAIRS_LIMIT = 2_000_000
+"""Similarity histograms use every pair of test images up to this many pairs (else a sample of 200,000)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,36 @@ def synthetic_table(root: Path, spec: SyntheticSpec, size: int, progress: bool) 
     return table
 
 
+def prepare_data(data_dir: Path, data: str | Path | None, preset: str, cfg: Config,
+                 progress: bool) -> tuple[ImageTable, dict[str, Any]]:
+    """The demo's table (generated products, or the ``data`` folder split in natural class order), written to
+    ``data_dir/table.csv`` for the trainer, and its description for ``results.json``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        spec = SYNTHETIC[preset]
+        table = synthetic_table(data_dir / "products", spec, cfg.model.image_size, progress)
+        source = (f"built-in synthetic products ({spec.num_classes} identities x {spec.views} views, "
+                  f"{cfg.model.image_size} px): identities 1-{spec.train_classes} train, "
+                  f"{spec.train_classes + 1}-{spec.num_classes} test")
+    else:
+        table = folder_table(data, cfg.data.train_fraction)
+        names = table.extras.get("classes", [])
+        train_labels = sorted({r.label for r in table if r.split == "train"})
+        source = f"folder dataset {Path(data).expanduser().resolve()}"
+        if names and train_labels:
+            source += (f" (classes in natural order; train: {names[train_labels[0]]}..{names[train_labels[-1]]}, "
+                       f"test: the other {len(names) - len(train_labels)})")
+    test = table.split("test")
+    if len(test) < 3 or len(test.class_counts()) < 2:
+        raise ValueError(f"the test split has {len(test)} image(s) in {len(test.class_counts())} class(es); "
+                         "the demo needs at least 2 unseen classes")
+    table.to_csv(data_dir / "table.csv")
+    info = _describe(table, source)
+    log.info("data: %d train images / %d classes, %d test images / %d unseen classes (%s)", info["train_images"],
+             info["train_classes"], info["test_images"], info["test_classes"], source)
+    return table, info
+
+
 def _describe(table: ImageTable, source: str) -> dict[str, Any]:
     s = table.summary()
     return {"source": source, "train_images": s["train_images"], "train_classes": s["train_classes"],
@@ -195,6 +231,28 @@ def _grid(desc: np.ndarray, labels: np.ndarray, paths: Sequence[str], queries: n
                           title=title)
 
 
+def _curve_rows(rows: Sequence[dict[str, Any]], cfg: Config, window: int) -> list[dict[str, Any]]:
+    """Metric rows for the training-curve figure: loss terms smoothed by a trailing moving average over ``window``
+    logged rows; the memory term only from ``memory.start_iteration`` on and KoLeo only if λ > 0 (elsewhere they
+    are not part of the objective and are logged as 0)."""
+    loss_rows = [r for r in rows if "loss" in r]
+    out: list[dict[str, Any]] = [r for r in rows if "loss" not in r]
+    keys = ("loss", "loss_contrastive", "loss_memory", "loss_koleo")
+    koleo_on = any(r.get("loss_koleo", 0.0) for r in loss_rows)
+    for i, r in enumerate(loss_rows):
+        row: dict[str, Any] = {"iteration": r["iteration"]}
+        for key in keys:
+            if key not in r or (key == "loss_koleo" and not koleo_on):
+                continue
+            if key == "loss_memory" and r["iteration"] <= cfg.memory.start_iteration:
+                continue
+            window_rows = [w for w in loss_rows[max(0, i - window + 1):i + 1] if key in w and not (
+                key == "loss_memory" and w["iteration"] <= cfg.memory.start_iteration)]
+            row[key] = float(np.mean([w[key] for w in window_rows]))
+        out.append(row)
+    return out
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The Recall@K table of ``results`` (as ``run_demo`` returns it) as aligned text, in percent."""
     ks = sorted({k for v in VARIANTS for k in results[v]["recall_at_k"]}, key=int)
@@ -207,13 +265,26 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def demo_config(preset: str, table_csv: Path, seed: int, koleo_weight: float, name: str) -> Config:
-    """The demo preset with the data, seed and λ of one run."""
+def demo_config(preset: str, table_csv: Path, seed: int, koleo_weight: float, name: str,
+                extra: Sequence[str] = ()) -> Config:
+    """The demo preset with the data, seed and λ of one run (plus ``extra`` ``key=value`` overrides)."""
     from vitrieval.presets import load_preset
 
     return apply_overrides(load_preset(preset), [
         f"name={name}", "data.dataset=csv", f"data.root={table_csv}", f"train.seed={seed}",
-        f"loss.koleo_weight={koleo_weight}"])
+        f"loss.koleo_weight={koleo_weight}", *extra])
+
+
+def loader_overrides(cfg: Config, table: ImageTable) -> list[str]:
+    """``data.num_workers=0`` when an epoch of the P x K sampler is short (fewer than :data:`MIN_WORKER_EPOCH`
+    batches, e.g. COIL-20's 10 training classes give 2 batches of 4 classes): the trainer starts its DataLoader
+    workers afresh every epoch, which then costs more than loading the images in the main process."""
+    counts = table.split("train").class_counts()
+    classes = sum(1 for n in counts.values() if n >= 2)
+    batches_per_epoch = classes // max(1, cfg.train.batch_size // cfg.data.images_per_class)
+    if cfg.data.num_workers > 0 and batches_per_epoch < MIN_WORKER_EPOCH:
+        return ["data.num_workers=0"]
+    return []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,7 +297,7 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
 
     ``data``: a class-per-folder dataset (``ROOT/<class>/<image>``, split by natural class order with the
     preset's ``data.train_fraction``; or ``ROOT/train`` + ``ROOT/test``) instead of the generated products.
-    ``quick``: the ``demo-quick`` preset (tiny data and model, about a minute; for tests). ``seed``: the training
+    ``quick``: the ``demo-quick`` preset (tiny data and model, about 1.5 minutes; for tests). ``seed``: the training
     seed (initial weights, batches, augmentation); the generated data does not depend on it. ``threads``: torch
     intra-op threads (``None``: leave torch's setting).
     """
@@ -245,36 +316,22 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
     timings: dict[str, float] = {}
     try:
         preset = QUICK_PRESET if quick else DEMO_PRESET
-        base = demo_config(preset, out / "data" / "table.csv", seed, 0.0, "demo")
+        csv_path = out / "data" / "table.csv"
+        base = demo_config(preset, csv_path, seed, 0.0, "demo")
         log.info("vitrieval demo: preset %s, seed %d, output %s, %d torch thread(s)", preset, seed, out,
                  torch.get_num_threads())
 
         # 1. data -----------------------------------------------------------------------------------------------
         t0 = time.time()
-        (out / "data").mkdir(exist_ok=True)
-        if data is None:
-            spec = SYNTHETIC[preset]
-            table = synthetic_table(out / "data" / "products", spec, base.model.image_size, progress)
-            source = (f"built-in synthetic products ({spec.num_classes} identities x {spec.views} views, "
-                      f"{base.model.image_size} px): identities 1-{spec.train_classes} train, "
-                      f"{spec.train_classes + 1}-{spec.num_classes} test")
-        else:
-            table = folder_table(data, base.data.train_fraction)
-            names = table.extras.get("classes", [])
-            train_names = [n for i, n in enumerate(names) if any(r.label == i and r.split == "train" for r in table)]
-            source = f"folder dataset {Path(data).expanduser().resolve()}"
-            if names and train_names:
-                source += (f" (classes in natural order; train: {train_names[0]}..{train_names[-1]}, "
-                           f"test: the other {len(names) - len(train_names)})")
-        table.to_csv(out / "data" / "table.csv")
-        train_table, test = table.split("train"), table.split("test")
-        if len(test) < 3 or len(test.class_counts()) < 2:
-            raise ValueError(f"the test split has {len(test)} image(s) in {len(test.class_counts())} class(es); "
-                             "the demo needs at least 2 unseen classes")
-        info = _describe(table, source)
+        table, info = prepare_data(out / "data", data, preset, base, progress)
+        extra = loader_overrides(base, table)
+        if extra:
+            log.info("only %d training batches per epoch: images are loaded in the main process (%s)",
+                     len(table.split("train").class_counts()) * base.data.images_per_class // base.train.batch_size,
+                     ", ".join(extra))
+        base = demo_config(preset, csv_path, seed, 0.0, "demo", extra)
+        test = table.split("test")
         timings["data"] = time.time() - t0
-        log.info("data: %d train images / %d classes, %d test images / %d unseen classes (%s)",
-                 info["train_images"], info["train_classes"], info["test_images"], info["test_classes"], source)
         labels = test.labels
         paths = test.paths
         ks = [k for k in base.train.eval_ks if k < len(test)]
@@ -304,7 +361,7 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
         runs = {"IRT_L": ("irt_l", 0.0), "IRT_R": ("irt_r", KOLEO_WEIGHT)}
         metrics: dict[str, list[dict[str, Any]]] = {}
         for variant, (folder, weight) in runs.items():
-            cfg = demo_config(preset, out / "data" / "table.csv", seed, weight, f"demo-{folder.replace('_', '-')}")
+            cfg = demo_config(preset, csv_path, seed, weight, f"demo-{folder.replace('_', '-')}", extra)
             run_dir = out / folder
             _fresh_dir(run_dir, ("config.yaml", "checkpoints", "model"))
             log.info("training %s (λ = %g): %d iterations of %d images", variant, weight, cfg.train.iterations,
@@ -373,7 +430,9 @@ def _write_report(out: Path, results: dict[str, Any], descriptors: dict[str, np.
     queries = _grid_queries(labels, GRID_QUERIES, seed)
     trained = ("IRT_O", "IRT_L", "IRT_R")
     r1 = {v: 100 * results[v]["recall_at_k"]["1"] for v in VARIANTS}
-    pairs = {LABELS[v]: pair_similarities(descriptors[v], labels, seed=seed) for v in trained}
+    n = len(labels)
+    max_pairs = ALL_PAIRS_LIMIT if n * (n - 1) // 2 <= ALL_PAIRS_LIMIT else 200_000
+    pairs = {LABELS[v]: pair_similarities(descriptors[v], labels, max_pairs=max_pairs, seed=seed) for v in trained}
     sections = [
         (f"Retrieval with IRT_O, the untrained encoder (R@1 {r1['IRT_O']:.1f}%)",
          f"{len(queries)} test queries (blue) of unseen classes and their top {GRID_NEIGHBOURS} neighbours among the "
@@ -384,9 +443,9 @@ def _write_report(out: Path, results: dict[str, Any], descriptors: dict[str, np.
          f"(λ = {KOLEO_WEIGHT:g}).",
          _grid(descriptors["IRT_R"], labels, paths, queries, f"IRT_R (λ = {KOLEO_WEIGHT:g})")),
         ("Similarity of positive and negative pairs (paper Fig. 5)",
-         "Cosine similarity of all positive pairs (same class, green) and of negative pairs (red, at most 200,000 "
-         "sampled) among the test images; dashed lines are the means. Training separates the two; KoLeo spreads "
-         "the negatives.",
+         "Cosine similarity of the positive pairs (same class, green) and negative pairs (red) among the test "
+         f"images ({'all pairs' if max_pairs == ALL_PAIRS_LIMIT else 'negatives: a sample of 200,000'}); dashed "
+         "lines are the means. Training separates the two; KoLeo spreads the negatives.",
          similarity_histograms(pairs)),
         ("Cumulative PCA energy of the descriptors (paper Figs. 2-3)",
          "Share of the variance of the test descriptors captured by the first n principal components; a curve "
@@ -394,14 +453,18 @@ def _write_report(out: Path, results: dict[str, Any], descriptors: dict[str, np.
          "number of components that reach 90%.",
          pca_energy({LABELS[v]: descriptors[v] for v in trained})),
         ("Training curves",
-         "Loss terms (contrastive within the batch, against the cross-batch memory, KoLeo) and Recall@1 on the "
-         "unseen test classes over the iterations, from each run's metrics.jsonl.",
-         training_curves({LABELS[v]: rows for v, rows in metrics.items()})),
+         "Loss terms (contrastive within the batch, against the cross-batch memory before its weight "
+         f"{cfg.memory.weight:g}, KoLeo before λ; each a moving average over {CURVE_SMOOTHING} logged values) and "
+         "Recall@1 on the unseen test classes over the iterations, from each run's metrics.jsonl. A term is drawn "
+         "only where it is part of the objective (the memory from its first iteration, KoLeo for IRT_R).",
+         training_curves({LABELS[v]: _curve_rows(rows, cfg, CURVE_SMOOTHING) for v, rows in metrics.items()})),
     ]
-    m = cfg.model
-    arch = (f"{m.name} family, random init: {m.depth or 'default'} blocks, width {m.embed_dim or 'default'}, "
-            f"{m.num_heads or 'default'} heads, {m.image_size} px images in {m.patch_size or 16}-px patches, "
-            f"{m.pooling} token")
+    m, t, mem = cfg.model, cfg.train, cfg.memory
+    arch = (f"{m.name} family from random init, {m.depth or 'all'} blocks x {m.embed_dim or 'default'} wide "
+            f"({m.num_heads or 'default'} heads), {m.image_size} px images in {m.patch_size or 16}-px patches, "
+            f"{m.pooling} token; batch {t.batch_size} ({t.batch_size // cfg.data.images_per_class} classes x "
+            f"{cfg.data.images_per_class} images), AdamW lr {t.lr:g}, {t.iterations} iterations; cross-batch memory "
+            f"of {mem.size} at weight {mem.weight:g} from iteration {mem.start_iteration}")
     notes = [
         f"Data: {info['source']}. Training: {info['train_images']} images of {info['train_classes']} classes; "
         f"test: {info['test_images']} images of {info['test_classes']} classes never seen in training.",
@@ -409,7 +472,7 @@ def _write_report(out: Path, results: dict[str, Any], descriptors: dict[str, np.
         "neighbours (cosine).",
         f"Raw-pixel baseline: Recall@1 = {r1['raw_pixels']:.1f}% ({results['raw_pixels']['descriptor']}), "
         f"against {r1['IRT_R']:.1f}% for IRT_R and {r1['IRT_L']:.1f}% for IRT_L.",
-        f"Model ({results['preset']} preset): {arch}. {cfg.description}",
+        f"Model and training ({results['preset']} preset): {arch}.",
         f"IRT_O is that encoder before training (the same initial weights as IRT_L and IRT_R, seed {seed}); "
         f"IRT_L: λ = 0, IRT_R: λ = {KOLEO_WEIGHT:g}; {results['IRT_L'].get('iterations', '?')} iterations each.",
         f"Time: {results['seconds']:.0f} s so far when this report was written (training IRT_L "
