@@ -1,8 +1,9 @@
 """Check a dataset on disk against its official description: counts, missing files, undecodable images.
 
 ``check_dataset("sop", "/data/Stanford_Online_Products")`` reads the dataset with its reader, compares the
-counts per split with :data:`OFFICIAL_COUNTS`, looks for every listed file and (unless ``verify_images=False``)
-fully decodes each image with :func:`vitrieval.data.images.load_image`, so truncated files are caught too.
+counts per split (and the query–positive pairs per split, where a reader lists them) with
+:data:`OFFICIAL_COUNTS`, looks for every listed file and (unless ``verify_images=False``) fully decodes each image
+with :func:`vitrieval.data.images.load_image`, so truncated files are caught too.
 """
 
 from __future__ import annotations
@@ -28,9 +29,25 @@ OFFICIAL_COUNTS: dict[str, dict[str, int]] = {
     # The table holds the database images and, again, the 70 (cropped) queries.
     "roxford5k": {"train_images": 0, "test_images": 4_993 + 70, "queries": 70, "gallery": 4_993},
     "rparis6k": {"train_images": 0, "test_images": 6_322 + 70, "queries": 70, "gallery": 6_322},
+    # retrieval-SfM-120k.pkl: train 91,642 images / 181,697 pairs, val (the test split) 6,403 images / 1,691 pairs
+    # (len of cids / qidxs, as cirtorch and DELF's Sfm120kInfo list them); 551 / 162 3D models (classes).
+    "sfm120k": {"train_images": 91_642, "train_classes": 551, "test_images": 6_403, "test_classes": 162,
+                "queries": 6_403, "gallery": 6_403, "train_pairs": 181_697, "test_pairs": 1_691},
 }
 
 COUNT_KEYS = ("train_images", "train_classes", "test_images", "test_classes", "queries", "gallery")
+#: Further counts, reported only for tables that have them (``extras["pairs"]``: query–positive pairs per split).
+EXTRA_COUNT_KEYS = ("train_pairs", "test_pairs")
+
+
+def table_counts(table: ImageTable) -> dict[str, int]:
+    """:meth:`ImageTable.summary` plus ``<split>_pairs`` when the table carries ``extras["pairs"]``."""
+    counts = table.summary()
+    pairs = table.extras.get("pairs")
+    if isinstance(pairs, dict):
+        for split, rows in pairs.items():
+            counts[f"{split}_pairs"] = len(rows)
+    return counts
 
 
 @dataclass
@@ -54,8 +71,9 @@ class DatasetCheck:
     def format(self, max_listed: int = 20) -> str:
         """A readable multi-line report."""
         lines = [f"dataset {self.name} at {self.root}"]
-        width = max(len(k) for k in COUNT_KEYS)
-        for key in COUNT_KEYS:
+        extra = [k for k in EXTRA_COUNT_KEYS if k in self.counts or k in (self.official or {})]
+        width = max(len(k) for k in (*COUNT_KEYS, *extra))
+        for key in (*COUNT_KEYS, *extra):
             found = self.counts.get(key, 0)
             ref = (self.official or {}).get(key)
             note = "" if ref is None else ("  (official)" if ref == found else f"  != official {ref:,}")
@@ -125,7 +143,7 @@ def check_dataset(name: str, root: str | Path, verify_images: bool = True, progr
     from vitrieval.data.readers import read_dataset
 
     table = read_dataset(name, root, **options)
-    counts = table.summary()
+    counts = table_counts(table)
     official = OFFICIAL_COUNTS.get(name)
     result = DatasetCheck(name, str(Path(root).expanduser().resolve()), counts,
                           dict(official) if official is not None else None)

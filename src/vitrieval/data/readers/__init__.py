@@ -9,6 +9,7 @@ sop      Stanford Online Products: ``Ebay_train.txt`` / ``Ebay_test.txt``
 cub      CUB-200-2011: ``images.txt``, ``image_class_labels.txt`` (option ``use_bbox``)
 inshop   In-Shop Clothes Retrieval: ``Eval/list_eval_partition.txt``
 roxford5k, rparis6k  revisited Oxford / Paris: ``gnd_<name>.pkl`` + ``jpg/``
+sfm120k  retrieval-SfM-120k (cirtorch): ``retrieval-SfM-120k.pkl`` + ``ims/``; query–positive pairs in extras
 ======== ===================================================================================
 """
 
@@ -22,6 +23,7 @@ from vitrieval.data.readers.cub import read_cub
 from vitrieval.data.readers.folder import read_folder
 from vitrieval.data.readers.inshop import read_inshop
 from vitrieval.data.readers.revisited import read_roxford5k, read_rparis6k
+from vitrieval.data.readers.sfm120k import read_sfm120k
 from vitrieval.data.readers.sop import read_sop
 from vitrieval.data.table import ImageTable
 
@@ -33,6 +35,7 @@ READERS: dict[str, Callable[..., ImageTable]] = {
     "inshop": read_inshop,
     "roxford5k": read_roxford5k,
     "rparis6k": read_rparis6k,
+    "sfm120k": read_sfm120k,
 }
 
 

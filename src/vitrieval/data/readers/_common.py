@@ -1,9 +1,11 @@
-"""Helpers shared by the dataset readers: locating the data root, clear errors, line-by-line parsing."""
+"""Helpers shared by the dataset readers: locating the data root, clear errors, line-by-line parsing, and a
+restricted unpickler for the ground-truth / database pickles some datasets ship."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 def find_root(root: str | Path, marker: str, subdirs: tuple[str, ...] = ()) -> Path:
@@ -57,3 +59,36 @@ def parse_float(value: str, path: Path, line: int, what: str) -> float:
         return float(value)
     except ValueError:
         raise malformed(path, line, f"{what} must be a number, got {value!r}") from None
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Loads only plain containers, numbers, strings and numpy arrays / scalars: a data file must not run code.
+
+    Python 2 pickles (cirtorch's and revisitop's files) load with ``encoding="latin1"``; ``_codecs.encode`` is
+    what those use to rebuild the raw bytes of numpy arrays.
+    """
+
+    ALLOWED: frozenset[tuple[str, str]] = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("builtins", "set"), ("builtins", "frozenset"),
+        ("collections", "OrderedDict"), ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def load_restricted_pickle(path: str | Path) -> Any:
+    """Unpickle ``path`` with :class:`RestrictedUnpickler`; any failure is a :class:`ValueError` naming the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return RestrictedUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError,
+            ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable pickle of plain data ({exc})") from None

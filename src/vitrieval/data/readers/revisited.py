@@ -11,11 +11,9 @@ only, ``bbox`` = their box: queries are cropped to it). ``table.extras["gnd"]`` 
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
-from typing import Any
 
-from vitrieval.data.readers._common import require_file
+from vitrieval.data.readers._common import RestrictedUnpickler, load_restricted_pickle, require_file
 from vitrieval.data.table import ImageTable, Record
 
 DATASETS = ("roxford5k", "rparis6k")
@@ -27,22 +25,7 @@ def _layout(name: str) -> str:
             f"    jpg/<image name>.jpg")
 
 
-class _GroundTruthUnpickler(pickle.Unpickler):
-    """Loads only plain containers and numpy arrays: a ground-truth file must not run code."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("builtins", "set"), ("builtins", "frozenset"),
-        ("collections", "OrderedDict"), ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a ground-truth file")
+_GroundTruthUnpickler = RestrictedUnpickler  # the name this module used before it moved to _common
 
 
 def load_ground_truth(path: str | Path) -> dict:
@@ -51,11 +34,7 @@ def load_ground_truth(path: str | Path) -> dict:
     Raises :class:`ValueError` naming the file when keys are missing or indices are out of range.
     """
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            raw = _GroundTruthUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable ground-truth pickle ({exc})") from None
+    raw = load_restricted_pickle(path)
     if not isinstance(raw, dict) or not {"imlist", "qimlist", "gnd"} <= set(raw):
         keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"{path}: expected a dict with keys imlist, qimlist, gnd; got {keys}")
