@@ -10,6 +10,9 @@ An index folder holds::
                       the same build reuses the finished shards instead of embedding them again (images
                       appended later by ``add`` are not in them; delete the folder to save disk)
 
+Under ``torchrun`` (a ``torch.distributed`` process group) :meth:`Index.build` shards the embedding across the
+ranks and rank 0 alone writes the folder (see its docstring and ``docs/DISTRIBUTED.md``).
+
 Every file is written atomically; ``index.json`` is written last and its ``count`` must agree with the other two,
 so a half-written folder is detected on load. The index type is a faiss factory string (``"Flat"``,
 ``"IVF4096,PQ32x4fs,RFlat"``, ``"HNSW32"``...) or ``"auto"``: exact search below :data:`AUTO_EXACT_LIMIT`
@@ -25,10 +28,12 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -38,7 +43,8 @@ from PIL import Image
 from vitrieval.data.images import load_image
 from vitrieval.data.readers.folder import list_images
 from vitrieval.data.table import ImageTable, Record, read_csv_table
-from vitrieval.embed import extract
+from vitrieval.distributed import DistContext
+from vitrieval.embed import _resolve_dist, extract
 from vitrieval.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,11 @@ queries per second of exact search): inverted lists + 4-bit fast-scan PQ, re-ran
 
 APPROXIMATE_SEARCH_PARAMS: dict[str, int] = {"nprobe": 32, "k_factor": 8}
 """Search parameters that go with :data:`APPROXIMATE_FACTORY`."""
+
+RANK0_WAIT_TIMEOUT = timedelta(hours=24)
+"""Under torchrun, how long the other ranks wait for rank 0 to check the shard cache, train and fill the faiss index
+and write the folder (on a gloo group of their own: NCCL's default collective timeout, 10 min, is shorter than
+training a large IVF index)."""
 
 DEFAULT_EF_SEARCH = 128
 """HNSW efSearch when a factory string with HNSW is given without one (faiss' own default of 16 is too low)."""
@@ -317,7 +328,8 @@ class Index:
               factory: str = "auto", batch_size: int = 64, num_workers: int = 2,
               shard_size: int = DEFAULT_SHARD_SIZE, *, device: str = "auto", amp: str = "auto",
               resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
-              k_factor: int | None = None, progress: bool = True) -> "Index":
+              k_factor: int | None = None, progress: bool = True,
+              distributed: bool | DistContext | None = None) -> "Index | None":
         """Embed ``images`` with the model in ``checkpoint_dir`` and index them (saved to ``out_dir`` if given).
 
         ``images``: a folder (recursively), a ``.csv`` table (``path[,label,...]``), a list of paths or an
@@ -325,6 +337,23 @@ class Index:
         into ``out_dir/shards`` and a rerun reuses the shards already there. Unreadable images are logged,
         skipped and listed in ``index.json`` (``skipped``). IVF / PQ factories are trained on the descriptors;
         too few of them for the factory is an error that says how many it needs.
+
+        Several processes (``torchrun``): ``distributed`` is read as by :func:`vitrieval.embed.extract` (``None``:
+        shard when a process group is initialised; ``True``: also initialise it from torchrun's environment;
+        ``False``: this process builds alone, as if there were no group; or a ``DistContext``). Every rank must
+        call ``build`` with the same arguments. Rank 0 decides which resume shards are already in ``out_dir/shards``
+        and tells the others; each missing shard is then embedded by all ranks together (``extract`` with the
+        group: every rank embeds a contiguous run of whole batches of the one-process batching, no padding and no
+        duplicate) and written by rank 0. So the shards, hence the index, are bit for bit those of one process with
+        the same ``batch_size`` and ``shard_size``, and the cache is interchangeable between runs with any number
+        of ranks (an interrupted torchrun build can be resumed by one process and the other way round). Splitting
+        whole shards between the ranks instead would have every rank write files and leave all but one rank idle
+        when there are fewer shards than ranks (with the default 10,000 images per shard, any collection under
+        10,000 x ranks). Rank 0 alone then trains and fills the faiss index and writes every file; the other ranks
+        wait for it (:data:`RANK0_WAIT_TIMEOUT`) and return ``None`` after the folder is complete (rank 0's index
+        is not sent to them: open it with :meth:`load` where needed). An error of rank 0's part (a foreign
+        ``out_dir``, too few descriptors for ``factory``, no readable image) is raised on every rank, marked
+        ``raised_on_rank = 0`` (the command has rank 0 alone print it).
         """
         from tqdm.auto import tqdm
 
@@ -333,6 +362,8 @@ class Index:
 
         if shard_size <= 0:
             raise ValueError(f"shard_size must be > 0, got {shard_size}")
+        ctx = _resolve_dist(distributed)
+        main = ctx.is_main
         table = as_table(images)
         checkpoint = Path(checkpoint_dir).expanduser().resolve()
         encoder = load(checkpoint, device=resolve_device(device))
@@ -340,49 +371,74 @@ class Index:
         amp = _effective_amp(encoder, amp)
         preprocessing = {"resize": resize, "amp": amp}
         directory = Path(out_dir).expanduser() if out_dir is not None else None
-        shard_dir = None
-        if directory is not None:
-            _check_out_dir(directory)
-            shard_dir = directory / SHARDS_DIR
-            shard_dir.mkdir(parents=True, exist_ok=True)
-
+        shard_dir = directory / SHARDS_DIR if directory is not None else None
         n_shards = math.ceil(len(table) / shard_size)
-        shards: list[tuple[np.ndarray, list[Record]]] = []  # (descriptors, records of its rows)
-        skipped: list[str] = []
-        started = time.time()
-        bar = tqdm(total=len(table), desc="indexing", unit="img", disable=not progress)
-        for s in range(n_shards):
-            records = table.records[s * shard_size:(s + 1) * shard_size]
-            key = _shard_key(records, fingerprint, preprocessing)
-            cached = _read_shard(shard_dir, s, key) if shard_dir is not None else None
-            if cached is not None:
-                descriptors, kept, bad = cached
-                log.info("shard %05d: reusing %d descriptors from %s", s, len(kept), shard_dir)
-            else:
-                sub = ImageTable(list(records), f"{table.name}/shard{s:05d}")
-                ex = extract(encoder, sub, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                             skip_bad=True, progress=progress, desc=f"shard {s + 1}/{n_shards}")
-                descriptors = ex.descriptors
-                kept = [records[i] for i in ex.indices.tolist()]
-                bad = list(ex.bad_paths)
-                if shard_dir is not None:
-                    _write_shard(shard_dir, s, key, descriptors, kept, bad)
-            for path in bad:
-                log.warning("skipped unreadable image: %s", path)
-            skipped.extend(bad)
-            shards.append((descriptors, kept))
-            bar.update(len(records))
-        bar.close()
-        if shard_dir is not None:
-            _remove_stale_shards(shard_dir, n_shards)
+        shard_records = [table.records[s * shard_size:(s + 1) * shard_size] for s in range(n_shards)]
+        keys = [_shard_key(records, fingerprint, preprocessing) for records in shard_records]
 
-        if skipped:
-            log.warning("%d unreadable image(s) skipped (listed in %s)", len(skipped),
-                        directory / INFO_FILE if directory else "index.info['skipped']")
-        if sum(len(k) for _, k in shards) == 0:
-            raise ValueError(f"none of the {len(table)} images could be read (first: {skipped[0]})")
-        return cls._assemble(encoder, checkpoint, shards, directory, factory, preprocessing, skipped,
-                             started, device, {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor})
+        with _RankZero(ctx) as rank0:
+            rank0.check_same(hashlib.sha256("".join(keys).encode()).hexdigest(),
+                             f"the ranks see different images to index or models ({len(table)} images here)")
+            # rank 0 alone looks at the output folder; the others learn which shards are still to embed
+            cached: dict[int, tuple[np.ndarray, list[Record], list[str]]] = {}
+            failure = None
+            if main and shard_dir is not None:
+                try:
+                    _check_out_dir(directory)
+                    shard_dir.mkdir(parents=True, exist_ok=True)
+                    for s in range(n_shards):
+                        found = _read_shard(shard_dir, s, keys[s])
+                        if found is not None:
+                            cached[s] = found
+                except (OSError, ValueError) as exc:
+                    failure = exc
+            todo = set(rank0.share(sorted(set(range(n_shards)) - set(cached)), failure))
+
+            shards: list[tuple[np.ndarray, list[Record]]] = []  # (descriptors, records of its rows); rank 0 only
+            skipped: list[str] = []
+            started = time.time()
+            bar = tqdm(total=len(table), desc="indexing", unit="img", disable=not (progress and main))
+            for s in range(n_shards):
+                records = shard_records[s]
+                if s in todo:
+                    sub = ImageTable(list(records), f"{table.name}/shard{s:05d}")
+                    ex = extract(encoder, sub, batch_size=batch_size, num_workers=num_workers, amp=amp,
+                                 resize=resize, skip_bad=True, progress=progress, desc=f"shard {s + 1}/{n_shards}",
+                                 distributed=ctx)
+                    descriptors = ex.descriptors
+                    kept = [records[i] for i in ex.indices.tolist()]
+                    bad = list(ex.bad_paths)
+                    if shard_dir is not None and main:
+                        _write_shard(shard_dir, s, keys[s], descriptors, kept, bad)
+                elif main:
+                    descriptors, kept, bad = cached[s]
+                    log.info("shard %05d: reusing %d descriptors from %s", s, len(kept), shard_dir)
+                if main:
+                    for path in bad:
+                        log.warning("skipped unreadable image: %s", path)
+                    skipped.extend(bad)
+                    shards.append((descriptors, kept))
+                    bar.update(len(records))
+            bar.close()
+
+            # rank 0 alone trains, fills and writes the index; the others wait for the folder to be complete
+            index, failure = None, None
+            if main:
+                try:
+                    if shard_dir is not None:
+                        _remove_stale_shards(shard_dir, n_shards)
+                    if skipped:
+                        log.warning("%d unreadable image(s) skipped (listed in %s)", len(skipped),
+                                    directory / INFO_FILE if directory else "index.info['skipped']")
+                    if sum(len(k) for _, k in shards) == 0:
+                        raise ValueError(f"none of the {len(table)} images could be read (first: {skipped[0]})")
+                    index = cls._assemble(encoder, checkpoint, shards, directory, factory, preprocessing, skipped,
+                                          started, device,
+                                          {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor})
+                except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                    failure = exc
+            rank0.share(None, failure)
+        return index
 
     @classmethod
     def from_descriptors(cls, checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
@@ -696,12 +752,18 @@ class Index:
         return results
 
     def add(self, images: ImagesArg, batch_size: int = 64, num_workers: int = 2, progress: bool = True,
-            save: bool = True) -> AddReport:
-        """Embed and append images (skipping paths already indexed and unreadable files); saves if on disk."""
+            save: bool = True, distributed: bool | DistContext | None = None) -> AddReport:
+        """Embed and append images (skipping paths already indexed and unreadable files); saves if on disk.
+
+        ``distributed`` as in :func:`vitrieval.embed.extract`: with a process group (torchrun) every rank must
+        call ``add`` on its copy of the same index with the same images; the ranks share the embedding, every
+        rank's copy gets every image, and rank 0 alone saves (the others wait until it has).
+        """
+        ctx = _resolve_dist(distributed)
         table = as_table(images)
         fresh = [r for r in table.records if r.path not in self._paths]
         already = len(table) - len(fresh)
-        if already:
+        if already and ctx.is_main:
             log.info("%d image(s) already in the index, not added again", already)
         if not fresh:
             return AddReport(0, [], already)
@@ -710,8 +772,8 @@ class Index:
         with self._lock:
             ex = extract(encoder, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
                          amp=_effective_amp(encoder, prep.get("amp")), resize=prep.get("resize", "shorter"), skip_bad=True,
-                         progress=progress, desc="adding")
-            for path in ex.bad_paths:
+                         progress=progress, desc="adding", distributed=ctx)
+            for path in ex.bad_paths if ctx.is_main else ():
                 log.warning("skipped unreadable image: %s", path)
             kept = [fresh[i] for i in ex.indices.tolist()]
             next_id = int(self.info.get("next_id", len(self)))
@@ -726,12 +788,84 @@ class Index:
             self.info["skipped"] = sorted(set(self.info.get("skipped", [])) | set(ex.bad_paths))
             self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             if save and self.directory is not None:
-                self.save(self.directory)
+                if ctx.is_main:
+                    self.save(self.directory)
+                ctx.barrier()
         return AddReport(len(kept), list(ex.bad_paths), already)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers of build
+
+
+class _RankZero:
+    """The parts of a build that rank 0 does alone, under torchrun: the other ranks wait for its outcome.
+
+    They wait on a gloo group of their own with :data:`RANK0_WAIT_TIMEOUT` (CPU objects only), so that NCCL's
+    10-minute default does not cut a long faiss training short. Without a process group it only re-raises.
+    """
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self.group = None
+
+    def __enter__(self) -> "_RankZero":
+        if self.ctx.enabled:
+            import torch.distributed as dist
+
+            self.group = dist.new_group(backend="gloo", timeout=RANK0_WAIT_TIMEOUT)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group(self.group)
+            self.group = None
+
+    def check_same(self, value: str, message: str) -> None:
+        """Raise ``ValueError(message)`` on every rank unless every rank passes the same ``value``."""
+        if self.group is None:
+            return
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(values, value, group=self.group)
+        if len(set(values)) > 1:
+            raise ValueError(message)
+
+    def share(self, value: Any, failure: BaseException | None = None) -> Any:
+        """Rank 0's ``value`` on every rank, or rank 0's ``failure`` raised on every rank.
+
+        Under torchrun the raised errors (rank 0's own and the others' copies) carry ``raised_on_rank = 0``, so
+        that a command can have rank 0 alone report them.
+        """
+        if self.group is not None:
+            import torch.distributed as dist
+
+            box = [(value, _portable(failure)) if self.ctx.is_main else None]
+            dist.broadcast_object_list(box, src=0, group=self.group)
+            value, remote = box[0]
+            if remote is not None:
+                failure = failure if self.ctx.is_main else remote
+                try:
+                    failure.raised_on_rank = 0
+                except AttributeError:
+                    pass
+        if failure is not None:
+            raise failure
+        return value
+
+
+def _portable(exc: BaseException | None) -> BaseException | None:
+    """``exc`` if it survives pickling (to be sent to the other ranks), else a RuntimeError with its message."""
+    if exc is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def _effective_amp(encoder, amp: str | None) -> str:

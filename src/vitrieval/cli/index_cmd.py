@@ -7,11 +7,15 @@
 ``--factory`` is a faiss factory string (exact ``Flat``, ``IVF4096,PQ32x4fs,RFlat``, ``HNSW32``...) or ``auto``
 (exact below 100k images, the benchmarked approximate index above). An interrupted build resumes: rerun the same
 command and the descriptor shards already written are reused. Unreadable images are listed and skipped.
+
+Under torchrun (``torchrun --nproc_per_node N -m vitrieval index ...``) the ranks share the embedding (the result
+is that of one process) and rank 0 alone writes the index folder, prints and logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from vitrieval.cli import CLIError
@@ -46,33 +50,80 @@ def run(args: argparse.Namespace) -> int:
     """Build (or extend) the index; prints a one-line summary and the skipped files."""
     from pathlib import Path
 
-    from vitrieval.index import INFO_FILE, Index
+    from vitrieval.distributed import DistContext
 
     images = args.images if args.images is not None else args.table
     if not Path(images).exists():
         raise CLIError(f"{'--images' if args.images is not None else '--table'} {images} does not exist")
     if args.batch_size < 1 or args.num_workers < 0 or args.shard_size < 1:
         raise CLIError("--batch-size and --shard-size must be >= 1, --num-workers >= 0")
+    if not args.add and not args.checkpoint:
+        raise CLIError("--checkpoint is required to build an index (only --add can reuse the index's model)")
+
+    import torch.distributed
+
+    created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    ctx = DistContext.from_env()  # under torchrun: the ranks share the embedding, rank 0 writes, prints and logs
+    created = created and ctx.enabled
+    quiet = _quiet_logging() if not ctx.is_main else None
+    try:
+        return _run(args, images, ctx)
+    except (CLIError, FileNotFoundError, ValueError, KeyError) as exc:
+        if getattr(exc, "raised_on_rank", None) != 0 or getattr(args, "verbose", False):
+            raise
+        # rank 0's error, raised on every rank: rank 0 reports it (as ``vitrieval`` would), before anyone exits
+        if ctx.is_main:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"vitrieval {args.command}: error: {msg}", file=sys.stderr, flush=True)
+        ctx.barrier()
+        return 2
+    finally:
+        if quiet is not None:
+            quiet()
+        if created:
+            ctx.shutdown()
+
+
+def _quiet_logging():  # noqa: ANN202 - returns the function that restores the level
+    """Errors only from this rank's loggers (rank 0 logs for everyone); returns what undoes it."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    return lambda: root.setLevel(level)
+
+
+def _run(args: argparse.Namespace, images: str, ctx) -> int:  # noqa: ANN001 - vitrieval.distributed.DistContext
+    from pathlib import Path
+
+    from vitrieval.index import INFO_FILE, Index
+
     started = time.time()
     if args.add:
         if not (Path(args.output) / INFO_FILE).is_file():
             raise CLIError(f"--add: {args.output} is not an index folder (no {INFO_FILE}); build it first")
         index = Index.load(args.output, checkpoint=args.checkpoint, device=args.device)
         before = len(index)
-        report = index.add(images, batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress)
+        report = index.add(images, batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress,
+                           distributed=ctx)
         if args.nprobe or args.ef_search:
             apply_search_params(index, args)
-            index.save()
+            if ctx.is_main:
+                index.save()
+            ctx.barrier()
+        if not ctx.is_main:
+            return 0
         print(f"added {report.added} image(s) to {args.output}: {before} -> {len(index)} "
               f"({report.already_indexed} already indexed, {len(report.skipped)} unreadable skipped) "
               f"in {time.time() - started:.1f} s")
         skipped = report.skipped
     else:
-        if not args.checkpoint:
-            raise CLIError("--checkpoint is required to build an index (only --add can reuse the index's model)")
         index = Index.build(args.checkpoint, images, args.output, factory=args.factory, batch_size=args.batch_size,
                             num_workers=args.num_workers, shard_size=args.shard_size, device=args.device,
-                            nprobe=args.nprobe, ef_search=args.ef_search, progress=args.progress)
+                            nprobe=args.nprobe, ef_search=args.ef_search, progress=args.progress, distributed=ctx)
+        if not ctx.is_main:  # the folder is complete (build waits for rank 0); rank 0 reports
+            return 0
         skipped = index.skipped
         print(f"indexed {len(index)} image(s) into {args.output} ({index.factory}, {index.descriptor_dim}-d, model "
               f"{index.fingerprint}; {len(skipped)} unreadable skipped) in {time.time() - started:.1f} s")
