@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitrieval.losses import contrastive_loss, koleo_loss
+from vitrieval.losses import contrastive_loss, koleo_loss, tuple_contrastive_loss
 
 
 def brute_force_contrastive(z, labels, margin, ref_z=None, ref_labels=None) -> float:
@@ -148,3 +148,40 @@ def test_matches_pytorch_metric_learning_up_to_reduction():
     # ... and PML's default reduction is a different number (the reason the paper's loss is written out here)
     default = float(ContrastiveLoss(pos_margin=1, neg_margin=beta, distance=CosineSimilarity())(z, y))
     assert abs(default - ours) > 1e-3
+
+
+# -- cirtorch's distance-based contrastive loss over tuples ------------------------------------------------------
+
+def _tuple_loss_loops(z: torch.Tensor, size: int, margin: float, eps: float = 1e-6) -> float:
+    """cirtorch's formula pair by pair: 0.5 y d^2 + 0.5 (1 - y) max(0, margin - d)^2, d = ||q - x + eps||."""
+    total = 0.0
+    for t in range(z.shape[0] // size):
+        q = z[t * size].double()
+        for j in range(1, size):
+            x = z[t * size + j].double()
+            d = math.sqrt(float(((q - x + eps) ** 2).sum()))
+            total += 0.5 * d * d if j == 1 else 0.5 * max(0.0, margin - d) ** 2
+    return total
+
+
+@pytest.mark.parametrize("margin", [0.85, 1.2])
+def test_tuple_loss_matches_cirtorch_formula_pair_by_pair(margin):
+    z = F.normalize(torch.randn(3 * 7, 16, generator=torch.Generator().manual_seed(3)), dim=1)
+    assert tuple_contrastive_loss(z, 7, margin).item() == pytest.approx(_tuple_loss_loops(z, 7, margin), rel=1e-5)
+
+
+def test_tuple_loss_hand_values():
+    q, p = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])  # d(q, p) = sqrt(2)
+    far, near = torch.tensor([[-1.0, 0.0]]), torch.tensor([[0.6, 0.8]])  # d = 2 (> margin), d = sqrt(0.8) = 0.894
+    z = torch.cat([q, p, far, near])
+    expected = 0.5 * 2.0 + 0.0 + 0.5 * (1.0 - math.sqrt(0.8)) ** 2  # margin 1.0
+    assert tuple_contrastive_loss(z, 4, margin=1.0, eps=0.0).item() == pytest.approx(expected, rel=1e-6)
+    # a positive identical to its query and negatives beyond the margin cost nothing (up to eps)
+    assert tuple_contrastive_loss(torch.cat([q, q, far]), 3, margin=1.0).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_tuple_loss_gradcheck_and_shape_errors():
+    z = torch.randn(2 * 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: tuple_contrastive_loss(x, 4, 0.85), (z,))
+    with pytest.raises(ValueError, match="whole number of tuples of 4"):
+        tuple_contrastive_loss(torch.randn(7, 5), 4)

@@ -365,8 +365,8 @@ def test_csv_errors(tmp_path: Path) -> None:
 # -- registry ----------------------------------------------------------------------------------------------------
 
 def test_registry() -> None:
-    assert {"folder", "csv", "sop", "cub", "inshop", "roxford5k", "rparis6k"} <= set(READERS)
-    assert set(OFFICIAL_COUNTS) == {"sop", "cub", "inshop", "roxford5k", "rparis6k"}
+    assert {"folder", "csv", "sop", "cub", "inshop", "roxford5k", "rparis6k", "sfm120k"} <= set(READERS)
+    assert set(OFFICIAL_COUNTS) == {"sop", "cub", "inshop", "roxford5k", "rparis6k", "sfm120k"}
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         read_dataset("nope", ".")
 

@@ -45,6 +45,7 @@ class DataConfig:
     num_workers: int = 2
     train_resize_ratio: float = 256 / 224  # train: square resize to size * ratio, random crop, flip
     hflip: bool = True
+    train_resize: str = "crop"  # crop (square resize to size * ratio, random crop) | square (landmarks: whole image)
     eval_resize: str = "shorter"  # shorter (resize shorter side, centre crop) | square (landmarks)
     on_bad_image: str = "stop"  # stop | skip (skip-and-count, logged)
 
@@ -53,7 +54,7 @@ class DataConfig:
 class LossConfig:
     """L = contrastive(batch) + w * contrastive(batch, memory) + lambda * KoLeo(batch)."""
 
-    margin: float = 0.5  # beta of Eq. 1
+    margin: float = 0.5  # beta of Eq. 1; with train.sampler=tuples the distance margin tau (0.85 in cirtorch)
     koleo_weight: float = 0.0  # lambda of Eq. 5; 0 = IRT_L, > 0 = IRT_R
     koleo_eps: float = 1e-8
     koleo_global: bool = False  # under torchrun: KoLeo over the global batch (default: per rank, as the paper)
@@ -70,11 +71,31 @@ class MemoryConfig:
 
 
 @dataclass
+class TuplesConfig:
+    """Tuple training for particular objects (cirtorch's SfM-120k procedure; used when ``train.sampler=tuples``).
+
+    Each epoch draws ``query_size`` query-positive pairs and a pool of ``pool_size`` images, embeds both with the
+    current model and gives every query its ``negatives`` hardest pool images outside its cluster (at most one per
+    cluster); a step takes ``per_batch`` tuples of 1 + 1 + ``negatives`` images.
+    """
+
+    epochs: int = 100
+    query_size: int = 2000
+    pool_size: int = 22000
+    negatives: int = 5
+    per_batch: int = 5
+    lr_decay: float = 0.01  # lr *= exp(-lr_decay) after every epoch
+    mining_batch_size: int = 32  # images per forward pass while mining
+
+
+@dataclass
 class TrainConfig:
     """The optimisation loop (iterations are optimizer steps, as the paper counts them)."""
 
-    iterations: int = 35000
+    sampler: str = "classes"  # classes (P x K batches, Eq. 1 + memory) | tuples (mined tuples, see the tuples section)
+    iterations: int = 35000  # optimizer steps (sampler=classes; with tuples the length is tuples.epochs)
     batch_size: int = 64
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, cirtorch)
     lr: float = 3e-5
     weight_decay: float = 5e-4
     amp: str = "auto"  # auto (bf16 on CPU and recent GPUs) | bf16 | fp16 | off
@@ -98,6 +119,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    tuples: TuplesConfig = field(default_factory=TuplesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +129,9 @@ class Config:
         choices = {
             "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem")),
             "data.eval_resize": (self.data.eval_resize, ("shorter", "square")),
+            "data.train_resize": (self.data.train_resize, ("crop", "square")),
+            "train.sampler": (self.train.sampler, ("classes", "tuples")),
+            "train.optimizer": (self.train.optimizer, ("adamw", "adam")),
             "data.on_bad_image": (self.data.on_bad_image, ("stop", "skip")),
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "off")),
         }
@@ -116,11 +141,16 @@ class Config:
         positive = {
             "model.image_size": self.model.image_size, "train.batch_size": self.train.batch_size,
             "train.iterations": self.train.iterations, "data.images_per_class": self.data.images_per_class,
+            "tuples.epochs": self.tuples.epochs, "tuples.query_size": self.tuples.query_size,
+            "tuples.pool_size": self.tuples.pool_size, "tuples.per_batch": self.tuples.per_batch,
+            "tuples.mining_batch_size": self.tuples.mining_batch_size,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ValueError(f"config key {key} must be > 0, got {value}")
-        if self.train.batch_size % self.data.images_per_class:
+        if self.tuples.negatives < 0:
+            raise ValueError(f"config key tuples.negatives must be >= 0, got {self.tuples.negatives}")
+        if self.train.sampler == "classes" and self.train.batch_size % self.data.images_per_class:
             raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of "
                              f"data.images_per_class ({self.data.images_per_class})")
         if not 0.0 <= self.memory.momentum < 1.0:

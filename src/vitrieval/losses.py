@@ -1,6 +1,7 @@
-"""The IRT losses: contrastive loss with margin (Eq. 1) and the KoLeo differential-entropy regulariser (Eq. 5).
+"""The IRT losses: contrastive loss with margin (Eq. 1), the KoLeo differential-entropy regulariser (Eq. 5), and
+cirtorch's distance-based contrastive loss over mined tuples (landmark fine-tuning on SfM-120k).
 
-Both take unit-norm descriptors ``z`` (the encoder's output) and are computed in float32 even under autocast
+All take unit-norm descriptors ``z`` (the encoder's output) and are computed in float32 even under autocast
 (float64 inputs stay float64, for ``gradcheck``).
 """
 
@@ -83,3 +84,30 @@ def koleo_loss(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
             nearest = dots.argmax(dim=1)
         rho = F.pairwise_distance(zf, zf[nearest], p=2, eps=eps)
         return -torch.log(rho + eps).mean()
+
+
+def tuple_contrastive_loss(z: torch.Tensor, tuple_size: int, margin: float = 0.85,
+                           eps: float = 1e-6) -> torch.Tensor:
+    r"""Distance-based contrastive loss over training tuples (cirtorch's form, used on SfM-120k).
+
+    ``z`` holds ``T`` tuples of ``S = tuple_size`` descriptors each, in order ``(q, p, n_1, …, n_{S-2})`` per tuple.
+    Every non-query image ``x`` of a tuple is paired with the tuple's query ``q``; with ``y = 1`` for the positive
+    and ``y = 0`` for the negatives, ``d = ‖q − x + ε‖₂`` and ``τ = margin``::
+
+        L = Σ_tuples Σ_{x ≠ q} [ ½ · y · d²  +  ½ · (1 − y) · max(0, τ − d)² ]
+
+    summed (not averaged) over the pairs of all tuples, as cirtorch does (its ``contrastive_loss``, where the ``ε``
+    inside the norm keeps the gradient finite for identical descriptors). Computed in float32 under autocast.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"z must be (T * S, D), got shape {tuple(z.shape)}")
+    if tuple_size < 2 or z.shape[0] % tuple_size:
+        raise ValueError(f"z has {z.shape[0]} rows, not a whole number of tuples of {tuple_size} "
+                         "(query, positive, negatives)")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        tuples = _full_precision(z).view(-1, tuple_size, z.shape[1])
+        query, others = tuples[:, :1], tuples[:, 1:]
+        d = (query - others + eps).pow(2).sum(dim=-1).sqrt()  # (T, S - 1): positive first, then the negatives
+        positive = 0.5 * d[:, 0].pow(2)
+        negative = 0.5 * F.relu(margin - d[:, 1:]).pow(2)
+        return positive.sum() + negative.sum()

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitrieval.amp import amp_dtype, autocast_context, resolve_device
-from vitrieval.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from vitrieval.config import Config, save_config
+from vitrieval.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from vitrieval.config import Config
 from vitrieval.data.dataset import SeededTableDataset, collate_skip_bad
 from vitrieval.data.readers import read_dataset
 from vitrieval.data.sampler import ClassBalancedBatchSampler
@@ -39,7 +39,8 @@ from vitrieval.io_utils import atomic_write_json
 from vitrieval.model import Encoder
 from vitrieval.momentum import MomentumEncoder
 from vitrieval.objective import IRTObjective
-from vitrieval.run_log import MetricsWriter, attach_file_log
+from vitrieval.run_dir import RunDir
+from vitrieval.run_log import MetricsWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_optimizer(params, config: Config) -> torch.optim.Optimizer:
+    """``train.optimizer``: AdamW (decoupled weight decay, the category-level recipe) or Adam (weight decay as an L2
+    penalty in the gradient, as cirtorch trains on SfM-120k)."""
+    cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+
+
 def load_tables(config: Config) -> tuple[ImageTable, ImageTable]:
     """The training split and the held-out split of the configured dataset."""
     if not config.data.root:
@@ -74,31 +82,43 @@ def load_tables(config: Config) -> tuple[ImageTable, ImageTable]:
     return train, test
 
 
+def held_out_recall(encoder: torch.nn.Module, table: ImageTable, config: Config,
+                    dist: DistContext) -> dict[str, float]:
+    """Recall@K (``train.eval_ks``) on ``table``, at most ``train.eval_max_images`` of it (an even subsample).
+
+    Rank 0 gets the result, the other ranks ``{}``. Under torchrun every rank embeds its shard of the table with the
+    plain encoder (no DDP forward, so no collective the other ranks would not join) and rank 0 computes the metric.
+    """
+    if len(table) < 2:
+        return {}
+    cap = config.train.eval_max_images
+    if cap and len(table) > cap:
+        stride = math.ceil(len(table) / cap)
+        table = table.select([i % stride == 0 for i in range(len(table))])
+    ks = [k for k in config.train.eval_ks if k < len(table)]
+    options = dict(batch_size=max(64, config.train.batch_size), num_workers=config.data.num_workers,
+                   amp=config.train.amp, resize=config.data.eval_resize, progress=False)
+    if not dist.is_main:  # the same sharded extraction as rank 0's recall_on_table, result unused
+        extract(encoder, table, distributed=dist, **options)
+        return {}
+    return recall_on_table(encoder, table, ks, **options)
+
+
 class Trainer:
     """Holds the state of one run; :meth:`run` trains to ``train.iterations`` and returns a :class:`TrainResult`."""
 
     def __init__(self, config: Config, output_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.cfg = config.validate()
+        if config.train.sampler != "classes":
+            raise ValueError(f"Trainer runs train.sampler=classes; for {config.train.sampler!r} use "
+                             "vitrieval.tuple_train.TupleTrainer (vitrieval.train.train picks the right one)")
         self.out = Path(output_dir)
         self.progress = progress
         self.dist = DistContext.from_env()
-        if not self.dist.is_main and logging.getLogger("vitrieval").getEffectiveLevel() < logging.WARNING:
-            logging.getLogger("vitrieval").setLevel(logging.WARNING)  # rank 0 reports; the others only warn
         self.device = resolve_device(config.train.device)
-        self.ckpt_dir = self.out / "checkpoints"
-        # rank 0's view decides (the output folder may be local to the first machine)
-        has_checkpoint = bool(self.dist.broadcast_object((self.ckpt_dir / "last.pt").is_file()))
-        if has_checkpoint and not resume:
-            raise ValueError(f"{self.out} already holds a run (checkpoints/last.pt); pass --resume to continue it "
-                             "or choose another --output")
-        self.resume = resume and has_checkpoint
-        if resume and not has_checkpoint:
-            log.warning("--resume: no checkpoint in %s yet, starting from scratch", self.ckpt_dir)
-        if self.dist.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            self._log_handler = attach_file_log(self.out / "train.log")
-            save_config(config, self.out / "config.yaml")
-        self.dist.barrier()
+        self.run_dir = RunDir.open(config, self.out, resume, self.dist)
+        self.ckpt_dir = self.run_dir.checkpoints
+        self.resume = self.run_dir.resume
 
         seed_everything(config.train.seed)  # same initial weights on every rank and in every rerun
         self.train_table, self.test_table = load_tables(config)
@@ -109,8 +129,7 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.encoder, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=config.train.lr,
-                                           weight_decay=config.train.weight_decay)
+        self.optimizer = make_optimizer(self.encoder.parameters(), config)
         dtype = amp_dtype(self.device, config.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
         self.sampler = ClassBalancedBatchSampler(self.train_table.labels, config.train.batch_size,
@@ -118,7 +137,8 @@ class Trainer:
                                                  self.dist.rank, self.dist.world_size)
         self.dataset = SeededTableDataset(
             self.train_table,
-            train_transform(self.encoder.data_config, config.data.train_resize_ratio, config.data.hflip),
+            train_transform(self.encoder.data_config, config.data.train_resize_ratio, config.data.hflip,
+                            config.data.train_resize),
             skip_bad=config.data.on_bad_image == "skip")
         self.iteration = 0
         self.epoch = 0
@@ -126,7 +146,7 @@ class Trainer:
         self.skipped_images = 0
         self.metrics = MetricsWriter(self.out, enabled=self.dist.is_main)
         if self.resume:
-            self._load(self._read_checkpoint())
+            self._load(self.run_dir.read_checkpoint())
         elif self.dist.is_main and self.metrics.path.exists():
             self.metrics.path.unlink()
         log.info("run %s: %d train images / %d classes, %d held-out images / %d classes; %s on %s, world size %d",
@@ -144,13 +164,6 @@ class Trainer:
             "momentum": self.momentum.state_dict() if self.momentum is not None else None,
             "rng": capture_rng_state(),
         }
-
-    def _read_checkpoint(self) -> dict[str, Any]:
-        """``last.pt`` on every rank: read from disk where visible, else rank 0's copy (no shared file system)."""
-        visible = self.dist.all_gather_object((self.ckpt_dir / "last.pt").is_file())
-        if all(visible):
-            return load_checkpoint(self.ckpt_dir)
-        return self.dist.broadcast_object(load_checkpoint(self.ckpt_dir) if self.dist.is_main else None)
 
     def _load(self, state: dict[str, Any]) -> None:
         saved_model = state["config"]["model"]
@@ -190,25 +203,8 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Recall@K on the held-out split (on the main rank; empty elsewhere and when there is none).
-
-        Under torchrun every rank embeds its shard of the table with the plain encoder (no DDP forward, so no
-        collective the other ranks would not join) and rank 0 computes the metric.
-        """
-        if len(self.test_table) < 2:
-            return {}
-        table = self.test_table
-        cap = self.cfg.train.eval_max_images
-        if cap and len(table) > cap:
-            stride = math.ceil(len(table) / cap)
-            table = table.select([i % stride == 0 for i in range(len(table))])
-        ks = [k for k in self.cfg.train.eval_ks if k < len(table)]
-        options = dict(batch_size=max(64, self.cfg.train.batch_size), num_workers=self.cfg.data.num_workers,
-                       amp=self.cfg.train.amp, resize=self.cfg.data.eval_resize, progress=False)
-        if not self.dist.is_main:  # the same sharded extraction as rank 0's recall_on_table, result unused
-            extract(self.encoder, table, distributed=self.dist, **options)
-            return {}
-        return recall_on_table(self.encoder, table, ks, **options)
+        """Recall@K on the held-out split (on the main rank; empty elsewhere and when there is none)."""
+        return held_out_recall(self.encoder, self.test_table, self.cfg, self.dist)
 
     # -- one optimizer step --------------------------------------------------------------------------------------
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -316,9 +312,7 @@ class Trainer:
         self.metrics.close()
         seconds = time.time() - start
         log.info("done: %d iterations in %.1f s; model in %s", self.iteration, seconds, self.out / "model")
-        if self.dist.is_main and getattr(self, "_log_handler", None) is not None:
-            logging.getLogger("vitrieval").removeHandler(self._log_handler)
-            self._log_handler.close()
+        self.run_dir.close()
         return TrainResult(self.out, self.iteration, {str(k): v for k, v in recall.items()}, seconds,
                            self.skipped_images, history)
 
@@ -328,5 +322,13 @@ def _fmt_recall(recall: dict) -> str:
 
 
 def train(config: Config, output_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``config`` into ``output_dir`` (continuing the last checkpoint with ``resume``)."""
+    """Train ``config`` into ``output_dir`` (continuing the last checkpoint with ``resume``).
+
+    ``train.sampler=classes``: :class:`Trainer` (P x K batches, Eq. 1, memory, KoLeo); ``tuples``:
+    :class:`vitrieval.tuple_train.TupleTrainer` (mined landmark tuples, cirtorch's loss, KoLeo).
+    """
+    if config.train.sampler == "tuples":
+        from vitrieval.tuple_train import TupleTrainer
+
+        return TupleTrainer(config, output_dir, resume=resume, progress=progress).run()
     return Trainer(config, output_dir, resume=resume, progress=progress).run()

@@ -1,6 +1,7 @@
 """Pre-processing from the backbone's pretrained_cfg (mean, std, interpolation, crop_pct).
 
-- train: square resize to ``size * train_resize_ratio`` (256 for 224), random crop ``size``, horizontal flip.
+- train ``crop``: square resize to ``size * train_resize_ratio`` (256 for 224), random crop ``size``, horizontal flip.
+- train ``square``: square resize to ``size`` (landmark tuples: the whole image, as at test time), optional flip.
 - eval ``shorter``: resize the shorter side to ``size / crop_pct`` (256 for 224), centre crop ``size``.
 - eval ``square``: square resize to ``size`` (landmark retrieval: the whole image is kept).
 """
@@ -27,10 +28,16 @@ def _to_tensor(data_config: dict[str, Any]) -> list:
             T.Normalize(mean=data_config["mean"], std=data_config["std"])]
 
 
-def train_transform(data_config: dict[str, Any], resize_ratio: float = 256 / 224, hflip: bool = True) -> Callable:
+def train_transform(data_config: dict[str, Any], resize_ratio: float = 256 / 224, hflip: bool = True,
+                    resize: str = "crop") -> Callable:
     size = int(data_config["image_size"])
-    big = max(size, int(round(size * resize_ratio)))
-    ops: list = [T.Resize((big, big), interpolation=_interp(data_config), antialias=True), T.RandomCrop(size)]
+    if resize == "square":
+        ops: list = [T.Resize((size, size), interpolation=_interp(data_config), antialias=True)]
+    elif resize == "crop":
+        big = max(size, int(round(size * resize_ratio)))
+        ops = [T.Resize((big, big), interpolation=_interp(data_config), antialias=True), T.RandomCrop(size)]
+    else:
+        raise ValueError(f"train resize must be 'crop' or 'square', got {resize!r}")
     if hflip:
         ops.append(T.RandomHorizontalFlip())
     return T.Compose(ops + _to_tensor(data_config))

@@ -1,0 +1,149 @@
+"""Hard-negative mining for tuple training (cirtorch's procedure on SfM-120k, the paper's landmark track).
+
+At the start of every epoch:
+
+1. draw ``query_size`` query-positive pairs from the dataset's pairs, and a pool of ``pool_size`` images;
+2. embed the queries and the pool with the current model (batched, sharded under torchrun, with progress);
+3. give every query the ``negatives`` pool images most similar to it whose cluster (3D model) is not the query's,
+   taking at most one image per cluster.
+
+A tuple is then ``(query, positive, n_1, …, n_k)``. The draws depend only on ``(seed, epoch)``, so an interrupted
+run mines the same tuples again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitrieval.data.table import ImageTable
+from vitrieval.embed import extract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochTuples:
+    """One epoch's tuples; indices are rows of the training table.
+
+    ``queries``/``positives``: ``(n,)``; ``negatives``: ``(n, k)``; ``negative_distance``: the mean L2 distance
+    between a query and its mined negatives (cirtorch's statistic; it rises as the model separates clusters).
+    """
+
+    queries: np.ndarray
+    positives: np.ndarray
+    negatives: np.ndarray
+    negative_distance: float = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @property
+    def tuple_size(self) -> int:
+        return 2 + self.negatives.shape[1]
+
+    def rows(self, i: int) -> list[int]:
+        """Table rows of tuple ``i``: query, positive, then the negatives."""
+        return [int(self.queries[i]), int(self.positives[i]), *map(int, self.negatives[i])]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"queries": self.queries, "positives": self.positives, "negatives": self.negatives,
+                "negative_distance": self.negative_distance}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "EpochTuples":
+        return cls(np.asarray(state["queries"], np.int64), np.asarray(state["positives"], np.int64),
+                   np.asarray(state["negatives"], np.int64), float(state["negative_distance"]))
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of epoch ``epoch``'s draws (pairs and pool)."""
+    return np.random.default_rng([seed, epoch, 0x7C1E])
+
+
+def hardest_negatives(query_desc: np.ndarray, pool_desc: np.ndarray, pool_rows: np.ndarray,
+                      clusters: np.ndarray, query_clusters: np.ndarray, k: int,
+                      chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """For every query, the ``k`` most similar pool images (inner product) outside its cluster, one per cluster.
+
+    Returns ``(negatives (n, k), distances (n, k))``: table rows ``pool_rows[j]`` of the chosen pool items, in
+    decreasing similarity, and their L2 distances to the query. ``clusters[j]`` is the cluster of pool item ``j``.
+    Raises ``ValueError`` when the pool has fewer than ``k`` clusters other than a query's.
+    """
+    n = len(query_desc)
+    negatives = np.empty((n, k), dtype=np.int64)
+    distances = np.empty((n, k), dtype=np.float32)
+    if k == 0 or n == 0:
+        return negatives, distances
+    pool = torch.from_numpy(np.ascontiguousarray(pool_desc, dtype=np.float32))
+    # a query's candidates: enough of the top of its ranking to hold k other clusters in the usual case
+    shortlist = min(len(pool_desc), max(8 * k, 64))
+    for start in range(0, n, chunk):
+        q = torch.from_numpy(np.ascontiguousarray(query_desc[start:start + chunk], dtype=np.float32))
+        scores = q @ pool.T
+        top = torch.topk(scores, shortlist, dim=1).indices.numpy()
+        for i in range(len(q)):
+            row = start + i
+            picked = _pick(top[i], clusters, query_clusters[row], k)
+            if picked is None:  # the shortlist was dominated by a few clusters: scan the whole ranking
+                picked = _pick(torch.argsort(scores[i], descending=True).numpy(), clusters, query_clusters[row], k)
+            if picked is None:
+                others = len(set(clusters.tolist()) - {int(query_clusters[row])})
+                raise ValueError(f"the negative pool holds only {others} cluster(s) other than query {row}'s, "
+                                 f"{k} are needed: raise tuples.pool_size or lower tuples.negatives")
+            negatives[row] = pool_rows[picked]
+            diff = pool_desc[picked] - query_desc[row]
+            distances[row] = np.sqrt((diff.astype(np.float64) ** 2).sum(axis=1))
+    return negatives, distances
+
+
+def _pick(order: np.ndarray, clusters: np.ndarray, query_cluster: int, k: int) -> np.ndarray | None:
+    """The first ``k`` positions of ``order`` whose clusters are new (not the query's, not already taken)."""
+    taken = {int(query_cluster)}
+    picked: list[int] = []
+    for j in order:
+        c = int(clusters[j])
+        if c not in taken:
+            taken.add(c)
+            picked.append(int(j))
+            if len(picked) == k:
+                return np.asarray(picked, dtype=np.int64)
+    return None
+
+
+def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.ndarray, epoch: int, seed: int, *,
+                      query_size: int, pool_size: int, negatives: int, batch_size: int = 32,
+                      num_workers: int = 2, amp: str = "auto", resize: str = "square", skip_bad: bool = False,
+                      progress: bool = True) -> EpochTuples:
+    """Draw and mine the tuples of ``epoch`` (see the module docstring); ``pairs`` is ``(m, 2)`` table rows.
+
+    Unreadable images (with ``skip_bad``) are left out: a query that cannot be read drops its tuple, a pool image
+    cannot be chosen. Under torchrun every rank calls this with the same arguments and gets the same tuples.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        raise ValueError(f"{table.name}: no query-positive pairs to train on")
+    rng = epoch_rng(seed, epoch)
+    chosen = pairs[rng.permutation(len(pairs))[:min(query_size, len(pairs))]]
+    if negatives == 0:
+        return EpochTuples(chosen[:, 0], chosen[:, 1], np.zeros((len(chosen), 0), np.int64))
+    pool_rows = rng.permutation(len(table))[:min(pool_size, len(table))].astype(np.int64)
+    options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize, skip_bad=skip_bad,
+                   apply_pca=False, progress=progress)
+    q_table = ImageTable([table[int(i)] for i in chosen[:, 0]], f"{table.name}/epoch-{epoch}-queries")
+    p_table = ImageTable([table[int(i)] for i in pool_rows], f"{table.name}/epoch-{epoch}-pool")
+    q_ext = extract(encoder, q_table, desc=f"epoch {epoch}: embedding {len(q_table)} queries", **options)
+    p_ext = extract(encoder, p_table, desc=f"epoch {epoch}: embedding a pool of {len(p_table)}", **options)
+    chosen = chosen[q_ext.indices]
+    pool_rows = pool_rows[p_ext.indices]
+    labels = table.labels
+    negs, dist = hardest_negatives(q_ext.descriptors, p_ext.descriptors, pool_rows, labels[pool_rows],
+                                   labels[chosen[:, 0]], negatives)
+    mean_dist = float(dist.mean()) if dist.size else float("nan")
+    log.info("epoch %d: %d tuples mined from a pool of %d images (mean query-negative distance %.3f)", epoch,
+             len(chosen), len(pool_rows), mean_dist)
+    return EpochTuples(chosen[:, 0], chosen[:, 1], negs, mean_dist)
