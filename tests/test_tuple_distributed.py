@@ -327,10 +327,6 @@ def test_only_rank_zero_writes_the_run_folder(runs):
     assert runs["double"].count("epoch 0: mean loss") == len(RUNS)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bug: a rank whose share of a batch is empty (a last batch with fewer tuples than ranks, e.g. 17 tuples of 4 "
-    "on 2 ranks, or a share of only unreadable tuples) gets collate_tuples' torch.zeros(0) as images and the "
-    "model forward fails (timm: 'not enough values to unpack'); the other rank then dies in DDP's all-reduce"))
 def test_a_rank_with_an_empty_share_of_the_last_batch_still_steps(tmp_path):
     """Rank 1's view of 17 tuples in batches of 4 (taken in one process, no process group): its last share is empty,
     and its step must still run (under DDP it has to join the gradient all-reduce) with a zero tuple loss."""

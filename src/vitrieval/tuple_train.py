@@ -169,9 +169,13 @@ class TupleTrainer:
     def step(self, batch: dict[str, torch.Tensor], tuple_size: int) -> dict[str, float]:
         self.model.train()
         images = batch["images"].to(self.device, non_blocking=True)
+        if images.ndim == 1:  # an empty share of the batch: still join DDP's gradient all-reduce, with zeros
+            size = self.cfg.model.image_size
+            images = images.new_zeros((0, 3, size, size))
         with autocast_context(self.device, self.cfg.train.amp):
             z = self.model(images)
-        l_tuple = tuple_contrastive_loss(z, tuple_size, self.cfg.loss.margin)
+        l_tuple = (tuple_contrastive_loss(z, tuple_size, self.cfg.loss.margin) if len(z)
+                   else z.float().sum() * 0.0)
         weight = self.cfg.loss.koleo_weight
         l_koleo = koleo_loss(z, self.cfg.loss.koleo_eps) if weight > 0 and len(z) > 1 else l_tuple.new_zeros(())
         # DDP averages gradients over ranks: the tuple sum is scaled back up, the per-rank KoLeo is an average
@@ -196,7 +200,7 @@ class TupleTrainer:
         keys = sorted(row)
         summed = self.dist.all_reduce_sum(torch.tensor([row[k] for k in keys], dtype=torch.float64,
                                                         device=self.device))
-        out = dict(zip(keys, summed.tolist()))
+        out = dict(zip(keys, summed.tolist()))  # the tuple loss and the image count add up over ranks
         out["loss_koleo"] /= self.dist.world_size  # per-rank KoLeo: report the mean, the tuple loss is a sum
         out["loss"] = out["loss_tuple"] + self.cfg.loss.koleo_weight * out["loss_koleo"]
         return out
@@ -224,10 +228,16 @@ class TupleTrainer:
                     self.skipped_tuples += n_bad
                     log.warning("skipped %d tuple(s) with an unreadable image at iteration %d (total %d)", n_bad,
                                 self.iteration, self.skipped_tuples)
-                row = self._sum_over_ranks(self.step(batch, tuple_size))
+                if not self.dist.enabled and len(batch["tuples"]) == 0:  # every tuple unreadable: nothing to learn
+                    self.iteration += 1
+                    self.batch_in_epoch += 1
+                    bar.update(1)
+                    continue
+                row = self.step(batch, tuple_size)
+                row = self._sum_over_ranks({**row, "step_tuples": float(len(batch["tuples"]))})
                 self.iteration += 1
                 self.batch_in_epoch += 1
-                images_done += len(batch["images"]) * self.dist.world_size
+                images_done += int(row.pop("step_tuples")) * tuple_size
                 epoch_rows.append(row)
                 bar.update(1)
                 bar.set_postfix(epoch=self.epoch, loss=f"{row['loss']:.4f}")
