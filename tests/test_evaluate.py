@@ -326,6 +326,27 @@ def test_revisited_pca_fit_sets(encoder: Encoder, roxford_root: Path, folder_roo
     assert other["pca"] == {"dim": 4, "whiten": False, "fitted_on": "folder/train"}
 
 
+def test_landmark_pca_fitted_on_sfm120k(encoder: Encoder, roxford_root: Path, tmp_path: Path) -> None:
+    """The paper's 128-d landmark rows: the PCA is fitted on SfM-120k's training images, not on the benchmark."""
+    from vitrieval.data.sfm120k_layout import write_sfm120k_layout
+
+    shapes = ("ellipse", "rectangle", "triangle")
+    train = {c: [draw(((40 * c) % 255, 90 + 20 * v, 200 - 30 * c % 200), shapes[v % 3], v % 2 == 0)
+                 for v in range(4)] for c in range(5)}
+    val = {9: [draw((10, 200, 10), "ellipse", False), draw((10, 190, 20), "cross", True)]}
+    write_sfm120k_layout(tmp_path / "train", train, val)
+    result = evaluate_model(encoder, "roxford5k", roxford_root, pca_dim=4, pca_fit_dataset="sfm120k",
+                            pca_fit_root=tmp_path / "train", **OPTS)
+    assert result["pca"] == {"dim": 4, "whiten": False, "fitted_on": "sfm120k/train"}
+    sfm_train = read_dataset("sfm120k", tmp_path / "train").split("train")
+    pca = PCAReduction.fit(_direct(encoder, sfm_train, resize="square", apply_pca=False), 4)
+    table = read_dataset("roxford5k", roxford_root)
+    db = _direct(encoder, table.gallery(), resize="square", apply_pca=False)
+    qs = _direct(encoder, table.queries(), resize="square", apply_pca=False)
+    ref = revisited_map_from_descriptors(pca.apply_numpy(db), pca.apply_numpy(qs), table.extras["gnd"])
+    assert result["map"] == {p: pytest.approx(ref[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
+
+
 # -- unreadable images ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("workers", [0, 1])

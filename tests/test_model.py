@@ -125,3 +125,19 @@ def test_pca_matches_numpy_svd():
     proj /= np.linalg.norm(proj, axis=1, keepdims=True)
     got = pca.apply_numpy(x)
     assert np.allclose(np.abs(got), np.abs(proj), atol=1e-4)  # same principal axes (each up to its sign)
+
+
+def test_gem_on_a_distilled_backbone_pools_patch_tokens_only_and_learns_p():
+    """GeM for every backbone: the 2 prefix tokens of a distilled DeiT are left out; a learnable p gets a gradient."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, image_size=32, pooling="gem",
+                      gem_p=3.0, gem_learnable=True)
+    enc = Encoder(cfg)
+    x = torch.randn(2, 3, 32, 32)
+    tokens = enc.backbone.forward_features(x)
+    patches = tokens[:, 2:].clamp(min=1e-6)
+    expected = torch.nn.functional.normalize(patches.pow(3).mean(dim=1).pow(1 / 3), dim=1)
+    z = enc(x)
+    assert tokens.shape[1] == 2 + 4 and torch.allclose(z, expected, atol=1e-5)
+    z.sum().backward()
+    assert enc.pool.gem.p.grad is not None and float(enc.pool.gem.p.grad.abs()) > 0
