@@ -18,15 +18,12 @@ are whole batches of the one-process batching).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from torchrun_launch import launch, torchrun
 
 ITERATIONS = 6
 LR = 1e-3
@@ -135,41 +132,6 @@ def _worker(work: Path, data: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # the launches (module-scoped: every test below reads their outputs)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _torchrun(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(_free_port()), *args]
-
-
-def _launch(cmd: list[str], cwd: Path, log: Path, timeout: float = 240) -> str:
-    """Run ``cmd`` (its own process group: a hang is killed with every worker) and return its output."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        log.write_text(out)
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s (a collective that not every rank joined?):\n"
-                    f"{out[-6000:]}")
-    log.write_text(out)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("dist")
@@ -177,10 +139,10 @@ def runs(tmp_path_factory) -> dict:
     _make_dataset(data)
     (work / "broken.png").write_bytes(b"not an image")
     me = str(Path(__file__).resolve())
-    single = _launch([sys.executable, me, str(work), str(data)], work, work / "world1.log")
-    double = _launch(_torchrun([me, str(work), str(data)]), work, work / "world2.log")
+    single = launch([sys.executable, me, str(work), str(data)], work, work / "world1.log")
+    double = launch(torchrun([me, str(work), str(data)]), work, work / "world2.log")
     resumed_dir = work / "world2" / "resume"
-    resumed = _launch(_torchrun([me, "train", "--config", str(resumed_dir / "config.yaml"), "--output",
+    resumed = launch(torchrun([me, "train", "--config", str(resumed_dir / "config.yaml"), "--output",
                                  str(resumed_dir), "--resume", "--no-progress",
                                  "--set", f"train.iterations={ITERATIONS}"]), work, work / "resume.log")
     return {"work": work, "single": single, "double": double, "resumed": resumed}

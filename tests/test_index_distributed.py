@@ -19,16 +19,13 @@ exactly (the shards are whole batches of the one-process batching). About 25 s o
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from torchrun_launch import launch, torchrun
 
 BATCH, SHARD = 4, 10
 N_GOOD, BAD_AT = 21, 12  # 22 paths, the unreadable one 13th (shard 1, first batch: rank 0's part)
@@ -176,29 +173,8 @@ def _worker(work: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # the launch and the one-process references
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(work: Path) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(Path(__file__).resolve()), str(work)]
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"the 2-rank launch did not finish in {TIMEOUT} s (a rank left waiting?):\n{out[-6000:]}")
-    (work / "launch.log").write_text(out)
-    assert proc.returncode == 0, f"the 2-rank launch failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
+    return launch(torchrun([str(Path(__file__).resolve()), str(work)]), work, work / "launch.log", TIMEOUT)
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,13 @@ values and that at the first step those values are KoLeo over each rank's share 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from torchrun_launch import launch, torchrun
 
 EPOCHS = 2
 PER_BATCH = 4
@@ -151,45 +148,13 @@ def _worker(work: Path, data: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # the launches (module-scoped: every test below reads their outputs)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _launch(cmd: list[str], cwd: Path, log: Path, timeout: float = 240) -> str:
-    """Run ``cmd`` (its own process group: a hang is killed with every worker) and return its output."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        log.write_text(out)
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s (a collective that not every rank joined?):\n"
-                    f"{out[-6000:]}")
-    log.write_text(out)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("tuple_dist")
     data = _make_dataset(work / "data")
     me = str(Path(__file__).resolve())
-    single = _launch([sys.executable, me, str(work), str(data)], work, work / "world1.log")
-    double = _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-                      "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), me, str(work), str(data)],
-                     work, work / "world2.log")
+    single = launch([sys.executable, me, str(work), str(data)], work, work / "world1.log")
+    double = launch(torchrun([me, str(work), str(data)], WORLD), work, work / "world2.log")
     return {"work": work, "single": single, "double": double}
 
 
