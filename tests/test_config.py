@@ -76,3 +76,14 @@ def test_yaml_file_errors_name_the_file(tmp_path):
 def test_valid_keys_cover_every_section():
     keys = valid_keys()
     assert {"model.name", "data.root", "loss.margin", "memory.size", "train.seed"} <= set(keys)
+
+
+def test_tuple_sampler_refuses_a_memory_it_would_ignore():
+    cfg = load_preset("sfm120k-irt-r-deit-s")
+    assert cfg.train.sampler == "tuples" and cfg.memory.size == 0
+    with pytest.raises(ValueError, match="tuple training .* has no cross-batch memory"):
+        apply_overrides(cfg, ["memory.size=1000"])
+    with pytest.raises(ValueError, match="train.sampler: 'pairs' is not one of classes, tuples"):
+        apply_overrides(cfg, ["train.sampler=pairs"])
+    with pytest.raises(ValueError, match="config key tuples.per_batch must be > 0"):
+        apply_overrides(cfg, ["tuples.per_batch=0"])

@@ -346,6 +346,14 @@ def test_landmark_pca_fitted_on_sfm120k(encoder: Encoder, roxford_root: Path, tm
     ref = revisited_map_from_descriptors(pca.apply_numpy(db), pca.apply_numpy(qs), table.extras["gnd"])
     assert result["map"] == {p: pytest.approx(ref[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
 
+    # at most 10 of the 20 training images: every 2nd, as fitting on them directly gives
+    capped = evaluate_model(encoder, "roxford5k", roxford_root, pca_dim=4, pca_fit_dataset="sfm120k",
+                            pca_fit_root=tmp_path / "train", pca_fit_max_images=10, **OPTS)
+    every_2nd = sfm_train.select([i % 2 == 0 for i in range(len(sfm_train))])
+    pca2 = PCAReduction.fit(_direct(encoder, every_2nd, resize="square", apply_pca=False), 4)
+    ref2 = revisited_map_from_descriptors(pca2.apply_numpy(db), pca2.apply_numpy(qs), table.extras["gnd"])
+    assert capped["map"] == {p: pytest.approx(ref2[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
+
 
 # -- unreadable images ---------------------------------------------------------------------------------------------
 

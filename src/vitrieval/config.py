@@ -148,6 +148,9 @@ class Config:
         for key, value in positive.items():
             if value <= 0:
                 raise ValueError(f"config key {key} must be > 0, got {value}")
+        if self.train.sampler == "tuples" and (self.memory.size > 0 or self.memory.momentum > 0):
+            raise ValueError("config keys memory.size / memory.momentum: tuple training (train.sampler=tuples) has "
+                             "no cross-batch memory; set memory.size=0 and memory.momentum=0")
         if self.tuples.negatives < 0:
             raise ValueError(f"config key tuples.negatives must be >= 0, got {self.tuples.negatives}")
         if self.train.sampler == "classes" and self.train.batch_size % self.data.images_per_class:

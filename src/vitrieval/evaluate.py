@@ -242,6 +242,15 @@ def save_pca_beside_model(encoder: torch.nn.Module, pca: PCAReduction, model_dir
     return encoder.save(directory, extra=extra)
 
 
+def evenly_subsampled(table: ImageTable, max_images: int) -> ImageTable:
+    """Every k-th row of ``table`` (k = ceil(len / max_images)) when it is longer than ``max_images`` (0 = all):
+    a PCA of a few hundred dimensions is fitted as well on 20,000 descriptors as on SfM-120k's 91,642."""
+    if max_images <= 0 or len(table) <= max_images:
+        return table
+    stride = -(-len(table) // max_images)
+    return table.select([i % stride == 0 for i in range(len(table))], f"{table.name}[::{stride}]")
+
+
 def _fit_table(table: ImageTable) -> tuple[ImageTable, str]:
     """The rows PCA is fitted on: the training split, or every row when there is none."""
     train = table.split("train")
@@ -264,13 +273,14 @@ def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path
                    pca_fit_dataset: str | None = None, pca_fit_root: str | Path | None = None,
                    pca_fit_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
                    save_pca: bool = True, model_name: str | None = None,
-                   resize: str | None = None) -> dict[str, Any]:
+                   resize: str | None = None, pca_fit_max_images: int = 0) -> dict[str, Any]:
     """Evaluate ``encoder`` on ``dataset`` read from ``data_root`` with the paper's protocol (module docstring).
 
     ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder);
     ``resize`` overrides the protocol's eval resize (``shorter`` category-level, ``square`` landmarks).
     ``pca_dim`` fits a PCA (``whiten``: whitened) on the training split (or ``pca_fit_dataset`` read from
-    ``pca_fit_root`` with ``pca_fit_options``). ``model_dir`` is the folder ``encoder`` was loaded from: with
+    ``pca_fit_root`` with ``pca_fit_options``), on at most ``pca_fit_max_images`` of its images (an even
+    subsample; 0 = all). ``model_dir`` is the folder ``encoder`` was loaded from: with
     ``save_pca`` the fitted PCA is stored there (only when the evaluation ran at the model's own image size, so
     that what is stored is what index / serve will compute); a PCA the model already carries is reported with the
     ``fitted_on`` its ``config.json`` recorded.
@@ -313,6 +323,7 @@ def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path
         if pca_fit_dataset is not None:
             fit_src = read_dataset(pca_fit_dataset, pca_fit_root, **(pca_fit_options or {}))
             fit_table, part = _fit_table(fit_src)
+            fit_table = evenly_subsampled(fit_table, pca_fit_max_images)
             fitted_on = f"{pca_fit_dataset}/{part}"
             fit_feats = extract_all(model, fit_table, desc=f"embedding {fitted_on} for PCA", **opts).descriptors
         elif landmarks:
@@ -325,8 +336,10 @@ def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path
             if len(fit_table) == 0:
                 raise ValueError(f"{dataset} at {data_root} has no training split to fit the PCA on; "
                                  "pass --pca-fit-dataset/--pca-fit-root")
+            fit_table = evenly_subsampled(fit_table, pca_fit_max_images)
             fitted_on = f"{dataset}/train"
             fit_feats = extract_all(model, fit_table, desc=f"embedding {fitted_on} for PCA", **opts).descriptors
+        log.info("PCA %d-d fitted on %d descriptors of %s", int(pca_dim), len(fit_feats), fitted_on)
         pca = PCAReduction.fit(fit_feats, int(pca_dim), whiten)
         pca_info = {"dim": pca.out_dim, "whiten": bool(whiten), "fitted_on": fitted_on}
     elif getattr(encoder, "pca", None) is not None:

@@ -34,7 +34,7 @@ from vitrieval.data.table import ImageTable
 from vitrieval.data.transforms import train_transform
 from vitrieval.distributed import DistContext
 from vitrieval.embed import extract
-from vitrieval.evaluate import recall_on_table
+from vitrieval.evaluate import evenly_subsampled, recall_on_table
 from vitrieval.io_utils import atomic_write_json
 from vitrieval.model import Encoder
 from vitrieval.momentum import MomentumEncoder
@@ -91,10 +91,7 @@ def held_out_recall(encoder: torch.nn.Module, table: ImageTable, config: Config,
     """
     if len(table) < 2:
         return {}
-    cap = config.train.eval_max_images
-    if cap and len(table) > cap:
-        stride = math.ceil(len(table) / cap)
-        table = table.select([i % stride == 0 for i in range(len(table))])
+    table = evenly_subsampled(table, config.train.eval_max_images)
     ks = [k for k in config.train.eval_ks if k < len(table)]
     options = dict(batch_size=max(64, config.train.batch_size), num_workers=config.data.num_workers,
                    amp=config.train.amp, resize=config.data.eval_resize, progress=False)

@@ -46,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
     parser.add_argument("--pca-fit-dataset", help="fit the PCA on this dataset (its train split if it has one)")
     parser.add_argument("--pca-fit-root", help="data root of --pca-fit-dataset")
+    parser.add_argument("--pca-fit-max-images", type=int, default=0, metavar="N",
+                        help="fit the PCA on at most N images (an even subsample; default 0 = all)")
     parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
                         help="do not store the fitted PCA beside the checkpoint's model")
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
@@ -101,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--pretrained-file goes with --model (a checkpoint carries its own weights)")
     if args.pca is not None and args.pca < 1:
         raise CLIError(f"--pca must be a positive dimension, got {args.pca}")
+    if args.pca_fit_max_images < 0:
+        raise CLIError(f"--pca-fit-max-images must be >= 0, got {args.pca_fit_max_images}")
     if args.whiten and not args.pca:
         raise CLIError("--whiten needs --pca DIM (whitening is part of the PCA)")
     if (args.pca_fit_dataset is None) != (args.pca_fit_root is None):
@@ -141,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers, amp=args.amp, progress=args.progress, reader_options=reader_options,
         pca_fit_dataset=args.pca_fit_dataset, pca_fit_root=args.pca_fit_root,
         pca_fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
+        pca_fit_max_images=args.pca_fit_max_images,
         model_dir=model_dir, save_pca=args.save_pca and dist.is_main,
         model_name=str(args.checkpoint) if args.checkpoint else args.model)
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
