@@ -189,3 +189,27 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     assert img.size == (1200, 2400)
     small = np.asarray(img.resize((60, 120))).reshape(-1, 3)
     assert len(np.unique(small, axis=0)) > 20  # not a blank page
+
+
+def test_runs_report_of_category_runs_and_bad_folders(tmp_path) -> None:
+    """A category-level run (no tuple statistics): recall table + curves; bad input names the file."""
+    import json
+
+    from vitrieval.report.runs import write_runs_report
+
+    run = tmp_path / "sop"
+    run.mkdir()
+    rows = [{"iteration": i, "loss": 2.0 / i, "loss_contrastive": 1.5 / i, "lr": 3e-5} for i in range(1, 6)]
+    rows.append({"iteration": 5, "recall@1": 0.42})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval.json").write_text(json.dumps({"iterations": 5, "recall_at_k": {"1": 0.42, "10": 0.8}}))
+    page = write_runs_report([run], tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "Mined hard negatives" not in page
+    assert "42.0" in page and "80.0" in page and "finished, 5 iterations" in page
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl is missing"):
+        write_runs_report([tmp_path / "nothing"], tmp_path / "x.html")
+    with pytest.raises(ValueError, match="one distinct name per run"):
+        write_runs_report([run, run], tmp_path / "x.html")
+    (run / "metrics.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match="metrics.jsonl: not JSON lines"):
+        write_runs_report([run], tmp_path / "x.html")

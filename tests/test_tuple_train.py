@@ -168,3 +168,20 @@ def test_pooling_ablation_presets_switch_only_the_pooling(dataset, pooling):
     for d in (a, b):
         d.pop("name"), d.pop("description"), d["model"].pop("pooling")
     assert a == b
+
+
+def test_report_compares_tuple_runs_with_their_mined_negative_distances(sfm_root, tmp_path):
+    from vitrieval.cli import main
+
+    for name, koleo in (("irt_l", 0.0), ("irt_r", 1.0)):
+        train(_config(sfm_root, "tuples.epochs=2", "tuples.query_size=20", f"loss.koleo_weight={koleo}",
+                      "train.eval_every=1"), tmp_path / name, progress=False)
+    out = tmp_path / "compare.html"
+    assert main(["report", str(tmp_path / "irt_l"), str(tmp_path / "irt_r"), "--names", "IRT_L,IRT_R",
+                 "-o", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 3  # curves, mined-negative distance, learning rate
+    assert "Mined hard negatives (tuple training)" in page and "IRT_R" in page
+    r1 = json.loads((tmp_path / "irt_r" / "eval.json").read_text())["recall_at_k"]["1"]
+    assert f"{100 * r1:.1f}" in page  # the final Recall@1 in the table
+    assert main(["report", str(tmp_path / "missing"), "-o", str(out)]) == 2  # names the folder, no traceback

@@ -13,7 +13,8 @@ import sys
 
 from vitrieval import __version__
 
-COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "demo")
+COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "demo",
+                             "report")
 
 
 class CLIError(Exception):

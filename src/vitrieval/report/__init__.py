@@ -2,6 +2,7 @@
 
 from vitrieval.report.figures import (
     explained_energy,
+    metric_curves,
     pair_similarities,
     pca_energy,
     retrieval_grid,
@@ -12,6 +13,7 @@ from vitrieval.report.html import png_data_uri, recall_table_html, render_report
 
 __all__ = [
     "explained_energy",
+    "metric_curves",
     "pair_similarities",
     "pca_energy",
     "png_data_uri",

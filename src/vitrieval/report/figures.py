@@ -324,3 +324,31 @@ def training_curves(metrics_by_variant: Mapping[str, Sequence[Mapping[str, float
     else:
         ax_rec.text(0.5, 0.5, "no recall values", ha="center", va="center", transform=ax_rec.transAxes)
     return _to_png(fig)
+
+
+def metric_curves(rows_by_run: Mapping[str, Sequence[Mapping[str, float]]], key: str, ylabel: str,
+                  x_key: str = "iteration", title: str | None = None) -> bytes:
+    """One metric against ``x_key`` for several runs (one line each), as PNG bytes; rows without it are skipped.
+
+    E.g. the mean distance of mined negatives per epoch in tuple training (``key="negative_distance"``,
+    ``x_key="epoch"``), or the learning rate.
+    """
+    fig = Figure(figsize=(6.0, 3.6), dpi=_DPI, facecolor="white", layout="constrained")
+    ax = fig.subplots()
+    drawn = False
+    for i, (name, rows) in enumerate(rows_by_run.items()):
+        pts = sorted((float(r[x_key]), float(r[key])) for r in rows
+                     if x_key in r and r.get(key) is not None and math.isfinite(float(r[key])))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=_VARIANT_COLOURS[i % len(_VARIANT_COLOURS)],
+                    lw=1.8, marker="o" if len(pts) < 40 else None, ms=3, label=name)
+            drawn = True
+    ax.set_title(title or key)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no {key} values", ha="center", va="center", transform=ax.transAxes)
+    return _to_png(fig)

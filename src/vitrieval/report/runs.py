@@ -1,0 +1,64 @@
+"""A report comparing training runs: their final Recall@K, training curves and, for tuple training, the mined
+negatives' distance per epoch — from what every run folder holds (``metrics.jsonl``, ``eval.json``,
+``config.yaml``), without loading a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from vitrieval.report.figures import metric_curves, training_curves
+from vitrieval.report.html import write_report
+from vitrieval.run_log import read_metrics
+
+
+def _read_run(run: Path) -> dict[str, Any]:
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder: {metrics} is missing")
+    try:
+        rows = read_metrics(metrics)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{metrics}: not JSON lines ({exc})") from None
+    final = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
+    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    return {"rows": rows, "eval": final, "config": config or {}}
+
+
+def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Sequence[str] | None = None,
+                      title: str = "vitrieval training runs") -> Path:
+    """Write a self-contained HTML report of ``runs`` (run folders) to ``output``; ``names`` label them (default:
+    the folder names). Runs still in progress are fine: the curves show what is logged so far."""
+    folders = [Path(r) for r in runs]
+    if not folders:
+        raise ValueError("no run folders given")
+    labels = list(names) if names else [f.name or str(f) for f in folders]
+    if len(labels) != len(folders) or len(set(labels)) != len(labels):
+        raise ValueError(f"need one distinct name per run, got {labels} for {len(folders)} run(s)")
+    data = {label: _read_run(folder) for label, folder in zip(labels, folders)}
+    recall = {label: d["eval"].get("recall_at_k", {}) for label, d in data.items() if d["eval"].get("recall_at_k")}
+    rows = {label: d["rows"] for label, d in data.items()}
+    sections = [("Training curves",
+                 "Loss terms (left) and held-out Recall@1 (right) against the optimizer step, from each run's "
+                 "metrics.jsonl.", training_curves(rows))]
+    if any("negative_distance" in r for rs in rows.values() for r in rs):
+        sections.append((
+            "Mined hard negatives (tuple training)",
+            "Mean L2 distance between each query and its mined negatives at the start of every epoch: it grows as "
+            "the model pushes other 3D models away (cirtorch's statistic).",
+            metric_curves(rows, "negative_distance", "mean L2 distance", x_key="epoch",
+                          title="query - hard negative distance")))
+    if any("lr" in r for rs in rows.values() for r in rs):
+        sections.append(("Learning rate", "", metric_curves(rows, "lr", "learning rate", title="learning rate")))
+    notes = []
+    for label, folder in zip(labels, folders):
+        d = data[label]
+        cfg, final = d["config"], d["eval"]
+        steps = max((int(r.get("iteration", 0)) for r in d["rows"]), default=0)
+        desc = cfg.get("description") or cfg.get("name") or "no config.yaml"
+        state = f"finished, {final['iterations']} iterations" if final else f"in progress or stopped, {steps} logged"
+        notes.append(f"{label} ({folder}): {desc} [{state}]")
+    return write_report(output, title, recall, sections, notes)
