@@ -219,6 +219,7 @@ class TupleTrainer:
                 history.append({"iteration": self.iteration, "epoch": self.epoch,
                                 "negative_distance": self.tuples.negative_distance})
             tuple_size = self.tuples.tuple_size
+            batches_in_epoch = math.ceil(len(self.tuples) / tc.per_batch)  # fewer if unreadable queries were dropped
             epoch_rows: list[dict[str, float]] = []
             seen_at = time.time()
             images_done = 0
@@ -247,7 +248,7 @@ class TupleTrainer:
                            "images_per_second": images_done / max(time.time() - seen_at, 1e-9)}
                     self.metrics.write(row)
                     history.append(row)
-                if self.iteration % train_cfg.checkpoint_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                if self.iteration % train_cfg.checkpoint_every == 0 and self.batch_in_epoch < batches_in_epoch:
                     self.save()
             if epoch_rows:
                 log.info("epoch %d: mean loss %.4f (tuple %.4f, koleo %.4f), lr %.3g, %.1f img/s", self.epoch,
@@ -262,8 +263,6 @@ class TupleTrainer:
                 self._evaluate(history)
             self.save()
         bar.close()
-        if self.iteration == 0 or not (self.run_dir.checkpoints / "last.pt").is_file():
-            self.save()
         recall = self._evaluate(history)
         if self.dist.is_main:
             atomic_write_json(self.out / "eval.json", {

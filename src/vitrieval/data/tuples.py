@@ -33,7 +33,7 @@ class TupleDataset(Dataset):
         rows = self.tuples.rows(i)
         tensors, labels = [], []
         for position, row in enumerate(rows):
-            image, label, _ = self.images[(row, (self.base_seed + i) * 64 + position)]
+            image, label, _ = self.images[(row, ((self.base_seed + i) * 64 + position) % 2**63)]
             if image is None:
                 return None, torch.tensor(labels, dtype=torch.int64), i
             tensors.append(image)
