@@ -211,6 +211,8 @@ class TupleTrainer:
         start = time.time()
         history: list[dict[str, Any]] = []
         total_steps = tc.epochs * self.steps_per_epoch
+        if self.iteration == 0 and train_cfg.eval_every > 0:
+            self._evaluate(history)  # before training: the starting point of the Recall curve
         bar = tqdm(total=total_steps, initial=self.iteration, desc=f"train {self.cfg.name}", unit="it",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         while self.epoch < tc.epochs:
