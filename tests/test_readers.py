@@ -512,6 +512,7 @@ def test_cli_list(capsys: pytest.CaptureFixture) -> None:
     for name in READERS:
         assert name in out
     assert "59,551" in out and "14,218" in out and "4,993" in out
+    assert "train_pairs 181,697" in out  # SfM-120k's query-positive pairs
 
 
 def test_folder_classes_follow_natural_order(tmp_path):

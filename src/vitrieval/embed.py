@@ -79,7 +79,7 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     descriptors = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
     indices = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
     bad_paths = [path for p in parts for path in p[2]]
-    if bad_paths:
+    if bad_paths and ctx.is_main:  # every rank has the list; one warning
         log.warning("%d unreadable image(s) skipped, first: %s", len(bad_paths), bad_paths[0])
     return Extraction(descriptors, indices, bad_paths)
 

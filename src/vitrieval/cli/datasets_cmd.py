@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _list() -> int:
-    from vitrieval.data.check import COUNT_KEYS, OFFICIAL_COUNTS
+    from vitrieval.data.check import COUNT_KEYS, EXTRA_COUNT_KEYS, OFFICIAL_COUNTS
     from vitrieval.data.readers import READERS
 
     for name in READERS:
@@ -40,7 +40,7 @@ def _list() -> int:
         if official is None:
             print(f"{name:<10} (no official counts)")
         else:
-            counts = ", ".join(f"{k} {official[k]:,}" for k in COUNT_KEYS if k in official)
+            counts = ", ".join(f"{k} {official[k]:,}" for k in COUNT_KEYS + EXTRA_COUNT_KEYS if k in official)
             print(f"{name:<10} {counts}")
     return 0
 
