@@ -28,6 +28,35 @@ def _read_run(run: Path) -> dict[str, Any]:
     return {"rows": rows, "eval": final, "config": config or {}}
 
 
+def _without_unused_terms(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows without the loss terms that are 0 throughout the run (KoLeo of IRT_L, an unused memory)."""
+    unused = {k for k in {k for r in rows for k in r if k.startswith("loss_")}
+              if all(not r.get(k) for r in rows)}
+    return [{k: v for k, v in r.items() if k not in unused} for r in rows]
+
+
+def run_summary(config: dict[str, Any]) -> str:
+    """The settings that tell runs apart, read from a run's ``config.yaml`` (``--set`` overrides included)."""
+    if not config:
+        return "no config.yaml"
+    model, loss, train = config.get("model", {}), config.get("loss", {}), config.get("train", {})
+    parts = [f"{config.get('name', '?')}: {model.get('name', '?')} at {model.get('image_size', '?')} px"]
+    if model.get("depth") or model.get("embed_dim"):
+        parts.append(f"{model.get('depth') or 'all'} blocks x {model.get('embed_dim') or 'default'} wide")
+    parts.append(f"{model.get('pooling', 'cls')} pooling, {'pretrained' if model.get('pretrained') else 'random init'}")
+    if train.get("sampler") == "tuples":
+        tuples = config.get("tuples", {})
+        parts.append(f"tuples ({tuples.get('per_batch')} x 1+1+{tuples.get('negatives')}, {tuples.get('epochs')} "
+                     f"epochs of {tuples.get('query_size')} pairs, pool {tuples.get('pool_size')}), "
+                     f"margin {loss.get('margin')}")
+    else:
+        memory = config.get("memory", {})
+        parts.append(f"P x K batches of {train.get('batch_size')}, {train.get('iterations')} iterations, "
+                     f"β {loss.get('margin')}, memory {memory.get('size', 0)}")
+    parts.append(f"λ {loss.get('koleo_weight', 0)}, {train.get('optimizer', 'adamw')} lr {train.get('lr')}")
+    return ", ".join(parts)
+
+
 def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Sequence[str] | None = None,
                       title: str = "vitrieval training runs") -> Path:
     """Write a self-contained HTML report of ``runs`` (run folders) to ``output``; ``names`` label them (default:
@@ -43,7 +72,8 @@ def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Seq
     rows = {label: d["rows"] for label, d in data.items()}
     sections = [("Training curves",
                  "Loss terms (left) and held-out Recall@1 (right) against the optimizer step, from each run's "
-                 "metrics.jsonl.", training_curves(rows))]
+                 "metrics.jsonl (terms that are 0 throughout a run are left out).",
+                 training_curves({label: _without_unused_terms(r) for label, r in rows.items()}))]
     if any("negative_distance" in r for rs in rows.values() for r in rs):
         sections.append((
             "Mined hard negatives (tuple training)",
@@ -58,7 +88,6 @@ def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Seq
         d = data[label]
         cfg, final = d["config"], d["eval"]
         steps = max((int(r.get("iteration", 0)) for r in d["rows"]), default=0)
-        desc = cfg.get("description") or cfg.get("name") or "no config.yaml"
         state = f"finished, {final['iterations']} iterations" if final else f"in progress or stopped, {steps} logged"
-        notes.append(f"{label} ({folder}): {desc} [{state}]")
+        notes.append(f"{label} ({folder}): {run_summary(cfg)} [{state}]")
     return write_report(output, title, recall, sections, notes)
