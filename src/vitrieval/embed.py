@@ -41,7 +41,8 @@ def shard_bounds(n_items: int, batch_size: int, rank: int, world_size: int) -> t
     return min(first * batch_size, n_items), min(last * batch_size, n_items)
 
 
-def _resolve_dist(distributed: bool | DistContext | None) -> DistContext:
+def resolve_distributed(distributed: bool | DistContext | None) -> DistContext:
+    """The process group a ``distributed=`` argument names (see :func:`extract`); one process when there is none."""
     if isinstance(distributed, DistContext):
         return distributed
     if distributed is False:
@@ -66,7 +67,7 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     the same table and ``batch_size``, and every rank gets the whole result. Pass the plain encoder, not a
     ``DistributedDataParallel`` wrapper.
     """
-    ctx = _resolve_dist(distributed)
+    ctx = resolve_distributed(distributed)
     if isinstance(encoder, torch.nn.parallel.DistributedDataParallel):
         encoder = encoder.module
     if not ctx.enabled:

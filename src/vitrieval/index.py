@@ -44,7 +44,7 @@ from vitrieval.data.images import load_image
 from vitrieval.data.readers.folder import list_images
 from vitrieval.data.table import ImageTable, Record, read_csv_table
 from vitrieval.distributed import DistContext
-from vitrieval.embed import _resolve_dist, extract
+from vitrieval.embed import resolve_distributed, extract
 from vitrieval.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -362,7 +362,7 @@ class Index:
 
         if shard_size <= 0:
             raise ValueError(f"shard_size must be > 0, got {shard_size}")
-        ctx = _resolve_dist(distributed)
+        ctx = resolve_distributed(distributed)
         main = ctx.is_main
         table = as_table(images)
         checkpoint = Path(checkpoint_dir).expanduser().resolve()
@@ -759,7 +759,7 @@ class Index:
         call ``add`` on its copy of the same index with the same images; the ranks share the embedding, every
         rank's copy gets every image, and rank 0 alone saves (the others wait until it has).
         """
-        ctx = _resolve_dist(distributed)
+        ctx = resolve_distributed(distributed)
         table = as_table(images)
         fresh = [r for r in table.records if r.path not in self._paths]
         already = len(table) - len(fresh)
