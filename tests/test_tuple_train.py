@@ -185,3 +185,25 @@ def test_report_compares_tuple_runs_with_their_mined_negative_distances(sfm_root
     r1 = json.loads((tmp_path / "irt_r" / "eval.json").read_text())["recall_at_k"]["1"]
     assert f"{100 * r1:.1f}" in page  # the final Recall@1 in the table
     assert main(["report", str(tmp_path / "missing"), "-o", str(out)]) == 2  # names the folder, no traceback
+
+
+def test_to_sfm120k_converts_a_folder_and_the_cpu_preset_trains_on_it(tmp_path, capsys):
+    """`vitrieval datasets to-sfm120k` + `vitrieval train --preset sfm120k-cpu-tiny` (shortened) end to end."""
+    from vitrieval.cli import main
+
+    source = tmp_path / "objects"
+    for c in range(8):
+        (source / f"obj{c + 1}").mkdir(parents=True)
+        for v in range(4):
+            render_product(c, v, size=32, seed=2).save(source / f"obj{c + 1}" / f"view{v}.png")
+    assert main(["datasets", "to-sfm120k", str(source), str(tmp_path / "sfm"), "--val-fraction", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "train 24 images / 6 clusters / 18 pairs, val 8 images / 2 clusters / 6 pairs" in out
+    table = read_dataset("sfm120k", tmp_path / "sfm")
+    assert table.extras["pairs"]["train"].shape == (18, 2)
+    assert main(["train", "--preset", "sfm120k-cpu-tiny", "--data-root", str(tmp_path / "sfm"), "--output",
+                 str(tmp_path / "run"), "--no-progress", "--set", "tuples.epochs=1", "--set", "tuples.query_size=10",
+                 "--set", "tuples.pool_size=20", "--set", "tuples.negatives=3", "--set", "model.image_size=32",
+                 "--set", "data.num_workers=0"]) == 0
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["iterations"] == 2
+    assert main(["datasets", "to-sfm120k", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
