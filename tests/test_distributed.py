@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torchrun_launch import launch, torchrun
+from torchrun_launch import launch, torchrun, write_tracker
 
 ITERATIONS = 6
 LR = 1e-3
@@ -73,14 +73,7 @@ def _record_writes(marks: Path, rank: int) -> None:
     import vitrieval.model
     import vitrieval.train
 
-    marks.mkdir(parents=True, exist_ok=True)
-
-    def tracked(fn, what):
-        def wrapper(*args, **kwargs):
-            with (marks / f"{what}.rank{rank}").open("a") as fh:
-                fh.write("x\n")
-            return fn(*args, **kwargs)
-        return wrapper
+    tracked = write_tracker(marks, rank)
 
     vitrieval.train.save_checkpoint = tracked(vitrieval.train.save_checkpoint, "checkpoint")
     vitrieval.train.atomic_write_json = tracked(vitrieval.train.atomic_write_json, "eval_json")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torchrun_launch import launch, torchrun
+from torchrun_launch import launch, torchrun, write_tracker
 
 BATCH, SHARD = 4, 10
 N_GOOD, BAD_AT = 21, 12  # 22 paths, the unreadable one 13th (shard 1, first batch: rank 0's part)
@@ -76,14 +76,7 @@ def _instrument(marks: Path, rank: int, rows: list) -> None:
     import vitrieval.embed
     import vitrieval.index as vi
 
-    marks.mkdir(parents=True, exist_ok=True)
-
-    def tracked(fn, what):
-        def wrapper(*args, **kwargs):
-            with (marks / f"{what}.rank{rank}").open("a") as fh:
-                fh.write("x\n")
-            return fn(*args, **kwargs)
-        return wrapper
+    tracked = write_tracker(marks, rank)
 
     for name in ("_write_shard", "_save_npy", "_remove_stale_shards", "atomic_write_json", "atomic_write_text",
                  "atomic_path"):

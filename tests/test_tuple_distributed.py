@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torchrun_launch import launch, torchrun
+from torchrun_launch import launch, torchrun, write_tracker
 
 EPOCHS = 2
 PER_BATCH = 4
@@ -73,17 +73,7 @@ def _instrument(marks: Path, rank: int, records: dict) -> None:
     import vitrieval.tuple_train
     from vitrieval.tuple_train import TupleTrainer
 
-    marks.mkdir(parents=True, exist_ok=True)
-
-    def mark(what):
-        with (marks / f"{what}.rank{rank}").open("a") as fh:
-            fh.write("x\n")
-
-    def tracked(fn, what):
-        def wrapper(*args, **kwargs):
-            mark(what)
-            return fn(*args, **kwargs)
-        return wrapper
+    tracked = write_tracker(marks, rank)
 
     vitrieval.tuple_train.save_checkpoint = tracked(vitrieval.tuple_train.save_checkpoint, "checkpoint")
     vitrieval.tuple_train.atomic_write_json = tracked(vitrieval.tuple_train.atomic_write_json, "eval_json")
@@ -91,11 +81,10 @@ def _instrument(marks: Path, rank: int, records: dict) -> None:
     vitrieval.run_dir.attach_file_log = tracked(vitrieval.run_dir.attach_file_log, "train_log")
     vitrieval.model.Encoder.save = tracked(vitrieval.model.Encoder.save, "model")
     real_write = vitrieval.run_log.MetricsWriter.write
+    tracked_write = tracked(real_write, "metrics")
 
-    def write(self, row):
-        if self.enabled:
-            mark("metrics")
-        return real_write(self, row)
+    def write(self, row):  # a disabled writer (ranks > 0) writes nothing: only enabled writes count
+        return (tracked_write if self.enabled else real_write)(self, row)
 
     vitrieval.run_log.MetricsWriter.write = write
     real_mine, real_step = TupleTrainer.mine, TupleTrainer.step

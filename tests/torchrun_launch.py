@@ -6,12 +6,14 @@ the worker script that torchrun starts.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -52,3 +54,19 @@ def launch(cmd: list[str], cwd: Path, log: Path, timeout: float = 240) -> str:
     log.write_text(out)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
     return out
+
+
+def write_tracker(marks: Path, rank: int) -> Callable[[Callable, str], Callable]:
+    """``tracked(fn, what)``: ``fn`` wrapped so that every call first appends a line to ``marks/<what>.rank<r>``
+    (the multi-process tests patch writers with it to prove that only rank 0 writes)."""
+    marks.mkdir(parents=True, exist_ok=True)
+
+    def tracked(fn: Callable, what: str) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with (marks / f"{what}.rank{rank}").open("a") as fh:
+                fh.write("x\n")
+            return fn(*args, **kwargs)
+        return wrapper
+
+    return tracked
