@@ -256,12 +256,15 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: invalid YAML ({exc})") from None
-    return config_from_dict(data, str(path))
+    return config_from_dict(read_yaml(path), str(path))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (``{}`` for an empty file); invalid YAML is an error naming the file."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML ({exc})") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

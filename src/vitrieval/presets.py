@@ -10,9 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vitrieval.config import Config, config_from_dict
+from vitrieval.config import Config, config_from_dict, read_yaml
 
 
 def preset_dir() -> Path:
@@ -37,10 +35,7 @@ def preset_data(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(_names())} (see `vitrieval presets`)")
     if name in _seen:
         raise ValueError(f"preset {name}: circular base chain {' -> '.join((*_seen, name))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML ({exc})") from None
+    data = read_yaml(path)
     base = data.pop("base", None)
     if base is None:
         return data

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vitrieval.amp import amp_dtype, autocast_context, resolve_device
-from vitrieval.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from vitrieval.amp import autocast_context, resolve_device
+from vitrieval.checkpoint import capture_rng_state, save_checkpoint
 from vitrieval.config import Config
 from vitrieval.data.dataset import SeededTableDataset, collate_skip_bad
 from vitrieval.data.readers import read_dataset
@@ -41,6 +41,8 @@ from vitrieval.momentum import MomentumEncoder
 from vitrieval.objective import IRTObjective
 from vitrieval.run_dir import RunDir
 from vitrieval.run_log import MetricsWriter
+from vitrieval.train_parts import (check_checkpoint_model, make_optimizer, make_scaler, optimizer_step,
+                                   restore_rank_rng, wrap_for_ranks)
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def make_optimizer(params, config: Config) -> torch.optim.Optimizer:
-    """``train.optimizer``: AdamW (decoupled weight decay, the category-level recipe) or Adam (weight decay as an L2
-    penalty in the gradient, as cirtorch trains on SfM-120k)."""
-    cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
 
 
 def load_tables(config: Config) -> tuple[ImageTable, ImageTable]:
@@ -122,13 +117,9 @@ class Trainer:
         self.encoder = Encoder(config.model).to(self.device)
         self.momentum = MomentumEncoder(self.encoder, config.memory.momentum) if config.memory.momentum > 0 else None
         self.objective = IRTObjective(config.loss, config.memory, self.encoder.feature_dim, self.device)
-        self.model: torch.nn.Module = self.encoder
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.encoder, device_ids=ids)
+        self.model = wrap_for_ranks(self.encoder, self.dist, self.device)
         self.optimizer = make_optimizer(self.encoder.parameters(), config)
-        dtype = amp_dtype(self.device, config.train.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        self.scaler = make_scaler(self.device, config.train.amp)
         self.sampler = ClassBalancedBatchSampler(self.train_table.labels, config.train.batch_size,
                                                  config.data.images_per_class, config.train.seed,
                                                  self.dist.rank, self.dist.world_size)
@@ -163,10 +154,7 @@ class Trainer:
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        saved_model = state["config"]["model"]
-        if saved_model != self.cfg.to_dict()["model"]:
-            raise ValueError(f"checkpoint {self.ckpt_dir / 'last.pt'} was written for model settings {saved_model}, "
-                             f"not {self.cfg.to_dict()['model']}")
+        check_checkpoint_model(state, self.cfg, self.ckpt_dir / "last.pt")
         self.encoder.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -182,9 +170,7 @@ class Trainer:
             log.warning("the checkpoint was written with a global batch of %d (%d rank(s) x %d), this run has %d "
                         "(%d x %d): the remaining iterations see other batches than the original run would",
                         saved[0] * saved[1], *saved, now[0] * now[1], *now)
-        per_rank = state.get("rng_per_rank")
-        restore_rng_state(per_rank[self.dist.rank] if per_rank and len(per_rank) == self.dist.world_size
-                          else state["rng"])
+        restore_rank_rng(state, self.dist)
         self.metrics.truncate_after(self.iteration)
         log.info("resumed from %s at iteration %d (epoch %d, batch %d)", self.ckpt_dir / "last.pt", self.iteration,
                  self.epoch, self.batch_in_epoch)
@@ -216,14 +202,8 @@ class Trainer:
         z_mem = self.dist.gather_with_grad(z_mem_local.float()) if z_mem_local is not None else None
         terms = self.objective(z, y, self.iteration, z_for_memory=z_mem, z_local=z_local)
         loss = self.objective.backward_loss(terms, self.dist.world_size)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        grad_norm = float("nan")
-        if self.cfg.train.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.cfg.train.grad_clip))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        grad_norm = optimizer_step(loss, self.optimizer, self.scaler, self.encoder.parameters(),
+                                   self.cfg.train.grad_clip)
         if self.momentum is not None:
             self.momentum.update(self.encoder)
         row = terms.as_floats()
@@ -258,7 +238,7 @@ class Trainer:
                 row = {"iteration": 0, **{f"recall@{k}": v for k, v in recall.items()}}
                 self.metrics.write(row)
                 history.append(row)
-                log.info("iteration 0 (before training): %s", _fmt_recall(recall))
+                log.info("iteration 0 (before training): %s", format_recall(recall))
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"train {self.cfg.name}", unit="it",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         seen_at_start = time.time()
@@ -291,7 +271,7 @@ class Trainer:
                     eval_row = {"iteration": self.iteration, **{f"recall@{k}": v for k, v in recall.items()}}
                     self.metrics.write(eval_row)
                     history.append(eval_row)
-                    log.info("iteration %d: %s", self.iteration, _fmt_recall(recall))
+                    log.info("iteration %d: %s", self.iteration, format_recall(recall))
             if self.iteration % cfg.checkpoint_every == 0 and self.iteration < cfg.iterations:
                 self.save()
         bar.close()
@@ -302,7 +282,7 @@ class Trainer:
             if recall:
                 self.metrics.write(final)
                 history.append(final)
-                log.info("final (iteration %d): %s", self.iteration, _fmt_recall(recall))
+                log.info("final (iteration %d): %s", self.iteration, format_recall(recall))
             atomic_write_json(self.out / "eval.json", {
                 "dataset": self.cfg.data.dataset, "split": "test", "iterations": self.iteration,
                 "recall_at_k": {str(k): v for k, v in recall.items()}, "skipped_images": self.skipped_images})
@@ -314,7 +294,8 @@ class Trainer:
                            self.skipped_images, history)
 
 
-def _fmt_recall(recall: dict) -> str:
+def format_recall(recall: dict) -> str:
+    """``R@1 45.0, R@10 80.1``: recalls (fractions) in percent."""
     return ", ".join(f"R@{k} {100 * v:.1f}" for k, v in recall.items())
 
 

@@ -30,8 +30,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vitrieval.amp import amp_dtype, autocast_context, resolve_device
-from vitrieval.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from vitrieval.amp import autocast_context, resolve_device
+from vitrieval.checkpoint import capture_rng_state, save_checkpoint
 from vitrieval.config import Config
 from vitrieval.data.transforms import train_transform
 from vitrieval.data.tuples import TupleDataset, collate_tuples
@@ -42,7 +42,9 @@ from vitrieval.mining import EpochTuples, mine_epoch_tuples
 from vitrieval.model import Encoder
 from vitrieval.run_dir import RunDir
 from vitrieval.run_log import MetricsWriter
-from vitrieval.train import TrainResult, held_out_recall, load_tables, make_optimizer, seed_everything
+from vitrieval.train import TrainResult, format_recall, held_out_recall, load_tables, seed_everything
+from vitrieval.train_parts import (check_checkpoint_model, make_optimizer, make_scaler, optimizer_step,
+                                   restore_rank_rng, wrap_for_ranks)
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +82,10 @@ class TupleTrainer:
         self.train_table, self.test_table = load_tables(config)
         self.pairs = training_pairs(self.train_table, config.data.dataset)
         self.encoder = Encoder(config.model).to(self.device)
-        self.model: torch.nn.Module = self.encoder
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.encoder, device_ids=ids)
+        self.model = wrap_for_ranks(self.encoder, self.dist, self.device)
         self.optimizer = make_optimizer(self.encoder.parameters(), config)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-tc.lr_decay))
-        dtype = amp_dtype(self.device, config.train.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        self.scaler = make_scaler(self.device, config.train.amp)
         self.transform = train_transform(self.encoder.data_config, config.data.train_resize_ratio,
                                          config.data.hflip, config.data.train_resize)
         self.steps_per_epoch = math.ceil(min(tc.query_size, len(self.pairs)) / tc.per_batch)
@@ -123,9 +121,7 @@ class TupleTrainer:
 
     def _load(self, state: dict[str, Any]) -> None:
         path = self.run_dir.checkpoints / "last.pt"
-        if state["config"]["model"] != self.cfg.to_dict()["model"]:
-            raise ValueError(f"checkpoint {path} was written for model settings {state['config']['model']}, "
-                             f"not {self.cfg.to_dict()['model']}")
+        check_checkpoint_model(state, self.cfg, path)
         if "tuples" not in state or "scheduler" not in state:
             raise ValueError(f"checkpoint {path} is not from a tuple-training run (train.sampler=tuples)")
         self.encoder.load_state_dict(state["model"])
@@ -135,9 +131,7 @@ class TupleTrainer:
         self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
         self.batch_in_epoch, self.skipped_tuples = int(state["batch_in_epoch"]), int(state["skipped_tuples"])
         self.tuples = EpochTuples.from_state(state["tuples"]) if state["tuples"] is not None else None
-        per_rank = state.get("rng_per_rank")
-        restore_rng_state(per_rank[self.dist.rank] if per_rank and len(per_rank) == self.dist.world_size
-                          else state["rng"])
+        restore_rank_rng(state, self.dist)
         self.metrics.truncate_after(self.iteration)
         log.info("resumed from %s at epoch %d, step %d of %d (iteration %d)", path, self.epoch, self.batch_in_epoch,
                  self.steps_per_epoch, self.iteration)
@@ -180,13 +174,7 @@ class TupleTrainer:
         l_koleo = koleo_loss(z, self.cfg.loss.koleo_eps) if weight > 0 and len(z) > 1 else l_tuple.new_zeros(())
         # DDP averages gradients over ranks: the tuple sum is scaled back up, the per-rank KoLeo is an average
         loss = self.dist.world_size * l_tuple + weight * l_koleo
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.train.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        optimizer_step(loss, self.optimizer, self.scaler, self.encoder.parameters(), self.cfg.train.grad_clip)
         row = {"loss_tuple": float(l_tuple.detach()), "loss_koleo": float(l_koleo.detach())}
         row["loss"] = row["loss_tuple"] + weight * row["loss_koleo"]
         if not math.isfinite(row["loss"]):
@@ -286,6 +274,5 @@ class TupleTrainer:
             row = {"iteration": self.iteration, "epoch": self.epoch, **{f"recall@{k}": v for k, v in recall.items()}}
             self.metrics.write(row)
             history.append(row)
-            log.info("epoch %d: held-out %s", self.epoch,
-                     ", ".join(f"R@{k} {100 * v:.1f}" for k, v in recall.items()))
+            log.info("epoch %d: held-out %s", self.epoch, format_recall(recall))
         return recall

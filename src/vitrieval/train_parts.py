@@ -1,0 +1,62 @@
+"""The pieces both trainers (P x K :class:`~vitrieval.train.Trainer`, :class:`~vitrieval.tuple_train.TupleTrainer`)
+share: the DDP wrapper, the optimizer and its AMP-scaled step, and restoring a checkpoint's model check and RNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from vitrieval.amp import amp_dtype
+from vitrieval.checkpoint import restore_rng_state
+from vitrieval.config import Config
+from vitrieval.distributed import DistContext
+
+
+def wrap_for_ranks(encoder: torch.nn.Module, dist: DistContext, device: torch.device) -> torch.nn.Module:
+    """``encoder`` in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
+    if not dist.enabled:
+        return encoder
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], config: Config) -> torch.optim.Optimizer:
+    """``train.optimizer``: AdamW (decoupled weight decay, the category-level recipe) or Adam (weight decay as an L2
+    penalty in the gradient, as cirtorch trains on SfM-120k)."""
+    cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+
+
+def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """A loss scaler, enabled only for float16 autocast (bf16 and float32 need none)."""
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device, amp) == torch.float16)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   params: Iterable[torch.nn.Parameter], grad_clip: float) -> float:
+    """Back-propagate ``loss`` (scaled) and step; clip the gradient norm to ``grad_clip`` when > 0 and return it
+    (NaN when not clipping)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    grad_norm = float("nan")
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    scaler.step(optimizer)
+    scaler.update()
+    return grad_norm
+
+
+def check_checkpoint_model(state: dict[str, Any], config: Config, path: Path) -> None:
+    """Refuse a checkpoint written for other model settings than ``config``'s, naming the file and both."""
+    saved, wanted = state["config"]["model"], config.to_dict()["model"]
+    if saved != wanted:
+        raise ValueError(f"checkpoint {path} was written for model settings {saved}, not {wanted}")
+
+
+def restore_rank_rng(state: dict[str, Any], dist: DistContext) -> None:
+    """This rank's RNG state from a checkpoint (rank 0's when it was written with another number of ranks)."""
+    per_rank = state.get("rng_per_rank")
+    restore_rng_state(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else state["rng"])
