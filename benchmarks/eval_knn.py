@@ -98,7 +98,7 @@ def run_pml(x: np.ndarray, labels: np.ndarray, ks: list[int], args: argparse.Nam
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
     def recall_metric(k: int):
-        def calculate(self, knn_labels, query_labels, **kwargs):  # noqa: ANN001, ANN202
+        def calculate(self, knn_labels, query_labels, **kwargs):
             return (knn_labels[:, :k] == query_labels[:, None]).any(dim=1).double().mean().item()
 
         return calculate
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# running {method} ...", flush=True)
             res = run_method(method, Path(tmp), args)
             print(
-                f"#   {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU, peak +{gib(res['peak_increase_bytes'])} GiB, "
+                f"#   {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU, "
+                f"peak +{gib(res['peak_increase_bytes'])} GiB, "
                 f"load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )

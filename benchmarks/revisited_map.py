@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,8 @@ def reference_ap(ranks_of_positives: np.ndarray, n_positives: int) -> float:
     return ap
 
 
-def reference_compute_map(ranks: np.ndarray, gnd: list[dict], kappas: list[int]) -> tuple[float, np.ndarray, np.ndarray]:
+def reference_compute_map(ranks: np.ndarray, gnd: list[dict],
+                          kappas: list[int]) -> tuple[float, np.ndarray, np.ndarray]:
     """revisitop's compute_map, written plainly: one query at a time."""
     n_q = len(gnd)
     aps = np.full(n_q, np.nan)
@@ -75,7 +77,8 @@ def reference_compute_map(ranks: np.ndarray, gnd: list[dict], kappas: list[int])
 def reference_revisited(ranks: np.ndarray, gnd: list[dict], kappas: list[int]) -> dict[str, dict[str, Any]]:
     out = {}
     for protocol, (ok_keys, junk_keys) in PROTOCOLS.items():
-        g = [{"ok": sum((list(e[k]) for k in ok_keys), []), "junk": sum((list(e[k]) for k in junk_keys), [])} for e in gnd]
+        g = [{"ok": sum((list(e[k]) for k in ok_keys), []), "junk": sum((list(e[k]) for k in junk_keys), [])}
+             for e in gnd]
         mean_ap, aps, mp = reference_compute_map(ranks, g, kappas)
         out[protocol] = {
             "map": mean_ap,
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         database, queries, ranks = data["database"], data["queries"], data["ranks"]
     case = json.loads(js.read_text())
     gnd, kappas = case["gnd"], case["kappas"]
-    expected = {p_: {**v, "mp_at_k": {int(k): x for k, x in v["mp_at_k"].items()}} for p_, v in case["expected"].items()}
+    expected = {p_: {**v, "mp_at_k": {int(k): x for k, x in v["mp_at_k"].items()}}
+                for p_, v in case["expected"].items()}
 
     rows = []
     t_ref, out_ref = best_time(lambda: reference_revisited(ranks, gnd, kappas), args.repeats)
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     t_vit_d, out_vit_d = best_time(
         lambda: revisited_map_from_descriptors(database, queries, gnd, kappas), args.repeats
     )
-    rows.append(("from descriptors", t_ref_d, t_vit_d, max_difference(out_vit_d, out_ref_d), max_difference(out_vit_d, expected)))
+    rows.append(("from descriptors", t_ref_d, t_vit_d, max_difference(out_vit_d, out_ref_d),
+                 max_difference(out_vit_d, expected)))
 
     n_db, n_q = ranks.shape
     print(f"# revisited mAP, case {args.case}: {n_q} queries x {n_db} database images; best of {args.repeats}")

@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from vitrieval.config import ModelConfig
+    from vitrieval.data.table import ImageTable, Record
     from vitrieval.embed import extract
     from vitrieval.index import Index
-    from vitrieval.data.table import ImageTable, Record
     from vitrieval.model import Encoder
     from vitrieval.serve import create_app
 

@@ -34,7 +34,8 @@ def test_cpu_tiny_preset_is_small():
 def test_overrides_are_parsed_and_typed():
     cfg = apply_overrides(Config(), ["train.iterations=12", "loss.koleo_weight=0.7", "model.pooling=gem",
                                      "train.eval_ks=[1, 5]", "model.pretrained_file=null", "train.lr=1",
-                                     "train.weight_decay=5e-4", "train.amp=off", "data.root=123", "model.name='vit_small'"])
+                                     "train.weight_decay=5e-4", "train.amp=off", "data.root=123",
+                                     "model.name='vit_small'"])
     assert cfg.model.name == "vit_small"
     assert cfg.train.amp == "off" and cfg.data.root == "123"
     assert cfg.train.weight_decay == 5e-4

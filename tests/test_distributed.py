@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from torchrun_launch import launch, torchrun, write_tracker
 
 ITERATIONS = 6
@@ -255,7 +256,8 @@ def test_resume_under_torchrun_equals_an_uninterrupted_run(runs):
         assert torch.equal(resumed["memory"][key], straight["memory"][key])
     assert len(resumed["rng_per_rank"]) == 2
     rows = [json.loads(line) for line in (work / "world2" / "resume" / "metrics.jsonl").read_text().splitlines()]
-    straight_rows = [json.loads(line) for line in (work / "world2" / "irt_l" / "metrics.jsonl").read_text().splitlines()]
+    straight_rows = [json.loads(line)
+                     for line in (work / "world2" / "irt_l" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in straight_rows if "loss" in r]
 
 

@@ -22,8 +22,8 @@ import vitrieval
 from vitrieval.config import ModelConfig
 from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.readers import read_dataset
-from vitrieval.embed import extract
 from vitrieval.data.table import ImageTable
+from vitrieval.embed import extract
 from vitrieval.evaluate import at_image_size, evaluate_model, format_results, recall_on_table
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
 from vitrieval.model import Encoder
@@ -278,7 +278,7 @@ def test_revisited_protocol(encoder: Encoder, roxford_root: Path, monkeypatch: p
     resizes: list[str] = []
     real_extract = ev.extract
 
-    def spy(*args, **kwargs):  # noqa: ANN002, ANN003
+    def spy(*args, **kwargs):
         resizes.append(kwargs["resize"])
         return real_extract(*args, **kwargs)
 
@@ -396,7 +396,7 @@ def test_worker_errors_become_one_line(encoder: Encoder, folder_root: Path, monk
     """
     import vitrieval.evaluate as ev
 
-    def worker_error(*args, **kwargs):  # noqa: ANN002, ANN003
+    def worker_error(*args, **kwargs):
         raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
                          "last):\n  File \"x.py\", line 1, in f\nValueError: bounding box (400.0, 4.0, 440.0, 36.0) "
                          "is empty inside an image of size 48x40\n")
@@ -461,7 +461,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_encoder().save(tmp_path_factory.mktemp("cli") / "model")
 
 
-def test_cli_checkpoint_json(main, model_dir: Path, folder_root: Path, tmp_path: Path,  # noqa: ANN001
+def test_cli_checkpoint_json(main, model_dir: Path, folder_root: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out" / "sop.json"
     out.parent.mkdir()
@@ -498,7 +498,7 @@ def test_cli_pca_is_stored_with_the_checkpoint(model_dir: Path, folder_root: Pat
     assert not (other / "pca.safetensors").exists()
 
 
-def test_cli_user_errors_exit_2(main, model_dir: Path, folder_root: Path, tmp_path: Path,  # noqa: ANN001
+def test_cli_user_errors_exit_2(main, model_dir: Path, folder_root: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture) -> None:
     base = ["evaluate", "--checkpoint", str(model_dir), "--workers", "0", "--no-progress"]
     assert main(base + ["--dataset", "folder", "--data-root", str(tmp_path / "nowhere")]) == 2
@@ -515,7 +515,7 @@ def test_cli_user_errors_exit_2(main, model_dir: Path, folder_root: Path, tmp_pa
     assert "Ebay_train.txt" in capsys.readouterr().err
 
 
-def test_cli_unreadable_image_is_named(main, model_dir: Path, folder_root: Path, tmp_path: Path,  # noqa: ANN001
+def test_cli_unreadable_image_is_named(main, model_dir: Path, folder_root: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     import shutil
 
@@ -528,7 +528,7 @@ def test_cli_unreadable_image_is_named(main, model_dir: Path, folder_root: Path,
     assert str(root / "class5" / "broken.png") in err and "empty" in err
 
 
-def test_cli_model_offline_without_weights_names_pretrained_file(main, folder_root: Path,  # noqa: ANN001
+def test_cli_model_offline_without_weights_names_pretrained_file(main, folder_root: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
     import huggingface_hub.constants

@@ -13,8 +13,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from vitrieval.config import ModelConfig
-from vitrieval.index import (APPROXIMATE_FACTORY, AUTO_EXACT_LIMIT, Index, IndexFormatError, ModelMismatchError,
-                             resolve_factory)
+from vitrieval.index import (
+    APPROXIMATE_FACTORY,
+    AUTO_EXACT_LIMIT,
+    Index,
+    IndexFormatError,
+    ModelMismatchError,
+    resolve_factory,
+)
 from vitrieval.model import Encoder, load
 
 COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20), (150, 40, 180), (20, 180, 190),
@@ -211,7 +217,7 @@ def test_resume_reuses_finished_shards(world: dict, tmp_path: Path, monkeypatch:
     real_extract = index_module.extract
     calls: list[int] = []
 
-    def failing_on_third(encoder, table, **kwargs):  # noqa: ANN001, ANN202 - stands in for embed.extract
+    def failing_on_third(encoder, table, **kwargs):
         calls.append(len(table))
         if len(calls) == 3:
             raise KeyboardInterrupt("simulated interruption")
@@ -270,7 +276,7 @@ def test_csv_table_labels_reach_the_hits(world: dict, tmp_path: Path) -> None:
     assert [h[0].label for h in hits] == [i % 3 for i in range(10)]
 
 
-def _cli(module, argv: list[str]) -> int:  # noqa: ANN001 - a vitrieval.cli.*_cmd module
+def _cli(module, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vitrieval")
     sub = parser.add_subparsers(dest="command")
     module.add_parser(sub)
@@ -321,7 +327,8 @@ def test_from_descriptors_and_single_path_queries(world: dict, tmp_path: Path) -
     index = Index.from_descriptors(world["model"], z, paths, labels=[7] * 6, out_dir=tmp_path / "d.idx",
                                    factory="Flat")
     hits = Index.load(tmp_path / "d.idx").search(str(paths[4]), k=2)[0]
-    assert hits[0].path == str(paths[4].resolve()) and hits[0].label == 7 and hits[0].score == pytest.approx(1, abs=1e-4)
+    assert hits[0].path == str(paths[4].resolve()) and hits[0].label == 7
+    assert hits[0].score == pytest.approx(1, abs=1e-4)
     assert len(index) == 6 and index.info["preprocessing"]["amp"] == "off"
     with pytest.raises(ModelMismatchError, match="descriptors are 32-d"):
         Index.from_descriptors(world["model"], np.ones((6, 32), np.float32), paths)

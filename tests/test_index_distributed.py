@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from torchrun_launch import launch, torchrun, write_tracker
 
 BATCH, SHARD = 4, 10

@@ -132,7 +132,7 @@ def test_matches_pytorch_metric_learning_up_to_reduction():
     *non-zero* pairs (AvgNonZeroReducer) and adds the two means, while Eq. 1 sums every pair term per anchor and
     divides by the number of anchors. So: sum of PML's un-reduced pair losses / N == our loss.
     """
-    pml = pytest.importorskip("pytorch_metric_learning")
+    pytest.importorskip("pytorch_metric_learning")
     from pytorch_metric_learning.distances import CosineSimilarity
     from pytorch_metric_learning.losses import ContrastiveLoss
     from pytorch_metric_learning.reducers import DoNothingReducer

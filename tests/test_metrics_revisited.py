@@ -109,7 +109,8 @@ def test_random_cases_with_overlaps_match_reference_port() -> None:
         pick = lambda m: list(rng.choice(n_db, size=m, replace=False))  # noqa: E731
         entry = {"easy": pick(rng.integers(0, 8)), "hard": pick(rng.integers(0, 8)), "junk": pick(rng.integers(0, 30))}
         if i == 0:  # an image both easy and junk, and a positive ranked first behind junk
-            entry = {"easy": [int(ranks[1, 0]), int(ranks[5, 0])], "hard": [], "junk": [int(ranks[0, 0]), int(ranks[5, 0])]}
+            entry = {"easy": [int(ranks[1, 0]), int(ranks[5, 0])], "hard": [],
+                     "junk": [int(ranks[0, 0]), int(ranks[5, 0])]}
         gnd.append(entry)
     result = revisited_map(ranks, gnd, [1, 5, 10])
     for protocol, (ok_keys, junk_keys) in {

@@ -78,7 +78,8 @@ def test_pretrained_file_of_another_architecture_fails_naming_file_and_keys(tmp_
     other = timm.create_model("deit_small_patch16_224", pretrained=False, img_size=32, patch_size=8)
     path = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
-    with pytest.raises(PretrainedWeightsError, match=r"small\.safetensors do not fit deit_tiny.*shape mismatch.*blocks\.0\.attn"):
+    with pytest.raises(PretrainedWeightsError,
+                       match=r"small\.safetensors do not fit deit_tiny.*shape mismatch.*blocks\.0\.attn"):
         Encoder(ModelConfig(**{**TINY, "pretrained": True, "pretrained_file": str(path)}))
 
 

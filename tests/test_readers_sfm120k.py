@@ -195,7 +195,7 @@ def test_a_pair_across_clusters_is_refused_naming_it(sfm_pkl: Path) -> None:
     (lambda db: db["val"]["cids"].__setitem__(0, "abc"), r"val\['cids'\]\[0\] must be an image id"),
     (lambda db: db["val"].__setitem__("cluster", ["a"] * 9), r"val\['cluster'\] must be a flat list of integers"),
 ])
-def test_malformed_pickles_are_named(sfm_pkl: Path, corrupt, message: str) -> None:  # noqa: ANN001
+def test_malformed_pickles_are_named(sfm_pkl: Path, corrupt, message: str) -> None:
     db = _db(sfm_pkl)
     corrupt(db)
     _rewrite(sfm_pkl, db)
@@ -217,7 +217,7 @@ def test_numpy_entries_load_and_code_is_refused(sfm_pkl: Path) -> None:
     assert after.extras["pairs"]["train"].tolist() == before.extras["pairs"]["train"].tolist()
 
     class Evil:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self):
             return (os.system, ("echo pwned",))
 
     db["train"]["bbxs"] = [Evil()]

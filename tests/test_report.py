@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from vitrieval.report import (
     training_curves,
     write_report,
 )
-from vitrieval.report.figures import CORRECT_RGB, QUERY_RGB, WRONG_RGB, _DPI, _grid_layout
+from vitrieval.report.figures import _DPI, CORRECT_RGB, QUERY_RGB, WRONG_RGB, _grid_layout
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -37,7 +37,7 @@ def png_bytes(path: Path) -> bytes:
 
 
 def upload(client: TestClient, data: bytes, k: int | str = 10, name: str = "q.png",
-           content_type: str = "image/png"):  # noqa: ANN201 - httpx.Response
+           content_type: str = "image/png"):
     return client.post(f"/search?k={k}", files={"file": (name, data, content_type)})
 
 
@@ -131,7 +131,7 @@ def test_uploads_over_the_limit_are_413(served: dict) -> None:
     assert r.status_code == 413
     # no Content-Length (chunked): the bytes are counted while they stream in
 
-    def chunks():  # noqa: ANN202 - a body generator
+    def chunks():
         for _ in range(100):
             yield b"y" * 4096
 
@@ -175,7 +175,7 @@ def free_port() -> int:
 class ServerThread:
     """uvicorn serving ``app`` on a free loopback port in a daemon thread (context manager)."""
 
-    def __init__(self, app) -> None:  # noqa: ANN001 - a FastAPI app
+    def __init__(self, app) -> None:
         import uvicorn
 
         self.port = free_port()
@@ -187,7 +187,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         deadline = time.time() + 30
         while not self.server.started:

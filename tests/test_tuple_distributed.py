@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from torchrun_launch import launch, torchrun, write_tracker
 
 EPOCHS = 2

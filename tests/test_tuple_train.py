@@ -14,8 +14,8 @@ from vitrieval.config import apply_overrides
 from vitrieval.data.readers import read_dataset
 from vitrieval.data.sfm120k_layout import write_sfm120k_layout
 from vitrieval.data.synthetic import render_product
-from vitrieval.data.tuples import TupleDataset, collate_tuples
 from vitrieval.data.transforms import train_transform
+from vitrieval.data.tuples import TupleDataset, collate_tuples
 from vitrieval.mining import EpochTuples
 from vitrieval.presets import load_preset
 from vitrieval.train import train

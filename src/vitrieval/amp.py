@@ -8,7 +8,7 @@ slower than float32 (measured: DeiT-Tiny training step 5x slower on an AVX2-only
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -51,7 +51,7 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def autocast_context(device: torch.device, mode: str = "auto") -> ContextManager:
+def autocast_context(device: torch.device, mode: str = "auto") -> AbstractContextManager:
     dtype = amp_dtype(torch.device(device), mode)
     if dtype is None:
         return contextlib.nullcontext()

@@ -125,7 +125,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         choices = {
             "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem")),
             "data.eval_resize": (self.data.eval_resize, ("shorter", "square")),

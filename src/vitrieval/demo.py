@@ -25,15 +25,19 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitrieval.config import Config, apply_overrides
 from vitrieval.data.readers.folder import is_image_file, read_folder
 from vitrieval.data.table import ImageTable, Record
+
+if TYPE_CHECKING:
+    from vitrieval.model import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +198,7 @@ def _load_images(paths: Sequence[str]) -> list:
     return [load_image(p) for p in paths]
 
 
-def _embed(encoder, table: ImageTable, cfg: Config) -> np.ndarray:
+def _embed(encoder: Encoder, table: ImageTable, cfg: Config) -> np.ndarray:
     """Descriptors of every image of ``table`` (table order), as the trainer's evaluation computes them."""
     from vitrieval.embed import extract
 

@@ -32,7 +32,7 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, backend: str | None = None) -> "DistContext":
+    def from_env(cls, backend: str | None = None) -> DistContext:
         """Initialise the default process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -45,7 +45,7 @@ class DistContext:
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
     @classmethod
-    def current(cls) -> "DistContext":
+    def current(cls) -> DistContext:
         """The already initialised default process group (one process when there is none); initialises nothing."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
             return cls()

@@ -35,7 +35,8 @@ class Extraction:
 
 
 def shard_bounds(n_items: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of rank ``rank``: a contiguous run of whole ``batch_size`` batches (disjoint, covering)."""
+    """Rows ``[start, stop)`` of rank ``rank``: a contiguous run of whole ``batch_size`` batches (disjoint,
+    covering)."""
     n_batches = -(-n_items // batch_size)
     first, last = rank * n_batches // world_size, (rank + 1) * n_batches // world_size
     return min(first * batch_size, n_items), min(last * batch_size, n_items)

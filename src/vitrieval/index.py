@@ -32,10 +32,11 @@ import pickle
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
@@ -44,7 +45,7 @@ from vitrieval.data.images import load_image
 from vitrieval.data.readers.folder import list_images
 from vitrieval.data.table import ImageTable, Record, read_csv_table
 from vitrieval.distributed import DistContext
-from vitrieval.embed import resolve_distributed, extract
+from vitrieval.embed import extract, resolve_distributed
 from vitrieval.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ MAX_TRAIN_POINTS_PER_CENTROID = 64
 k-means on 4096 lists four times slower for no measurable recall in ``benchmarks/search.py``)."""
 
 ImageLike = Union[str, Path, bytes, Image.Image]
-ImagesArg = Union[str, Path, ImageTable, Sequence[Union[str, Path]]]
+ImagesArg = Union[str, Path, ImageTable, Sequence[str | Path]]
 
 
 class ModelMismatchError(ValueError):
@@ -329,7 +330,7 @@ class Index:
               shard_size: int = DEFAULT_SHARD_SIZE, *, device: str = "auto", amp: str = "auto",
               resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
               k_factor: int | None = None, progress: bool = True,
-              distributed: bool | DistContext | None = None) -> "Index | None":
+              distributed: bool | DistContext | None = None) -> Index | None:
         """Embed ``images`` with the model in ``checkpoint_dir`` and index them (saved to ``out_dir`` if given).
 
         ``images``: a folder (recursively), a ``.csv`` table (``path[,label,...]``), a list of paths or an
@@ -445,7 +446,7 @@ class Index:
                          labels: Sequence[int] | None = None, out_dir: str | Path | None = None,
                          factory: str = "auto", *, device: str = "auto", resize: str = "shorter",
                          amp: str = "auto", nprobe: int | None = None, ef_search: int | None = None,
-                         k_factor: int | None = None) -> "Index":
+                         k_factor: int | None = None) -> Index:
         """Index descriptors computed elsewhere by the model in ``checkpoint_dir`` (e.g. by ``embed.extract``).
 
         ``descriptors[i]`` belongs to ``paths[i]``; the model is loaded for its fingerprint and preprocessing,
@@ -477,7 +478,7 @@ class Index:
     @classmethod
     def _assemble(cls, encoder, checkpoint: Path, shards: list[tuple[np.ndarray, list[Record]]],
                   directory: Path | None, factory: str, preprocessing: dict[str, Any], skipped: list[str],
-                  started: float, device: str, params: dict[str, int | None]) -> "Index":
+                  started: float, device: str, params: dict[str, int | None]) -> Index:
         """Train (if needed) and fill the faiss index from descriptor chunks, then save it if ``directory``."""
         count = sum(len(k) for _, k in shards)
         dim = next(int(d.shape[1]) for d, k in shards if len(k))
@@ -514,7 +515,7 @@ class Index:
 
     @classmethod
     def load(cls, directory: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-             mmap: bool = False) -> "Index":
+             mmap: bool = False) -> Index:
         """Open an index folder. ``checkpoint`` overrides the stored model path (a model folder that moved).
 
         The model itself is loaded on first use (:attr:`encoder`); ``mmap=True`` memory-maps ``index.faiss``
@@ -809,7 +810,7 @@ class _RankZero:
         self.ctx = ctx
         self.group = None
 
-    def __enter__(self) -> "_RankZero":
+    def __enter__(self) -> _RankZero:
         if self.ctx.enabled:
             import torch.distributed as dist
 

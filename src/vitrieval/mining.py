@@ -55,7 +55,7 @@ class EpochTuples:
                 "negative_distance": self.negative_distance}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "EpochTuples":
+    def from_state(cls, state: dict[str, Any]) -> EpochTuples:
         return cls(np.asarray(state["queries"], np.int64), np.asarray(state["positives"], np.int64),
                    np.asarray(state["negatives"], np.int64), float(state["negative_distance"]))
 

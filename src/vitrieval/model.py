@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ class Encoder(nn.Module):
         """Apply the attached PCA (and re-normalise); identity without one."""
         return self.pca(z) if self.pca is not None else z
 
-    def eval_transform(self):
+    def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         from vitrieval.data.transforms import eval_transform
 
         return eval_transform(self.data_config)

@@ -15,7 +15,8 @@ import torch
 class PCAReduction(torch.nn.Module):
     """A fitted linear reduction ``y = normalize(x Aᵀ + b)``; buffers so it saves with the model."""
 
-    def __init__(self, matrix: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor, whiten: bool = False) -> None:
+    def __init__(self, matrix: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor,
+                 whiten: bool = False) -> None:
         super().__init__()
         self.register_buffer("matrix", torch.as_tensor(np.asarray(matrix), dtype=torch.float32))
         self.register_buffer("bias", torch.as_tensor(np.asarray(bias), dtype=torch.float32))
@@ -38,7 +39,7 @@ class PCAReduction(torch.nn.Module):
             return self.forward(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
     @classmethod
-    def fit(cls, descriptors: np.ndarray, dim: int, whiten: bool = False) -> "PCAReduction":
+    def fit(cls, descriptors: np.ndarray, dim: int, whiten: bool = False) -> PCAReduction:
         """Fit on ``descriptors`` (n × d) with ``faiss.PCAMatrix`` (eigen_power −0.5 when whitening)."""
         import faiss
 
@@ -65,7 +66,7 @@ class PCAReduction(torch.nn.Module):
                       metadata={"whiten": str(int(self.whiten))})
 
     @classmethod
-    def load(cls, path: str | Path) -> "PCAReduction":
+    def load(cls, path: str | Path) -> PCAReduction:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:

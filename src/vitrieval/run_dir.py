@@ -30,7 +30,7 @@ class RunDir:
     _log_handler: logging.Handler | None = None
 
     @classmethod
-    def open(cls, config: Config, output_dir: str | Path, resume: bool, dist: DistContext) -> "RunDir":
+    def open(cls, config: Config, output_dir: str | Path, resume: bool, dist: DistContext) -> RunDir:
         """Check the folder (a run already there needs ``resume``), attach ``train.log``, write ``config.yaml``."""
         if not dist.is_main and logging.getLogger("vitrieval").getEffectiveLevel() < logging.WARNING:
             logging.getLogger("vitrieval").setLevel(logging.WARNING)  # rank 0 reports; the others only warn

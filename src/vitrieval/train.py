@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,14 @@ from vitrieval.momentum import MomentumEncoder
 from vitrieval.objective import IRTObjective
 from vitrieval.run_dir import RunDir
 from vitrieval.run_log import MetricsWriter
-from vitrieval.train_parts import (check_checkpoint_model, make_optimizer, make_scaler, optimizer_step,
-                                   restore_rank_rng, wrap_for_ranks)
+from vitrieval.train_parts import (
+    check_checkpoint_model,
+    make_optimizer,
+    make_scaler,
+    optimizer_step,
+    restore_rank_rng,
+    wrap_for_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +221,7 @@ class Trainer:
             row["grad_norm"] = grad_norm
         return row
 
-    def _batches(self):
+    def _batches(self) -> Iterator[dict[str, Any]]:
         """Batches from the current (epoch, position) on, forever; tracks the position for checkpoints."""
         while True:
             self.sampler.set_epoch(self.epoch, self.batch_in_epoch)

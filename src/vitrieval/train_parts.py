@@ -3,8 +3,9 @@ share: the DDP wrapper, the optimizer and its AMP-scaled step, and restoring a c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

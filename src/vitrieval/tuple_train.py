@@ -43,8 +43,14 @@ from vitrieval.model import Encoder
 from vitrieval.run_dir import RunDir
 from vitrieval.run_log import MetricsWriter
 from vitrieval.train import TrainResult, format_recall, held_out_recall, load_tables, seed_everything
-from vitrieval.train_parts import (check_checkpoint_model, make_optimizer, make_scaler, optimizer_step,
-                                   restore_rank_rng, wrap_for_ranks)
+from vitrieval.train_parts import (
+    check_checkpoint_model,
+    make_optimizer,
+    make_scaler,
+    optimizer_step,
+    restore_rank_rng,
+    wrap_for_ranks,
+)
 
 log = logging.getLogger(__name__)
 

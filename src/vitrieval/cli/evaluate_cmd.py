@@ -129,10 +129,9 @@ def run(args: argparse.Namespace) -> int:
                            f"their x1,y1,x2,y2 columns); not to {args.dataset}")
 
     from vitrieval.amp import resolve_device
+    from vitrieval.distributed import DistContext
     from vitrieval.evaluate import evaluate_model, format_results, resolve_model_dir
     from vitrieval.io_utils import atomic_write_json
-
-    from vitrieval.distributed import DistContext
 
     dist = DistContext.from_env()  # under torchrun: each rank embeds its shard, every rank gets all descriptors
     device = resolve_device(args.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the training presets (paper recipes and CPU runs)",
                        description="List the presets, or print one (`vitrieval presets NAME`) to copy and edit.")
     p.add_argument("name", nargs="?", help="print this preset as YAML")

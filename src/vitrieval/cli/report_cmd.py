@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="an HTML report comparing training runs",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="training output folders (metrics.jsonl, eval.json, config.yaml)")

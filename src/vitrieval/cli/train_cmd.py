@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an encoder (IRT_L / IRT_R)",
                        description="Train from a preset or a YAML config; `--set key=value` overrides any value. "
                                    "Under torchrun: `torchrun --nproc_per_node N -m vitrieval train ...`.")

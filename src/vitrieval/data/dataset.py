@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from vitrieval.data.images import ImageDecodeError, crop_bbox, load_image
 from vitrieval.data.table import ImageTable
+
+#: One item: (image tensor, or None when unreadable and skipped; label; row index).
+Item = tuple[torch.Tensor | None, int, int]
 
 
 class TableDataset(Dataset):
@@ -28,7 +32,7 @@ class TableDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | tuple[None, int, int]:
+    def __getitem__(self, i: int) -> Item:
         rec = self.table[i]
         try:
             img = load_image(rec.path)
@@ -67,7 +71,7 @@ class SeededTableDataset(TableDataset):
     and the caller's global RNG is left untouched.
     """
 
-    def __getitem__(self, key: tuple[int, int] | int):  # type: ignore[override]
+    def __getitem__(self, key: tuple[int, int] | int) -> Item:  # type: ignore[override]
         if isinstance(key, tuple):
             i, seed = key
         else:

@@ -24,7 +24,7 @@ class ImageDecodeError(ValueError):
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
 
-    def __reduce__(self):  # rebuilt intact when raised inside a DataLoader worker
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # rebuilt intact when raised inside a DataLoader worker
         return (type(self), (self.path, self.reason))
 
 
@@ -85,15 +85,15 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         raise ImageDecodeError(label, "not a recognised image format") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(label, f"refused as a decompression bomb ({exc})") from None
-    except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, EOFError, struct.error, ...
+    except Exception as exc:  # noqa: BLE001 - truncated / corrupt data: OSError, SyntaxError, EOFError, struct.error, ...
         raise ImageDecodeError(label, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not cost an image whose pixels decoded fine
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost an image whose pixels decoded fine
         pass
     try:
         return to_rgb(img)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any conversion failure names the file
         raise ImageDecodeError(label, f"cannot convert mode {img.mode} to RGB ({type(exc).__name__}: {exc})") \
             from None
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import pickle
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -30,7 +30,7 @@ from vitrieval.data.readers.sfm120k import DEFAULT_NAME, cid2filename
 from vitrieval.io_utils import atomic_write_bytes
 
 #: An image to write: a file to copy byte for byte, or a PIL image (saved as JPEG).
-ImageSource = Union[str, Path, Image.Image]
+ImageSource = str | Path | Image.Image
 
 
 def make_cid(seed: int, split: str, cluster: int, index: int) -> str:

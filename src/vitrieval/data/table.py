@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -68,22 +68,22 @@ class ImageTable:
         """Labels as int64 (never float: large ids must stay exact)."""
         return np.asarray([r.label for r in self.records], dtype=np.int64)
 
-    def select(self, keep: Iterable[bool] | np.ndarray, name: str | None = None) -> "ImageTable":
+    def select(self, keep: Iterable[bool] | np.ndarray, name: str | None = None) -> ImageTable:
         mask = list(keep)
         if len(mask) != len(self.records):
             raise ValueError(f"mask length {len(mask)} != table length {len(self.records)}")
         return ImageTable([r for r, k in zip(self.records, mask) if k], name or self.name, dict(self.extras))
 
-    def split(self, split: str) -> "ImageTable":
+    def split(self, split: str) -> ImageTable:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return self.select([r.split == split for r in self.records], f"{self.name}/{split}")
 
-    def queries(self) -> "ImageTable":
+    def queries(self) -> ImageTable:
         """Test-split records that act as queries."""
         return self.select([r.split == "test" and r.is_query for r in self.records], f"{self.name}/query")
 
-    def gallery(self) -> "ImageTable":
+    def gallery(self) -> ImageTable:
         """Test-split records that act as gallery (database) items."""
         return self.select([r.split == "test" and r.is_gallery for r in self.records], f"{self.name}/gallery")
 
@@ -95,7 +95,7 @@ class ImageTable:
     def class_counts(self) -> Counter:
         return Counter(r.label for r in self.records)
 
-    def with_split(self, split: str) -> "ImageTable":
+    def with_split(self, split: str) -> ImageTable:
         return ImageTable([replace(r, split=split) for r in self.records], self.name, dict(self.extras))
 
     def summary(self) -> dict[str, int]:
@@ -145,7 +145,8 @@ def records_from_rows(rows: Sequence[dict], root: Path, source: str) -> list[Rec
         box = None
         if all(row.get(k) not in (None, "") for k in ("x1", "y1", "x2", "y2")):
             box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
-        out.append(Record(str(p), label, split, _flag(row.get("is_query"), True), _flag(row.get("is_gallery"), True), box))
+        out.append(Record(str(p), label, split, _flag(row.get("is_query"), True), _flag(row.get("is_gallery"), True),
+                          box))
     return out
 
 

@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from torchvision.transforms import v2 as T
 import torch
+from torchvision.transforms import v2 as T
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,

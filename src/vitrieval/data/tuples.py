@@ -7,7 +7,8 @@ any) from a seed fixed by ``(seed, epoch, tuple, position)``, so a resumed run s
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset

@@ -35,7 +35,8 @@ __all__ = ["recall_at_k"]
 FIRST_STAGE_K = 128
 
 
-def _first_relevant_rank(scores: torch.Tensor, gallery_labels: torch.Tensor, query_labels: torch.Tensor) -> torch.Tensor:
+def _first_relevant_rank(scores: torch.Tensor, gallery_labels: torch.Tensor,
+                         query_labels: torch.Tensor) -> torch.Tensor:
     """0-based rank of the first same-label item in each row's stable ranking (``>= n_gallery`` minus the
     excluded items when there is none: a -inf best score counts every finite score as better)."""
     relevant = gallery_labels[None, :] == query_labels[:, None]

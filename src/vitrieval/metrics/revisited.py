@@ -181,13 +181,15 @@ def revisited_map(
     if kappa_arr.ndim != 1 or np.any(kappa_arr < 1):
         raise ValueError(f"kappas must be positive integers, got {list(kappas)!r}")
     lists = {key: [_as_index_list(q, key, entry) for q, entry in enumerate(gnd)] for key in ("easy", "hard", "junk")}
-    n_items = 1 + max([int(ranks.max()) if ranks.size else -1] + [int(x.max()) for v in lists.values() for x in v if x.size])
+    n_items = 1 + max([int(ranks.max()) if ranks.size else -1]
+                      + [int(x.max()) for v in lists.values() for x in v if x.size])
 
     # Blocks of query columns keep the (n_db x block) inverse ranking small even for R1M-sized databases;
     # ROxford / RParis fit in one block.
     block = max(1, _BLOCK_ENTRIES // max(1, n_items))
     parts = [
-        _protocol_stats(ranks[:, s : s + block], {key: v[s : s + block] for key, v in lists.items()}, n_items, kappa_arr)
+        _protocol_stats(ranks[:, s : s + block], {key: v[s : s + block] for key, v in lists.items()}, n_items,
+                        kappa_arr)
         for s in range(0, n_q, block)
     ]
     results: dict[str, dict[str, Any]] = {}

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = str | Path | Image.Image | np.ndarray
 
 CORRECT_RGB = (0, 170, 0)
 WRONG_RGB = (220, 0, 0)

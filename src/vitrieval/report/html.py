@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from vitrieval.io_utils import atomic_write_text
 
@@ -67,7 +67,7 @@ def recall_table_html(recall_table: Mapping[str, Mapping[str, float]]) -> str:
         vals = [v for row in recall_table.values() if (v := value(row, k)) is not None]
         best[k] = max(vals) if vals else None
     head = "".join(f"<th>R@{html.escape(str(k))}</th>" for k in ks)
-    lines = [f'<table class="recall">', f'<thead><tr><th class="variant">variant</th>{head}</tr></thead>', "<tbody>"]
+    lines = ['<table class="recall">', f'<thead><tr><th class="variant">variant</th>{head}</tr></thead>', "<tbody>"]
     for name, row in recall_table.items():
         cells = []
         for k in ks:

@@ -5,8 +5,9 @@ negatives' distance per epoch — from what every run folder holds (``metrics.js
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 

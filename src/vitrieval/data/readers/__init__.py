@@ -15,8 +15,9 @@ sfm120k  retrieval-SfM-120k (cirtorch): ``retrieval-SfM-120k.pkl`` + ``ims/``; q
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vitrieval.data.readers.csv_table import read_csv
 from vitrieval.data.readers.cub import read_cub

@@ -4,8 +4,9 @@ restricted unpickler for the ground-truth / database pickles some datasets ship.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def find_root(root: str | Path, marker: str, subdirs: tuple[str, ...] = ()) -> Path:

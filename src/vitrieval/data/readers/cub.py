@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitrieval.data.readers._common import (find_root, malformed, numbered_lines, parse_float, parse_int,
-                                            require_file)
+from vitrieval.data.readers._common import find_root, malformed, numbered_lines, parse_float, parse_int, require_file
 from vitrieval.data.table import ImageTable, Record
 
 N_TRAIN_CLASSES = 100

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from vitrieval.data.table import ImageTable, Record
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
+                              ".pbm"})
 
 
 def is_image_file(path: Path) -> bool:
