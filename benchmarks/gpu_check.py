@@ -7,7 +7,7 @@
 What it measures (one process, one GPU; nothing is downloaded, weights are random):
 
 1. **Training throughput**: the paper's ``sop-irt-r-deit-s`` recipe (DeiT-S, 224 px, batch 64 = 16 classes x 4,
-   contrastive + cross-batch memory of 59,551 + KoLeo 0.7) through :meth:`vitrieval.train.Trainer.step` --
+   contrastive + cross-batch memory of 59,551 + KoLeo 0.7) through :meth:`vitrieval.training.pk_trainer.Trainer.step` --
    forward, memory, loss, backward, AdamW -- on a fixed pinned batch (no image decoding), memory active from the
    first step; bf16 autocast, then the same in float32 (``amp off``) for comparison. Images/s over the timed steps
    after warm-up; peak GPU memory (``torch.cuda.max_memory_allocated``) over those steps.
@@ -86,7 +86,7 @@ def train_throughput(sizes: Sizes, device: torch.device, amp: str, data: Path, o
     """Images/s and peak memory of Trainer.step on a fixed batch (the decode pipeline is not timed)."""
     from vitrieval.config import apply_overrides
     from vitrieval.presets import load_preset
-    from vitrieval.train import Trainer
+    from vitrieval.training.pk_trainer import Trainer
 
     cfg = apply_overrides(load_preset("sop-irt-r-deit-s"), [
         "model.pretrained=false", "data.dataset=folder", f"data.root={data}", "data.num_workers=0",
@@ -168,7 +168,7 @@ def recall_run(sizes: Sizes, device: torch.device, data: Path, out: Path) -> dic
     """The small recipe for ``recall_iterations`` steps: Recall@1 on held-out identities before and after."""
     from vitrieval.config import apply_overrides
     from vitrieval.presets import load_preset
-    from vitrieval.train import train
+    from vitrieval.training import train
 
     n = sizes.recall_iterations
     cfg = apply_overrides(load_preset("cpu-tiny"), [

@@ -20,7 +20,7 @@ import torch
 from vitrieval.amp import autocast_context, resolve_device
 from vitrieval.config import LossConfig, MemoryConfig, ModelConfig
 from vitrieval.model import Encoder
-from vitrieval.objective import IRTObjective
+from vitrieval.training.objectives import IRTObjective
 
 
 def main() -> None:

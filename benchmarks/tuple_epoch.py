@@ -1,6 +1,6 @@
 """Cost of one SfM-120k tuple-training epoch: hard-negative mining vs the training steps, and the full-size estimate.
 
-Runs the real code (``vitrieval.mining`` + ``vitrieval.tuple_train``) for one epoch with a reduced pool on an
+Runs the real code (``vitrieval.training.mining`` + ``vitrieval.training.tuple_trainer``) for one epoch with a reduced pool on an
 SfM-120k-layout folder (the real one, or a stand-in converted from a class-per-folder set, e.g. COIL-20), times
 mining (embedding queries + pool, ranking) and the steps separately, and extrapolates linearly to the paper's epoch
 (2,000 queries + a 22,000-image pool to embed; 400 steps of 5 tuples x 7 images). The baseline in the same run is a
@@ -65,7 +65,7 @@ def main() -> None:
 def run_epoch(cfg, out: Path) -> dict[str, float]:
     """Mine and train one epoch with the real trainer; time the parts and a plain embedding of as many images."""
     from vitrieval.embed import extract
-    from vitrieval.tuple_train import TupleTrainer
+    from vitrieval.training.tuple_trainer import TupleTrainer
 
     trainer = TupleTrainer(cfg, out, progress=False)
     t0 = time.perf_counter()

@@ -68,7 +68,7 @@ def test_quick_demo_training_beats_the_untrained_encoder(quick_demo) -> None:
 
 def test_quick_demo_irt_o_is_the_trainers_initial_encoder(quick_demo) -> None:
     """IRT_O must be the very weights IRT_L starts from: the trainer's iteration-0 evaluation agrees."""
-    from vitrieval.run_log import read_metrics
+    from vitrieval.training.run_log import read_metrics
 
     first = read_metrics(quick_demo["out"] / "irt_l" / "metrics.jsonl")[0]
     assert first["iteration"] == 0

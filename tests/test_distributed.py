@@ -72,12 +72,12 @@ def _make_dataset(root: Path) -> None:
 def _record_writes(marks: Path, rank: int) -> None:
     """Patch the trainer's writers so that each call leaves ``marks/<what>.rank<r>`` behind."""
     import vitrieval.model
-    import vitrieval.train
+    import vitrieval.training.pk_trainer
 
     tracked = write_tracker(marks, rank)
 
-    vitrieval.train.save_checkpoint = tracked(vitrieval.train.save_checkpoint, "checkpoint")
-    vitrieval.train.atomic_write_json = tracked(vitrieval.train.atomic_write_json, "eval_json")
+    vitrieval.training.pk_trainer.save_checkpoint = tracked(vitrieval.training.pk_trainer.save_checkpoint, "checkpoint")
+    vitrieval.training.pk_trainer.atomic_write_json = tracked(vitrieval.training.pk_trainer.atomic_write_json, "eval_json")
     vitrieval.model.Encoder.save = tracked(vitrieval.model.Encoder.save, "model")
 
 
@@ -93,7 +93,7 @@ def _worker(work: Path, data: Path) -> None:
     from vitrieval.distributed import DistContext
     from vitrieval.embed import extract
     from vitrieval.model import Encoder
-    from vitrieval.train import Trainer
+    from vitrieval.training.pk_trainer import Trainer
 
     ctx = DistContext.from_env()
     world = work / f"world{ctx.world_size}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vitrieval.memory import CrossBatchMemory
-from vitrieval.momentum import MomentumEncoder
+from vitrieval.training.memory import CrossBatchMemory
+from vitrieval.training.momentum import MomentumEncoder
 
 
 def batch(start: int, n: int, dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

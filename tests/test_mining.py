@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitrieval.mining import EpochTuples, _pick, epoch_rng, hardest_negatives
+from vitrieval.training.mining import EpochTuples, _pick, epoch_rng, hardest_negatives
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import vitrieval
 from vitrieval.config import apply_overrides
 from vitrieval.presets import load_preset
-from vitrieval.train import train
+from vitrieval.training import train
 
 SMALL_MODEL = ["model.depth=4", "model.embed_dim=128", "model.num_heads=4"]
 

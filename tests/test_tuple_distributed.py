@@ -69,25 +69,25 @@ def _instrument(marks: Path, rank: int, records: dict) -> None:
     import torch
 
     import vitrieval.model
-    import vitrieval.run_dir
-    import vitrieval.run_log
-    import vitrieval.tuple_train
-    from vitrieval.tuple_train import TupleTrainer
+    import vitrieval.training.run_dir
+    import vitrieval.training.run_log
+    import vitrieval.training.tuple_trainer
+    from vitrieval.training.tuple_trainer import TupleTrainer
 
     tracked = write_tracker(marks, rank)
 
-    vitrieval.tuple_train.save_checkpoint = tracked(vitrieval.tuple_train.save_checkpoint, "checkpoint")
-    vitrieval.tuple_train.atomic_write_json = tracked(vitrieval.tuple_train.atomic_write_json, "eval_json")
-    vitrieval.run_dir.save_config = tracked(vitrieval.run_dir.save_config, "config")
-    vitrieval.run_dir.attach_file_log = tracked(vitrieval.run_dir.attach_file_log, "train_log")
+    vitrieval.training.tuple_trainer.save_checkpoint = tracked(vitrieval.training.tuple_trainer.save_checkpoint, "checkpoint")
+    vitrieval.training.tuple_trainer.atomic_write_json = tracked(vitrieval.training.tuple_trainer.atomic_write_json, "eval_json")
+    vitrieval.training.run_dir.save_config = tracked(vitrieval.training.run_dir.save_config, "config")
+    vitrieval.training.run_dir.attach_file_log = tracked(vitrieval.training.run_dir.attach_file_log, "train_log")
     vitrieval.model.Encoder.save = tracked(vitrieval.model.Encoder.save, "model")
-    real_write = vitrieval.run_log.MetricsWriter.write
+    real_write = vitrieval.training.run_log.MetricsWriter.write
     tracked_write = tracked(real_write, "metrics")
 
     def write(self, row):  # a disabled writer (ranks > 0) writes nothing: only enabled writes count
         return (tracked_write if self.enabled else real_write)(self, row)
 
-    vitrieval.run_log.MetricsWriter.write = write
+    vitrieval.training.run_log.MetricsWriter.write = write
     real_mine, real_step = TupleTrainer.mine, TupleTrainer.step
 
     def mine(self):
@@ -117,7 +117,7 @@ def _worker(work: Path, data: Path) -> None:
     from vitrieval.config import apply_overrides
     from vitrieval.distributed import DistContext
     from vitrieval.presets import load_preset
-    from vitrieval.tuple_train import TupleTrainer
+    from vitrieval.training.tuple_trainer import TupleTrainer
 
     ctx = DistContext.from_env()
     world = work / f"world{ctx.world_size}"
@@ -277,7 +277,7 @@ def test_only_rank_zero_writes_the_run_folder(runs):
         assert sum("world size 2" in line for line in lines) == 1
         for epoch in range(EPOCHS):
             assert sum(f"epoch {epoch}: mean loss" in line for line in lines) == 1
-        assert sum(line.startswith("INFO vitrieval.tuple_train: done:") for line in lines) == 1
+        assert sum(line.startswith("INFO vitrieval.training.tuple_trainer: done:") for line in lines) == 1
     # the console: rank 0 reports (once per run), the other rank only warns
     assert runs["double"].count("epoch 0: mean loss") == len(RUNS)
 
@@ -288,7 +288,7 @@ def test_a_rank_with_an_empty_share_of_the_last_batch_still_steps(tmp_path):
     from vitrieval.config import apply_overrides
     from vitrieval.distributed import DistContext
     from vitrieval.presets import load_preset
-    from vitrieval.tuple_train import TupleTrainer
+    from vitrieval.training.tuple_trainer import TupleTrainer
 
     cfg = apply_overrides(load_preset("sfm120k-irt-l-deit-s"), COMMON + [
         f"data.root={_make_dataset(tmp_path / 'data')}", "tuples.query_size=17", "tuples.epochs=1"])

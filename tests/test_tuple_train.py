@@ -16,10 +16,10 @@ from vitrieval.data.sfm120k_layout import write_sfm120k_layout
 from vitrieval.data.synthetic import render_product
 from vitrieval.data.transforms import train_transform
 from vitrieval.data.tuples import TupleDataset, collate_tuples
-from vitrieval.mining import EpochTuples
 from vitrieval.presets import load_preset
-from vitrieval.train import train
-from vitrieval.tuple_train import TupleTrainer
+from vitrieval.training import train
+from vitrieval.training.mining import EpochTuples
+from vitrieval.training.tuple_trainer import TupleTrainer
 
 TINY = ["model.name=deit_tiny_patch16_224", "model.pretrained=false", "model.image_size=32", "model.patch_size=8",
         "model.depth=2", "model.embed_dim=64", "model.num_heads=2", "data.num_workers=0", "train.amp=off"]

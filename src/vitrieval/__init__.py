@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {"load": ("vitrieval.model", "load"), "Encoder": ("vitrieval.model", "Encoder"),
-         "Index": ("vitrieval.index", "Index"), "train": ("vitrieval.train", "train"),
+         "Index": ("vitrieval.index", "Index"), "train": ("vitrieval.training", "train"),
          "Config": ("vitrieval.config", "Config")}
 
 __all__ = ["__version__", *_LAZY]

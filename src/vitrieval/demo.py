@@ -308,8 +308,8 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
     import torch
 
     from vitrieval.model import Encoder
-    from vitrieval.run_log import attach_file_log
-    from vitrieval.train import seed_everything, train
+    from vitrieval.training import seed_everything, train
+    from vitrieval.training.run_log import attach_file_log
 
     started = time.time()
     out = Path(output).expanduser().resolve()
@@ -379,7 +379,7 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
             results[variant] = {"recall_at_k": _recall(descriptors[variant], labels, ks),
                                 "model": str(run_dir / "model"), "iterations": result.iterations,
                                 "koleo_weight": weight, "train_seconds": round(result.seconds, 1)}
-            from vitrieval.run_log import read_metrics
+            from vitrieval.training.run_log import read_metrics
 
             metrics[variant] = read_metrics(run_dir / "metrics.jsonl")
             log.info("%s: R@1 %.1f%% on the unseen classes (%.0f s of training)", variant,

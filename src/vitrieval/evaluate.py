@@ -243,15 +243,6 @@ def save_pca_beside_model(encoder: torch.nn.Module, pca: PCAReduction, model_dir
     return encoder.save(directory, extra=extra)
 
 
-def evenly_subsampled(table: ImageTable, max_images: int) -> ImageTable:
-    """Every k-th row of ``table`` (k = ceil(len / max_images)) when it is longer than ``max_images`` (0 = all):
-    a PCA of a few hundred dimensions is fitted as well on 20,000 descriptors as on SfM-120k's 91,642."""
-    if max_images <= 0 or len(table) <= max_images:
-        return table
-    stride = -(-len(table) // max_images)
-    return table.select([i % stride == 0 for i in range(len(table))], f"{table.name}[::{stride}]")
-
-
 def _fit_table(table: ImageTable) -> tuple[ImageTable, str]:
     """The rows PCA is fitted on: the training split, or every row when there is none."""
     train = table.split("train")
@@ -324,7 +315,7 @@ def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path
         if pca_fit_dataset is not None:
             fit_src = read_dataset(pca_fit_dataset, pca_fit_root, **(pca_fit_options or {}))
             fit_table, part = _fit_table(fit_src)
-            fit_table = evenly_subsampled(fit_table, pca_fit_max_images)
+            fit_table = fit_table.evenly_subsampled(pca_fit_max_images)
             fitted_on = f"{pca_fit_dataset}/{part}"
             fit_feats = extract_all(model, fit_table, desc=f"embedding {fitted_on} for PCA", **opts).descriptors
         elif landmarks:
@@ -337,7 +328,7 @@ def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path
             if len(fit_table) == 0:
                 raise ValueError(f"{dataset} at {data_root} has no training split to fit the PCA on; "
                                  "pass --pca-fit-dataset/--pca-fit-root")
-            fit_table = evenly_subsampled(fit_table, pca_fit_max_images)
+            fit_table = fit_table.evenly_subsampled(pca_fit_max_images)
             fitted_on = f"{dataset}/train"
             fit_feats = extract_all(model, fit_table, desc=f"embedding {fitted_on} for PCA", **opts).descriptors
         log.info("PCA %d-d fitted on %d descriptors of %s", int(pca_dim), len(fit_feats), fitted_on)

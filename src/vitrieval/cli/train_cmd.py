@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.data_root}")
     config = apply_overrides(config, overrides)
 
-    from vitrieval.train import train
+    from vitrieval.training import train
 
     result = train(config, args.output, resume=args.resume, progress=not args.no_progress)
     if result.recall_at_k:

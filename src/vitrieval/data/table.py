@@ -74,6 +74,14 @@ class ImageTable:
             raise ValueError(f"mask length {len(mask)} != table length {len(self.records)}")
         return ImageTable([r for r, k in zip(self.records, mask) if k], name or self.name, dict(self.extras))
 
+    def evenly_subsampled(self, max_images: int) -> ImageTable:
+        """Every k-th row (k = ceil(len / max_images)) when longer than ``max_images`` (0 = all rows): a PCA of a
+        few hundred dimensions is fitted as well on 20,000 descriptors as on SfM-120k's 91,642."""
+        if max_images <= 0 or len(self) <= max_images:
+            return self
+        stride = -(-len(self) // max_images)
+        return self.select([i % stride == 0 for i in range(len(self))], f"{self.name}[::{stride}]")
+
     def split(self, split: str) -> ImageTable:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from vitrieval.data.dataset import SeededTableDataset
 from vitrieval.data.table import ImageTable
-from vitrieval.mining import EpochTuples
+from vitrieval.training.mining import EpochTuples
 
 
 class TupleDataset(Dataset):

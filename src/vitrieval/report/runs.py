@@ -13,7 +13,7 @@ import yaml
 
 from vitrieval.report.figures import metric_curves, training_curves
 from vitrieval.report.html import write_report
-from vitrieval.run_log import read_metrics
+from vitrieval.training.run_log import read_metrics
 
 
 def _read_run(run: Path) -> dict[str, Any]:

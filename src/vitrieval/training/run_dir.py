@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitrieval.checkpoint import load_checkpoint
 from vitrieval.config import Config, save_config
 from vitrieval.distributed import DistContext
-from vitrieval.run_log import attach_file_log
+from vitrieval.training.checkpoint import load_checkpoint
+from vitrieval.training.run_log import attach_file_log
 
 log = logging.getLogger(__name__)
 

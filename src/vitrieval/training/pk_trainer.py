@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context, resolve_device
-from vitrieval.checkpoint import capture_rng_state, save_checkpoint
 from vitrieval.config import Config
 from vitrieval.data.dataset import SeededTableDataset, collate_skip_bad
 from vitrieval.data.readers import read_dataset
@@ -35,14 +34,13 @@ from vitrieval.data.table import ImageTable
 from vitrieval.data.transforms import train_transform
 from vitrieval.distributed import DistContext
 from vitrieval.embed import extract
-from vitrieval.evaluate import evenly_subsampled, recall_on_table
+from vitrieval.evaluate import recall_on_table
 from vitrieval.io_utils import atomic_write_json
 from vitrieval.model import Encoder
-from vitrieval.momentum import MomentumEncoder
-from vitrieval.objective import IRTObjective
-from vitrieval.run_dir import RunDir
-from vitrieval.run_log import MetricsWriter
-from vitrieval.train_parts import (
+from vitrieval.training.checkpoint import capture_rng_state, save_checkpoint
+from vitrieval.training.momentum import MomentumEncoder
+from vitrieval.training.objectives import IRTObjective
+from vitrieval.training.parts import (
     check_checkpoint_model,
     make_optimizer,
     make_scaler,
@@ -50,6 +48,8 @@ from vitrieval.train_parts import (
     restore_rank_rng,
     wrap_for_ranks,
 )
+from vitrieval.training.run_dir import RunDir
+from vitrieval.training.run_log import MetricsWriter
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def held_out_recall(encoder: torch.nn.Module, table: ImageTable, config: Config,
     """
     if len(table) < 2:
         return {}
-    table = evenly_subsampled(table, config.train.eval_max_images)
+    table = table.evenly_subsampled(config.train.eval_max_images)
     ks = [k for k in config.train.eval_ks if k < len(table)]
     options = dict(batch_size=max(64, config.train.batch_size), num_workers=config.data.num_workers,
                    amp=config.train.amp, resize=config.data.eval_resize, progress=False)
@@ -110,7 +110,7 @@ class Trainer:
         self.cfg = config.validate()
         if config.train.sampler != "classes":
             raise ValueError(f"Trainer runs train.sampler=classes; for {config.train.sampler!r} use "
-                             "vitrieval.tuple_train.TupleTrainer (vitrieval.train.train picks the right one)")
+                             "vitrieval.training.tuple_trainer.TupleTrainer (vitrieval.training.pk_trainer.train picks the right one)")
         self.out = Path(output_dir)
         self.progress = progress
         self.dist = DistContext.from_env()
@@ -310,10 +310,10 @@ def train(config: Config, output_dir: str | Path, resume: bool = False, progress
     """Train ``config`` into ``output_dir`` (continuing the last checkpoint with ``resume``).
 
     ``train.sampler=classes``: :class:`Trainer` (P x K batches, Eq. 1, memory, KoLeo); ``tuples``:
-    :class:`vitrieval.tuple_train.TupleTrainer` (mined landmark tuples, cirtorch's loss, KoLeo).
+    :class:`vitrieval.training.tuple_trainer.TupleTrainer` (mined landmark tuples, cirtorch's loss, KoLeo).
     """
     if config.train.sampler == "tuples":
-        from vitrieval.tuple_train import TupleTrainer
+        from vitrieval.training.tuple_trainer import TupleTrainer
 
         return TupleTrainer(config, output_dir, resume=resume, progress=progress).run()
     return Trainer(config, output_dir, resume=resume, progress=progress).run()

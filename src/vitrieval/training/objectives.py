@@ -13,7 +13,7 @@ import torch
 
 from vitrieval.config import LossConfig, MemoryConfig
 from vitrieval.losses import contrastive_loss, koleo_loss
-from vitrieval.memory import CrossBatchMemory
+from vitrieval.training.memory import CrossBatchMemory
 
 
 @dataclass

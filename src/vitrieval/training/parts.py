@@ -1,4 +1,4 @@
-"""The pieces both trainers (P x K :class:`~vitrieval.train.Trainer`, :class:`~vitrieval.tuple_train.TupleTrainer`)
+"""The pieces both trainers (P x K :class:`~vitrieval.training.pk_trainer.Trainer`, :class:`~vitrieval.training.tuple_trainer.TupleTrainer`)
 share: the DDP wrapper, the optimizer and its AMP-scaled step, and restoring a checkpoint's model check and RNG."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from vitrieval.amp import amp_dtype
-from vitrieval.checkpoint import restore_rng_state
 from vitrieval.config import Config
 from vitrieval.distributed import DistContext
+from vitrieval.training.checkpoint import restore_rng_state
 
 
 def wrap_for_ranks(encoder: torch.nn.Module, dist: DistContext, device: torch.device) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """Tuple training for particular-object retrieval (the paper's landmark track: SfM-120k, cirtorch's procedure).
 
-Per epoch: mine tuples with the current model (:mod:`vitrieval.mining`), then take them ``tuples.per_batch`` at a
+Per epoch: mine tuples with the current model (:mod:`vitrieval.training.mining`), then take them ``tuples.per_batch`` at a
 time; a step minimises ::
 
     L = L_tuple + λ · L_KoLeo
@@ -10,7 +10,7 @@ margin ``loss.margin`` = 0.85 in the presets) summed over the batch's tuples, an
 descriptors (on each rank's part under torchrun). Adam (``train.optimizer``), lr decayed by
 ``exp(-tuples.lr_decay)`` after every epoch.
 
-The run folder is the one :class:`vitrieval.train.Trainer` writes (``model/``, ``checkpoints/last.pt``,
+The run folder is the one :class:`vitrieval.training.pk_trainer.Trainer` writes (``model/``, ``checkpoints/last.pt``,
 ``train.log``, ``metrics.jsonl``, TensorBoard, ``eval.json``). A checkpoint holds the epoch's tuples and the
 position in them, so an interrupted run resumes mid-epoch without mining again. Under torchrun mining is sharded
 (every rank gets the same tuples) and each rank takes a disjoint share of every batch's tuples; the loss is scaled
@@ -31,19 +31,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context, resolve_device
-from vitrieval.checkpoint import capture_rng_state, save_checkpoint
 from vitrieval.config import Config
 from vitrieval.data.transforms import train_transform
 from vitrieval.data.tuples import TupleDataset, collate_tuples
 from vitrieval.distributed import DistContext
 from vitrieval.io_utils import atomic_write_json
 from vitrieval.losses import koleo_loss, tuple_contrastive_loss
-from vitrieval.mining import EpochTuples, mine_epoch_tuples
 from vitrieval.model import Encoder
-from vitrieval.run_dir import RunDir
-from vitrieval.run_log import MetricsWriter
-from vitrieval.train import TrainResult, format_recall, held_out_recall, load_tables, seed_everything
-from vitrieval.train_parts import (
+from vitrieval.training.checkpoint import capture_rng_state, save_checkpoint
+from vitrieval.training.mining import EpochTuples, mine_epoch_tuples
+from vitrieval.training.parts import (
     check_checkpoint_model,
     make_optimizer,
     make_scaler,
@@ -51,6 +48,9 @@ from vitrieval.train_parts import (
     restore_rank_rng,
     wrap_for_ranks,
 )
+from vitrieval.training.pk_trainer import TrainResult, format_recall, held_out_recall, load_tables, seed_everything
+from vitrieval.training.run_dir import RunDir
+from vitrieval.training.run_log import MetricsWriter
 
 log = logging.getLogger(__name__)
 
