@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitrieval.config import Config, apply_overrides
-from vitrieval.data.readers.folder import is_image_file, read_folder
+from vitrieval.data.readers.folder import read_folder
 from vitrieval.data.table import ImageTable, Record
 
 if TYPE_CHECKING:
@@ -89,13 +88,9 @@ SYNTHETIC: dict[str, SyntheticSpec] = {
 # data
 
 
-def natural_key(name: str) -> list[Any]:
-    """Sort key that orders embedded numbers by value: ``s2 < s10`` (plain sorting gives ``s10 < s2``)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
 def folder_table(root: str | Path, train_fraction: float) -> ImageTable:
-    """A class-per-folder dataset split into training classes and unseen test classes.
+    """A class-per-folder dataset split into training classes and unseen test classes, read by the ``folder``
+    reader (:func:`~vitrieval.data.readers.folder.read_folder`) with absolute paths.
 
     ``ROOT/train/<class>/…`` + ``ROOT/test/<class>/…`` keeps that split. Otherwise the class folders are put in
     *natural* order (``s1, s2, …, s10``, not ``s1, s10, s11, …``) and the first ``train_fraction`` of them
@@ -105,24 +100,7 @@ def folder_table(root: str | Path, train_fraction: float) -> ImageTable:
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"demo --data: {root} does not exist or is not a directory")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return read_folder(root)
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    classes = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: natural_key(p.name))
-    if len(classes) < 2:
-        raise ValueError(f"demo --data {root}: needs at least 2 class sub-folders (ROOT/<class>/<image>), "
-                         f"found {len(classes)}")
-    n_train = min(max(1, int(len(classes) * train_fraction)), len(classes) - 1)
-    records = []
-    for label, cdir in enumerate(classes):
-        split = "train" if label < n_train else "test"
-        images = sorted((p for p in cdir.rglob("*") if is_image_file(p)), key=lambda p: natural_key(p.name))
-        records.extend(Record(str(p), label, split) for p in images)
-    if not records:
-        raise ValueError(f"demo --data {root}: no image files in its class folders")
-    return ImageTable(records, root.name, {"classes": [c.name for c in classes]})
+    return read_folder(root, train_fraction=train_fraction)
 
 
 def synthetic_table(root: Path, spec: SyntheticSpec, size: int, progress: bool) -> ImageTable:
