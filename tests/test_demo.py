@@ -1,5 +1,5 @@
-"""``vitrieval demo``: the quick variant end to end (report, results, learning, index); the folder split; the full
-demo (slow)."""
+"""``vitrieval demo`` (:mod:`vitrieval.demo.run`): the quick variant end to end (report, results, learning, index),
+the output-folder guard, the full demo (slow). The data step is in ``test_demo_data.py``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from vitrieval.cli import main
-from vitrieval.demo import VARIANTS, _fresh_dir, folder_table, natural_key, run_demo
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from vitrieval.demo import VARIANTS, run_demo
+from vitrieval.demo.run import _fresh_dir
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -97,34 +95,6 @@ def test_quick_demo_leaves_a_searchable_index_and_prints_how(quick_demo) -> None
     for label in ("raw pixels", "IRT_O", "IRT_L", "IRT_R"):
         assert label in printed
     assert (out / "demo.log").is_file() and "IRT_R" in (out / "demo.log").read_text()
-
-
-def test_natural_key_orders_numbers_by_value() -> None:
-    names = ["s10", "s2", "s1", "obj03", "S11"]
-    assert sorted(names, key=natural_key) == ["obj03", "s1", "s2", "s10", "S11"]
-
-
-def test_folder_table_splits_classes_in_natural_order(tmp_path) -> None:
-    for k in range(1, 13):
-        d = tmp_path / f"s{k}"
-        d.mkdir()
-        for v in range(2):
-            Image.new("RGB", (8, 8), (k * 10, v * 50, 0)).save(d / f"{v + 1}.png")
-    table = folder_table(tmp_path, 0.5)
-    train = {Path(r.path).parent.name for r in table if r.split == "train"}
-    assert train == {f"s{k}" for k in range(1, 7)}  # not s1, s10, s11, s12, s2, s3 (plain sorting)
-    assert table.extras["classes"][:3] == ["s1", "s2", "s3"]
-    assert all(r.label == int(Path(r.path).parent.name[1:]) - 1 for r in table)
-
-
-def test_folder_table_orl_trains_on_people_1_to_20() -> None:
-    root = SHARED_DATA / "orl_faces"
-    if not root.is_dir():
-        pytest.skip(f"ORL faces not found at {root}")
-    table = folder_table(root, 0.5)
-    train = {Path(r.path).parent.name for r in table if r.split == "train"}
-    assert train == {f"s{k}" for k in range(1, 21)}
-    assert table.summary()["test_images"] == 200
 
 
 def test_fresh_dir_refuses_a_folder_the_demo_did_not_write(tmp_path) -> None:

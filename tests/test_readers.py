@@ -513,19 +513,3 @@ def test_cli_list(capsys: pytest.CaptureFixture) -> None:
         assert name in out
     assert "59,551" in out and "14,218" in out and "4,993" in out
     assert "train_pairs 181,697" in out  # SfM-120k's query-positive pairs
-
-
-def test_folder_classes_follow_natural_order(tmp_path):
-    """ORL-style names s1..s12: s2 comes before s10, so the first half is people 1-6."""
-    from PIL import Image
-
-    from vitrieval.data.readers.folder import read_folder
-
-    for k in range(1, 13):
-        (tmp_path / f"s{k}").mkdir()
-        for v in range(2):
-            Image.new("L", (4, 4), k).save(tmp_path / f"s{k}" / f"{v}.pgm")
-    table = read_folder(tmp_path)
-    assert table.extras["classes"][:3] == ["s1", "s2", "s3"]
-    train_people = sorted({int(r.path.split("/")[-2][1:]) for r in table.split("train")})
-    assert train_people == [1, 2, 3, 4, 5, 6]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitrieval.data.readers.folder import is_image_file, natural_key
+from vitrieval.data.readers.folder import class_dirs, class_images
 from vitrieval.data.readers.sfm120k import DEFAULT_NAME, cid2filename
 from vitrieval.io_utils import atomic_write_bytes
 
@@ -124,11 +124,9 @@ def _class_images(folder_root: Path) -> list[tuple[str, list[Path]]]:
     """``(class name, sorted image files)`` per sub-folder of ``folder_root``, in natural class order."""
     if not folder_root.is_dir():
         raise FileNotFoundError(f"sfm120k_from_folder: {folder_root} does not exist or is not a directory")
-    dirs = sorted((d for d in folder_root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=lambda d: natural_key(d.name))
     out = []
-    for d in dirs:
-        files = sorted((p for p in d.rglob("*") if is_image_file(p)), key=lambda p: natural_key(str(p.relative_to(d))))
+    for d in class_dirs(folder_root):
+        files = class_images(d)
         if files:
             out.append((d.name, files))
     return out

@@ -9,8 +9,9 @@ random cluttered background with distractor shapes, sometimes a small occluder i
 a generator seeded by ``(seed, identity, view)``, so identity ``k`` looks the same whatever the total number of
 identities, and the dataset is reproducible byte for byte.
 
-Raw pixels do not solve retrieval on it (see :func:`raw_pixel_descriptors` and ``tests/test_synthetic.py``),
-but the identity information is all there: undoing the known warp brings a view back onto its canonical render.
+Raw pixels do not solve retrieval on it (see :func:`vitrieval.demo.baseline.raw_pixel_descriptors` and
+``tests/test_synthetic.py``), but the identity information is all there: undoing the known warp brings a view back
+onto its canonical render (the test oracles in ``tests/synthetic_oracles.py``).
 
 Rendering is supersampled (drawn at 2x, box-downsampled) and the per-identity object is cached: one core renders
 ~600 64x64 images/s; writing them as PNG files (encode + file creation) roughly halves that on a typical disk.
@@ -24,7 +25,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -368,38 +368,6 @@ def render_product(identity: int, view: int, size: int = 64, seed: int = 0) -> I
     return _compose_view(int(identity), int(view), int(size), int(seed))[0]
 
 
-def render_canonical(identity: int, size: int = 64, seed: int = 0,
-                     background: tuple[int, int, int] = (128, 128, 128)) -> Image.Image:
-    """The product ``identity`` alone, frontal, centred, on a plain background, no lighting change (a catalogue
-    shot). Not part of the generated dataset; used to check that identities are distinct and views faithful."""
-    r = size * _SUPERSAMPLE
-    obj = _object_rgba(int(identity), int(seed), r)
-    bg = Image.new("RGB", (r, r), background)
-    bg.paste(obj, (0, 0), obj)
-    return bg.reduce(_SUPERSAMPLE)
-
-
-def unwarp_view(image: Image.Image, identity: int, view: int, seed: int = 0,
-                background: tuple[int, int, int] = (128, 128, 128)) -> Image.Image:
-    """Undo the known viewpoint warp of ``render_product(identity, view, image.width, seed)``.
-
-    Maps the photo back onto the canonical object frame and blanks everything outside the object's silhouette,
-    so the result is directly comparable with :func:`render_canonical`. Only the geometry is undone: lighting,
-    blur, noise, occluders and out-of-frame parts remain. An oracle for tests, not a retrieval method.
-    """
-    size = image.width
-    _, params = _compose_view(int(identity), int(view), size, int(seed))
-    # output = object canvas at output scale; input = the photo at output scale
-    s = np.diag([1.0 / _SUPERSAMPLE, 1.0 / _SUPERSAMPLE, 1.0])
-    h_out = s @ params.homography @ np.linalg.inv(s)  # object coords (output scale) -> photo coords
-    back = image.transform((size, size), Image.Transform.PERSPECTIVE, _pil_coeffs(h_out),
-                           resample=Image.Resampling.BILINEAR)
-    alpha = _object_rgba(int(identity), int(seed), size * _SUPERSAMPLE).getchannel("A").reduce(_SUPERSAMPLE)
-    out = Image.new("RGB", (size, size), background)
-    out.paste(back, (0, 0), alpha)
-    return out
-
-
 # --------------------------------------------------------------------------------------------------------------
 # the folder dataset
 
@@ -516,20 +484,4 @@ def generate_products(out_dir: str | Path, num_classes: int, images_per_class: i
                     f.unlink()
 
     atomic_write_json(meta_path, {**params, "complete": True})
-    return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# the raw-pixel baseline
-
-
-def raw_pixel_descriptors(images: Sequence[Image.Image], size: int = 16) -> np.ndarray:
-    """Raw-pixel baseline descriptors: resize to ``size`` x ``size`` RGB, flatten, subtract the descriptor's own
-    mean, L2-normalise. Returns a float32 array ``(len(images), size * size * 3)``."""
-    out = np.empty((len(images), size * size * 3), dtype=np.float32)
-    for i, im in enumerate(images):
-        a = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-        a = a.reshape(-1)
-        a = a - a.mean()
-        out[i] = a / max(float(np.linalg.norm(a)), 1e-12)
     return out

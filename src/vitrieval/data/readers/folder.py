@@ -5,6 +5,10 @@ Without explicit ``train/`` and ``test/`` sub-folders, classes are sorted by nam
 ``train_fraction`` of them (rounded down, at least one on each side) go to training; the rest are held out, as in
 the deep-metric-learning convention (test classes are never seen in training). Every test image is both a query
 and a gallery item (leave-one-out, as for SOP and CUB).
+
+One order rule for class folders and for the images in a class (:func:`natural_key`): natural order, ignoring
+case (``s1, S2, s10``; ``1.png, 2.png, 10.png``), images by their path inside the class folder. This is the only
+class-per-folder reader: the demo, training (``data.dataset=folder``) and the SfM-120k converter all use it.
 """
 
 from __future__ import annotations
@@ -22,18 +26,27 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def natural_key(name: str) -> list:
-    """Sort key comparing digit runs as numbers: ``s2`` < ``s10``, ``obj09`` < ``obj10``."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+def natural_key(name: str) -> tuple[list[int | str], str]:
+    """Natural, case-insensitive sort key: digit runs compare as numbers, the rest lower-cased.
+
+    ``s2 < s10``, ``obj09 < obj10``, ``S11`` after ``s10``. Names equal but for case or leading zeros (``A`` /
+    ``a``, ``s01`` / ``s1``) are ordered by the exact name, so the order never depends on the file system's.
+    """
+    # re.split with a capture group alternates text (even positions) and digit runs (odd positions)
+    parts = [int(t) if i % 2 else t.lower() for i, t in enumerate(re.split(r"(\d+)", name))]
+    return parts, name
 
 
-def _class_dirs(root: Path) -> list[Path]:
+def class_dirs(root: Path) -> list[Path]:
+    """The class sub-folders of ``root`` (hidden ones skipped) in natural order."""
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                   key=lambda p: natural_key(p.name))
 
 
-def _images(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.rglob("*") if is_image_file(p))
+def class_images(class_dir: Path) -> list[Path]:
+    """The image files under ``class_dir`` (recursively) in natural order of their path inside it."""
+    return sorted((p for p in class_dir.rglob("*") if is_image_file(p)),
+                  key=lambda p: natural_key(p.relative_to(class_dir).as_posix()))
 
 
 def read_folder(root: str | Path, train_fraction: float = 0.5) -> ImageTable:
@@ -42,13 +55,14 @@ def read_folder(root: str | Path, train_fraction: float = 0.5) -> ImageTable:
     if not root.is_dir():
         raise FileNotFoundError(f"folder dataset: data root {root} does not exist or is not a directory")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        split_dirs = {s: _class_dirs(root / s) for s in ("train", "test")}
+        split_dirs = {s: class_dirs(root / s) for s in ("train", "test")}
     else:
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"folder dataset: train_fraction must be in (0, 1), got {train_fraction}")
-        classes = _class_dirs(root)
+        classes = class_dirs(root)
         if len(classes) < 2:
-            raise ValueError(f"folder dataset {root}: needs at least 2 class sub-folders, found {len(classes)}")
+            raise ValueError(f"folder dataset {root}: needs at least 2 class sub-folders (ROOT/<class>/<image>), "
+                             f"found {len(classes)}")
         n_train = min(max(1, int(len(classes) * train_fraction)), len(classes) - 1)
         split_dirs = {"train": classes[:n_train], "test": classes[n_train:]}
     names = sorted({d.name for dirs in split_dirs.values() for d in dirs}, key=natural_key)
@@ -56,7 +70,7 @@ def read_folder(root: str | Path, train_fraction: float = 0.5) -> ImageTable:
     records: list[Record] = []
     for split, dirs in split_dirs.items():
         for d in dirs:
-            records.extend(Record(str(p), label_of[d.name], split) for p in _images(d))
+            records.extend(Record(str(p), label_of[d.name], split) for p in class_images(d))
     if not records:
         raise ValueError(f"folder dataset {root}: no image files found (extensions: {sorted(IMAGE_EXTENSIONS)})")
     return ImageTable(records, root.name, {"classes": names})

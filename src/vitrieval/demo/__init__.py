@@ -1,0 +1,31 @@
+"""``vitrieval demo``: the whole pipeline offline on a CPU in minutes: data, IRT_L / IRT_R training, evaluation
+against IRT_O and a raw-pixel baseline, a self-contained HTML report, and a searchable index.
+
+Output folder::
+
+    OUT/data/products/      the generated "products" (default data; reused by a rerun with the same settings)
+    OUT/data/table.csv      the exact train / test split every step used (absolute paths, split column)
+    OUT/irt_o/model/        the untrained encoder (IRT_O: the same initial weights IRT_L and IRT_R start from)
+    OUT/irt_l/, OUT/irt_r/  the two training runs (model/, metrics.jsonl, train.log, eval.json, ...)
+    OUT/index/              a Flat faiss index of the test images, embedded by IRT_R (``vitrieval search`` /
+                            ``vitrieval serve --index OUT/index``)
+    OUT/report.html         Recall@K table and figures, one self-contained file
+    OUT/results.json        Recall@K of every variant, timings and the data description
+    OUT/demo.log            the log of the whole demo (training logs included)
+
+Everything is evaluated with the deep-metric-learning protocol: the classes of the test split were never seen
+in training, and every test image queries all the *other* test images (leave-one-out Recall@K).
+
+Modules: :mod:`~vitrieval.demo.run` (the orchestration, :func:`run_demo`), :mod:`~vitrieval.demo.data` (the
+generated products or a user's folder), :mod:`~vitrieval.demo.baseline` (raw pixels), :mod:`~vitrieval.demo.report`
+(the table, figures and HTML report), :mod:`~vitrieval.demo.variants` (what is compared, and each run's config).
+"""
+
+from __future__ import annotations
+
+from vitrieval.demo.data import folder_table, prepare_data
+from vitrieval.demo.report import format_table
+from vitrieval.demo.run import run_demo
+from vitrieval.demo.variants import KOLEO_WEIGHT, LABELS, VARIANTS
+
+__all__ = ["KOLEO_WEIGHT", "LABELS", "VARIANTS", "folder_table", "format_table", "prepare_data", "run_demo"]

@@ -1,0 +1,179 @@
+"""``vitrieval demo``, the orchestration (:func:`run_demo`): data, the raw-pixel and untrained-encoder (IRT_O)
+baselines, training IRT_L and IRT_R from the same initial weights, their evaluation on the unseen test classes, the
+index of the test images and the report. The output folder is described in :mod:`vitrieval.demo`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitrieval.config import Config
+from vitrieval.data.table import ImageTable
+from vitrieval.demo.baseline import description, raw_pixels
+from vitrieval.demo.data import prepare_data
+from vitrieval.demo.report import write_demo_report
+from vitrieval.demo.variants import DEMO_PRESET, KOLEO_WEIGHT, QUICK_PRESET, demo_config, loader_overrides
+
+if TYPE_CHECKING:
+    from vitrieval.model import Encoder
+
+log = logging.getLogger(__package__)
+
+
+def _fresh_dir(path: Path, marker: Sequence[str]) -> None:
+    """Remove ``path`` if an earlier demo wrote it (it holds one of ``marker``); refuse any other non-empty folder."""
+    if not path.exists():
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    if path.is_dir() and any((path / m).exists() for m in marker):
+        shutil.rmtree(path)
+        return
+    raise ValueError(f"{path} exists and was not written by `vitrieval demo`; choose another --output")
+
+
+def _embed(encoder: Encoder, table: ImageTable, cfg: Config) -> np.ndarray:
+    """Descriptors of every image of ``table`` (table order), as the trainer's evaluation computes them."""
+    from vitrieval.embed import extract
+
+    ex = extract(encoder, table, batch_size=max(64, cfg.train.batch_size), num_workers=cfg.data.num_workers,
+                 amp=cfg.train.amp, resize=cfg.data.eval_resize, progress=False)
+    if len(ex.indices) != len(table):
+        raise ValueError(f"{len(table) - len(ex.indices)} test image(s) could not be read: {ex.bad_paths[:3]}")
+    return ex.descriptors
+
+
+def _recall(desc: np.ndarray, labels: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    from vitrieval.metrics import recall_at_k
+
+    return {str(k): float(v) for k, v in recall_at_k(desc, labels, list(ks)).items()}
+
+
+def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, quick: bool = False, seed: int = 0,
+             progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Run the demo into ``output`` and return what ``results.json`` holds (plus ``output``/``report`` paths).
+
+    ``data``: a class-per-folder dataset (``ROOT/<class>/<image>``, split by natural class order with the
+    preset's ``data.train_fraction``; or ``ROOT/train`` + ``ROOT/test``) instead of the generated products.
+    ``quick``: the ``demo-quick`` preset (tiny data and model, about 1.5 minutes; for tests). ``seed``: the training
+    seed (initial weights, batches, augmentation); the generated data does not depend on it. ``threads``: torch
+    intra-op threads (``None``: leave torch's setting).
+    """
+    import torch
+
+    from vitrieval.model import Encoder
+    from vitrieval.training import seed_everything, train
+    from vitrieval.training.run_log import attach_file_log
+
+    started = time.time()
+    out = Path(output).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(int(threads))
+    handler = attach_file_log(out / "demo.log")
+    timings: dict[str, float] = {}
+    try:
+        preset = QUICK_PRESET if quick else DEMO_PRESET
+        csv_path = out / "data" / "table.csv"
+        base = demo_config(preset, csv_path, seed, 0.0, "demo")
+        log.info("vitrieval demo: preset %s, seed %d, output %s, %d torch thread(s)", preset, seed, out,
+                 torch.get_num_threads())
+
+        # 1. data -----------------------------------------------------------------------------------------------
+        t0 = time.time()
+        table, info = prepare_data(out / "data", data, preset, base, progress)
+        extra = loader_overrides(base, table)
+        if extra:
+            log.info("only %d training batches per epoch: images are loaded in the main process (%s)",
+                     len(table.split("train").class_counts()) * base.data.images_per_class // base.train.batch_size,
+                     ", ".join(extra))
+        base = demo_config(preset, csv_path, seed, 0.0, "demo", extra)
+        test = table.split("test")
+        timings["data"] = time.time() - t0
+        labels = test.labels
+        paths = test.paths
+        ks = [k for k in base.train.eval_ks if k < len(test)]
+
+        # 2. baselines: raw pixels and the untrained encoder (IRT_O) ------------------------------------------------
+        t0 = time.time()
+        raw = raw_pixels(paths)
+        results: dict[str, Any] = {"raw_pixels": {
+            "recall_at_k": _recall(raw, labels, ks),
+            "descriptor": description(raw.shape[1])}}
+        seed_everything(base.train.seed)  # what the trainer does right before it builds the encoder
+        untrained = Encoder(base.model)
+        _fresh_dir(out / "irt_o", ("model",))
+        untrained.save(out / "irt_o" / "model", extra={"trained_iterations": 0, "run": "demo IRT_O (untrained)"})
+        descriptors = {"IRT_O": _embed(untrained, test, base)}
+        results["IRT_O"] = {"recall_at_k": _recall(descriptors["IRT_O"], labels, ks),
+                            "model": str(out / "irt_o" / "model")}
+        del untrained
+        timings["baselines"] = time.time() - t0
+        log.info("raw pixels R@1 %.1f%%, IRT_O R@1 %.1f%%", 100 * results["raw_pixels"]["recall_at_k"]["1"],
+                 100 * results["IRT_O"]["recall_at_k"]["1"])
+
+        # 3. training: IRT_L (λ = 0) and IRT_R (λ = 0.7) from the same initial weights --------------------------
+        from vitrieval.model import load
+
+        runs = {"IRT_L": ("irt_l", 0.0), "IRT_R": ("irt_r", KOLEO_WEIGHT)}
+        metrics: dict[str, list[dict[str, Any]]] = {}
+        for variant, (folder, weight) in runs.items():
+            cfg = demo_config(preset, csv_path, seed, weight, f"demo-{folder.replace('_', '-')}", extra)
+            run_dir = out / folder
+            _fresh_dir(run_dir, ("config.yaml", "checkpoints", "model"))
+            log.info("training %s (λ = %g): %d iterations of %d images", variant, weight, cfg.train.iterations,
+                     cfg.train.batch_size)
+            result = train(cfg, run_dir, progress=progress)
+            timings[f"train_{variant}"] = result.seconds
+            encoder = load(run_dir)
+            t0 = time.time()
+            descriptors[variant] = _embed(encoder, test, cfg)
+            timings[f"evaluate_{variant}"] = time.time() - t0
+            results[variant] = {"recall_at_k": _recall(descriptors[variant], labels, ks),
+                                "model": str(run_dir / "model"), "iterations": result.iterations,
+                                "koleo_weight": weight, "train_seconds": round(result.seconds, 1)}
+            from vitrieval.training.run_log import read_metrics
+
+            metrics[variant] = read_metrics(run_dir / "metrics.jsonl")
+            log.info("%s: R@1 %.1f%% on the unseen classes (%.0f s of training)", variant,
+                     100 * results[variant]["recall_at_k"]["1"], result.seconds)
+
+        # 4. index of the test images, embedded by IRT_R --------------------------------------------------------
+        from vitrieval.index import Index
+
+        t0 = time.time()
+        _fresh_dir(out / "index", ("index.json", "index.faiss", "shards"))
+        Index.build(out / "irt_r" / "model", test, out / "index", factory="Flat",
+                    batch_size=max(64, base.train.batch_size), num_workers=base.data.num_workers,
+                    resize=base.data.eval_resize, progress=False)
+        timings["index"] = time.time() - t0
+
+        # 5. report -----------------------------------------------------------------------------------------------
+        t0 = time.time()
+        results["seconds"] = round(time.time() - started, 1)
+        results["data"] = info
+        results.update({"preset": preset, "seed": seed, "model": dataclasses.asdict(base.model),
+                        "koleo_weight": KOLEO_WEIGHT, "index": str(out / "index"),
+                        "trained_model": str(out / "irt_r" / "model"), "report": str(out / "report.html"),
+                        "results": str(out / "results.json"),
+                        "example_query": paths[0]})
+        write_demo_report(out, results, descriptors, labels, paths, metrics, base, seed)
+        timings["report"] = time.time() - t0
+        results["timings"] = {k: round(v, 1) for k, v in timings.items()}
+        results["seconds"] = round(time.time() - started, 1)
+        from vitrieval.io_utils import atomic_write_json
+
+        atomic_write_json(out / "results.json", results)
+        log.info("demo done in %.0f s: report %s", results["seconds"], out / "report.html")
+        return results
+    finally:
+        logging.getLogger("vitrieval").removeHandler(handler)
+        handler.close()
