@@ -377,6 +377,11 @@ def test_snca_anchor_without_positive_is_skipped_but_counted_in_n():
     nothing = snca_loss(zz, torch.full((len(z),), 99), ref, ry, 0.05)
     nothing.backward()
     assert float(nothing) == 0.0 and torch.equal(zz.grad, torch.zeros_like(zz))
+    # a memory of one row, the anchor itself: nothing left, 0 with a finite gradient
+    one = z[:1].detach().clone().requires_grad_()
+    alone = snca_loss(one, y[:1], one, y[:1], 0.05, self_index=torch.tensor([0]))
+    alone.backward()
+    assert float(alone) == 0.0 and torch.isfinite(one.grad).all()
 
 
 def test_snca_gradients_and_temperature_scaling():

@@ -192,21 +192,19 @@ def snca_loss(z: torch.Tensor, labels: torch.Tensor, ref_z: torch.Tensor, ref_la
         if z.shape[0] == 0 or ref_z.shape[0] == 0:
             return zf.sum() * 0.0
         logits = zf @ ref_z.to(zf.dtype).T / temperature  # (N, M)
-        candidate = torch.ones_like(logits, dtype=torch.bool)
+        positive = labels[:, None] == ref_labels[None, :]
         if self_index is not None:
-            rows = torch.arange(z.shape[0], device=z.device)
-            is_self = torch.zeros_like(candidate)
             has_self = self_index >= 0
-            is_self[rows[has_self], self_index[has_self]] = True
-            candidate = ~is_self
-        positive = candidate & (labels[:, None] == ref_labels[None, :])
+            rows, cols = torch.arange(z.shape[0], device=z.device)[has_self], self_index[has_self]
+            logits = logits.index_put((rows, cols), torch.tensor(float("-inf"), dtype=logits.dtype,
+                                                                 device=logits.device))
+            positive = positive.index_put((rows, cols), torch.tensor(False, device=positive.device))
         has_positive = positive.any(dim=1)
-        # Rows without a positive are replaced by zeros before logsumexp, so that no all -inf row (whose backward
-        # is NaN) is formed; their term is then dropped.
-        keep = has_positive[:, None]
-        neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-        zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
-        log_all = torch.where(keep, torch.where(candidate, logits, neg_inf), zero).logsumexp(dim=1)
-        log_pos = torch.where(keep, torch.where(positive, logits, neg_inf), zero).logsumexp(dim=1)
-        per_anchor = torch.where(has_positive, log_all - log_pos, zero)
+        # A row without a positive is replaced by zeros (and all its references counted as "positive"), so that
+        # no logsumexp runs over an all -inf row (its backward would be NaN); the row's term is then dropped.
+        logits = torch.where(has_positive[:, None], logits, torch.zeros((), dtype=logits.dtype, device=z.device))
+        positive = positive | ~has_positive[:, None]
+        log_all = logits.logsumexp(dim=1)
+        log_pos = logits.masked_fill(~positive, float("-inf")).logsumexp(dim=1)
+        per_anchor = torch.where(has_positive, log_all - log_pos, torch.zeros_like(log_all))
         return per_anchor.sum() / z.shape[0]
