@@ -75,7 +75,7 @@ def _make_world(work: Path) -> None:
 def _instrument(marks: Path, rank: int, rows: list) -> None:
     """Leave ``marks/<what>.rank<r>`` on every write of vitrieval.index; record every extracted row range."""
     import vitrieval.embed
-    import vitrieval.index as vi
+    import vitrieval.index.index as vi
 
     tracked = write_tracker(marks, rank)
 
