@@ -212,7 +212,7 @@ def test_auto_factory_is_exact_for_small_collections(world: dict) -> None:
 
 
 def test_resume_reuses_finished_shards(world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vitrieval.index.index as index_module
+    import vitrieval.index.build as index_module
 
     real_extract = index_module.extract
     calls: list[int] = []
