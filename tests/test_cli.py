@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vitrieval.cli import COMMANDS, build_parser, main
 
 
@@ -38,3 +40,24 @@ def test_missing_data_root_is_named(tmp_path, capsys):
     code = main(["train", "--preset", "cpu-tiny", "--data-root", str(tmp_path / "absent"), "--output",
                  str(tmp_path / "o")])
     assert code == 2 and "absent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, line", [(ValueError("needs at least 64 descriptors"), "needs at least 64 descriptors"),
+                                         (KeyError("no image with id 7"), "no image with id 7")])
+def test_main_and_rank_zero_print_the_same_one_line_error(tmp_path, capsys, monkeypatch, error, line):
+    """``main``'s handler and ``vitrieval index``'s rank-0 handler (an error raised on every rank under torchrun)
+    are one error path: the same line on stderr, exit code 2."""
+    from vitrieval.cli import index_cmd
+
+    argv = ["index", "--checkpoint", str(tmp_path), "--images", str(tmp_path), "-o", str(tmp_path / "out.idx")]
+
+    def fail(args, images, ctx):
+        raise error
+
+    monkeypatch.setattr(index_cmd, "_run", fail)
+    assert main(argv) == 2  # this process's error: main reports it
+    from_main = capsys.readouterr().err
+    error.raised_on_rank = 0  # rank 0's error, raised on every rank: the command reports it on rank 0
+    assert index_cmd.run(build_parser().parse_args(argv)) == 2
+    from_rank_zero = capsys.readouterr().err
+    assert from_main == from_rank_zero == f"vitrieval index: error: {line}\n"

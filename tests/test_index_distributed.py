@@ -11,8 +11,8 @@ every scenario in one process group, and the tests compare its folders with one-
    instead of leaving it waiting, and the command prints it once (rank 0) and exits with 2 on both ranks;
 4. ``vitrieval index --add`` appends 5 new images, 1 already indexed one and 1 unreadable file.
 
-Every writer of ``vitrieval.index`` is wrapped to leave ``marks/<what>.rank<r>``, and every ``extract`` of a row
-range is recorded, so the tests see who wrote and who embedded what. Descriptors, ids and paths are compared
+Every writer of the ``vitrieval.index`` modules is wrapped to leave ``marks/<what>.rank<r>``, and every ``extract``
+of a row range is recorded, so the tests see who wrote and who embedded what. Descriptors, ids and paths are compared
 exactly (the shards are whole batches of the one-process batching). About 25 s on two busy cores.
 """
 
@@ -73,16 +73,26 @@ def _make_world(work: Path) -> None:
 # the worker (runs in the launched ranks)
 
 def _instrument(marks: Path, rank: int, rows: list) -> None:
-    """Leave ``marks/<what>.rank<r>`` on every write of vitrieval.index; record every extracted row range."""
+    """Leave ``marks/<what>.rank<r>`` on every write of the index modules; record every extracted row range."""
     import vitrieval.embed
-    import vitrieval.index as vi
+    import vitrieval.index.build
+    import vitrieval.index.shard_cache
+    import vitrieval.index.store
+    from vitrieval.index import Index
 
     tracked = write_tracker(marks, rank)
 
-    for name in ("_write_shard", "_save_npy", "_remove_stale_shards", "atomic_write_json", "atomic_write_text",
-                 "atomic_path"):
-        setattr(vi, name, tracked(getattr(vi, name), name))
-    vi.Index.save = tracked(vi.Index.save, "save")
+    # every writer, where the index modules look it up: (module, name) -> mark
+    writers = {(vitrieval.index.build, "write_shard"): "_write_shard",
+               (vitrieval.index.build, "remove_stale_shards"): "_remove_stale_shards",
+               (vitrieval.index.shard_cache, "save_npy"): "_save_npy"}
+    for module in (vitrieval.index.shard_cache, vitrieval.index.store):
+        for name in ("atomic_write_json", "atomic_write_text", "atomic_path"):
+            if hasattr(module, name):
+                writers[module, name] = name
+    for (module, name), mark in writers.items():
+        setattr(module, name, tracked(getattr(module, name), mark))
+    Index.save = tracked(Index.save, "save")
     real_rows = vitrieval.embed._extract_rows
 
     def recording(encoder, table, row_range, *args, **kwargs):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from test_index import COLOURS, make_images, make_model
+from index_world import COLOURS, make_images, make_model
 from test_serve import ServerThread
 from vitrieval.index import Index
 from vitrieval.serve import create_app

@@ -5,12 +5,17 @@ One process (no ``WORLD_SIZE`` in the environment) is the default and needs no p
 autograd-tracked input itself, so the contrastive loss and the cross-batch memory see the global batch.
 ``DistContext.current()`` describes a process group that something else already initialised (``embed.extract``
 uses it to shard extraction automatically); ``all_gather_object`` / ``broadcast_object`` move picklable results.
+:class:`RankZero` runs a part that rank 0 does alone (e.g. training a faiss index and writing its folder) while the
+other ranks wait for its value or its error.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -96,3 +101,81 @@ class DistContext:
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+RANK0_WAIT_TIMEOUT = timedelta(hours=24)
+"""How long :class:`RankZero`'s other ranks wait for rank 0 (on a gloo group of their own: NCCL's default collective
+timeout, 10 min, is shorter than e.g. training a large IVF index)."""
+
+
+class RankZero:
+    """The parts of a job that rank 0 does alone, under torchrun: the other ranks wait for its outcome.
+
+    They wait on a gloo group of their own with ``timeout`` (CPU objects only), so that NCCL's 10-minute default
+    does not cut a long rank-0 step short. Without a process group it only re-raises::
+
+        with RankZero(ctx) as rank0:
+            value, failure = None, None
+            if ctx.is_main:
+                try:
+                    value = work()
+                except Exception as exc:
+                    failure = exc
+            value = rank0.share(value, failure)  # rank 0's value everywhere, or its error raised everywhere
+    """
+
+    def __init__(self, ctx: DistContext, timeout: timedelta = RANK0_WAIT_TIMEOUT) -> None:
+        self.ctx = ctx
+        self.timeout = timeout
+        self.group: Any = None
+
+    def __enter__(self) -> RankZero:
+        if self.ctx.enabled:
+            self.group = dist.new_group(backend="gloo", timeout=self.timeout)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+            self.group = None
+
+    def check_same(self, value: str, message: str) -> None:
+        """Raise ``ValueError(message)`` on every rank unless every rank passes the same ``value``."""
+        if self.group is None:
+            return
+        values: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(values, value, group=self.group)
+        if len(set(values)) > 1:
+            raise ValueError(message)
+
+    def share(self, value: Any, failure: BaseException | None = None) -> Any:
+        """Rank 0's ``value`` on every rank, or rank 0's ``failure`` raised on every rank.
+
+        Under torchrun the raised errors (rank 0's own and the others' copies) carry ``raised_on_rank = 0``, so
+        that a command can have rank 0 alone report them. The other ranks' ``value`` and ``failure`` are ignored.
+        """
+        if self.group is not None:
+            box = [(value, portable_exception(failure)) if self.ctx.is_main else None]
+            dist.broadcast_object_list(box, src=0, group=self.group)
+            value, remote = box[0]
+            if remote is not None:
+                failure = failure if self.ctx.is_main else remote
+                try:
+                    failure.raised_on_rank = 0
+                except AttributeError:
+                    pass
+        if failure is not None:
+            raise failure
+        return value
+
+
+def portable_exception(exc: BaseException | None) -> BaseException | None:
+    """``exc`` if it survives pickling (to be sent to the other ranks), else a RuntimeError with its message."""
+    if exc is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc

@@ -21,6 +21,21 @@ class CLIError(Exception):
     """A user error: printed as one line (no traceback), exit code 2."""
 
 
+USER_ERRORS: tuple[type[Exception], ...] = (CLIError, FileNotFoundError, ValueError, KeyError)
+"""What a command reports as a one-line error (:func:`report_error`) instead of a traceback."""
+
+
+def report_error(command: str, exc: BaseException) -> int:
+    """Print ``vitrieval COMMAND: error: MESSAGE`` (one line, on stderr) and return the exit code, 2.
+
+    The one error path of the CLI: :func:`main` uses it, and so does rank 0 under torchrun for an error raised on
+    every rank (``vitrieval index``), so both print the same line.
+    """
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    print(f"vitrieval {command}: error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitrieval",
@@ -46,12 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError, KeyError) as exc:
+    except USER_ERRORS as exc:
         if args.verbose:
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"vitrieval {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        return report_error(args.command, exc)
     except KeyboardInterrupt:
         print(f"vitrieval {args.command}: interrupted", file=sys.stderr)
         return 130

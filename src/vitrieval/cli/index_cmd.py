@@ -15,10 +15,15 @@ is that of one process) and rank 0 alone writes the index folder, prints and log
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from vitrieval.cli import CLIError
+from vitrieval.cli import USER_ERRORS, CLIError, report_error
+
+if TYPE_CHECKING:
+    from vitrieval.distributed import DistContext
+    from vitrieval.index import Index
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -68,15 +73,13 @@ def run(args: argparse.Namespace) -> int:
     quiet = _quiet_logging() if not ctx.is_main else None
     try:
         return _run(args, images, ctx)
-    except (CLIError, FileNotFoundError, ValueError, KeyError) as exc:
+    except USER_ERRORS as exc:
         if getattr(exc, "raised_on_rank", None) != 0 or getattr(args, "verbose", False):
             raise
-        # rank 0's error, raised on every rank: rank 0 reports it (as ``vitrieval`` would), before anyone exits
-        if ctx.is_main:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"vitrieval {args.command}: error: {msg}", file=sys.stderr, flush=True)
+        # rank 0's error, raised on every rank: rank 0 reports it (as ``vitrieval`` does), before anyone exits
+        code = report_error(args.command, exc) if ctx.is_main else 2
         ctx.barrier()
-        return 2
+        return code
     finally:
         if quiet is not None:
             quiet()
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             ctx.shutdown()
 
 
-def _quiet_logging():  # noqa: ANN202 - returns the function that restores the level
+def _quiet_logging() -> Callable[[], None]:
     """Errors only from this rank's loggers (rank 0 logs for everyone); returns what undoes it."""
     import logging
 
@@ -94,7 +97,7 @@ def _quiet_logging():  # noqa: ANN202 - returns the function that restores the l
     return lambda: root.setLevel(level)
 
 
-def _run(args: argparse.Namespace, images: str, ctx) -> int:  # noqa: ANN001 - vitrieval.distributed.DistContext
+def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
     from pathlib import Path
 
     from vitrieval.index import INFO_FILE, Index
@@ -134,7 +137,7 @@ def _run(args: argparse.Namespace, images: str, ctx) -> int:  # noqa: ANN001 - v
     return 0
 
 
-def apply_search_params(index, args: argparse.Namespace) -> None:  # noqa: ANN001 - vitrieval.index.Index
+def apply_search_params(index: Index, args: argparse.Namespace) -> None:
     """Set IVF nprobe / HNSW efSearch from ``--nprobe`` / ``--ef-search`` (shared by index and search)."""
     try:
         if args.nprobe:

@@ -15,7 +15,6 @@ Conventions
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -163,15 +162,3 @@ def _flag(value: str | None, default: bool) -> bool:
         return default
     return str(value).strip().lower() in ("1", "true", "yes")
 
-
-def read_csv_table(path: str | Path, root: str | Path | None = None) -> ImageTable:
-    """Read a table written by :meth:`ImageTable.to_csv` or any CSV with at least ``path,label``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"table file not found: {path}")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ValueError(f"{path}: the header must contain a 'path' column, got {reader.fieldnames}")
-        rows = list(reader)
-    return ImageTable(records_from_rows(rows, Path(root) if root else path.parent, str(path)), path.stem)

@@ -1,0 +1,60 @@
+"""A searchable collection: faiss index of L2-normalised descriptors + id/path/label metadata + model reference.
+
+=================  ==========================================================================================
+module             one idea
+=================  ==========================================================================================
+``index``          :class:`Index`: load / save / search / add, :class:`Hit`, :class:`AddReport`
+``build``          the build orchestration: shard by shard, resumable, under torchrun (:class:`BuildOptions`)
+``shard_cache``    the resumable descriptor shards of a build (``<index>/shards/``)
+``store``          the index folder on disk: its files, :class:`IndexEntry`, the format errors
+``faiss_utils``    pure faiss helpers: factories, training, search parameters
+=================  ==========================================================================================
+
+Imports run one way: ``index`` -> ``build`` -> ``store`` -> ``shard_cache``, and ``build`` / ``index`` ->
+``faiss_utils``. Under ``torchrun`` :meth:`Index.build` shards the embedding across the ranks and rank 0 alone
+writes the folder (see :mod:`vitrieval.index.build` and ``docs/DISTRIBUTED.md``).
+"""
+
+from __future__ import annotations
+
+from vitrieval.data.collection import ImagesArg, collection_table
+from vitrieval.distributed import RANK0_WAIT_TIMEOUT
+from vitrieval.index.build import BuildOptions, Built, build_index
+from vitrieval.index.faiss_utils import (
+    APPROXIMATE_FACTORY,
+    APPROXIMATE_SEARCH_PARAMS,
+    AUTO_EXACT_LIMIT,
+    DEFAULT_EF_SEARCH,
+    DEFAULT_K_FACTOR,
+    DEFAULT_NPROBE_FRACTION,
+    MAX_TRAIN_POINTS_PER_CENTROID,
+    SEARCH_PARAMS,
+    default_search_params,
+    get_search_params,
+    make_faiss_index,
+    parse_training_needs,
+    resolve_factory,
+    set_search_params,
+    train_faiss_index,
+)
+from vitrieval.index.index import AddReport, Hit, ImageLike, Index
+from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE, SHARDS_DIR
+from vitrieval.index.store import (
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    INFO_FILE,
+    METADATA_FILE,
+    IndexEntry,
+    IndexFormatError,
+    ModelMismatchError,
+)
+
+__all__ = [
+    "APPROXIMATE_FACTORY", "APPROXIMATE_SEARCH_PARAMS", "AUTO_EXACT_LIMIT", "DEFAULT_EF_SEARCH", "DEFAULT_K_FACTOR",
+    "DEFAULT_NPROBE_FRACTION", "DEFAULT_SHARD_SIZE", "FORMAT", "FORMAT_VERSION", "INDEX_FILE", "INFO_FILE",
+    "MAX_TRAIN_POINTS_PER_CENTROID", "METADATA_FILE", "RANK0_WAIT_TIMEOUT", "SEARCH_PARAMS", "SHARDS_DIR",
+    "AddReport", "BuildOptions", "Built", "Hit", "ImageLike", "ImagesArg", "Index", "IndexEntry", "IndexFormatError",
+    "ModelMismatchError", "build_index", "collection_table", "default_search_params", "get_search_params",
+    "make_faiss_index", "parse_training_needs", "resolve_factory", "set_search_params", "train_faiss_index",
+]

@@ -1,0 +1,282 @@
+"""Building an index: embed a collection shard by shard (resumably, optionally under torchrun), then train and fill
+the faiss index.
+
+The steps of :func:`build_index`:
+
+1. :class:`_Plan`: the collection cut into shards, each with its cache key (model, preprocessing, records);
+2. rank 0 checks the output folder and reads the finished shards of the cache; the other ranks learn which shards
+   are still to embed (:meth:`_Plan.shards_to_embed`);
+3. every missing shard is embedded by all ranks together (``extract`` with the group: every rank embeds a
+   contiguous run of whole batches of the one-process batching, no padding and no duplicate) and written by rank 0
+   (:func:`_embed_shards`). So the shards, hence the index, are bit for bit those of one process with the same
+   ``batch_size`` and ``shard_size``, and the cache is interchangeable between runs with any number of ranks.
+   Splitting whole shards between the ranks instead would have every rank write files and leave all but one rank
+   idle when there are fewer shards than ranks (with the default 10,000 images per shard, any collection under
+   10,000 x ranks);
+4. rank 0 alone trains and fills the faiss index (:func:`assemble`) and has it saved; the other ranks wait for it
+   (:class:`~vitrieval.distributed.RankZero`) and get ``None``. An error of rank 0's part is raised on every rank.
+
+This module makes the parts of an index (:class:`Built`); :class:`vitrieval.index.Index` turns them into itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from vitrieval.amp import amp_mode, resolve_device
+from vitrieval.data.collection import ImagesArg, collection_table
+from vitrieval.data.table import ImageTable, Record
+from vitrieval.distributed import DistContext, RankZero
+from vitrieval.embed import extract, resolve_distributed
+from vitrieval.index.faiss_utils import (
+    default_search_params,
+    make_faiss_index,
+    normalized,
+    resolve_factory,
+    set_search_params,
+    train_faiss_index,
+)
+from vitrieval.index.shard_cache import (
+    DEFAULT_SHARD_SIZE,
+    SHARDS_DIR,
+    CachedShard,
+    read_cached_shards,
+    remove_stale_shards,
+    shard_key,
+    split_records,
+    write_shard,
+)
+from vitrieval.index.store import FORMAT, FORMAT_VERSION, INFO_FILE, IndexEntry, ModelMismatchError, check_out_dir
+
+if TYPE_CHECKING:
+    import faiss
+
+    from vitrieval.model import Encoder
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Chunk = tuple[np.ndarray, list[Record]]
+"""Descriptors and the records of their rows."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The settings of a build (the keywords of :meth:`vitrieval.index.Index.build`)."""
+
+    factory: str = "auto"
+    batch_size: int = 64
+    num_workers: int = 2
+    shard_size: int = DEFAULT_SHARD_SIZE
+    device: str = "auto"
+    amp: str = "auto"
+    resize: str = "shorter"
+    nprobe: int | None = None
+    ef_search: int | None = None
+    k_factor: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shard_size <= 0:
+            raise ValueError(f"shard_size must be > 0, got {self.shard_size}")
+
+    @property
+    def search_params(self) -> dict[str, int | None]:
+        """The search parameters asked for (``None``: the index's default)."""
+        return {"nprobe": self.nprobe, "ef_search": self.ef_search, "k_factor": self.k_factor}
+
+
+@dataclass
+class Built:
+    """What a build made: the filled faiss index, its entries and ``index.json``, the model, where to save it."""
+
+    faiss_index: faiss.Index
+    entries: list[IndexEntry]
+    info: dict[str, Any]
+    encoder: Encoder
+    directory: Path | None
+    device: str
+
+
+@dataclass
+class _Plan:
+    """The collection cut into shards, each with the key its cached descriptors must carry."""
+
+    table: ImageTable
+    directory: Path | None
+    shards: list[Sequence[Record]]
+    keys: list[str]
+    cached: dict[int, CachedShard] = field(default_factory=dict)  # rank 0 only
+
+    @classmethod
+    def make(cls, table: ImageTable, directory: Path | None, shard_size: int, fingerprint: str,
+             preprocessing: dict[str, Any]) -> _Plan:
+        shards = split_records(table.records, shard_size)
+        return cls(table, directory, shards, [shard_key(r, fingerprint, preprocessing) for r in shards])
+
+    @property
+    def shard_dir(self) -> Path | None:
+        return self.directory / SHARDS_DIR if self.directory is not None else None
+
+    @property
+    def digest(self) -> str:
+        """One hash of every shard key: equal on every rank when they see the same images and model."""
+        return hashlib.sha256("".join(self.keys).encode()).hexdigest()
+
+    def shards_to_embed(self, ctx: DistContext, rank0: RankZero) -> set[int]:
+        """Rank 0 checks the output folder and reads the cache; every rank gets the shards still to embed."""
+        failure = None
+        if ctx.is_main and self.shard_dir is not None:
+            try:
+                check_out_dir(self.directory)
+                self.cached = read_cached_shards(self.shard_dir, self.keys)
+            except (OSError, ValueError) as exc:
+                failure = exc
+        return set(rank0.share(sorted(set(range(len(self.shards))) - set(self.cached)), failure))
+
+
+def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Path | None, options: BuildOptions,
+                distributed: bool | DistContext | None, finish: Callable[[Built], T]) -> T | None:
+    """Embed ``images`` with the model in ``checkpoint_dir`` and make the index (the module docstring's steps).
+
+    ``finish`` turns the parts into the result (and saves it when ``out_dir`` is given); it runs on rank 0, inside
+    the part whose errors reach every rank. Returns its result on rank 0, ``None`` on the other ranks once rank 0
+    is done.
+    """
+    from vitrieval.model import load
+
+    ctx = resolve_distributed(distributed)
+    table = collection_table(images)
+    checkpoint = Path(checkpoint_dir).expanduser().resolve()
+    encoder = load(checkpoint, device=resolve_device(options.device))
+    preprocessing = {"resize": options.resize,
+                     "amp": amp_mode(next(encoder.parameters()).device, options.amp, for_index=True)}
+    directory = Path(out_dir).expanduser() if out_dir is not None else None
+    plan = _Plan.make(table, directory, options.shard_size, encoder.fingerprint(), preprocessing)
+
+    with RankZero(ctx) as rank0:
+        rank0.check_same(plan.digest, f"the ranks see different images to index or models ({len(table)} images here)")
+        todo = plan.shards_to_embed(ctx, rank0)
+        started = time.time()
+        chunks, skipped = _embed_shards(encoder, plan, todo, options, preprocessing["amp"], ctx)
+        result, failure = None, None
+        if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
+            try:
+                result = finish(_finish_build(encoder, checkpoint, plan, chunks, skipped, started, options,
+                                              preprocessing))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                failure = exc
+        rank0.share(None, failure)
+    return result
+
+
+def _embed_shards(encoder: Encoder, plan: _Plan, todo: set[int], options: BuildOptions, amp: str,
+                  ctx: DistContext) -> tuple[list[Chunk], list[str]]:
+    """Embed the shards in ``todo`` (all ranks), write them and gather every shard's chunk (rank 0)."""
+    from tqdm.auto import tqdm
+
+    chunks: list[Chunk] = []
+    skipped: list[str] = []
+    n_shards = len(plan.shards)
+    bar = tqdm(total=len(plan.table), desc="indexing", unit="img", disable=not (options.progress and ctx.is_main))
+    for s, records in enumerate(plan.shards):
+        if s in todo:
+            sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
+            ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
+                         resize=options.resize, skip_bad=True, progress=options.progress,
+                         desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
+            descriptors = ex.descriptors
+            kept = [records[i] for i in ex.indices.tolist()]
+            bad = list(ex.bad_paths)
+            if plan.shard_dir is not None and ctx.is_main:
+                write_shard(plan.shard_dir, s, plan.keys[s], descriptors, kept, bad)
+        elif ctx.is_main:
+            descriptors, kept, bad = plan.cached[s]
+            log.info("shard %05d: reusing %d descriptors from %s", s, len(kept), plan.shard_dir)
+        if ctx.is_main:
+            for path in bad:
+                log.warning("skipped unreadable image: %s", path)
+            skipped.extend(bad)
+            chunks.append((descriptors, kept))
+            bar.update(len(records))
+    bar.close()
+    return chunks, skipped
+
+
+def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[Chunk], skipped: list[str],
+                  started: float, options: BuildOptions, preprocessing: dict[str, Any]) -> Built:
+    """Rank 0, after embedding: drop stale shards, refuse an empty collection, assemble the index."""
+    if plan.shard_dir is not None:
+        remove_stale_shards(plan.shard_dir, len(plan.shards))
+    if skipped:
+        log.warning("%d unreadable image(s) skipped (listed in %s)", len(skipped),
+                    plan.directory / INFO_FILE if plan.directory else "index.info['skipped']")
+    if sum(len(k) for _, k in chunks) == 0:
+        raise ValueError(f"none of the {len(plan.table)} images could be read (first: {skipped[0]})")
+    return assemble(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
+
+
+def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
+                     labels: Sequence[int] | None, out_dir: str | Path | None, options: BuildOptions) -> Built:
+    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir``."""
+    from vitrieval.model import load
+
+    x = np.asarray(descriptors, dtype=np.float32)
+    if x.ndim != 2 or len(x) != len(paths) or len(x) == 0:
+        raise ValueError(f"descriptors of shape {x.shape} do not match {len(paths)} paths (need (n, d), n > 0)")
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} paths")
+    checkpoint = Path(checkpoint_dir).expanduser().resolve()
+    encoder = load(checkpoint, device=resolve_device(options.device))
+    if x.shape[1] != encoder.descriptor_dim:
+        raise ModelMismatchError(f"descriptors are {x.shape[1]}-d but the model at {checkpoint} gives "
+                                 f"{encoder.descriptor_dim}-d ones")
+    records = [Record(str(Path(p).expanduser().resolve()), -1 if labels is None else int(labels[i]))
+               for i, p in enumerate(paths)]
+    directory = Path(out_dir).expanduser() if out_dir is not None else None
+    if directory is not None:
+        check_out_dir(directory)
+    preprocessing = {"resize": options.resize,
+                     "amp": amp_mode(next(encoder.parameters()).device, options.amp, for_index=True)}
+    return assemble(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [], time.time())
+
+
+def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
+             options: BuildOptions, preprocessing: dict[str, Any], skipped: list[str], started: float) -> Built:
+    """Train (if needed) and fill the faiss index from descriptor chunks; ids are consecutive from 0."""
+    count = sum(len(k) for _, k in chunks)
+    dim = next(int(d.shape[1]) for d, k in chunks if len(k))
+    resolved = resolve_factory(options.factory, count)
+    faiss_index = make_faiss_index(resolved, dim)
+    if not faiss_index.is_trained:
+        train_faiss_index(faiss_index, resolved, [d for d, _ in chunks])
+    entries: list[IndexEntry] = []
+    next_id = 0
+    for descriptors, kept in chunks:
+        if len(kept) == 0:
+            continue
+        ids = np.arange(next_id, next_id + len(kept), dtype=np.int64)
+        faiss_index.add_with_ids(normalized(descriptors), ids)
+        entries.extend(IndexEntry.from_record(i, r) for i, r in zip(ids.tolist(), kept))
+        next_id += len(kept)
+    params = default_search_params(faiss_index, resolved)
+    params.update({k: v for k, v in options.search_params.items() if v is not None})
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    info = {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "checkpoint": str(checkpoint), "fingerprint": encoder.fingerprint(), "descriptor_dim": dim,
+        "factory": resolved, "requested_factory": options.factory, "metric": "inner_product",
+        "data_config": encoder.data_config, "preprocessing": preprocessing,
+        "count": count, "next_id": next_id, "created": now, "updated": now,
+        "build_seconds": round(time.time() - started, 3), "skipped": list(skipped),
+        "search_params": set_search_params(faiss_index, **params),
+    }
+    return Built(faiss_index, entries, info, encoder, directory, options.device)

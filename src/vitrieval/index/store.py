@@ -1,0 +1,113 @@
+"""The index folder on disk: its files, its entries, and reading / writing them consistently.
+
+An index folder holds::
+
+    index.faiss       the faiss index (inner product on unit vectors = cosine), wrapped in IndexIDMap2
+    metadata.jsonl    one line per indexed image: {"id", "path", "label"}
+    index.json        model reference (checkpoint path, fingerprint, descriptor dim, preprocessing), factory,
+                      search parameters, count, skipped unreadable files, creation time
+    shards/           the build's resumable descriptor cache (:mod:`vitrieval.index.shard_cache`)
+
+Every file is written atomically; ``index.json`` is written last and its ``count`` must agree with the other two,
+so a half-written folder is detected on load.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitrieval.data.table import Record
+from vitrieval.index.shard_cache import SHARDS_DIR
+from vitrieval.io_utils import atomic_path, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import faiss
+
+INDEX_FILE = "index.faiss"
+METADATA_FILE = "metadata.jsonl"
+INFO_FILE = "index.json"
+FORMAT = "vitrieval-index"
+FORMAT_VERSION = 1
+
+
+class ModelMismatchError(ValueError):
+    """The model that embeds the queries is not the one that built the index (fingerprint or dimension)."""
+
+
+class IndexFormatError(ValueError):
+    """An index folder that is missing, incomplete or inconsistent; the message names the folder and the file."""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One indexed image: its id in the index, its absolute path and its label (``None`` when unknown)."""
+
+    id: int
+    path: str
+    label: int | None = None
+
+    @classmethod
+    def from_record(cls, image_id: int, record: Record) -> IndexEntry:
+        """The entry of ``record`` under ``image_id`` (a negative label, "unknown" in a table, is ``None``)."""
+        label = record.label
+        return cls(int(image_id), record.path, None if label is None or int(label) < 0 else int(label))
+
+
+def check_out_dir(directory: Path) -> None:
+    """Refuse to build into a non-empty folder that is not (a former attempt at) an index."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"index output {directory} exists and is not a folder")
+    if directory.is_dir() and any(directory.iterdir()):
+        ours = {INFO_FILE, INDEX_FILE, METADATA_FILE, SHARDS_DIR}
+        if not any((directory / name).exists() for name in ours):
+            raise ValueError(f"index output {directory} is a non-empty folder that is not a vitrieval index; "
+                             f"choose another -o")
+
+
+def read_folder(directory: Path, mmap: bool = False) -> tuple[faiss.Index, list[IndexEntry], dict[str, Any]]:
+    """The faiss index, the entries and the info of an index folder, checked for completeness and agreement."""
+    import faiss
+
+    info_path = directory / INFO_FILE
+    if not info_path.is_file():
+        raise IndexFormatError(f"{directory} is not a vitrieval index: {INFO_FILE} not found")
+    info = json.loads(info_path.read_text())
+    if info.get("format") != FORMAT:
+        raise IndexFormatError(f"{info_path}: not a vitrieval index (format {info.get('format')!r})")
+    if int(info.get("version", 0)) > FORMAT_VERSION:
+        raise IndexFormatError(f"{info_path}: index format version {info['version']} is newer than this "
+                               f"vitrieval understands ({FORMAT_VERSION}); upgrade vitrieval")
+    for name in (INDEX_FILE, METADATA_FILE):
+        if not (directory / name).is_file():
+            raise IndexFormatError(f"{directory}: {name} is missing (an interrupted build? rerun it)")
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    faiss_index = faiss.read_index(str(directory / INDEX_FILE), flags)
+    entries = []
+    with open(directory / METADATA_FILE, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                entries.append(IndexEntry(int(row["id"]), row["path"], row.get("label")))
+    if not (len(entries) == faiss_index.ntotal == int(info["count"])):
+        raise IndexFormatError(f"{directory}: inconsistent index ({len(entries)} metadata rows, "
+                               f"{faiss_index.ntotal} vectors, index.json says {info['count']}); an "
+                               f"interrupted write? rebuild the index")
+    return faiss_index, entries, info
+
+
+def write_folder(directory: Path, faiss_index: faiss.Index, entries: Iterable[IndexEntry],
+                 info: dict[str, Any]) -> None:
+    """Write ``metadata.jsonl``, ``index.faiss`` and then ``index.json`` (its ``count`` set) atomically."""
+    import faiss
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"id": e.id, "path": e.path, "label": e.label}) for e in entries]
+    atomic_write_text(directory / METADATA_FILE, "\n".join(lines) + ("\n" if lines else ""))
+    with atomic_path(directory / INDEX_FILE) as tmp:
+        faiss.write_index(faiss_index, str(tmp))
+    info["count"] = len(lines)
+    atomic_write_json(directory / INFO_FILE, info)

@@ -1,0 +1,83 @@
+"""The ``index``, ``search`` and ``serve`` commands on the index tests' small world."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from index_world import COLOURS, build_world, make_images
+from vitrieval.index import Index
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A model, 30 images + 1 corrupt file, and a Flat index of them (built once for the module)."""
+    return build_world(tmp_path_factory.mktemp("index"))
+
+
+def _cli(module, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vitrieval")
+    sub = parser.add_subparsers(dest="command")
+    module.add_parser(sub)
+    return module.run(parser.parse_args(argv))
+
+
+def test_cli_index_add_and_search(world: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vitrieval.cli import CLIError, index_cmd, search_cmd
+
+    out = tmp_path / "cli.idx"
+    images = tmp_path / "images"
+    shutil.copytree(world["root"] / "images", images)
+    assert _cli(index_cmd, ["index", "--checkpoint", str(world["model"]), "--images", str(images), "-o", str(out),
+                            "--factory", "Flat", "--num-workers", "0", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "indexed 30 image(s)" in text and "1 unreadable skipped" in text and "img_corrupt0.jpg" in text
+
+    make_images(tmp_path / "more", COLOURS[7:8], prefix="more")
+    assert _cli(index_cmd, ["index", "--images", str(tmp_path / "more"), "-o", str(out), "--add",
+                            "--num-workers", "0", "--no-progress"]) == 0
+    assert "30 -> 35" in capsys.readouterr().out
+    assert len(Index.load(out)) == 35
+
+    query = sorted((tmp_path / "more").iterdir())[2]
+    assert _cli(search_cmd, ["search", "--index", str(out), str(query), "-k", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload[0]["query"] == str(query) and len(payload[0]["results"]) == 3
+    top = payload[0]["results"][0]
+    assert top["rank"] == 1 and top["path"] == str(query.resolve()) and top["score"] == pytest.approx(1, abs=1e-4)
+    assert set(top) == {"rank", "id", "path", "label", "score"}
+
+    assert _cli(search_cmd, ["search", "--index", str(out), str(query), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"query: {query}" and lines[1].split() == ["rank", "score", "label", "path"]
+    assert lines[2].split()[0] == "1" and lines[2].split()[-1] == str(query.resolve()) and len(lines) == 4
+
+    with pytest.raises(CLIError, match="cannot read image"):
+        _cli(search_cmd, ["search", "--index", str(out), str(images / "img_corrupt0.jpg")])
+    with pytest.raises(CLIError, match="--checkpoint is required"):
+        _cli(index_cmd, ["index", "--images", str(images), "-o", str(tmp_path / "x.idx")])
+    with pytest.raises(CLIError, match="nprobe applies to IVF"):
+        _cli(search_cmd, ["search", "--index", str(out), str(query), "--nprobe", "4"])
+
+
+def test_cli_serve_builds_the_app_for_uvicorn(world: dict, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from vitrieval.cli import CLIError, serve_cmd
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert _cli(serve_cmd, ["serve", "--index", str(world["index_dir"]), "--port", "8123",
+                            "--max-upload-mb", "2", "--max-k", "20"]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert "serving 30 images" in capsys.readouterr().out
+    health = TestClient(seen["app"]).get("/healthz").json()
+    assert health["count"] == 30 and health["max_k"] == 20 and health["max_upload_bytes"] == 2 * 2 ** 20
+    with pytest.raises(CLIError, match="--port"):
+        _cli(serve_cmd, ["serve", "--index", str(world["index_dir"]), "--port", "70000"])
