@@ -389,23 +389,21 @@ def test_csv_table_crops_to_its_boxes_and_a_bad_box_is_one_clear_line(encoder: E
         evaluate_model(encoder, "csv", tmp_path / "table.csv", **OPTS)
 
 
-def test_worker_errors_become_one_line(encoder: Encoder, folder_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a DataLoader worker's exception looks like in the main process, turned into one clear line.
+def test_worker_errors_become_one_line(encoder: Encoder, folder_root: Path, tmp_path: Path) -> None:
+    """A bad box read inside a DataLoader worker: one clear line naming the file and the box (no traceback).
 
-    (Simulated: a real worker ValueError leaves the worker alive until a later gc, which then waits 10 s.)
+    (Real workers now: the dataset carries the ImageDecodeError out of the worker as data, no traceback text is
+    parsed; this replaces a simulation of torch's re-raised traceback text.)
     """
-    import vitrieval.evaluate as ev
-
-    def worker_error(*args, **kwargs):
-        raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-                         "last):\n  File \"x.py\", line 1, in f\nValueError: bounding box (400.0, 4.0, 440.0, 36.0) "
-                         "is empty inside an image of size 48x40\n")
-
-    monkeypatch.setattr(ev, "extract", worker_error)
-    with pytest.raises(ValueError) as info:
-        evaluate_model(encoder, "folder", folder_root, **OPTS)
-    assert str(info.value) == ("shapes/test: bounding box (400.0, 4.0, 440.0, 36.0) is empty inside an image of "
-                               "size 48x40")
+    paths = sorted(folder_root.glob("class[345]/*.png"))
+    rows = [f"{p},{p.parent.name[-1]},test,1,1,4,4,40,36" for p in paths]
+    rows[3] = f"{paths[3]},{paths[3].parent.name[-1]},test,1,1,400,4,440,36"
+    (tmp_path / "table.csv").write_text("path,label,split,is_query,is_gallery,x1,y1,x2,y2\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ImageDecodeError) as info:
+        evaluate_model(encoder, "csv", tmp_path / "table.csv", batch_size=4, num_workers=2, progress=False)
+    assert info.value.path == str(paths[3])
+    assert str(info.value) == (f"cannot read image {paths[3]}: bounding box (400.0, 4.0, 440.0, 36.0) is empty "
+                               "inside an image of size 48x40")
 
 
 # -- the printed layout ----------------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ import copy
 import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.table import ImageTable
 from vitrieval.embed import Extraction, extract
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
@@ -135,39 +133,15 @@ def landmark_metrics(database: np.ndarray, queries: np.ndarray, gnd: Sequence[di
     }
 
 
-# -- extraction with clear errors ---------------------------------------------------------------------------------
-
-_DECODE_LINE = re.compile(r"cannot read image (.+?): ([^\n]*)\s*$")
-
+# -- extraction ---------------------------------------------------------------------------------------------------
 
 def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int, amp: str,
                 resize: str, progress: bool, desc: str) -> Extraction:
-    """``extract`` with ``skip_bad=False`` and no PCA: every row or an error naming the unreadable file.
-
-    A decode error raised inside a DataLoader worker reaches the main process as a ``RuntimeError`` holding the
-    worker's traceback; it is turned back into an :class:`ImageDecodeError` (a ``ValueError``) naming the file.
-    Other ``ValueError``s from a worker (an empty bounding box) become one-line ``ValueError``s.
-    """
-    error: Exception | None = None
-    try:
-        ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                      skip_bad=False, apply_pca=False, progress=progress, desc=desc)
-    except (RuntimeError, ValueError) as exc:
-        text = str(exc)
-        if "DataLoader worker" not in text:  # raised in this process: already a clear error
-            raise
-        last = text.strip().splitlines()[-1]  # "<module>.<Type>: <message>" of the worker's exception
-        match = _DECODE_LINE.search(last)
-        if "ImageDecodeError" in last and match:
-            error = ImageDecodeError(match.group(1), match.group(2).strip())
-        elif isinstance(exc, ValueError):
-            error = ValueError(f"{table.name}: {last.split(': ', 1)[-1]}")
-        else:
-            raise
-    if error is not None:
-        # Raised outside the except block: no reference to the worker's traceback (and to the DataLoader
-        # iterator in its frames) survives, so the worker processes are shut down now, not at a later gc.
-        raise error
+    """``extract`` with ``skip_bad=False`` and no PCA: every row, or the
+    :class:`~vitrieval.data.images.ImageDecodeError` of the first unreadable file (raised where it was decoded,
+    also inside a DataLoader worker)."""
+    ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
+                  skip_bad=False, apply_pca=False, progress=progress, desc=desc)
     if len(ext.indices) != len(table) or not np.array_equal(ext.indices, np.arange(len(table))):
         raise RuntimeError(f"extraction returned {len(ext.indices)} of {len(table)} rows of {table.name}")
     return ext
