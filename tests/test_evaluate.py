@@ -24,9 +24,11 @@ from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.readers import read_dataset
 from vitrieval.data.table import ImageTable
 from vitrieval.embed import extract
-from vitrieval.evaluate import at_image_size, evaluate_model, format_results, recall_on_table
+from vitrieval.evaluate import ExtractionOptions, evaluate_model, recall_on_table
+from vitrieval.evaluate_format import format_results
+from vitrieval.evaluate_pca import PCAOptions
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
-from vitrieval.model import Encoder
+from vitrieval.model import Encoder, at_image_size
 from vitrieval.pca import PCAReduction
 
 TINY = dict(name="deit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8, depth=2)
@@ -38,6 +40,7 @@ CATEGORY_KEYS = {"dataset", "model", "descriptor_dim", "image_size", "num_querie
 LANDMARK_KEYS = {"dataset", "model", "descriptor_dim", "image_size", "num_queries", "num_gallery", "protocol",
                  "map", "mp_at_k", "pca"}
 OPTS = dict(batch_size=16, num_workers=0, progress=False)
+EVAL = dict(extraction=ExtractionOptions(**OPTS))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,7 +165,7 @@ def _direct(encoder: Encoder, table, resize: str = "shorter", apply_pca: bool = 
 
 
 def test_folder_leave_one_out_matches_the_metrics(encoder: Encoder, folder_root: Path) -> None:
-    result = evaluate_model(encoder, "folder", folder_root, **OPTS)
+    result = evaluate_model(encoder, "folder", folder_root, **EVAL)
     assert set(result) == CATEGORY_KEYS
     test = read_dataset("folder", folder_root).split("test")
     assert len(test) == 15 and test.is_leave_one_out()
@@ -182,15 +185,15 @@ def test_folder_leave_one_out_matches_the_metrics(encoder: Encoder, folder_root:
 
 
 def test_explicit_ks_and_too_large_k(encoder: Encoder, folder_root: Path) -> None:
-    result = evaluate_model(encoder, "folder", folder_root, ks=[3, 1], **OPTS)
+    result = evaluate_model(encoder, "folder", folder_root, ks=[3, 1], **EVAL)
     assert list(result["recall_at_k"]) == ["1", "3"]
     with pytest.raises(ValueError, match="15"):
-        evaluate_model(encoder, "folder", folder_root, ks=[1, 15], **OPTS)
+        evaluate_model(encoder, "folder", folder_root, ks=[1, 15], **EVAL)
 
 
 def test_inshop_query_gallery_matches_the_metrics(encoder: Encoder, inshop_root: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    result = evaluate_model(encoder, "inshop", inshop_root, **OPTS)
+    result = evaluate_model(encoder, "inshop", inshop_root, **EVAL)
     assert set(result) == CATEGORY_KEYS
     test = read_dataset("inshop", inshop_root).split("test")
     z = _direct(encoder, test)
@@ -211,7 +214,7 @@ def test_inshop_query_gallery_matches_the_metrics(encoder: Encoder, inshop_root:
 def test_pca_is_fitted_on_the_train_split_and_stored_beside_the_model(folder_root: Path, tmp_path: Path) -> None:
     model_dir = tiny_encoder(seed=1).save(tmp_path / "run" / "model", extra={"run": "r1", "trained_iterations": 7})
     enc = vitrieval.load(tmp_path / "run")
-    result = evaluate_model(enc, "folder", folder_root, pca_dim=8, model_dir=tmp_path / "run", **OPTS)
+    result = evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8), model_dir=tmp_path / "run", **EVAL)
     assert result["pca"] == {"dim": 8, "whiten": False, "fitted_on": "folder/train"}
     assert result["descriptor_dim"] == 8
 
@@ -238,20 +241,20 @@ def test_pca_is_fitted_on_the_train_split_and_stored_beside_the_model(folder_roo
     assert meta["fingerprint"] == fresh.fingerprint()
 
     # evaluating the stored model again (no --pca) goes through its PCA and reports where it came from
-    again = evaluate_model(fresh, "folder", folder_root, model_dir=model_dir, **OPTS)
+    again = evaluate_model(fresh, "folder", folder_root, model_dir=model_dir, **EVAL)
     assert again["pca"] == result["pca"] and again["recall_at_k"] == result["recall_at_k"]
 
 
 def test_whitened_pca_and_pca_errors(encoder: Encoder, folder_root: Path, roxford_root: Path) -> None:
-    result = evaluate_model(encoder, "folder", folder_root, pca_dim=4, whiten=True, **OPTS)
+    result = evaluate_model(encoder, "folder", folder_root, pca=PCAOptions(dim=4, whiten=True), **EVAL)
     assert result["pca"] == {"dim": 4, "whiten": True, "fitted_on": "folder/train"}
     assert encoder.pca is None  # nothing stored or attached without a model folder
     with pytest.raises(ValueError, match="--pca"):
-        evaluate_model(encoder, "folder", folder_root, whiten=True, **OPTS)
+        evaluate_model(encoder, "folder", folder_root, pca=PCAOptions(whiten=True), **EVAL)
     with pytest.raises(ValueError, match="PCA dimension must be in 1..192"):
-        evaluate_model(encoder, "folder", folder_root, pca_dim=500, **OPTS)
+        evaluate_model(encoder, "folder", folder_root, pca=PCAOptions(dim=500), **EVAL)
     with pytest.raises(ValueError, match="both"):
-        evaluate_model(encoder, "roxford5k", roxford_root, pca_dim=4, pca_fit_dataset="folder", **OPTS)
+        evaluate_model(encoder, "roxford5k", roxford_root, pca=PCAOptions(dim=4, fit_dataset="folder"), **EVAL)
 
 
 def test_evaluating_at_another_size_does_not_store_the_pca(folder_root: Path, tmp_path: Path) -> None:
@@ -260,13 +263,14 @@ def test_evaluating_at_another_size_does_not_store_the_pca(folder_root: Path, tm
     bigger = at_image_size(enc, 48)
     assert bigger is not enc and bigger.data_config["image_size"] == 48 and enc.data_config["image_size"] == 32
     assert bigger(torch.randn(2, 3, 48, 48)).shape == (2, 192)
-    result = evaluate_model(enc, "folder", folder_root, pca_dim=8, image_size=48, model_dir=model_dir, **OPTS)
+    result = evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8), image_size=48, model_dir=model_dir,
+                            **EVAL)
     assert result["image_size"] == 48 and result["descriptor_dim"] == 8
     assert not (model_dir / "pca.safetensors").exists() and enc.pca is None
     assert at_image_size(enc, 32) is enc and at_image_size(enc, None) is enc
     # a failed evaluation leaves the model folder untouched
     with pytest.raises(ValueError, match="99"):
-        evaluate_model(enc, "folder", folder_root, pca_dim=8, ks=[1, 99], model_dir=model_dir, **OPTS)
+        evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8), ks=[1, 99], model_dir=model_dir, **EVAL)
     assert not (model_dir / "pca.safetensors").exists() and vitrieval.load(model_dir).descriptor_dim == 192
 
 
@@ -283,7 +287,7 @@ def test_revisited_protocol(encoder: Encoder, roxford_root: Path, monkeypatch: p
         return real_extract(*args, **kwargs)
 
     monkeypatch.setattr(ev, "extract", spy)
-    result = evaluate_model(encoder, "roxford5k", roxford_root, **OPTS)
+    result = evaluate_model(encoder, "roxford5k", roxford_root, **EVAL)
     assert resizes == ["square"]
     assert set(result) == LANDMARK_KEYS
     assert (result["protocol"], result["num_queries"], result["num_gallery"]) == ("revisited", 3, 10)
@@ -310,7 +314,7 @@ def test_revisited_protocol(encoder: Encoder, roxford_root: Path, monkeypatch: p
 
 
 def test_revisited_pca_fit_sets(encoder: Encoder, roxford_root: Path, folder_root: Path) -> None:
-    on_db = evaluate_model(encoder, "roxford5k", roxford_root, pca_dim=4, **OPTS)
+    on_db = evaluate_model(encoder, "roxford5k", roxford_root, pca=PCAOptions(dim=4), **EVAL)
     assert on_db["pca_fitted_on"] == "roxford5k/database" and on_db["pca"]["fitted_on"] == "roxford5k/database"
     assert on_db["descriptor_dim"] == 4
     table = read_dataset("roxford5k", roxford_root)
@@ -320,8 +324,8 @@ def test_revisited_pca_fit_sets(encoder: Encoder, roxford_root: Path, folder_roo
     ref = revisited_map_from_descriptors(pca.apply_numpy(db), pca.apply_numpy(qs), table.extras["gnd"])
     assert on_db["map"] == {p: pytest.approx(ref[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
 
-    other = evaluate_model(encoder, "roxford5k", roxford_root, pca_dim=4, pca_fit_dataset="folder",
-                           pca_fit_root=folder_root, **OPTS)
+    other = evaluate_model(encoder, "roxford5k", roxford_root,
+                           pca=PCAOptions(dim=4, fit_dataset="folder", fit_root=folder_root), **EVAL)
     assert other["pca_fitted_on"] == "folder/train"
     assert other["pca"] == {"dim": 4, "whiten": False, "fitted_on": "folder/train"}
 
@@ -335,8 +339,8 @@ def test_landmark_pca_fitted_on_sfm120k(encoder: Encoder, roxford_root: Path, tm
                  for v in range(4)] for c in range(5)}
     val = {9: [draw((10, 200, 10), "ellipse", False), draw((10, 190, 20), "cross", True)]}
     write_sfm120k_layout(tmp_path / "train", train, val)
-    result = evaluate_model(encoder, "roxford5k", roxford_root, pca_dim=4, pca_fit_dataset="sfm120k",
-                            pca_fit_root=tmp_path / "train", **OPTS)
+    result = evaluate_model(encoder, "roxford5k", roxford_root,
+                            pca=PCAOptions(dim=4, fit_dataset="sfm120k", fit_root=tmp_path / "train"), **EVAL)
     assert result["pca"] == {"dim": 4, "whiten": False, "fitted_on": "sfm120k/train"}
     sfm_train = read_dataset("sfm120k", tmp_path / "train").split("train")
     pca = PCAReduction.fit(_direct(encoder, sfm_train, resize="square", apply_pca=False), 4)
@@ -347,8 +351,9 @@ def test_landmark_pca_fitted_on_sfm120k(encoder: Encoder, roxford_root: Path, tm
     assert result["map"] == {p: pytest.approx(ref[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
 
     # at most 10 of the 20 training images: every 2nd, as fitting on them directly gives
-    capped = evaluate_model(encoder, "roxford5k", roxford_root, pca_dim=4, pca_fit_dataset="sfm120k",
-                            pca_fit_root=tmp_path / "train", pca_fit_max_images=10, **OPTS)
+    capped = evaluate_model(encoder, "roxford5k", roxford_root,
+                            pca=PCAOptions(dim=4, fit_dataset="sfm120k", fit_root=tmp_path / "train",
+                                           fit_max_images=10), **EVAL)
     every_2nd = sfm_train.select([i % 2 == 0 for i in range(len(sfm_train))])
     pca2 = PCAReduction.fit(_direct(encoder, every_2nd, resize="square", apply_pca=False), 4)
     ref2 = revisited_map_from_descriptors(pca2.apply_numpy(db), pca2.apply_numpy(qs), table.extras["gnd"])
@@ -367,7 +372,8 @@ def test_an_unreadable_image_stops_the_evaluation_naming_it(encoder: Encoder, fo
     bad = root / "class4" / "zz_broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     with pytest.raises(ImageDecodeError, match="zz_broken.jpg") as info:
-        evaluate_model(encoder, "folder", root, batch_size=16, num_workers=workers, progress=False)
+        evaluate_model(encoder, "folder", root,
+                       extraction=ExtractionOptions(batch_size=16, num_workers=workers, progress=False))
     assert info.value.path == str(bad)
 
 
@@ -376,7 +382,7 @@ def test_csv_table_crops_to_its_boxes_and_a_bad_box_is_one_clear_line(encoder: E
     paths = sorted(folder_root.glob("class[345]/*.png"))
     rows = [f"{p},{p.parent.name[-1]},test,1,1,4,4,40,36" for p in paths]
     (tmp_path / "table.csv").write_text("path,label,split,is_query,is_gallery,x1,y1,x2,y2\n" + "\n".join(rows) + "\n")
-    result = evaluate_model(encoder, "csv", tmp_path / "table.csv", ks=[1, 4], **OPTS)
+    result = evaluate_model(encoder, "csv", tmp_path / "table.csv", ks=[1, 4], **EVAL)
     table = read_dataset("csv", tmp_path / "table.csv")
     z = _direct(encoder, table)  # the dataset crops to each record's bbox
     assert result["recall_at_k"] == {str(k): v for k, v in recall_at_k(z, table.labels, [1, 4]).items()}
@@ -386,7 +392,7 @@ def test_csv_table_crops_to_its_boxes_and_a_bad_box_is_one_clear_line(encoder: E
     rows[3] = f"{paths[3]},{paths[3].parent.name[-1]},test,1,1,400,4,440,36"
     (tmp_path / "table.csv").write_text("path,label,split,is_query,is_gallery,x1,y1,x2,y2\n" + "\n".join(rows) + "\n")
     with pytest.raises(ValueError, match="bounding box"):
-        evaluate_model(encoder, "csv", tmp_path / "table.csv", **OPTS)
+        evaluate_model(encoder, "csv", tmp_path / "table.csv", **EVAL)
 
 
 def test_worker_errors_become_one_line(encoder: Encoder, folder_root: Path, tmp_path: Path) -> None:
@@ -400,7 +406,8 @@ def test_worker_errors_become_one_line(encoder: Encoder, folder_root: Path, tmp_
     rows[3] = f"{paths[3]},{paths[3].parent.name[-1]},test,1,1,400,4,440,36"
     (tmp_path / "table.csv").write_text("path,label,split,is_query,is_gallery,x1,y1,x2,y2\n" + "\n".join(rows) + "\n")
     with pytest.raises(ImageDecodeError) as info:
-        evaluate_model(encoder, "csv", tmp_path / "table.csv", batch_size=4, num_workers=2, progress=False)
+        evaluate_model(encoder, "csv", tmp_path / "table.csv",
+                       extraction=ExtractionOptions(batch_size=4, num_workers=2, progress=False))
     assert info.value.path == str(paths[3])
     assert str(info.value) == (f"cannot read image {paths[3]}: bounding box (400.0, 4.0, 440.0, 36.0) is empty "
                                "inside an image of size 48x40")
@@ -469,7 +476,7 @@ def test_cli_checkpoint_json(main, model_dir: Path, folder_root: Path, tmp_path:
     assert code == 0
     payload = json.loads(out.read_text())
     assert set(payload) == CATEGORY_KEYS and payload["model"] == str(model_dir)
-    expected = evaluate_model(vitrieval.load(model_dir), "folder", folder_root, **OPTS)
+    expected = evaluate_model(vitrieval.load(model_dir), "folder", folder_root, **EVAL)
     assert payload["recall_at_k"] == expected["recall_at_k"]
     text = capsys.readouterr().out
     assert text.startswith("folder  R@1 ")
