@@ -1,14 +1,12 @@
-"""vitrieval.evaluate and ``vitrieval evaluate``: the paper's protocols on tiny fixtures in the official formats.
+"""vitrieval.evaluate: the paper's protocols on tiny fixtures in the official formats.
 
 Every number is checked against the metric functions called directly on ``extract()`` descriptors of the same
-images, with a tiny random-init DeiT (32 px, patch 8, 2 blocks).
+images, with a tiny random-init DeiT (32 px, patch 8, 2 blocks). The command's tests: ``test_cli_evaluate.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib
 import json
 import pickle
 from pathlib import Path
@@ -16,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import vitrieval
-from vitrieval.config import ModelConfig
+from evaluate_fixtures import CATEGORY_KEYS, COLOURS, EVAL, OPTS, SHAPES, draw, tiny_encoder, write_shapes_folder
+from evaluate_fixtures import direct as _direct
 from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.readers import read_dataset
 from vitrieval.data.table import ImageTable
-from vitrieval.embed import extract
 from vitrieval.evaluate import ExtractionOptions, evaluate_model, recall_on_table
 from vitrieval.evaluate_format import format_results
 from vitrieval.evaluate_pca import PCAOptions
@@ -31,16 +29,8 @@ from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descript
 from vitrieval.model import Encoder, at_image_size
 from vitrieval.pca import PCAReduction
 
-TINY = dict(name="deit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8, depth=2)
-COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20), (150, 40, 180), (20, 180, 190),
-           (250, 120, 10), (90, 90, 90)]
-SHAPES = ("ellipse", "rectangle", "triangle", "cross", "stripes")
-CATEGORY_KEYS = {"dataset", "model", "descriptor_dim", "image_size", "num_queries", "num_gallery", "protocol",
-                 "recall_at_k", "map_at_r", "pca"}
 LANDMARK_KEYS = {"dataset", "model", "descriptor_dim", "image_size", "num_queries", "num_gallery", "protocol",
                  "map", "mp_at_k", "pca"}
-OPTS = dict(batch_size=16, num_workers=0, progress=False)
-EVAL = dict(extraction=ExtractionOptions(**OPTS))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,26 +42,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def draw(colour: tuple[int, int, int], shape: str, dark: bool, size: tuple[int, int] = (48, 40)) -> Image.Image:
-    """A coloured shape on a light or dark background (non-square: 'shorter' and 'square' resizes differ)."""
-    w, h = size
-    img = Image.new("RGB", size, (20, 20, 20) if dark else (250, 250, 250))
-    d = ImageDraw.Draw(img)
-    if shape == "ellipse":
-        d.ellipse((w * 0.15, h * 0.15, w * 0.85, h * 0.85), fill=colour)
-    elif shape == "rectangle":
-        d.rectangle((w * 0.2, h * 0.3, w * 0.8, h * 0.7), fill=colour)
-    elif shape == "triangle":
-        d.polygon([(w / 2, h * 0.1), (w * 0.9, h * 0.9), (w * 0.1, h * 0.9)], fill=colour)
-    elif shape == "cross":
-        d.rectangle((w * 0.4, 0, w * 0.6, h), fill=colour)
-        d.rectangle((0, h * 0.4, w, h * 0.6), fill=colour)
-    else:
-        for x in range(0, w, 8):
-            d.rectangle((x, 0, x + 3, h - 1), fill=colour)
-    return img
-
-
 def save_jpeg(img: Image.Image, path: Path) -> Path:
     """JPEG without chroma subsampling: a block-aligned crop of a saved image decodes to the same pixels."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,23 +49,12 @@ def save_jpeg(img: Image.Image, path: Path) -> Path:
     return path
 
 
-def tiny_encoder(seed: int = 0) -> Encoder:
-    torch.manual_seed(seed)
-    return Encoder(ModelConfig(**TINY)).eval()
-
-
 # -- fixtures in the official layouts ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``ROOT/<class>/<image>``: 6 classes x 5 images; the first 3 classes train, the last 3 test."""
-    root = tmp_path_factory.mktemp("folder") / "shapes"
-    for c in range(6):
-        for i, shape in enumerate(SHAPES):
-            p = root / f"class{c}" / f"{shape}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            draw(COLOURS[c], shape, dark=bool((c + i) % 2)).save(p)
-    return root
+    return write_shapes_folder(tmp_path_factory.mktemp("folder") / "shapes")
 
 
 INSHOP_IDS = [(1, "train"), (2, "train"), (3, "train"), (7, "test"), (8, "test"), (9, "test"), (12, "test")]
@@ -157,12 +116,6 @@ def encoder() -> Encoder:
 
 
 # -- category-level ------------------------------------------------------------------------------------------------
-
-def _direct(encoder: Encoder, table, resize: str = "shorter", apply_pca: bool = True) -> np.ndarray:
-    ext = extract(encoder, table, resize=resize, apply_pca=apply_pca, **OPTS)
-    assert ext.indices.tolist() == list(range(len(table)))
-    return ext.descriptors
-
 
 def test_folder_leave_one_out_matches_the_metrics(encoder: Encoder, folder_root: Path) -> None:
     result = evaluate_model(encoder, "folder", folder_root, **EVAL)
@@ -430,150 +383,3 @@ def test_format_results_uses_the_paper_layout() -> None:
     assert format_results(rox).splitlines()[0] == \
         "ROxf  mAP M 34.0 H 11.5  (E 55.0)  mP@1/5/10 M 90.0/80.0/70.0 H 50.0/40.0/30.0"
     assert format_results({**sop, "map_at_r": None, "pca": None}).splitlines()[1].startswith("  MAP@R n/a")
-
-
-# -- the command -------------------------------------------------------------------------------------------------
-
-def _run(argv: list[str]) -> int:
-    from vitrieval.cli import evaluate_cmd
-
-    parser = argparse.ArgumentParser(prog="vitrieval")
-    module_sub = parser.add_subparsers(dest="command")
-    evaluate_cmd.add_parser(module_sub)
-    return evaluate_cmd.run(parser.parse_args(argv))
-
-
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(f"vitrieval.cli.{name}_cmd")
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.fixture
-def main(monkeypatch: pytest.MonkeyPatch):
-    """``vitrieval.cli.main`` with only the sub-commands that exist yet (others are written concurrently)."""
-    from vitrieval import cli
-
-    monkeypatch.setattr(cli, "COMMANDS", tuple(c for c in cli.COMMANDS if _importable(c)))
-    return cli.main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    return tiny_encoder().save(tmp_path_factory.mktemp("cli") / "model")
-
-
-def test_cli_checkpoint_json(main, model_dir: Path, folder_root: Path, tmp_path: Path,
-                             capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "out" / "sop.json"
-    out.parent.mkdir()
-    code = main(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root",
-                 str(folder_root), "--json", str(out), "--workers", "0", "--batch-size", "16", "--device", "cpu",
-                 "--no-progress"])
-    assert code == 0
-    payload = json.loads(out.read_text())
-    assert set(payload) == CATEGORY_KEYS and payload["model"] == str(model_dir)
-    expected = evaluate_model(vitrieval.load(model_dir), "folder", folder_root, **EVAL)
-    assert payload["recall_at_k"] == expected["recall_at_k"]
-    text = capsys.readouterr().out
-    assert text.startswith("folder  R@1 ")
-    assert f"results written to {out}" in text
-    assert not (model_dir / "pca.safetensors").exists()
-
-
-def test_cli_pca_is_stored_with_the_checkpoint(model_dir: Path, folder_root: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
-    import shutil
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(model_dir, run_dir / "model")
-    assert _run(["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-root", str(folder_root),
-                 "--pca", "8", "--workers", "0", "--no-progress", "--json", str(tmp_path / "r.json")]) == 0
-    assert "stored beside the model" in capsys.readouterr().out
-    assert vitrieval.load(run_dir).descriptor_dim == 8
-    assert json.loads((tmp_path / "r.json").read_text())["pca"]["fitted_on"] == "folder/train"
-    # --no-save-pca leaves the folder alone
-    other = tmp_path / "other"
-    shutil.copytree(model_dir, other)
-    assert _run(["evaluate", "--checkpoint", str(other), "--dataset", "folder", "--data-root", str(folder_root),
-                 "--pca", "8", "--no-save-pca", "--workers", "0", "--no-progress"]) == 0
-    assert not (other / "pca.safetensors").exists()
-
-
-def test_cli_user_errors_exit_2(main, model_dir: Path, folder_root: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture) -> None:
-    base = ["evaluate", "--checkpoint", str(model_dir), "--workers", "0", "--no-progress"]
-    assert main(base + ["--dataset", "folder", "--data-root", str(tmp_path / "nowhere")]) == 2
-    assert "nowhere does not exist" in capsys.readouterr().err
-    assert main(base + ["--dataset", "imagenet", "--data-root", str(folder_root)]) == 2
-    err = capsys.readouterr().err
-    assert "unknown dataset 'imagenet'" in err and "sop" in err
-    assert main(base + ["--dataset", "folder", "--data-root", str(folder_root), "--whiten"]) == 2
-    assert "--whiten needs --pca" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(tmp_path), "--dataset", "folder", "--data-root",
-                 str(folder_root)]) == 2
-    assert "not a vitrieval model folder" in capsys.readouterr().err
-    assert main(base + ["--dataset", "sop", "--data-root", str(folder_root)]) == 2
-    assert "Ebay_train.txt" in capsys.readouterr().err
-
-
-def test_cli_unreadable_image_is_named(main, model_dir: Path, folder_root: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture) -> None:
-    import shutil
-
-    root = tmp_path / "broken"
-    shutil.copytree(folder_root, root)
-    (root / "class5" / "broken.png").write_bytes(b"")
-    assert main(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(root),
-                 "--workers", "1", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert str(root / "class5" / "broken.png") in err and "empty" in err
-
-
-def test_cli_model_offline_without_weights_names_pretrained_file(main, folder_root: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture) -> None:
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    code = main(["evaluate", "--model", "deit_tiny_patch16_224", "--dataset", "folder", "--data-root",
-                 str(folder_root), "--image-size", "32", "--workers", "0", "--no-progress"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "--pretrained-file" in err and "deit_tiny_patch16_224" in err and "Traceback" not in err
-    assert main(["evaluate", "--model", "no_such_model_xyz", "--pretrained-file", "w.pth", "--dataset", "folder",
-                 "--data-root", str(folder_root)]) == 2
-    assert "w.pth" in capsys.readouterr().err
-
-
-def test_cli_model_with_pretrained_file_is_irt_o(folder_root: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
-    import timm
-
-    torch.manual_seed(3)
-    weights = tmp_path / "deit_tiny.pth"
-    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), weights)
-    out = tmp_path / "irt_o.json"
-    assert _run(["evaluate", "--model", "deit_tiny_patch16_224", "--pretrained-file", str(weights), "--dataset",
-                 "folder", "--data-root", str(folder_root), "--image-size", "32", "--workers", "0",
-                 "--no-progress", "--json", str(out), "--ks", "1,2"]) == 0
-    payload = json.loads(out.read_text())
-    assert payload["model"] == "deit_tiny_patch16_224" and payload["image_size"] == 32
-    enc = Encoder(ModelConfig(name="deit_tiny_patch16_224", pretrained=True, pretrained_file=str(weights),
-                              image_size=32)).eval()
-    test = read_dataset("folder", folder_root).split("test")
-    z = _direct(enc, test)
-    assert payload["recall_at_k"] == {str(k): v for k, v in recall_at_k(z, test.labels, [1, 2]).items()}
-
-
-@pytest.mark.skipif(not _importable("demo"), reason="vitrieval.cli.demo_cmd is not written yet")
-def test_cli_main_with_every_command(model_dir: Path, folder_root: Path, tmp_path: Path) -> None:
-    from vitrieval.cli import main
-
-    out = tmp_path / "all.json"
-    assert main(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
-                 "--json", str(out), "--workers", "0", "--no-progress"]) == 0
-    assert set(json.loads(out.read_text())) == CATEGORY_KEYS
