@@ -112,22 +112,6 @@ def test_loading_weights_of_another_architecture_is_refused(tmp_path):
         load(tmp_path / "m")
 
 
-def test_pca_matches_numpy_svd():
-    import numpy as np
-
-    from vitrieval.pca import PCAReduction
-
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal((500, 12)) * np.linspace(5, 0.1, 12)).astype(np.float32)
-    pca = PCAReduction.fit(x, 3)
-    centred = x - x.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vt[:3].T
-    proj /= np.linalg.norm(proj, axis=1, keepdims=True)
-    got = pca.apply_numpy(x)
-    assert np.allclose(np.abs(got), np.abs(proj), atol=1e-4)  # same principal axes (each up to its sign)
-
-
 def test_gem_on_a_distilled_backbone_pools_patch_tokens_only_and_learns_p():
     """GeM for every backbone: the 2 prefix tokens of a distilled DeiT are left out; a learnable p gets a gradient."""
     torch.manual_seed(0)
