@@ -112,22 +112,6 @@ def test_loading_weights_of_another_architecture_is_refused(tmp_path):
         load(tmp_path / "m")
 
 
-def test_pca_matches_numpy_svd():
-    import numpy as np
-
-    from vitrieval.pca import PCAReduction
-
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal((500, 12)) * np.linspace(5, 0.1, 12)).astype(np.float32)
-    pca = PCAReduction.fit(x, 3)
-    centred = x - x.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vt[:3].T
-    proj /= np.linalg.norm(proj, axis=1, keepdims=True)
-    got = pca.apply_numpy(x)
-    assert np.allclose(np.abs(got), np.abs(proj), atol=1e-4)  # same principal axes (each up to its sign)
-
-
 def test_gem_on_a_distilled_backbone_pools_patch_tokens_only_and_learns_p():
     """GeM for every backbone: the 2 prefix tokens of a distilled DeiT are left out; a learnable p gets a gradient."""
     torch.manual_seed(0)
@@ -142,3 +126,115 @@ def test_gem_on_a_distilled_backbone_pools_patch_tokens_only_and_learns_p():
     assert tokens.shape[1] == 2 + 4 and torch.allclose(z, expected, atol=1e-5)
     z.sum().backward()
     assert enc.pool.gem.p.grad is not None and float(enc.pool.gem.p.grad.abs()) > 0
+
+
+# -- the model folder: one resolver, the PCA and extra keys carried through save ----------------------------------
+
+def test_resolve_model_dir_accepts_a_run_folder_or_its_model_folder(tmp_path):
+    from vitrieval.model import resolve_model_dir
+
+    model_dir = tiny().save(tmp_path / "run" / "model")
+    assert resolve_model_dir(tmp_path / "run") == model_dir
+    assert resolve_model_dir(str(tmp_path / "run")) == model_dir  # str or Path
+    assert resolve_model_dir(model_dir) == model_dir
+    assert resolve_model_dir(tmp_path / "nothing") == tmp_path / "nothing"  # kept: the caller's error names it
+    tiny(depth=1).save(tmp_path / "run")  # a folder's own config.json wins over a model/ sub-folder
+    assert resolve_model_dir(tmp_path / "run") == tmp_path / "run"
+    # load uses the same rule
+    assert load(tmp_path / "run" / "model").fingerprint() == load(model_dir).fingerprint() == tiny().fingerprint()
+    with pytest.raises(FileNotFoundError, match="nothing is not a vitrieval model folder"):
+        load(tmp_path / "nothing")
+
+
+def test_load_of_a_run_folder_reads_its_model_subfolder(tmp_path):
+    enc = tiny()
+    enc.save(tmp_path / "run" / "model")
+    assert vitrieval.load(tmp_path / "run").fingerprint() == enc.fingerprint()
+
+
+def test_at_image_size_resamples_position_embeddings_on_a_copy():
+    from vitrieval.model import at_image_size
+
+    enc = tiny()
+    assert at_image_size(enc, None) is enc and at_image_size(enc, 32) is enc
+    bigger = at_image_size(enc, 48)
+    assert bigger is not enc
+    assert bigger.data_config == {**enc.data_config, "image_size": 48} and enc.data_config["image_size"] == 32
+    assert tuple(bigger.backbone.pos_embed.shape) == (1, 1 + 6 * 6, 192)  # 48 px / patch 8: 6 x 6 tokens
+    assert tuple(enc.backbone.pos_embed.shape) == (1, 1 + 4 * 4, 192)  # the original is untouched
+    with torch.no_grad():
+        assert bigger(torch.randn(2, 3, 48, 48)).shape == (2, 192)
+        assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 192)
+    # same weights: the class token and the blocks are shared values, only the position grid is resampled
+    assert torch.equal(bigger.backbone.cls_token, enc.backbone.cls_token)
+    assert torch.equal(bigger.backbone.blocks[0].attn.qkv.weight, enc.backbone.blocks[0].attn.qkv.weight)
+    with pytest.raises(ValueError, match="must be positive"):
+        at_image_size(enc, 0)
+    fixed = tiny()
+    fixed.backbone = torch.nn.Identity()  # a backbone without set_input_size
+    with pytest.raises(ValueError, match="cannot change the input size.*32"):
+        at_image_size(fixed, 48)
+
+
+def _fitted_pca(enc: Encoder, dim: int = 8):
+    from vitrieval.pca import PCAReduction
+
+    with torch.no_grad():
+        feats = enc(torch.randn(40, 3, 32, 32)).numpy()
+    return PCAReduction.fit(feats, dim)
+
+
+def test_save_carries_the_pca_record_and_the_folders_other_keys(tmp_path):
+    import json
+
+    directory = tiny().save(tmp_path / "m", extra={"run": "r1", "trained_iterations": 7})
+    enc = load(directory)
+    assert enc.extra_info == {"run": "r1", "trained_iterations": 7} and enc.pca_info is None
+    info = {"dim": 8, "whiten": False, "fitted_on": "folder/train"}
+    enc.set_pca(_fitted_pca(enc), info)
+    enc.save(directory)  # what evaluate does: attach, save
+    meta = json.loads((directory / "config.json").read_text())
+    assert meta["pca"] == info and meta["descriptor_dim"] == 8 and meta["feature_dim"] == 192
+    assert (meta["run"], meta["trained_iterations"]) == ("r1", 7)
+    assert meta["fingerprint"] == enc.fingerprint()
+    assert set(meta) == {"format", "version", "model", "data_config", "feature_dim", "descriptor_dim",
+                         "fingerprint", "run", "trained_iterations", "pca"}
+    back = load(directory)
+    assert back.pca_info == info and back.extra_info == {"run": "r1", "trained_iterations": 7}
+    assert torch.equal(back.pca.matrix, enc.pca.matrix) and back.descriptor_dim == 8
+    # ``extra`` still wins; detaching the PCA drops its file and its record, not the other keys
+    back.set_pca(None, info)
+    assert back.pca_info is None
+    back.save(directory, extra={"trained_iterations": 9})
+    meta = json.loads((directory / "config.json").read_text())
+    assert "pca" not in meta and meta["descriptor_dim"] == 192
+    assert (meta["run"], meta["trained_iterations"]) == ("r1", 9)
+    assert not (directory / "pca.safetensors").exists()
+
+
+def test_a_pca_attached_without_a_record_writes_none(tmp_path):
+    import json
+
+    enc = tiny()
+    enc.set_pca(_fitted_pca(enc))
+    directory = enc.save(tmp_path / "m")
+    assert "pca" not in json.loads((directory / "config.json").read_text())
+    back = load(directory)
+    assert back.pca is not None and back.pca_info is None and back.extra_info == {}
+
+
+def test_a_folder_in_the_earlier_layout_still_loads(tmp_path):
+    """What ``save_pca_beside_model`` wrote (the PCA record passed as ``extra``) reads as the same record."""
+    import json
+
+    enc = tiny()
+    pca = _fitted_pca(enc, 4)
+    enc.set_pca(pca)
+    info = {"dim": 4, "whiten": False, "fitted_on": "sop/train"}
+    directory = enc.save(tmp_path / "old", extra={"trained_iterations": 3, "pca": info})
+    before = json.loads((directory / "config.json").read_text())
+    back = load(directory)
+    assert back.pca_info == info and back.extra_info == {"trained_iterations": 3}
+    assert torch.equal(back.pca.matrix, pca.matrix)
+    back.save(directory)  # saved again: the same keys and values
+    assert json.loads((directory / "config.json").read_text()) == before

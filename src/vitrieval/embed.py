@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
 from vitrieval.data.dataset import TableDataset, collate_skip_bad
+from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.table import ImageTable
 from vitrieval.data.transforms import eval_transform
 from vitrieval.distributed import DistContext
@@ -61,7 +62,10 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
             distributed: bool | DistContext | None = None) -> Extraction:
     """Embed every image of ``table`` with ``encoder`` (eval mode); rows come back in table order.
 
-    ``skip_bad=True`` lists unreadable files in ``bad_paths`` (and logs them) instead of stopping.
+    ``skip_bad=True`` lists unreadable files in ``bad_paths`` (and logs them) instead of stopping; otherwise the
+    first unreadable file raises its :class:`~vitrieval.data.images.ImageDecodeError` (``.path``, ``.reason``)
+    itself, with or without DataLoader workers (the dataset carries it out of the worker as data, see
+    :class:`~vitrieval.data.dataset.TableDataset`); sharded, every rank raises the first one in table order.
     ``distributed``: ``None`` (default) shards over the ranks when a process group is initialised, ``False``
     never does (one process embeds everything), ``True`` also initialises the group from torchrun's environment,
     a :class:`~vitrieval.distributed.DistContext` names the group. Sharded, every rank must call ``extract`` with
@@ -72,12 +76,19 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     if isinstance(encoder, torch.nn.parallel.DistributedDataParallel):
         encoder = encoder.module
     if not ctx.enabled:
-        return _extract_rows(encoder, table, range(len(table)), batch_size, num_workers, amp, resize, skip_bad,
-                             apply_pca, progress, desc)
+        ext, error = _extract_rows(encoder, table, range(len(table)), batch_size, num_workers, amp, resize,
+                                   skip_bad, apply_pca, progress, desc)
+        if error is not None:
+            raise error
+        return ext
     start, stop = shard_bounds(len(table), batch_size, ctx.rank, ctx.world_size)
-    part = _extract_rows(encoder, table, range(start, stop), batch_size, num_workers, amp, resize, skip_bad,
-                         apply_pca, progress and ctx.is_main, desc, log_bad=False)
-    parts = ctx.all_gather_object((part.descriptors, part.indices, part.bad_paths))
+    part, error = _extract_rows(encoder, table, range(start, stop), batch_size, num_workers, amp, resize, skip_bad,
+                                apply_pca, progress and ctx.is_main, desc, log_bad=False)
+    # The error travels with the parts: a rank that stopped still joins the gather, and every rank raises.
+    parts = ctx.all_gather_object((part.descriptors, part.indices, part.bad_paths, error))
+    errors = [p[3] for p in parts if p[3] is not None]
+    if errors:
+        raise errors[0]
     descriptors = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False)
     indices = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
     bad_paths = [path for p in parts for path in p[2]]
@@ -88,12 +99,17 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
 
 def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batch_size: int, num_workers: int,
                   amp: str, resize: str, skip_bad: bool, apply_pca: bool, progress: bool, desc: str,
-                  log_bad: bool = True) -> Extraction:
-    """Embed the table rows ``rows`` (batches of ``batch_size`` from ``rows.start``); indices are table rows."""
+                  log_bad: bool = True) -> tuple[Extraction, ImageDecodeError | None]:
+    """Embed the table rows ``rows`` (batches of ``batch_size`` from ``rows.start``); indices are table rows.
+
+    Without ``skip_bad`` it stops at the first unreadable image and returns its error with the rows embedded so
+    far; the loader is released before the caller raises it (no worker outlives the call).
+    """
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
-    dataset = TableDataset(table, eval_transform(encoder.data_config, resize), skip_bad=skip_bad)
+    dataset = TableDataset(table, eval_transform(encoder.data_config, resize), skip_bad=skip_bad,
+                           carry_errors=not skip_bad)
     sampler = rows if (rows.start, rows.stop) != (0, len(table)) else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate_skip_bad, pin_memory=device.type == "cuda",
@@ -101,7 +117,11 @@ def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batc
     chunks: list[np.ndarray] = []
     indices: list[np.ndarray] = []
     bad: list[int] = []
+    error: ImageDecodeError | None = None
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        if batch["errors"]:
+            error = batch["errors"][0]
+            break
         bad.extend(batch["bad"].tolist())
         if len(batch["indices"]) == 0:
             continue
@@ -119,4 +139,4 @@ def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batc
     dim = encoder.descriptor_dim if apply_pca else encoder.feature_dim
     desc_arr = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, dim), np.float32)
     idx_arr = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
-    return Extraction(desc_arr, idx_arr, bad_paths)
+    return Extraction(desc_arr, idx_arr, bad_paths), error

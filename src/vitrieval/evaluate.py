@@ -16,13 +16,14 @@ Particular objects (``roxford5k``, ``rparis6k``, revisited protocol of RadenoviÄ
     ``bbx``. The database is the ground truth's ``imlist`` only (a query record is never a database item). mAP and
     mP@1/5/10 under the Easy, Medium and Hard protocols (junk removed, trapezoid AP).
 
-PCA (``pca_dim``):
+PCA (``PCAOptions.dim``; :mod:`vitrieval.evaluate_pca`):
     Fitted with :meth:`PCAReduction.fit` on the descriptors (before any PCA) of the **training split** of the
-    evaluated dataset, or of ``pca_fit_dataset`` when given; landmark datasets have no training split, so without
-    ``pca_fit_dataset`` it is fitted on their database (and the JSON says so in ``pca_fitted_on``). It is applied,
-    then descriptors are L2-normalised again. With ``model_dir`` (the model folder) it is stored beside the model
-    (``pca.safetensors``, ``config.json`` updated) so that ``vitrieval.load`` -- and hence index / serve -- uses the
-    same reduction. A model that already carries a PCA is evaluated through it when ``pca_dim`` is not given.
+    evaluated dataset, or of ``PCAOptions.fit_dataset`` when given; landmark datasets have no training split, so
+    without a fit dataset it is fitted on their database (and the JSON says so in ``pca_fitted_on``). It is applied,
+    then descriptors are L2-normalised again. With ``model_dir`` (the model folder) it is attached to the model and
+    stored through :meth:`vitrieval.model.Encoder.save` (``pca.safetensors``, ``config.json`` updated, its other
+    keys kept) so that ``vitrieval.load`` -- and hence index / serve -- uses the same reduction. A model that
+    already carries a PCA is evaluated through it when no PCA dimension is given.
 
 Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
 
@@ -37,22 +38,21 @@ Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.table import ImageTable
 from vitrieval.embed import Extraction, extract
+from vitrieval.evaluate_pca import PCAOptions, apply_pca, carried_pca_info, fit_pca
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
+from vitrieval.model import Encoder, at_image_size, resolve_model_dir
 from vitrieval.pca import PCAReduction
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,6 @@ DEFAULT_KS: dict[str, tuple[int, ...]] = {
 LANDMARK_DATASETS: tuple[str, ...] = ("roxford5k", "rparis6k")
 #: mP@k reported for landmarks (the revisited protocol's kappas).
 LANDMARK_KAPPAS: tuple[int, ...] = (1, 5, 10)
-#: Names as the paper's tables print them.
-DISPLAY_NAMES: dict[str, str] = {"sop": "SOP", "cub": "CUB", "inshop": "In-Shop", "roxford5k": "ROxf",
-                                 "rparis6k": "RPar"}
 _PROTOCOLS = ("easy", "medium", "hard")
 
 
@@ -135,120 +132,18 @@ def landmark_metrics(database: np.ndarray, queries: np.ndarray, gnd: Sequence[di
     }
 
 
-# -- extraction with clear errors ---------------------------------------------------------------------------------
-
-_DECODE_LINE = re.compile(r"cannot read image (.+?): ([^\n]*)\s*$")
-
+# -- extraction ---------------------------------------------------------------------------------------------------
 
 def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int, amp: str,
                 resize: str, progress: bool, desc: str) -> Extraction:
-    """``extract`` with ``skip_bad=False`` and no PCA: every row or an error naming the unreadable file.
-
-    A decode error raised inside a DataLoader worker reaches the main process as a ``RuntimeError`` holding the
-    worker's traceback; it is turned back into an :class:`ImageDecodeError` (a ``ValueError``) naming the file.
-    Other ``ValueError``s from a worker (an empty bounding box) become one-line ``ValueError``s.
-    """
-    error: Exception | None = None
-    try:
-        ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                      skip_bad=False, apply_pca=False, progress=progress, desc=desc)
-    except (RuntimeError, ValueError) as exc:
-        text = str(exc)
-        if "DataLoader worker" not in text:  # raised in this process: already a clear error
-            raise
-        last = text.strip().splitlines()[-1]  # "<module>.<Type>: <message>" of the worker's exception
-        match = _DECODE_LINE.search(last)
-        if "ImageDecodeError" in last and match:
-            error = ImageDecodeError(match.group(1), match.group(2).strip())
-        elif isinstance(exc, ValueError):
-            error = ValueError(f"{table.name}: {last.split(': ', 1)[-1]}")
-        else:
-            raise
-    if error is not None:
-        # Raised outside the except block: no reference to the worker's traceback (and to the DataLoader
-        # iterator in its frames) survives, so the worker processes are shut down now, not at a later gc.
-        raise error
+    """``extract`` with ``skip_bad=False`` and no PCA: every row, or the
+    :class:`~vitrieval.data.images.ImageDecodeError` of the first unreadable file (raised where it was decoded,
+    also inside a DataLoader worker)."""
+    ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
+                  skip_bad=False, apply_pca=False, progress=progress, desc=desc)
     if len(ext.indices) != len(table) or not np.array_equal(ext.indices, np.arange(len(table))):
         raise RuntimeError(f"extraction returned {len(ext.indices)} of {len(table)} rows of {table.name}")
     return ext
-
-
-def at_image_size(encoder: torch.nn.Module, image_size: int | None) -> torch.nn.Module:
-    """``encoder`` itself, or a copy whose ViT takes ``image_size`` inputs (position embeddings resampled)."""
-    if image_size is None or image_size == int(encoder.data_config["image_size"]):
-        return encoder
-    if image_size < 1:
-        raise ValueError(f"image size must be positive, got {image_size}")
-    backbone = encoder.backbone
-    if not hasattr(backbone, "set_input_size"):
-        raise ValueError(f"{encoder.config.name}: cannot change the input size of this backbone "
-                         f"(evaluate at its own size, {encoder.data_config['image_size']})")
-    resized = copy.deepcopy(encoder)
-    resized.backbone.set_input_size(img_size=(image_size, image_size))
-    resized.data_config = {**encoder.data_config, "image_size": int(image_size)}
-    return resized
-
-
-# -- PCA ------------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def _apply_pca(pca: PCAReduction, descriptors: np.ndarray) -> np.ndarray:
-    """``pca`` (on whatever device its buffers live) applied to numpy descriptors; float32 numpy back."""
-    x = torch.from_numpy(np.ascontiguousarray(descriptors, dtype=np.float32)).to(pca.matrix.device)
-    return pca(x).cpu().numpy().astype(np.float32, copy=False)
-
-
-def resolve_model_dir(directory: str | Path) -> Path:
-    """The model folder of ``directory`` (itself, or its ``model/`` sub-folder for a training output folder)."""
-    from vitrieval.model import CONFIG_FILE
-
-    directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file() and (directory / "model" / CONFIG_FILE).is_file():
-        return directory / "model"
-    return directory
-
-
-def _stored_pca_info(model_dir: str | Path | None, pca: PCAReduction) -> dict[str, Any]:
-    info: dict[str, Any] = {"dim": pca.out_dim, "whiten": bool(pca.whiten), "fitted_on": "unknown"}
-    if model_dir is not None:
-        from vitrieval.model import CONFIG_FILE
-
-        cfg = resolve_model_dir(model_dir) / CONFIG_FILE
-        try:
-            stored = json.loads(cfg.read_text()).get("pca") or {}
-        except (OSError, ValueError):
-            stored = {}
-        if stored.get("dim") == pca.out_dim and stored.get("fitted_on"):
-            info["fitted_on"] = str(stored["fitted_on"])
-    return info
-
-
-def save_pca_beside_model(encoder: torch.nn.Module, pca: PCAReduction, model_dir: str | Path,
-                          info: dict[str, Any]) -> Path:
-    """Attach ``pca`` to ``encoder`` and rewrite its model folder (atomic writes; other config keys are kept).
-
-    ``config.json`` then records ``descriptor_dim``, the new fingerprint and ``"pca": info``; ``vitrieval.load``
-    of the folder applies the same reduction.
-    """
-    from vitrieval.model import CONFIG_FILE
-
-    directory = resolve_model_dir(model_dir)
-    standard = {"format", "version", "model", "data_config", "feature_dim", "descriptor_dim", "fingerprint"}
-    extra: dict[str, Any] = {}
-    if (directory / CONFIG_FILE).is_file():
-        old = json.loads((directory / CONFIG_FILE).read_text())
-        extra = {k: v for k, v in old.items() if k not in standard}
-    extra["pca"] = dict(info)
-    encoder.set_pca(pca.to(next(encoder.parameters()).device))
-    return encoder.save(directory, extra=extra)
-
-
-def _fit_table(table: ImageTable) -> tuple[ImageTable, str]:
-    """The rows PCA is fitted on: the training split, or every row when there is none."""
-    train = table.split("train")
-    if len(train):
-        return train, "train"
-    return table, "all"
 
 
 # -- the evaluation -------------------------------------------------------------------------------------------------
@@ -258,42 +153,54 @@ def default_ks(dataset: str) -> tuple[int, ...]:
     return DEFAULT_KS.get(dataset, (1, 2, 4, 8))
 
 
-def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path, *,
-                   ks: Sequence[int] | None = None, pca_dim: int | None = None, whiten: bool = False,
-                   image_size: int | None = None, batch_size: int = 64, num_workers: int = 2, amp: str = "auto",
-                   progress: bool = True, reader_options: dict[str, Any] | None = None,
-                   pca_fit_dataset: str | None = None, pca_fit_root: str | Path | None = None,
-                   pca_fit_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
-                   save_pca: bool = True, model_name: str | None = None,
-                   resize: str | None = None, pca_fit_max_images: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """How images are embedded: ``batch_size`` images per forward pass, ``num_workers`` decoding workers, the
+    autocast policy ``amp`` (:func:`vitrieval.amp.autocast_context`) and a progress bar."""
+
+    batch_size: int = 64
+    num_workers: int = 2
+    amp: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} and "
+                             f"{self.num_workers}")
+
+
+def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks: Sequence[int] | None = None,
+                   pca: PCAOptions | None = None, extraction: ExtractionOptions | None = None,
+                   image_size: int | None = None, resize: str | None = None,
+                   reader_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
+                   model_name: str | None = None) -> dict[str, Any]:
     """Evaluate ``encoder`` on ``dataset`` read from ``data_root`` with the paper's protocol (module docstring).
 
-    ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder);
-    ``resize`` overrides the protocol's eval resize (``shorter`` category-level, ``square`` landmarks).
-    ``pca_dim`` fits a PCA (``whiten``: whitened) on the training split (or ``pca_fit_dataset`` read from
-    ``pca_fit_root`` with ``pca_fit_options``), on at most ``pca_fit_max_images`` of its images (an even
-    subsample; 0 = all). ``model_dir`` is the folder ``encoder`` was loaded from: with
-    ``save_pca`` the fitted PCA is stored there (only when the evaluation ran at the model's own image size, so
-    that what is stored is what index / serve will compute); a PCA the model already carries is reported with the
-    ``fitted_on`` its ``config.json`` recorded.
-    Unreadable images stop the evaluation with an error naming the file. Returns the JSON-ready result dict.
+    ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder,
+    :func:`vitrieval.model.at_image_size`); ``resize`` overrides the protocol's eval resize (``shorter``
+    category-level, ``square`` landmarks); ``reader_options`` go to the dataset reader. ``pca`` (default: none
+    fitted) fits a PCA on the fit set :func:`vitrieval.evaluate_pca.fit_pca` chooses. ``model_dir`` is the folder
+    ``encoder`` was loaded from (a run folder or its ``model/``): with ``pca.save`` the fitted PCA is attached and
+    the model saved there (only when the evaluation ran at the model's own image size, so that what is stored is
+    what index / serve will compute). A PCA the model already carries is applied when ``pca.dim`` is not given and
+    reported with the ``fitted_on`` its folder recorded (:attr:`vitrieval.model.Encoder.pca_info`).
+    Unreadable images stop the evaluation with the :class:`~vitrieval.data.images.ImageDecodeError` naming the
+    file. Returns the JSON-ready result dict.
     """
     from vitrieval.data.readers import read_dataset
 
-    if whiten and not pca_dim:
-        raise ValueError("whitening is part of the PCA: give a PCA dimension (--pca) with --whiten")
-    if (pca_fit_dataset is None) != (pca_fit_root is None):
-        raise ValueError("the PCA fit set needs both a dataset name and a root (--pca-fit-dataset, --pca-fit-root)")
-    if pca_fit_dataset is not None and not pca_dim:
-        raise ValueError("--pca-fit-dataset / --pca-fit-root only make sense with a PCA dimension (--pca)")
-    if batch_size < 1 or num_workers < 0:
-        raise ValueError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {num_workers}")
+    pca_options = pca or PCAOptions()
+    ext_options = extraction or ExtractionOptions()
     table = read_dataset(dataset, data_root, **(reader_options or {}))
     landmarks = dataset in LANDMARK_DATASETS or "gnd" in table.extras
     resize = resize or ("square" if landmarks else "shorter")
     model = at_image_size(encoder, image_size)
     size = int(model.data_config["image_size"])
-    opts = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize, progress=progress)
+
+    def embed(rows: ImageTable, what: str) -> np.ndarray:
+        return extract_all(model, rows, batch_size=ext_options.batch_size, num_workers=ext_options.num_workers,
+                           amp=ext_options.amp, resize=resize, progress=ext_options.progress,
+                           desc=f"embedding {what}").descriptors
 
     test = table.split("test")
     if len(test) == 0:
@@ -305,39 +212,18 @@ def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path
                              f"(first: {overlap[0]}); the revisited protocol keeps queries out of the database")
         if "gnd" not in table.extras:
             raise ValueError(f"{dataset}: the table carries no revisited ground truth (extras['gnd'])")
-    ext = extract_all(model, test, desc=f"embedding {dataset} test images", **opts)
-    feats = ext.descriptors
+    feats = embed(test, f"{dataset} test images")
 
     # PCA: fitted here, or the one the model already carries.
-    pca: PCAReduction | None = None
+    reduction: PCAReduction | None = None
     pca_info: dict[str, Any] | None = None
-    if pca_dim:
-        if pca_fit_dataset is not None:
-            fit_src = read_dataset(pca_fit_dataset, pca_fit_root, **(pca_fit_options or {}))
-            fit_table, part = _fit_table(fit_src)
-            fit_table = fit_table.evenly_subsampled(pca_fit_max_images)
-            fitted_on = f"{pca_fit_dataset}/{part}"
-            fit_feats = extract_all(model, fit_table, desc=f"embedding {fitted_on} for PCA", **opts).descriptors
-        elif landmarks:
-            fitted_on = f"{dataset}/database"
-            log.warning("PCA fitted on the %s database itself (the paper fits it on SfM-120k; pass "
-                        "--pca-fit-dataset/--pca-fit-root to use another set)", dataset)
-            fit_feats = feats[np.asarray([r.is_gallery for r in test])]
-        else:
-            fit_table = table.split("train")
-            if len(fit_table) == 0:
-                raise ValueError(f"{dataset} at {data_root} has no training split to fit the PCA on; "
-                                 "pass --pca-fit-dataset/--pca-fit-root")
-            fit_table = fit_table.evenly_subsampled(pca_fit_max_images)
-            fitted_on = f"{dataset}/train"
-            fit_feats = extract_all(model, fit_table, desc=f"embedding {fitted_on} for PCA", **opts).descriptors
-        log.info("PCA %d-d fitted on %d descriptors of %s", int(pca_dim), len(fit_feats), fitted_on)
-        pca = PCAReduction.fit(fit_feats, int(pca_dim), whiten)
-        pca_info = {"dim": pca.out_dim, "whiten": bool(whiten), "fitted_on": fitted_on}
+    if pca_options.dim:
+        reduction, pca_info = fit_pca(pca_options, dataset, data_root, table, test, feats, landmarks,
+                                      lambda rows, what: embed(rows, f"{what} for PCA"))
     elif getattr(encoder, "pca", None) is not None:
-        pca = encoder.pca
-        pca_info = _stored_pca_info(model_dir, pca)
-    descriptors = _apply_pca(pca, feats) if pca is not None else feats
+        reduction = encoder.pca
+        pca_info = carried_pca_info(reduction, getattr(encoder, "pca_info", None))
+    descriptors = apply_pca(reduction, feats) if reduction is not None else feats
 
     result: dict[str, Any] = {
         "dataset": dataset,
@@ -360,10 +246,11 @@ def evaluate_model(encoder: torch.nn.Module, dataset: str, data_root: str | Path
         result.update(_category_result(test, table.is_leave_one_out(), descriptors, dataset, ks))
         result["pca"] = pca_info
     # Stored only once the metrics are computed: a failed evaluation leaves the model folder as it was.
-    if pca_dim and pca is not None and pca_info is not None and model_dir is not None and save_pca:
+    if pca_options.dim and reduction is not None and model_dir is not None and pca_options.save:
         if model is encoder:
-            path = save_pca_beside_model(encoder, pca, model_dir, pca_info)
-            log.info("PCA %d-d stored beside the model in %s", pca.out_dim, path)
+            encoder.set_pca(reduction.to(next(encoder.parameters()).device), pca_info)
+            path = encoder.save(resolve_model_dir(model_dir))
+            log.info("PCA %d-d stored beside the model in %s", reduction.out_dim, path)
         else:
             log.warning("PCA not stored in %s: it was fitted at %d px, not at the model's own %d px",
                         model_dir, size, encoder.data_config["image_size"])
@@ -391,36 +278,3 @@ def _category_result(test: ImageTable, leave_one_out: bool, descriptors: np.ndar
     else:
         k_list = sorted({int(k) for k in ks})
     return category_metrics(descriptors, labels, is_q, is_g, k_list, leave_one_out)
-
-
-# -- the paper's table layout ---------------------------------------------------------------------------------------
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def format_results(result: dict[str, Any]) -> str:
-    """The paper's layout, e.g. ``SOP  R@1 84.0  R@10 93.6  R@100 97.2  R@1000 99.1`` or
-    ``ROxf  mAP M 34.0 H 11.5  (E 55.0)  mP@1/5/10 M 90.0/80.0/70.0 H 50.0/40.0/30.0``, then a details line."""
-    name = DISPLAY_NAMES.get(result["dataset"], result["dataset"])
-    if "map" in result:
-        mp = result["mp_at_k"]
-        ks = list(mp["medium"])
-        mp_text = " ".join(f"{p[0].upper()} " + "/".join(_pct(mp[p][k]) for k in ks) for p in ("medium", "hard"))
-        line = (f"{name}  mAP M {_pct(result['map']['medium'])} H {_pct(result['map']['hard'])}  "
-                f"(E {_pct(result['map']['easy'])})  mP@{'/'.join(ks)} {mp_text}")
-        details = [f"{result['num_queries']} queries vs {result['num_gallery']} database images"]
-    else:
-        line = f"{name}  " + "  ".join(f"R@{k} {_pct(v)}" for k, v in result["recall_at_k"].items())
-        if result["protocol"] == "leave-one-out":
-            details = [f"MAP@R {_pct(result.get('map_at_r'))}",
-                       f"leave-one-out over {result['num_queries']} test images"]
-        else:
-            details = [f"MAP@R {_pct(result.get('map_at_r'))}",
-                       f"{result['num_queries']} queries vs {result['num_gallery']} gallery images"]
-    details += [f"{result['descriptor_dim']}-d", f"{result['image_size']} px"]
-    pca = result.get("pca")
-    if pca:
-        details.append(f"PCA {pca['dim']}{' whitened' if pca['whiten'] else ''} fitted on {pca['fitted_on']}")
-    details.append(f"model {result['model']}")
-    return line + "\n  " + ", ".join(details)

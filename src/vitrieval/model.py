@@ -2,11 +2,16 @@
 
 The descriptor is the CLS token of ``forward_features`` (after the final LayerNorm; token 0 also for distilled
 models, whose ``forward_head(pre_logits=True)`` would average CLS and distillation tokens), or avg / max / GeM
-over the patch tokens. A trained model is a folder: ``model.safetensors`` + ``config.json`` (+ ``pca.safetensors``).
+over the patch tokens. A trained model is a folder: ``model.safetensors`` + ``config.json`` (+ ``pca.safetensors``);
+:func:`resolve_model_dir` is the one rule that finds it from a training output folder (``OUT`` or ``OUT/model``).
+``config.json`` holds the keys :meth:`Encoder.save` writes (``STANDARD_KEYS``), the attached PCA's record under
+``"pca"`` and any other keys the writer added (``extra``: run name, trained iterations, ...), which a loaded
+encoder keeps (``extra_info``) and writes back when saved again.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -31,6 +36,10 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 PCA_FILE = "pca.safetensors"
 FORMAT_VERSION = 1
+#: The ``config.json`` keys that describe the model itself (rewritten by every save).
+STANDARD_KEYS = ("format", "version", "model", "data_config", "feature_dim", "descriptor_dim", "fingerprint")
+#: The ``config.json`` key recording how the attached PCA was fitted (``{"dim", "whiten", "fitted_on"}``).
+PCA_KEY = "pca"
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -121,6 +130,10 @@ class Encoder(nn.Module):
         self.projection: nn.Module = nn.Linear(width, cfg.projection_dim) if cfg.projection_dim else nn.Identity()
         self.feature_dim = cfg.projection_dim or width
         self.pca: PCAReduction | None = None
+        #: How the attached PCA was fitted (``config.json["pca"]``); ``None`` when unknown or no PCA.
+        self.pca_info: dict[str, Any] | None = None
+        #: Other ``config.json`` keys of the folder this encoder was loaded from, written back by :meth:`save`.
+        self.extra_info: dict[str, Any] = {}
         self.data_config = self._resolve_data_config()
 
     def _resolve_data_config(self) -> dict[str, Any]:
@@ -143,10 +156,12 @@ class Encoder(nn.Module):
         z = self.projection(self.pool(tokens))
         return F.normalize(z.float(), dim=-1)
 
-    def set_pca(self, pca: PCAReduction | None) -> None:
+    def set_pca(self, pca: PCAReduction | None, info: dict[str, Any] | None = None) -> None:
+        """Attach ``pca`` (``None`` detaches), with the record :meth:`save` stores under ``config.json["pca"]``."""
         if pca is not None and pca.in_dim != self.feature_dim:
             raise ValueError(f"PCA expects {pca.in_dim}-d input but the encoder gives {self.feature_dim}-d")
         self.pca = pca
+        self.pca_info = dict(info) if pca is not None and info is not None else None
 
     def reduce(self, z: torch.Tensor) -> torch.Tensor:
         """Apply the attached PCA (and re-normalise); identity without one."""
@@ -193,7 +208,11 @@ class Encoder(nn.Module):
         return h.hexdigest()[:16]
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (+ ``pca.safetensors``) atomically into ``directory``."""
+        """Write ``model.safetensors`` + ``config.json`` (+ ``pca.safetensors``) atomically into ``directory``.
+
+        ``config.json``: the ``STANDARD_KEYS``, then :attr:`extra_info`, the attached PCA's :attr:`pca_info` (as
+        ``"pca"``) and ``extra`` (later ones win). Without a PCA, a ``pca.safetensors`` left there is removed.
+        """
         from safetensors.torch import save_file
 
         from vitrieval.io_utils import atomic_path, atomic_write_json
@@ -209,12 +228,43 @@ class Encoder(nn.Module):
             (directory / PCA_FILE).unlink()
         meta = {"format": "vitrieval", "version": FORMAT_VERSION, "model": dataclasses.asdict(self.config),
                 "data_config": self.data_config, "feature_dim": self.feature_dim,
-                "descriptor_dim": self.descriptor_dim, "fingerprint": self.fingerprint(), **(extra or {})}
+                "descriptor_dim": self.descriptor_dim, "fingerprint": self.fingerprint(), **self.extra_info}
+        if self.pca is not None and self.pca_info is not None:
+            meta[PCA_KEY] = dict(self.pca_info)
+        meta.update(extra or {})
         atomic_write_json(directory / CONFIG_FILE, meta)
         return directory
 
 
+def resolve_model_dir(directory: str | Path) -> Path:
+    """The model folder of ``directory``: itself, or its ``model/`` sub-folder for a training output folder.
+
+    ``directory`` is kept when it holds ``config.json`` or when neither does (the caller's error then names it).
+    """
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file() and (directory / "model" / CONFIG_FILE).is_file():
+        return directory / "model"
+    return directory
+
+
+def at_image_size(encoder: Encoder, image_size: int | None) -> Encoder:
+    """``encoder`` itself, or a copy whose ViT takes ``image_size`` inputs (position embeddings resampled)."""
+    if image_size is None or image_size == int(encoder.data_config["image_size"]):
+        return encoder
+    if image_size < 1:
+        raise ValueError(f"image size must be positive, got {image_size}")
+    backbone = encoder.backbone
+    if not hasattr(backbone, "set_input_size"):
+        raise ValueError(f"{encoder.config.name}: cannot change the input size of this backbone "
+                         f"(evaluate at its own size, {encoder.data_config['image_size']})")
+    resized = copy.deepcopy(encoder)
+    resized.backbone.set_input_size(img_size=(image_size, image_size))
+    resized.data_config = {**encoder.data_config, "image_size": int(image_size)}
+    return resized
+
+
 def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model's config and the whole ``config.json`` of the model folder ``directory``."""
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
@@ -230,14 +280,14 @@ def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any
 def load(directory: str | Path, device: str | torch.device = "cpu") -> Encoder:
     """Load a trained encoder (and its PCA, if one was fitted) from a folder written by :meth:`Encoder.save`.
 
-    ``directory`` may also be a training output folder (its ``model/`` sub-folder is used).
+    ``directory`` may also be a training output folder (its ``model/`` sub-folder is used, see
+    :func:`resolve_model_dir`). The other ``config.json`` keys are kept on the encoder (:attr:`Encoder.extra_info`,
+    :attr:`Encoder.pca_info`), so saving it again preserves them.
     """
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file() and (directory / "model" / CONFIG_FILE).is_file():
-        directory = directory / "model"
-    cfg, _meta = read_model_config(directory)
+    directory = resolve_model_dir(directory)
+    cfg, meta = read_model_config(directory)
     encoder = Encoder(cfg, load_pretrained=False)
     weights = directory / MODEL_FILE
     if not weights.is_file():
@@ -249,5 +299,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> Encoder:
                                      f"({cfg.name}): {describe_mismatch(expected, state)}")
     encoder.load_state_dict(state)
     if (directory / PCA_FILE).is_file():
-        encoder.set_pca(PCAReduction.load(directory / PCA_FILE))
+        stored = meta.get(PCA_KEY)
+        encoder.set_pca(PCAReduction.load(directory / PCA_FILE), stored if isinstance(stored, dict) else None)
+    encoder.extra_info = {k: v for k, v in meta.items() if k not in STANDARD_KEYS and k != PCA_KEY}
     return encoder.to(device).eval()

@@ -130,23 +130,27 @@ def run(args: argparse.Namespace) -> int:
 
     from vitrieval.amp import resolve_device
     from vitrieval.distributed import DistContext
-    from vitrieval.evaluate import evaluate_model, format_results, resolve_model_dir
+    from vitrieval.evaluate import ExtractionOptions, evaluate_model
+    from vitrieval.evaluate_format import format_results
+    from vitrieval.evaluate_pca import PCAOptions
     from vitrieval.io_utils import atomic_write_json
+    from vitrieval.model import resolve_model_dir
 
     dist = DistContext.from_env()  # under torchrun: each rank embeds its shard, every rank gets all descriptors
     device = resolve_device(args.device)
     encoder = _encoder(args).to(device).eval()
     model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
     pca_before = encoder.pca
+    pca = PCAOptions(dim=args.pca, whiten=args.whiten, fit_dataset=args.pca_fit_dataset,
+                     fit_root=args.pca_fit_root, fit_max_images=args.pca_fit_max_images,
+                     fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
+                     save=args.save_pca and dist.is_main)
+    extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
+                                   progress=args.progress)
     result = evaluate_model(
-        encoder, args.dataset, args.data_root, ks=args.ks, pca_dim=args.pca, whiten=args.whiten,
-        image_size=args.image_size if args.checkpoint else None, batch_size=args.batch_size,
-        num_workers=args.workers, amp=args.amp, progress=args.progress, reader_options=reader_options,
-        pca_fit_dataset=args.pca_fit_dataset, pca_fit_root=args.pca_fit_root,
-        pca_fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
-        pca_fit_max_images=args.pca_fit_max_images,
-        model_dir=model_dir, save_pca=args.save_pca and dist.is_main,
-        model_name=str(args.checkpoint) if args.checkpoint else args.model)
+        encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
+        image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
+        model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model)
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
     print(format_results(result))

@@ -24,7 +24,7 @@ class ImageDecodeError(ValueError):
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # rebuilt intact when raised inside a DataLoader worker
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickled whole: carried out of DataLoader workers as data
         return (type(self), (self.path, self.reason))
 
 

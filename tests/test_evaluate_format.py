@@ -1,0 +1,22 @@
+"""vitrieval.evaluate_format: the paper's table layout of an evaluation result."""
+
+from __future__ import annotations
+
+from vitrieval.evaluate_format import format_results
+
+
+def test_format_results_uses_the_paper_layout() -> None:
+    sop = {"dataset": "sop", "model": "runs/sop", "descriptor_dim": 128, "image_size": 224, "num_queries": 60502,
+           "num_gallery": 60502, "protocol": "leave-one-out",
+           "recall_at_k": {"1": 0.84, "10": 0.936, "100": 0.972, "1000": 0.991}, "map_at_r": 0.4567,
+           "pca": {"dim": 128, "whiten": False, "fitted_on": "sop/train"}}
+    lines = format_results(sop).splitlines()
+    assert lines[0] == "SOP  R@1 84.0  R@10 93.6  R@100 97.2  R@1000 99.1"
+    assert "MAP@R 45.7" in lines[1] and "PCA 128 fitted on sop/train" in lines[1] and "128-d" in lines[1]
+    rox = {"dataset": "roxford5k", "model": "m", "descriptor_dim": 384, "image_size": 224, "num_queries": 70,
+           "num_gallery": 4993, "protocol": "revisited", "map": {"easy": 0.55, "medium": 0.34, "hard": 0.115},
+           "mp_at_k": {"easy": {"1": 1.0, "5": 0.9, "10": 0.8}, "medium": {"1": 0.9, "5": 0.8, "10": 0.7},
+                       "hard": {"1": 0.5, "5": 0.4, "10": 0.3}}, "pca": None}
+    assert format_results(rox).splitlines()[0] == \
+        "ROxf  mAP M 34.0 H 11.5  (E 55.0)  mP@1/5/10 M 90.0/80.0/70.0 H 50.0/40.0/30.0"
+    assert format_results({**sop, "map_at_r": None, "pca": None}).splitlines()[1].startswith("  MAP@R n/a")
