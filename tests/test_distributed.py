@@ -72,12 +72,12 @@ def _make_dataset(root: Path) -> None:
 def _record_writes(marks: Path, rank: int) -> None:
     """Patch the trainer's writers so that each call leaves ``marks/<what>.rank<r>`` behind."""
     import vitrieval.model
-    import vitrieval.training.pk_trainer
+    import vitrieval.training.lifecycle as lifecycle
 
     tracked = write_tracker(marks, rank)
 
-    vitrieval.training.pk_trainer.save_checkpoint = tracked(vitrieval.training.pk_trainer.save_checkpoint, "checkpoint")
-    vitrieval.training.pk_trainer.atomic_write_json = tracked(vitrieval.training.pk_trainer.atomic_write_json, "eval_json")
+    lifecycle.save_checkpoint = tracked(lifecycle.save_checkpoint, "checkpoint")
+    lifecycle.atomic_write_json = tracked(lifecycle.atomic_write_json, "eval_json")
     vitrieval.model.Encoder.save = tracked(vitrieval.model.Encoder.save, "model")
 
 

@@ -69,15 +69,15 @@ def _instrument(marks: Path, rank: int, records: dict) -> None:
     import torch
 
     import vitrieval.model
+    import vitrieval.training.lifecycle as lifecycle
     import vitrieval.training.run_dir
     import vitrieval.training.run_log
-    import vitrieval.training.tuple_trainer
     from vitrieval.training.tuple_trainer import TupleTrainer
 
     tracked = write_tracker(marks, rank)
 
-    vitrieval.training.tuple_trainer.save_checkpoint = tracked(vitrieval.training.tuple_trainer.save_checkpoint, "checkpoint")
-    vitrieval.training.tuple_trainer.atomic_write_json = tracked(vitrieval.training.tuple_trainer.atomic_write_json, "eval_json")
+    lifecycle.save_checkpoint = tracked(lifecycle.save_checkpoint, "checkpoint")
+    lifecycle.atomic_write_json = tracked(lifecycle.atomic_write_json, "eval_json")
     vitrieval.training.run_dir.save_config = tracked(vitrieval.training.run_dir.save_config, "config")
     vitrieval.training.run_dir.attach_file_log = tracked(vitrieval.training.run_dir.attach_file_log, "train_log")
     vitrieval.model.Encoder.save = tracked(vitrieval.model.Encoder.save, "model")
