@@ -108,7 +108,16 @@ class RunLifecycle:
         self.run_dir = RunDir.open(config, self.out, resume, self.dist)
         self.ckpt_dir = self.run_dir.checkpoints
         self.resume = self.run_dir.resume
+        try:
+            self._set_up()
+        except BaseException:  # a failed set-up leaves no train.log handler or TensorBoard writer behind
+            if getattr(self, "metrics", None) is not None:
+                self.metrics.close()
+            self.run_dir.close()
+            raise
 
+    def _set_up(self) -> None:
+        config = self.cfg
         seed_everything(config.train.seed)  # same initial weights on every rank and in every rerun
         self.train_table, self.test_table = load_tables(config)
         self._prepare_data()

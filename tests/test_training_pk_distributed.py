@@ -1,9 +1,9 @@
 """Several processes: torchrun with 2 CPU ranks (gloo) trains, resumes and extracts exactly like one process.
 
-The module is also what the launches run (``python tests/test_distributed.py WORKDIR DATA``, or ``... train ARGS``
-for the ``vitrieval train`` sub-command): one launch per setting (one process; two ranks; the two-rank ``--resume``
-through the train command), each running every scenario in one process group, so the whole file costs three
-launches (about 1.5 minutes on two busy cores). Every process uses one thread.
+The module is also what the launches run (``python tests/test_training_pk_distributed.py WORKDIR DATA``, or
+``... train ARGS`` for the ``vitrieval train`` sub-command): one launch per setting (one process; two ranks; the
+two-rank ``--resume`` through the train command), each running every scenario in one process group, so the whole
+file costs three launches (about 1.5 minutes on two busy cores). Every process uses one thread.
 
 Tolerances. Two ranks compute the same global loss as one process, but the gradient reaches the weights by a
 different float32 summation (each rank back-propagates its half, DDP all-reduces and averages), so per-iteration
@@ -316,7 +316,7 @@ def _train_command(argv: list[str]) -> int:
     return train_cmd.run(parser.parse_args(argv))
 
 
-if __name__ == "__main__":  # python tests/test_distributed.py WORKDIR DATA | train ARGS (under torchrun or not)
+if __name__ == "__main__":  # python tests/test_training_pk_distributed.py WORKDIR DATA | train ARGS (torchrun or not)
     if sys.argv[1] == "train":
         sys.exit(_train_command(sys.argv[1:]))
     _worker(Path(sys.argv[1]), Path(sys.argv[2]))
