@@ -1,8 +1,10 @@
 """Training checkpoints: everything needed to continue a run bit-for-bit, written atomically.
 
-A checkpoint holds the model, optimizer, cross-batch memory, momentum encoder, sampler position, iteration, and
-the RNG states (python, numpy, torch CPU and CUDA), so an interrupted run resumed from its last checkpoint ends
-with the same weights as an uninterrupted one.
+A checkpoint holds the model, optimizer, loss scaler, position (iteration, epoch, batch in the epoch), every rank's
+RNG states (python, numpy, torch CPU and CUDA) and what the trainer and its objective add (the P x K trainer: the
+cross-batch memory and the momentum encoder; the tuple trainer: the epoch's tuples and the lr scheduler), so an
+interrupted run resumed from its last checkpoint ends with the same weights as an uninterrupted one. Written by
+:meth:`vitrieval.training.lifecycle.RunLifecycle.save`.
 """
 
 from __future__ import annotations
