@@ -78,7 +78,11 @@ class Objective(ABC):
         return terms.as_floats()
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        """Trainable parameters of the objective itself (e.g. class proxies); none by default."""
+        """Trainable parameters of the objective itself (e.g. class proxies); none by default.
+
+        The lifecycle optimises them with the encoder's. Under torchrun DDP averages only the wrapped encoder's
+        gradients, so an objective that has parameters must also get them averaged (e.g. by being wrapped with it).
+        """
         return []
 
     def state_dict(self) -> dict[str, Any]:
