@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -94,10 +93,7 @@ def train_throughput(sizes: Sizes, device: torch.device, amp: str, data: Path, o
         f"train.iterations={sizes.warmup + sizes.steps}", f"memory.size={sizes.memory}", "memory.start_iteration=0",
         *sizes.model])
     trainer = Trainer(cfg, out / f"throughput-{amp}", progress=False)
-    handler = getattr(trainer, "_log_handler", None)  # run() would detach it; step() alone does not
-    if handler is not None:
-        logging.getLogger("vitrieval").removeHandler(handler)
-        handler.close()
+    trainer.run_dir.close()  # detach train.log: run() would, step() alone does not
     k = cfg.data.images_per_class
     batch = {"images": torch.randn(sizes.batch, 3, sizes.image_size, sizes.image_size),
              "labels": torch.arange(sizes.batch // k).repeat_interleave(k)}

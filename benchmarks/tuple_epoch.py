@@ -1,10 +1,11 @@
 """Cost of one SfM-120k tuple-training epoch: hard-negative mining vs the training steps, and the full-size estimate.
 
-Runs the real code (``vitrieval.training.mining`` + ``vitrieval.training.tuple_trainer``) for one epoch with a reduced pool on an
-SfM-120k-layout folder (the real one, or a stand-in converted from a class-per-folder set, e.g. COIL-20), times
-mining (embedding queries + pool, ranking) and the steps separately, and extrapolates linearly to the paper's epoch
-(2,000 queries + a 22,000-image pool to embed; 400 steps of 5 tuples x 7 images). The baseline in the same run is a
-plain forward pass over the same number of images, so the table also gives mining's overhead over bare embedding.
+Runs the real code (``vitrieval.training.mining`` + ``vitrieval.training.tuple_trainer``) for one epoch with a
+reduced pool on an SfM-120k-layout folder (the real one, or a stand-in converted from a class-per-folder set, e.g.
+COIL-20), times mining (embedding queries + pool, ranking) and the steps separately, and extrapolates linearly to
+the paper's epoch (2,000 queries + a 22,000-image pool to embed; 400 steps of 5 tuples x 7 images). The baseline
+in the same run is a plain forward pass over the same number of images, so the table also gives mining's overhead
+over bare embedding.
 
     python benchmarks/tuple_epoch.py --coil20 ../shared/data/coil20            # DeiT-S 224, random init, CPU
     python benchmarks/tuple_epoch.py --data /data/train --queries 200 --pool 2000 --device cuda

@@ -1,4 +1,5 @@
-"""Training tuples as tensors: item ``i`` of an epoch is ``(query, positive, n_1, …, n_k)`` stacked.
+"""Training tuples: one epoch's mined tuples (:class:`EpochTuples`, rows of the training table) and those tuples
+as tensors (:class:`TupleDataset`): item ``i`` of an epoch is ``(query, positive, n_1, …, n_k)`` stacked.
 
 A tuple with an unreadable image is dropped whole (``skip_bad``; its index is reported in ``bad``), since a
 tuple without its query or positive has no loss. Each image draws its random augmentation (if the transform has
@@ -8,14 +9,49 @@ any) from a seed fixed by ``(seed, epoch, tuple, position)``, so a resumed run s
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from vitrieval.data.dataset import SeededTableDataset
 from vitrieval.data.table import ImageTable
-from vitrieval.training.mining import EpochTuples
+
+
+@dataclass
+class EpochTuples:
+    """One epoch's tuples; indices are rows of the training table.
+
+    ``queries``/``positives``: ``(n,)``; ``negatives``: ``(n, k)``; ``negative_distance``: the mean L2 distance
+    between a query and its mined negatives (cirtorch's statistic; it rises as the model separates clusters).
+    """
+
+    queries: np.ndarray
+    positives: np.ndarray
+    negatives: np.ndarray
+    negative_distance: float = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @property
+    def tuple_size(self) -> int:
+        return 2 + self.negatives.shape[1]
+
+    def rows(self, i: int) -> list[int]:
+        """Table rows of tuple ``i``: query, positive, then the negatives."""
+        return [int(self.queries[i]), int(self.positives[i]), *map(int, self.negatives[i])]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"queries": self.queries, "positives": self.positives, "negatives": self.negatives,
+                "negative_distance": self.negative_distance}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochTuples:
+        return cls(np.asarray(state["queries"], np.int64), np.asarray(state["positives"], np.int64),
+                   np.asarray(state["negatives"], np.int64), float(state["negative_distance"]))
 
 
 class TupleDataset(Dataset):

@@ -1,8 +1,10 @@
 """Training checkpoints: everything needed to continue a run bit-for-bit, written atomically.
 
-A checkpoint holds the model, optimizer, cross-batch memory, momentum encoder, sampler position, iteration, and
-the RNG states (python, numpy, torch CPU and CUDA), so an interrupted run resumed from its last checkpoint ends
-with the same weights as an uninterrupted one.
+A checkpoint holds the model, optimizer, loss scaler, position (iteration, epoch, batch in the epoch), every rank's
+RNG states (python, numpy, torch CPU and CUDA) and what the trainer and its objective add (the P x K trainer: the
+cross-batch memory and the momentum encoder; the tuple trainer: the epoch's tuples and the lr scheduler), so an
+interrupted run resumed from its last checkpoint ends with the same weights as an uninterrupted one. Written by
+:meth:`vitrieval.training.lifecycle.RunLifecycle.save`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitrieval.config import Config
+from vitrieval.distributed import DistContext
 from vitrieval.io_utils import atomic_path
 
 LAST = "last.pt"
@@ -50,3 +54,16 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"checkpoint {path} is unreadable ({exc})") from None
+
+
+def check_checkpoint_model(state: dict[str, Any], config: Config, path: Path) -> None:
+    """Refuse a checkpoint written for other model settings than ``config``'s, naming the file and both."""
+    saved, wanted = state["config"]["model"], config.to_dict()["model"]
+    if saved != wanted:
+        raise ValueError(f"checkpoint {path} was written for model settings {saved}, not {wanted}")
+
+
+def restore_rank_rng(state: dict[str, Any], dist: DistContext) -> None:
+    """This rank's RNG state from a checkpoint (rank 0's when it was written with another number of ranks)."""
+    per_rank = state.get("rng_per_rank")
+    restore_rng_state(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else state["rng"])

@@ -14,50 +14,15 @@ run mines the same tuples again.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from vitrieval.data.table import ImageTable
+from vitrieval.data.tuples import EpochTuples
 from vitrieval.embed import extract
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EpochTuples:
-    """One epoch's tuples; indices are rows of the training table.
-
-    ``queries``/``positives``: ``(n,)``; ``negatives``: ``(n, k)``; ``negative_distance``: the mean L2 distance
-    between a query and its mined negatives (cirtorch's statistic; it rises as the model separates clusters).
-    """
-
-    queries: np.ndarray
-    positives: np.ndarray
-    negatives: np.ndarray
-    negative_distance: float = float("nan")
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    @property
-    def tuple_size(self) -> int:
-        return 2 + self.negatives.shape[1]
-
-    def rows(self, i: int) -> list[int]:
-        """Table rows of tuple ``i``: query, positive, then the negatives."""
-        return [int(self.queries[i]), int(self.positives[i]), *map(int, self.negatives[i])]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"queries": self.queries, "positives": self.positives, "negatives": self.negatives,
-                "negative_distance": self.negative_distance}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> EpochTuples:
-        return cls(np.asarray(state["queries"], np.int64), np.asarray(state["positives"], np.int64),
-                   np.asarray(state["negatives"], np.int64), float(state["negative_distance"]))
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:

@@ -1,7 +1,7 @@
 """Tuple training for particular-object retrieval (the paper's landmark track: SfM-120k, cirtorch's procedure).
 
-Per epoch: mine tuples with the current model (:mod:`vitrieval.training.mining`), then take them ``tuples.per_batch`` at a
-time; a step minimises ::
+Per epoch: mine tuples with the current model (:mod:`vitrieval.training.mining`), then take them
+``tuples.per_batch`` at a time; a step minimises (:class:`~vitrieval.training.objectives.TupleObjective`) ::
 
     L = L_tuple + λ · L_KoLeo
 
@@ -10,7 +10,7 @@ margin ``loss.margin`` = 0.85 in the presets) summed over the batch's tuples, an
 descriptors (on each rank's part under torchrun). Adam (``train.optimizer``), lr decayed by
 ``exp(-tuples.lr_decay)`` after every epoch.
 
-The run folder is the one :class:`vitrieval.training.pk_trainer.Trainer` writes (``model/``, ``checkpoints/last.pt``,
+The run folder is the shared lifecycle's (:mod:`vitrieval.training.lifecycle`: ``model/``, ``checkpoints/last.pt``,
 ``train.log``, ``metrics.jsonl``, TensorBoard, ``eval.json``). A checkpoint holds the epoch's tuples and the
 position in them, so an interrupted run resumes mid-epoch without mining again. Under torchrun mining is sharded
 (every rank gets the same tuples) and each rank takes a disjoint share of every batch's tuples; the loss is scaled
@@ -19,7 +19,6 @@ by the world size so that DDP's gradient average equals the gradient of the whol
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -30,29 +29,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vitrieval.amp import autocast_context, resolve_device
-from vitrieval.config import Config
+from vitrieval.amp import autocast_context
 from vitrieval.data.transforms import train_transform
-from vitrieval.data.tuples import TupleDataset, collate_tuples
-from vitrieval.distributed import DistContext
-from vitrieval.io_utils import atomic_write_json
-from vitrieval.losses import koleo_loss, tuple_contrastive_loss
-from vitrieval.model import Encoder
-from vitrieval.training.checkpoint import capture_rng_state, save_checkpoint
-from vitrieval.training.mining import EpochTuples, mine_epoch_tuples
-from vitrieval.training.parts import (
-    check_checkpoint_model,
-    make_optimizer,
-    make_scaler,
-    optimizer_step,
-    restore_rank_rng,
-    wrap_for_ranks,
-)
-from vitrieval.training.pk_trainer import TrainResult, format_recall, held_out_recall, load_tables, seed_everything
-from vitrieval.training.run_dir import RunDir
-from vitrieval.training.run_log import MetricsWriter
-
-log = logging.getLogger(__name__)
+from vitrieval.data.tuples import EpochTuples, TupleDataset, collate_tuples
+from vitrieval.training.lifecycle import RunLifecycle, TrainResult
+from vitrieval.training.mining import mine_epoch_tuples
+from vitrieval.training.objectives import TupleObjective
+from vitrieval.training.optim import optimizer_step
 
 
 def training_pairs(table: Any, dataset: str) -> np.ndarray:
@@ -67,80 +50,60 @@ def training_pairs(table: Any, dataset: str) -> np.ndarray:
     return pairs
 
 
-class TupleTrainer:
-    """One tuple-training run; :meth:`run` trains for ``tuples.epochs`` epochs and returns a ``TrainResult``."""
+class TupleTrainer(RunLifecycle):
+    """One tuple-training run (``train.sampler=tuples``); :meth:`run` trains for ``tuples.epochs`` epochs and
+    returns a :class:`~vitrieval.training.lifecycle.TrainResult`."""
 
-    def __init__(self, config: Config, output_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
-        self.cfg = config.validate()
-        if config.train.sampler != "tuples":
-            raise ValueError("TupleTrainer needs train.sampler=tuples")
-        self.out = Path(output_dir)
-        self.progress = progress
-        self.dist = DistContext.from_env()
-        tc = config.tuples
-        if self.dist.world_size > tc.per_batch:
-            raise ValueError(f"tuples.per_batch ({tc.per_batch}) must be at least the number of processes "
+    train_sampler = "tuples"
+    skipped_key = "skipped_tuples"
+    skipped_what = "tuple(s) with an unreadable image"
+    objective: TupleObjective
+
+    def _check_ranks(self) -> None:
+        per_batch = self.cfg.tuples.per_batch
+        if self.dist.world_size > per_batch:
+            raise ValueError(f"tuples.per_batch ({per_batch}) must be at least the number of processes "
                              f"({self.dist.world_size}): each rank takes a share of every batch's tuples")
-        self.device = resolve_device(config.train.device)
-        self.run_dir = RunDir.open(config, self.out, resume, self.dist)
 
-        seed_everything(config.train.seed)
-        self.train_table, self.test_table = load_tables(config)
-        self.pairs = training_pairs(self.train_table, config.data.dataset)
-        self.encoder = Encoder(config.model).to(self.device)
-        self.model = wrap_for_ranks(self.encoder, self.dist, self.device)
-        self.optimizer = make_optimizer(self.encoder.parameters(), config)
+    def _prepare_data(self) -> None:
+        self.pairs = training_pairs(self.train_table, self.cfg.data.dataset)
+
+    def _make_objective(self) -> TupleObjective:
+        return TupleObjective(self.cfg.loss)
+
+    def _prepare_training(self) -> None:
+        config, tc = self.cfg, self.cfg.tuples
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-tc.lr_decay))
-        self.scaler = make_scaler(self.device, config.train.amp)
         self.transform = train_transform(self.encoder.data_config, config.data.train_resize_ratio,
                                          config.data.hflip, config.data.train_resize)
         self.steps_per_epoch = math.ceil(min(tc.query_size, len(self.pairs)) / tc.per_batch)
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.iteration = 0
         self.tuples: EpochTuples | None = None
-        self.skipped_tuples = 0
-        self.metrics = MetricsWriter(self.out, enabled=self.dist.is_main)
-        if self.run_dir.resume:
-            self._load(self.run_dir.read_checkpoint())
-        elif self.dist.is_main and self.metrics.path.exists():
-            self.metrics.path.unlink()
-        log.info("run %s: %d train images, %d query-positive pairs, %d held-out images; %d epochs x %d steps of %d "
-                 "tuples (1 + 1 + %d images); %s on %s, world size %d", config.name, len(self.train_table),
-                 len(self.pairs), len(self.test_table), tc.epochs, self.steps_per_epoch, tc.per_batch, tc.negatives,
-                 config.model.name, self.device, self.dist.world_size)
+
+    def _log_start(self) -> None:
+        config, tc = self.cfg, self.cfg.tuples
+        self.logger.info("run %s: %d train images, %d query-positive pairs, %d held-out images; %d epochs x %d steps "
+                         "of %d tuples (1 + 1 + %d images); %s on %s, world size %d", config.name,
+                         len(self.train_table), len(self.pairs), len(self.test_table), tc.epochs,
+                         self.steps_per_epoch, tc.per_batch, tc.negatives, config.model.name, self.device,
+                         self.dist.world_size)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
-    def save(self) -> None:
-        rng_per_rank = self.dist.all_gather_object(capture_rng_state())
-        if self.dist.is_main:
-            save_checkpoint(self.run_dir.checkpoints, {
-                "iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "skipped_tuples": self.skipped_tuples, "config": self.cfg.to_dict(),
-                "model": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "tuples": self.tuples.state_dict() if self.tuples is not None else None,
-                "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank, "world_size": self.dist.world_size})
-            self.encoder.save(self.out / "model", extra={"trained_iterations": self.iteration,
-                                                         "trained_epochs": self.epoch, "run": self.cfg.name})
-        self.dist.barrier()
+    def _extra_state(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(),
+                "tuples": self.tuples.state_dict() if self.tuples is not None else None}
 
-    def _load(self, state: dict[str, Any]) -> None:
-        path = self.run_dir.checkpoints / "last.pt"
-        check_checkpoint_model(state, self.cfg, path)
+    def _load_extra(self, state: dict[str, Any], path: Path) -> None:
         if "tuples" not in state or "scheduler" not in state:
             raise ValueError(f"checkpoint {path} is not from a tuple-training run (train.sampler=tuples)")
-        self.encoder.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
-        self.batch_in_epoch, self.skipped_tuples = int(state["batch_in_epoch"]), int(state["skipped_tuples"])
         self.tuples = EpochTuples.from_state(state["tuples"]) if state["tuples"] is not None else None
-        restore_rank_rng(state, self.dist)
-        self.metrics.truncate_after(self.iteration)
-        log.info("resumed from %s at epoch %d, step %d of %d (iteration %d)", path, self.epoch, self.batch_in_epoch,
-                 self.steps_per_epoch, self.iteration)
+
+    def _model_extra(self) -> dict[str, Any]:
+        return {"trained_iterations": self.iteration, "trained_epochs": self.epoch, "run": self.cfg.name}
+
+    def _position(self) -> str:
+        return (f"epoch {self.epoch}, step {self.batch_in_epoch} of {self.steps_per_epoch} "
+                f"(iteration {self.iteration})")
 
     # -- one epoch -----------------------------------------------------------------------------------------------
     def mine(self) -> EpochTuples:
@@ -174,18 +137,11 @@ class TupleTrainer:
             images = images.new_zeros((0, 3, size, size))
         with autocast_context(self.device, self.cfg.train.amp):
             z = self.model(images)
-        l_tuple = (tuple_contrastive_loss(z, tuple_size, self.cfg.loss.margin) if len(z)
-                   else z.float().sum() * 0.0)
-        weight = self.cfg.loss.koleo_weight
-        l_koleo = koleo_loss(z, self.cfg.loss.koleo_eps) if weight > 0 and len(z) > 1 else l_tuple.new_zeros(())
-        # DDP averages gradients over ranks: the tuple sum is scaled back up, the per-rank KoLeo is an average
-        loss = self.dist.world_size * l_tuple + weight * l_koleo
+        terms = self.objective(z, batch["labels"], self.iteration, tuple_size=tuple_size)
+        loss = self.objective.backward_loss(terms, self.dist.world_size)  # this rank's share of the tuples
         optimizer_step(loss, self.optimizer, self.scaler, self.encoder.parameters(), self.cfg.train.grad_clip)
-        row = {"loss_tuple": float(l_tuple.detach()), "loss_koleo": float(l_koleo.detach())}
-        row["loss"] = row["loss_tuple"] + weight * row["loss_koleo"]
-        if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"loss became {row['loss']} at iteration {self.iteration}; lower train.lr or "
-                                     "enable train.grad_clip (the last checkpoint is intact)")
+        row = self.objective.report(terms)
+        self._check_finite(row)
         return row
 
     def _sum_over_ranks(self, row: dict[str, float]) -> dict[str, float]:
@@ -220,11 +176,7 @@ class TupleTrainer:
             seen_at = time.time()
             images_done = 0
             for batch in self._loader(self.tuples):
-                n_bad = int(self.dist.all_reduce_sum(torch.tensor(len(batch["bad"]), device=self.device)).item())
-                if n_bad:
-                    self.skipped_tuples += n_bad
-                    log.warning("skipped %d tuple(s) with an unreadable image at iteration %d (total %d)", n_bad,
-                                self.iteration, self.skipped_tuples)
+                self._count_unreadable(batch)
                 if not self.dist.enabled and len(batch["tuples"]) == 0:  # every tuple unreadable: nothing to learn
                     self.iteration += 1
                     self.batch_in_epoch += 1
@@ -247,10 +199,11 @@ class TupleTrainer:
                 if self.iteration % train_cfg.checkpoint_every == 0 and self.batch_in_epoch < batches_in_epoch:
                     self.save()
             if epoch_rows:
-                log.info("epoch %d: mean loss %.4f (tuple %.4f, koleo %.4f), lr %.3g, %.1f img/s", self.epoch,
-                         np.mean([r["loss"] for r in epoch_rows]), np.mean([r["loss_tuple"] for r in epoch_rows]),
-                         np.mean([r["loss_koleo"] for r in epoch_rows]), self.optimizer.param_groups[0]["lr"],
-                         images_done / max(time.time() - seen_at, 1e-9))
+                self.logger.info("epoch %d: mean loss %.4f (tuple %.4f, koleo %.4f), lr %.3g, %.1f img/s",
+                                 self.epoch, np.mean([r["loss"] for r in epoch_rows]),
+                                 np.mean([r["loss_tuple"] for r in epoch_rows]),
+                                 np.mean([r["loss_koleo"] for r in epoch_rows]),
+                                 self.optimizer.param_groups[0]["lr"], images_done / max(time.time() - seen_at, 1e-9))
             self.scheduler.step()
             self.epoch += 1
             self.batch_in_epoch = 0
@@ -259,26 +212,17 @@ class TupleTrainer:
                 self._evaluate(history)
             self.save()
         bar.close()
-        recall = self._evaluate(history)
-        if self.dist.is_main:
-            atomic_write_json(self.out / "eval.json", {
-                "dataset": self.cfg.data.dataset, "split": "test", "iterations": self.iteration,
-                "epochs": self.epoch, "recall_at_k": {str(k): v for k, v in recall.items()},
-                "skipped_tuples": self.skipped_tuples})
-        self.metrics.close()
-        seconds = time.time() - start
-        log.info("done: %d epochs (%d iterations) in %.1f s; model in %s", self.epoch, self.iteration, seconds,
-                 self.out / "model")
-        self.run_dir.close()
-        return TrainResult(self.out, self.iteration, {str(k): v for k, v in recall.items()}, seconds,
-                           self.skipped_tuples, history)
+        return self._finish(self._evaluate(history), start, history)
 
     def _evaluate(self, history: list[dict[str, Any]]) -> dict[str, float]:
         """Recall@K on the held-out split with clusters as labels (a proxy; the benchmark is ROxf / RPar mAP)."""
-        recall = held_out_recall(self.encoder, self.test_table, self.cfg, self.dist)
-        if recall:
-            row = {"iteration": self.iteration, "epoch": self.epoch, **{f"recall@{k}": v for k, v in recall.items()}}
-            self.metrics.write(row)
-            history.append(row)
-            log.info("epoch %d: held-out %s", self.epoch, format_recall(recall))
+        recall = self.evaluate()
+        self._record_recall(recall, history, "epoch %d: held-out %s", self.epoch, epoch=self.epoch)
         return recall
+
+    # -- the tail --------------------------------------------------------------------------------------------------
+    def _eval_fields(self) -> dict[str, Any]:
+        return {"epochs": self.epoch}
+
+    def _done_what(self) -> str:
+        return f"{self.epoch} epochs ({self.iteration} iterations)"

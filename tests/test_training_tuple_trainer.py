@@ -15,10 +15,9 @@ from vitrieval.data.readers import read_dataset
 from vitrieval.data.sfm120k_layout import write_sfm120k_layout
 from vitrieval.data.synthetic import render_product
 from vitrieval.data.transforms import train_transform
-from vitrieval.data.tuples import TupleDataset, collate_tuples
+from vitrieval.data.tuples import EpochTuples, TupleDataset, collate_tuples
 from vitrieval.presets import load_preset
 from vitrieval.training import train
-from vitrieval.training.mining import EpochTuples
 from vitrieval.training.tuple_trainer import TupleTrainer
 
 TINY = ["model.name=deit_tiny_patch16_224", "model.pretrained=false", "model.image_size=32", "model.patch_size=8",

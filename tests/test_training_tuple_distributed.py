@@ -1,16 +1,16 @@
 """Tuple training under torchrun: 2 CPU ranks (gloo) mine the same tuples and train like one process.
 
-The module is also what the launches run (``python tests/test_tuple_distributed.py WORKDIR DATA``, under torchrun
-or not): one one-process launch (IRT_L) and one two-rank launch (IRT_L, then IRT_R with KoLeo), so the file costs
-two launches. Every process uses one thread.
+The module is also what the launches run (``python tests/test_training_tuple_distributed.py WORKDIR DATA``, under
+torchrun or not): one one-process launch (IRT_L) and one two-rank launch (IRT_L, then IRT_R with KoLeo), so the
+file costs two launches. Every process uses one thread.
 
 Both settings use ``tuples.per_batch=4``: one process takes the 4 tuples of a batch, each of the 2 ranks takes 2 of
 them (tuples ``rank, rank + 2``) and scales its summed tuple loss by 2, so that DDP's gradient average is the
 gradient of the whole batch's sum. Mining is sharded (whole extraction batches per rank, gathered) and gives every
 rank the one-process tuples. With λ = 0 the two-rank run therefore equals the one-process run up to float32
 rounding (a different summation order of the gradient), checked with ``atol = rtol = 1e-5`` as in
-``test_distributed.py``; the mined tuples are compared exactly. The attention key bias, on which the loss does not
-depend, is only bounded (see ``_without_key_bias``).
+``test_training_pk_distributed.py``; the mined tuples are compared exactly. The attention key bias, on which the loss
+does not depend, is only bounded (see ``_without_key_bias``).
 
 With λ > 0 KoLeo is computed over each rank's part of the batch (as in the paper), so a two-rank run is *not* the
 one-process run: that case only checks that it completes, that the logged ``loss_koleo`` is the mean of the ranks'
@@ -69,15 +69,15 @@ def _instrument(marks: Path, rank: int, records: dict) -> None:
     import torch
 
     import vitrieval.model
+    import vitrieval.training.lifecycle as lifecycle
     import vitrieval.training.run_dir
     import vitrieval.training.run_log
-    import vitrieval.training.tuple_trainer
     from vitrieval.training.tuple_trainer import TupleTrainer
 
     tracked = write_tracker(marks, rank)
 
-    vitrieval.training.tuple_trainer.save_checkpoint = tracked(vitrieval.training.tuple_trainer.save_checkpoint, "checkpoint")
-    vitrieval.training.tuple_trainer.atomic_write_json = tracked(vitrieval.training.tuple_trainer.atomic_write_json, "eval_json")
+    lifecycle.save_checkpoint = tracked(lifecycle.save_checkpoint, "checkpoint")
+    lifecycle.atomic_write_json = tracked(lifecycle.atomic_write_json, "eval_json")
     vitrieval.training.run_dir.save_config = tracked(vitrieval.training.run_dir.save_config, "config")
     vitrieval.training.run_dir.attach_file_log = tracked(vitrieval.training.run_dir.attach_file_log, "train_log")
     vitrieval.model.Encoder.save = tracked(vitrieval.model.Encoder.save, "model")
@@ -305,5 +305,5 @@ def test_a_rank_with_an_empty_share_of_the_last_batch_still_steps(tmp_path):
         trainer.run_dir.close()
 
 
-if __name__ == "__main__":  # python tests/test_tuple_distributed.py WORKDIR DATA (under torchrun or not)
+if __name__ == "__main__":  # python tests/test_training_tuple_distributed.py WORKDIR DATA (under torchrun or not)
     _worker(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,9 +1,9 @@
 """Several processes: torchrun with 2 CPU ranks (gloo) trains, resumes and extracts exactly like one process.
 
-The module is also what the launches run (``python tests/test_distributed.py WORKDIR DATA``, or ``... train ARGS``
-for the ``vitrieval train`` sub-command): one launch per setting (one process; two ranks; the two-rank ``--resume``
-through the train command), each running every scenario in one process group, so the whole file costs three
-launches (about 1.5 minutes on two busy cores). Every process uses one thread.
+The module is also what the launches run (``python tests/test_training_pk_distributed.py WORKDIR DATA``, or
+``... train ARGS`` for the ``vitrieval train`` sub-command): one launch per setting (one process; two ranks; the
+two-rank ``--resume`` through the train command), each running every scenario in one process group, so the whole
+file costs three launches (about 1.5 minutes on two busy cores). Every process uses one thread.
 
 Tolerances. Two ranks compute the same global loss as one process, but the gradient reaches the weights by a
 different float32 summation (each rank back-propagates its half, DDP all-reduces and averages), so per-iteration
@@ -72,12 +72,12 @@ def _make_dataset(root: Path) -> None:
 def _record_writes(marks: Path, rank: int) -> None:
     """Patch the trainer's writers so that each call leaves ``marks/<what>.rank<r>`` behind."""
     import vitrieval.model
-    import vitrieval.training.pk_trainer
+    import vitrieval.training.lifecycle as lifecycle
 
     tracked = write_tracker(marks, rank)
 
-    vitrieval.training.pk_trainer.save_checkpoint = tracked(vitrieval.training.pk_trainer.save_checkpoint, "checkpoint")
-    vitrieval.training.pk_trainer.atomic_write_json = tracked(vitrieval.training.pk_trainer.atomic_write_json, "eval_json")
+    lifecycle.save_checkpoint = tracked(lifecycle.save_checkpoint, "checkpoint")
+    lifecycle.atomic_write_json = tracked(lifecycle.atomic_write_json, "eval_json")
     vitrieval.model.Encoder.save = tracked(vitrieval.model.Encoder.save, "model")
 
 
@@ -316,7 +316,7 @@ def _train_command(argv: list[str]) -> int:
     return train_cmd.run(parser.parse_args(argv))
 
 
-if __name__ == "__main__":  # python tests/test_distributed.py WORKDIR DATA | train ARGS (under torchrun or not)
+if __name__ == "__main__":  # python tests/test_training_pk_distributed.py WORKDIR DATA | train ARGS (torchrun or not)
     if sys.argv[1] == "train":
         sys.exit(_train_command(sys.argv[1:]))
     _worker(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,18 +1,14 @@
-"""The pieces both trainers (P x K :class:`~vitrieval.training.pk_trainer.Trainer`, :class:`~vitrieval.training.tuple_trainer.TupleTrainer`)
-share: the DDP wrapper, the optimizer and its AMP-scaled step, and restoring a checkpoint's model check and RNG."""
+"""Optimisation, shared by every trainer: the DDP wrapper, the optimizer, the AMP loss scaler and one scaled step."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from vitrieval.amp import amp_dtype
 from vitrieval.config import Config
 from vitrieval.distributed import DistContext
-from vitrieval.training.checkpoint import restore_rng_state
 
 
 def wrap_for_ranks(encoder: torch.nn.Module, dist: DistContext, device: torch.device) -> torch.nn.Module:
@@ -48,16 +44,3 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
     scaler.step(optimizer)
     scaler.update()
     return grad_norm
-
-
-def check_checkpoint_model(state: dict[str, Any], config: Config, path: Path) -> None:
-    """Refuse a checkpoint written for other model settings than ``config``'s, naming the file and both."""
-    saved, wanted = state["config"]["model"], config.to_dict()["model"]
-    if saved != wanted:
-        raise ValueError(f"checkpoint {path} was written for model settings {saved}, not {wanted}")
-
-
-def restore_rank_rng(state: dict[str, Any], dist: DistContext) -> None:
-    """This rank's RNG state from a checkpoint (rank 0's when it was written with another number of ranks)."""
-    per_rank = state.get("rng_per_rank")
-    restore_rng_state(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else state["rng"])

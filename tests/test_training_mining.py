@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitrieval.training.mining import EpochTuples, _pick, epoch_rng, hardest_negatives
+from vitrieval.data.tuples import EpochTuples
+from vitrieval.training.mining import _pick, epoch_rng, hardest_negatives
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,21 @@
+"""``train(config, output_dir)``: run the trainer the configuration asks for (``train.sampler``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitrieval.config import Config
+from vitrieval.training.lifecycle import TrainResult
+from vitrieval.training.pk_trainer import Trainer
+from vitrieval.training.tuple_trainer import TupleTrainer
+
+
+def train(config: Config, output_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``config`` into ``output_dir`` (continuing the last checkpoint with ``resume``).
+
+    ``train.sampler=classes``: :class:`~vitrieval.training.pk_trainer.Trainer` (P x K batches, Eq. 1, memory,
+    KoLeo); ``tuples``: :class:`~vitrieval.training.tuple_trainer.TupleTrainer` (mined landmark tuples, cirtorch's
+    loss, KoLeo).
+    """
+    trainer = TupleTrainer if config.train.sampler == "tuples" else Trainer
+    return trainer(config, output_dir, resume=resume, progress=progress).run()
