@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitrieval-installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo lint test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: setup
 	$(VENV)/bin/vitrieval demo --output runs/demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test: setup
 	$(PY) -m pytest -q
