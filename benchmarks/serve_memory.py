@@ -8,7 +8,8 @@ Rows (each file is generated, tiny on the wire):
 
 - (a) a 2 x 400,000 grey PNG (1.2 KB), one upload;
 - (b) ``--concurrency`` (8) 7000 x 7000 grey PNGs (47 KB each) uploaded at once;
-- (c) ``--concurrency`` 7000 x 7000 colour JPEGs uploaded at once.
+- (c) ``--concurrency`` 7000 x 7000 colour JPEGs uploaded at once;
+- (d) the same as progressive JPEGs (libjpeg keeps their DCT coefficients at full size even when scaling).
 
 "before" is what the service did until issue 14: ``load_image(data, max_pixels=50 M)`` then ``Index.search``
 (the eval transform and the model), one thread per upload (the web threadpool ran up to 40). It is run only when
@@ -20,10 +21,12 @@ minus its resident set at that moment. Linux only.
 
 Measured on 2 shared CPU cores (24 GB), ``--baseline-budget-gb 8``, cpu-tiny model (resize target 71 px)::
 
-    upload                                file  before (old path)           after (the app)
-    (a) 2 x 400,000 PNG, 1 upload       1.2 KB  +4,729 MB  (200; 37.4 s)    +0 MB  (422; 0.0 s)
-    (b) 7000 x 7000 PNG, 8 at once     61.0 KB  +3,012 MB  (200; 9.4 s)     +99 MB  (200; 3.5 s)
-    (c) 7000 x 7000 JPEG, 8 at once   874.4 KB  +3,012 MB  (200; 22.7 s)    +36 MB  (200; 1.1 s)
+    upload                                        file  before (old path)           after (the app)
+    (a) 2 x 400,000 PNG, 1 upload               1.2 KB  +4,729 MB  (200; 12.2 s)    +0 MB  (422; 0.0 s)
+    (b) 7000 x 7000 PNG, 8 at once             61.0 KB  +3,012 MB  (200; 5.2 s)     +99 MB  (200; 0.9 s)
+    (c) 7000 x 7000 JPEG, 8 at once           874.4 KB  +2,995 MB  (200; 4.8 s)     +36 MB  (200; 0.4 s)
+    (d) 7000 x 7000 progr. JPEG, 8 at once    414.8 KB  +3,014 MB  (200; 5.2 s)     +203 MB  (200; 1.5 s)
+    (b) 7000 x 7000 PNG, 16 at once            61.0 KB  +5,999 MB  (200; 27.8 s)    +100 MB  (200; 4.0 s)
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ ROWS = {
     "a": ("2 x 400,000 PNG, 1 upload", "L", (2, 400_000), "PNG", 1),
     "b": ("7000 x 7000 PNG, {n} at once", "L", (7000, 7000), "PNG", None),
     "c": ("7000 x 7000 JPEG, {n} at once", "RGB", (7000, 7000), "JPEG", None),
+    "d": ("7000 x 7000 progr. JPEG, {n} at once", "RGB", (7000, 7000), "JPEG", None),
 }
 
 
@@ -71,7 +75,7 @@ def make_file(row: str, out: Path) -> Path:
         d.ellipse((1000, 1000, 6000, 6000), fill=(30, 160, 40))
         d.rectangle((2500, 2500, 4500, 4500), fill=(220, 30, 30))
     path = out / f"row_{row}.{fmt.lower()}"
-    img.save(path, format=fmt, **({"optimize": True} if fmt == "PNG" else {"quality": 90}))
+    img.save(path, format=fmt, **({"optimize": True} if fmt == "PNG" else {"quality": 90, "progressive": row == "d"}))
     return path
 
 
@@ -157,7 +161,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--baseline-budget-gb", type=float, default=2.0,
                         help="run an old-path row only if its estimated memory is below this (default 2)")
-    parser.add_argument("--rows", default="abc", help="which rows (default abc)")
+    parser.add_argument("--rows", default="abcd", help="which rows (default abcd)")
     parser.add_argument("--child", choices=("before", "after"), help=argparse.SUPPRESS)
     parser.add_argument("--index-dir", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
@@ -195,7 +199,7 @@ def main() -> None:
           f"{target.short} px); {os.cpu_count()} CPUs; after = create_app() defaults: "
           f"max_concurrent_decodes {limits.max_concurrent_decodes}, decode_memory_budget "
           f"{limits.decode_memory_budget // MB} MB, max_aspect_ratio {limits.max_aspect_ratio:g}")
-    header = f"{'upload':<32} {'file':>9}  {'before (old path)':<44} {'after (the app)':<40}"
+    header = f"{'upload':<40} {'file':>9}  {'before (old path)':<40} {'after (the app)':<36}"
     print(header)
     print("-" * len(header))
     for row in args.rows:
@@ -209,7 +213,7 @@ def main() -> None:
             before = measure("before", row, n, files, tmp / "index", warm)
         after = measure("after", row, n, files, tmp / "index", warm)
         size_text = f"{size / 1024:.1f} KB"
-        print(f"({row}) {label.format(n=n):<28} {size_text:>9}  {fmt_result(before):<44} {fmt_result(after):<40}",
+        print(f"({row}) {label.format(n=n):<36} {size_text:>9}  {fmt_result(before):<40} {fmt_result(after):<36}",
               flush=True)
 
 

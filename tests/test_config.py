@@ -3,8 +3,10 @@ cannot work is refused before any work starts (issue 14, case 8)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,8 +184,12 @@ def test_the_presets_model_names_are_timm_models_without_importing_timm_to_list_
 
     assert all(timm.is_model(name) for name in PRESET_MODEL_NAMES)
     assert {load_preset(name).model.name for name in list_presets()} <= PRESET_MODEL_NAMES
+    import vitrieval
+
+    src = str(Path(vitrieval.__file__).resolve().parents[1])  # this checkout's package, not an installed one
     code = "import sys; from vitrieval.presets import list_presets; list_presets(); print('timm' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "False"
 
 

@@ -183,7 +183,7 @@ def plan_decode(img: Image.Image, name: str, limits: UploadLimits, target: Resiz
                                  f"over the limit of {limits.max_resized_pixels} (max_resized_pixels)")
     wanted = REDUCING_GAP * target.short  # the decoded shorter side is kept at least this long
     full_cost = 0
-    if short > wanted and getattr(img, "format", None) == "JPEG":
+    if short > wanted and getattr(img, "format", None) in ("JPEG", "MPO"):  # MPO: phone cameras' JPEG
         scale = wanted / short
         if img.info.get("progressive") or img.info.get("progression"):
             full_cost = pixels * 6  # libjpeg keeps a progressive file's DCT coefficients at full size
