@@ -1,10 +1,23 @@
-"""Configuration: presets load, overrides are typed, unknown keys and wrong types are named."""
+"""Configuration: presets load, overrides are typed, unknown keys and wrong types are named, and every value that
+cannot work is refused before any work starts (issue 14, case 8)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from vitrieval.config import Config, apply_overrides, config_from_dict, load_config, valid_keys
+from vitrieval.config import (
+    PRESET_MODEL_NAMES,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    valid_keys,
+)
 from vitrieval.presets import list_presets, load_preset
 
 PAPER = {"sop": (35000, 59551, 0.0), "cub": (2000, 5864, 0.0), "inshop": (35000, 5176, 0.999)}
@@ -35,8 +48,8 @@ def test_overrides_are_parsed_and_typed():
     cfg = apply_overrides(Config(), ["train.iterations=12", "loss.koleo_weight=0.7", "model.pooling=gem",
                                      "train.eval_ks=[1, 5]", "model.pretrained_file=null", "train.lr=1",
                                      "train.weight_decay=5e-4", "train.amp=off", "data.root=123",
-                                     "model.name='vit_small'"])
-    assert cfg.model.name == "vit_small"
+                                     "model.name='vit_small_patch16_224'"])
+    assert cfg.model.name == "vit_small_patch16_224"
     assert cfg.train.amp == "off" and cfg.data.root == "123"
     assert cfg.train.weight_decay == 5e-4
     assert cfg.train.iterations == 12 and cfg.loss.koleo_weight == 0.7 and cfg.model.pooling == "gem"
@@ -88,3 +101,117 @@ def test_tuple_sampler_refuses_a_memory_it_would_ignore():
         apply_overrides(cfg, ["train.sampler=pairs"])
     with pytest.raises(ValueError, match="config key tuples.per_batch must be > 0"):
         apply_overrides(cfg, ["tuples.per_batch=0"])
+
+
+CANNOT_WORK = [  # (overrides, what the message says)
+    (["train.checkpoint_every=0"], "config key train.checkpoint_every must be > 0, got 0"),
+    (["train.log_every=0"], "config key train.log_every must be > 0, got 0"),
+    (["train.log_every=-10"], "config key train.log_every must be > 0, got -10"),
+    (["train.device=tpu"], "config key train.device: 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+    (["train.device=gpu"], "config key train.device: 'gpu' is not one of"),
+    (["train.device=cuda:one"], "config key train.device: 'cuda:one' is not one of"),
+    (["train.amp=fp16", "train.device=cpu"], "train.amp: fp16 autocast needs a CUDA device"),
+    (["model.name=not_a_model"], "config key model.name: 'not_a_model' is not a timm model; e.g. deit_small"),
+    (["model.name=deit_smal_patch16_224"], "'deit_smal_patch16_224' is not a timm model; close matches: "
+                                           "deit_small_patch16_224"),
+    (["model.name=deit_small_patch16_224.bogus"], "no pretrained tag 'bogus' in timm; deit_small_patch16_224's "
+                                                  "are: fb_in1k"),
+    (["memory.size=-1"], "config key memory.size must be >= 0, got -1"),
+    (["memory.weight=-0.5"], "config key memory.weight must be >= 0, got -0.5"),
+    (["memory.start_iteration=-1"], "config key memory.start_iteration must be >= 0, got -1"),
+    (["data.images_per_class=1", "train.batch_size=8"],
+     "config key data.images_per_class must be >= 2 with train.sampler=classes, got 1: .* positive pair"),
+    (["train.lr=0"], "config key train.lr must be > 0, got 0"),
+    (["train.lr=-3e-5"], "config key train.lr must be > 0, got -3e-05"),
+    (["train.weight_decay=-0.0005"], "config key train.weight_decay must be >= 0, got -0.0005"),
+    (["train.grad_clip=-1"], "config key train.grad_clip must be >= 0"),
+    (["train.eval_every=-1"], "config key train.eval_every must be >= 0"),
+    (["train.eval_max_images=-1"], "config key train.eval_max_images must be >= 0"),
+    (["train.eval_ks=[]"], "config key train.eval_ks must be a non-empty list of integers > 0"),
+    (["train.eval_ks=[0, 1]"], "config key train.eval_ks must be a non-empty list of integers > 0"),
+    (["train.seed=-1"], r"config key train.seed must be in \[0, 2\*\*32\)"),
+    (["loss.koleo_weight=-0.7"], "config key loss.koleo_weight must be >= 0, got -0.7"),
+    (["loss.koleo_eps=0"], "config key loss.koleo_eps must be > 0"),
+    (["loss.margin=1.0"], r"config key loss.margin must be in \(-1, 1\) with train.sampler=classes"),
+    (["loss.margin=-1.5"], r"config key loss.margin must be in \(-1, 1\)"),
+    (["data.train_fraction=0"], r"config key data.train_fraction must be in \(0, 1\), got 0"),
+    (["data.train_fraction=1"], r"config key data.train_fraction must be in \(0, 1\), got 1"),
+    (["data.train_fraction=1.5"], r"config key data.train_fraction must be in \(0, 1\)"),
+    (["data.train_resize_ratio=0.5"], "config key data.train_resize_ratio must be >= 1"),
+    (["data.num_workers=-1"], "config key data.num_workers must be >= 0"),
+    (["data.dataset=imagenet"], "config key data.dataset: 'imagenet' is not one of .*folder.*sop"),
+    (["model.gem_p=0"], "config key model.gem_p must be > 0"),
+    (["model.drop_path_rate=1.0"], r"config key model.drop_path_rate must be in \[0, 1\)"),
+    (["model.projection_dim=-8"], "config key model.projection_dim must be >= 0"),
+    (["model.patch_size=0"], r"config key model.patch_size must be > 0 \(or null"),
+    (["model.depth=-2"], "config key model.depth must be > 0"),
+    (["model.embed_dim=100", "model.num_heads=3"], "model.embed_dim .100. and model.num_heads .3.: the width must "
+                                                   "be a multiple"),
+    (["tuples.lr_decay=-0.01"], "config key tuples.lr_decay must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), CANNOT_WORK, ids=[" ".join(o) for o, _ in CANNOT_WORK])
+def test_values_that_cannot_work_are_refused_naming_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(Config(), overrides)
+
+
+def test_tuple_training_margins_are_distances() -> None:
+    cfg = load_preset("sfm120k-irt-r-deit-s")
+    for bad in ("0", "-0.1", "2.5"):
+        with pytest.raises(ValueError, match=r"loss.margin must be in \(0, 2\] with train.sampler=tuples"):
+            apply_overrides(cfg, [f"loss.margin={bad}"])
+    assert apply_overrides(cfg, ["loss.margin=2"]).loss.margin == 2.0
+    # K is not used by tuple training: not refused there
+    assert apply_overrides(cfg, ["data.images_per_class=1"]).data.images_per_class == 1
+
+
+@pytest.mark.parametrize("override", [
+    "train.eval_every=0", "memory.size=0", "train.grad_clip=0", "model.projection_dim=0", "loss.koleo_weight=0",
+    "train.weight_decay=0", "memory.start_iteration=0", "loss.margin=0", "loss.margin=-0.5", "train.seed=0",
+    "train.device=auto", "train.device=cpu", "train.device=cuda", "train.device=cuda:0", "train.device=cuda:3",
+    "train.device=mps", "model.name=deit_small_patch16_224.fb_in1k", "model.name=vit_tiny_patch16_224",
+    "model.name=hf-hub:timm/deit_small_patch16_224.fb_in1k", "data.train_resize_ratio=1",
+    "data.images_per_class=2", "model.patch_size=null", "data.dataset=sop",
+])
+def test_values_that_mean_off_or_are_real_are_accepted(override: str) -> None:
+    apply_overrides(Config(), [override])
+
+
+def test_the_presets_model_names_are_timm_models_without_importing_timm_to_list_them() -> None:
+    import timm
+
+    assert all(timm.is_model(name) for name in PRESET_MODEL_NAMES)
+    assert {load_preset(name).model.name for name in list_presets()} <= PRESET_MODEL_NAMES
+    import vitrieval
+
+    src = str(Path(vitrieval.__file__).resolve().parents[1])  # this checkout's package, not an installed one
+    code = "import sys; from vitrieval.presets import list_presets; list_presets(); print('timm' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.checkpoint_every=0", "train.checkpoint_every must be > 0, got 0"),
+    ("train.log_every=0", "train.log_every must be > 0, got 0"),
+    ("train.device=tpu", "train.device: 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+    ("model.name=not_a_model", "model.name: 'not_a_model' is not a timm model"),
+    ("memory.size=-1", "memory.size must be >= 0, got -1"),
+    ("data.images_per_class=1", "data.images_per_class must be >= 2 with train.sampler=classes"),
+])
+def test_the_cli_reports_a_setting_that_cannot_work_in_one_line_exit_2(tmp_path, capsys, override: str,
+                                                                        message: str) -> None:
+    from vitrieval.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "cpu-tiny", "--data-root", str(data), "--output", str(out), "--no-progress",
+                 "--set", "train.batch_size=8", "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("vitrieval train: error: config key ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()  # refused before any work started

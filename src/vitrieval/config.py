@@ -1,11 +1,15 @@
 """Configuration as data: dataclasses, YAML presets and ``--set key=value`` overrides, all validated.
 
-An unknown key stops with the list of valid keys; a value of the wrong type names the key and the expected type.
+An unknown key stops with the list of valid keys; a value of the wrong type names the key and the expected type; a
+value that cannot work (a zero period, a negative size or weight, a device, dataset or timm model that does not
+exist, K < 2 for P x K batches, ...) names the key, the value and what is allowed (:meth:`Config.validate`), so
+the CLI stops with one line and exit 2 before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -126,6 +130,12 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> Config:
+        """Check every value before any work starts; a ``ValueError`` names the key, the value and what is allowed.
+
+        ``train.eval_every=0`` (evaluate only at the end), ``memory.size=0`` (no memory), ``train.grad_clip=0`` and
+        ``model.projection_dim=0`` (off) keep their meaning. The model name is checked against timm's registry
+        last (that imports timm, except for the names the shipped presets use).
+        """
         choices = {
             "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem")),
             "data.eval_resize": (self.data.eval_resize, ("shorter", "square")),
@@ -138,27 +148,124 @@ class Config:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"config key {key}: {value!r} is not one of {', '.join(allowed)}")
+        if not _DEVICE.fullmatch(str(self.train.device)):
+            raise ValueError(f"config key train.device: {self.train.device!r} is not one of auto, cpu, cuda, "
+                             f"cuda:N (N = 0, 1, ...), mps")
+        if self.train.amp == "fp16" and (self.train.device == "cpu" or self.train.device == "mps"):
+            raise ValueError(f"config key train.amp: fp16 autocast needs a CUDA device, train.device is "
+                             f"{self.train.device!r}; use train.amp=bf16 or off")
+        m, d, lo, mem, tu, tr = self.model, self.data, self.loss, self.memory, self.tuples, self.train
         positive = {
-            "model.image_size": self.model.image_size, "train.batch_size": self.train.batch_size,
-            "train.iterations": self.train.iterations, "data.images_per_class": self.data.images_per_class,
-            "tuples.epochs": self.tuples.epochs, "tuples.query_size": self.tuples.query_size,
-            "tuples.pool_size": self.tuples.pool_size, "tuples.per_batch": self.tuples.per_batch,
-            "tuples.mining_batch_size": self.tuples.mining_batch_size,
+            "model.image_size": m.image_size, "train.batch_size": tr.batch_size,
+            "train.iterations": tr.iterations, "data.images_per_class": d.images_per_class,
+            "tuples.epochs": tu.epochs, "tuples.query_size": tu.query_size,
+            "tuples.pool_size": tu.pool_size, "tuples.per_batch": tu.per_batch,
+            "tuples.mining_batch_size": tu.mining_batch_size,
+            "train.checkpoint_every": tr.checkpoint_every, "train.log_every": tr.log_every,
+            "train.lr": tr.lr, "model.gem_p": m.gem_p, "loss.koleo_eps": lo.koleo_eps,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ValueError(f"config key {key} must be > 0, got {value}")
-        if self.train.sampler == "tuples" and (self.memory.size > 0 or self.memory.momentum > 0):
+        for key, value in {"model.patch_size": m.patch_size, "model.depth": m.depth,
+                           "model.embed_dim": m.embed_dim, "model.num_heads": m.num_heads}.items():
+            if value is not None and value <= 0:
+                raise ValueError(f"config key {key} must be > 0 (or null: the backbone's own), got {value}")
+        non_negative = {
+            "model.projection_dim": m.projection_dim, "data.num_workers": d.num_workers,
+            "loss.koleo_weight": lo.koleo_weight, "memory.size": mem.size,
+            "memory.start_iteration": mem.start_iteration, "memory.weight": mem.weight,
+            "tuples.negatives": tu.negatives, "tuples.lr_decay": tu.lr_decay,
+            "train.weight_decay": tr.weight_decay, "train.grad_clip": tr.grad_clip,
+            "train.eval_every": tr.eval_every, "train.eval_max_images": tr.eval_max_images,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ValueError(f"config key {key} must be >= 0, got {value}")
+        ranges = {  # key: (value, ok, the allowed range)
+            "data.train_fraction": (d.train_fraction, 0.0 < d.train_fraction < 1.0, "in (0, 1)"),
+            "memory.momentum": (mem.momentum, 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
+            "model.drop_path_rate": (m.drop_path_rate, 0.0 <= m.drop_path_rate < 1.0, "in [0, 1)"),
+            "data.train_resize_ratio": (d.train_resize_ratio, d.train_resize_ratio >= 1.0,
+                                        ">= 1 (a resize to image_size x ratio, then a random crop of image_size)"),
+            "train.seed": (tr.seed, 0 <= tr.seed < 2 ** 32, "in [0, 2**32) (numpy's seed range)"),
+        }
+        if tr.sampler == "classes":
+            ranges["loss.margin"] = (lo.margin, -1.0 < lo.margin < 1.0,
+                                     "in (-1, 1) with train.sampler=classes (a cosine-similarity margin: "
+                                     "negatives count while their similarity is above it)")
+        else:
+            ranges["loss.margin"] = (lo.margin, 0.0 < lo.margin <= 2.0,
+                                     "in (0, 2] with train.sampler=tuples (a distance margin between unit "
+                                     "vectors: negatives count while closer than it)")
+        for key, (value, ok, allowed) in ranges.items():
+            if not ok:
+                raise ValueError(f"config key {key} must be {allowed}, got {value}")
+        if not tr.eval_ks or any(k <= 0 for k in tr.eval_ks):
+            raise ValueError(f"config key train.eval_ks must be a non-empty list of integers > 0, got {tr.eval_ks}")
+        if m.embed_dim is not None and m.num_heads is not None and m.embed_dim % m.num_heads:
+            raise ValueError(f"config keys model.embed_dim ({m.embed_dim}) and model.num_heads ({m.num_heads}): "
+                             f"the width must be a multiple of the number of heads")
+        if tr.sampler == "tuples" and (mem.size > 0 or mem.momentum > 0):
             raise ValueError("config keys memory.size / memory.momentum: tuple training (train.sampler=tuples) has "
                              "no cross-batch memory; set memory.size=0 and memory.momentum=0")
-        if self.tuples.negatives < 0:
-            raise ValueError(f"config key tuples.negatives must be >= 0, got {self.tuples.negatives}")
-        if self.train.sampler == "classes" and self.train.batch_size % self.data.images_per_class:
-            raise ValueError(f"train.batch_size ({self.train.batch_size}) must be a multiple of "
-                             f"data.images_per_class ({self.data.images_per_class})")
-        if not 0.0 <= self.memory.momentum < 1.0:
-            raise ValueError(f"config key memory.momentum must be in [0, 1), got {self.memory.momentum}")
+        if tr.sampler == "classes" and d.images_per_class < 2:
+            raise ValueError(f"config key data.images_per_class must be >= 2 with train.sampler=classes, got "
+                             f"{d.images_per_class}: a P x K batch holds K images of each of P classes, and the "
+                             f"loss needs two images of a class for a positive pair")
+        if tr.sampler == "classes" and tr.batch_size % d.images_per_class:
+            raise ValueError(f"train.batch_size ({tr.batch_size}) must be a multiple of "
+                             f"data.images_per_class ({d.images_per_class})")
+        _check_dataset(d.dataset)
+        check_model_name(m.name)
         return self
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""What ``train.device`` may be (``vitrieval.amp.resolve_device`` takes these)."""
+
+PRESET_MODEL_NAMES = frozenset({
+    "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_small_distilled_patch16_224", "deit_base_patch16_224",
+    "deit_base_distilled_patch16_384",
+})
+"""timm models the shipped presets use: known good without importing timm (torch + timm take seconds), so listing
+the presets stays fast; tests/test_config.py checks each against timm's registry."""
+
+_MODEL_SOURCES = ("hf-hub", "hf_hub", "local-dir")
+"""timm's name prefixes for weights from elsewhere (``hf-hub:timm/...``): resolved by timm when the model is built."""
+
+
+def check_model_name(name: str) -> None:
+    """``ValueError`` unless ``name`` is a timm model (``arch`` or ``arch.pretrained_tag``), naming close matches."""
+    if name in PRESET_MODEL_NAMES:
+        return
+    source, sep, rest = name.partition(":")
+    if sep and source.lower() in _MODEL_SOURCES and rest:
+        return
+    import difflib
+
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if timm.is_model(arch):
+        if not tag:
+            return
+        tagged = list(timm.list_pretrained(f"{arch}.*"))
+        if name in tagged:
+            return
+        raise ValueError(f"config key model.name: {name!r} has no pretrained tag {tag!r} in timm; "
+                         f"{arch}'s are: {', '.join(t.partition('.')[2] for t in tagged) or 'none'}")
+    models = timm.list_models()
+    close = [n for n in models if n.startswith(arch)][:5] or difflib.get_close_matches(arch, models, n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else "; e.g. deit_small_patch16_224 (the paper's DeiT-S)"
+    raise ValueError(f"config key model.name: {name!r} is not a timm model{hint} (all: timm.list_models())")
+
+
+def _check_dataset(name: str) -> None:
+    from vitrieval.data.readers import READERS
+
+    if name not in READERS:
+        raise ValueError(f"config key data.dataset: {name!r} is not one of {', '.join(sorted(READERS))}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

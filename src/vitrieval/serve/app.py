@@ -6,12 +6,20 @@ Endpoints
   thumbnail_url}], "took_ms"}``; ``path`` is the file's base name only (no server paths leak).
 - ``GET /images/{id}?size=256``: a JPEG thumbnail (longest side <= size) of an indexed image, made on the fly and
   kept in an in-memory LRU cache. Only ids of the index resolve to files, so no path can be traversed.
-- ``GET /healthz``: count, model fingerprint, descriptor dimension, factory, limits.
+- ``GET /healthz``: count, model fingerprint, descriptor dimension, factory, limits (``max_k``, ``max_upload_bytes``,
+  ``max_upload_pixels``, ``max_aspect_ratio``, ``max_resized_pixels``, ``max_concurrent_decodes``,
+  ``decode_memory_budget``).
 - ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs``: OpenAPI.
 
 Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
 an upload over the limit -> 413 (checked on Content-Length and again while the body streams in), ``k`` out of
 range -> 422. Embedding and search run in the threadpool, serialised by the index's lock (one shared model).
+
+A small file can hold a huge image, so the decoded size is bounded too (:mod:`vitrieval.serve.uploads`): from the
+header alone, an image over ``max_upload_pixels`` -> 413, of an aspect ratio over ``max_aspect_ratio`` -> 422,
+over ``max_resized_pixels`` once resized for the model -> 413 (each message names its limit); what passes is
+decoded near the model's input size (JPEG draft, else reduce) by a pool of ``max_concurrent_decodes`` threads
+that hold at most ``decode_memory_budget`` bytes together.
 
 (No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations at runtime, and ``k``'s
 bound comes from ``create_app``'s arguments.)
@@ -36,12 +44,21 @@ from starlette.datastructures import FormData, UploadFile
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.index import Index
+from vitrieval.serve.uploads import (
+    DEFAULT_DECODE_MEMORY_BUDGET,
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_RESIZED_PIXELS,
+    DEFAULT_MAX_UPLOAD_PIXELS,
+    DecodePool,
+    ResizeTarget,
+    UploadLimits,
+    UploadRefused,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_K = 100
-DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 MULTIPART_OVERHEAD = 16 * 1024
 """Allowance for the multipart envelope (boundary, part headers) on top of the file itself."""
 THUMBNAIL_SIZES = (16, 1024)
@@ -82,6 +99,11 @@ class Health(BaseModel):
     factory: str
     max_k: int
     max_upload_bytes: int
+    max_upload_pixels: int
+    max_aspect_ratio: float
+    max_resized_pixels: int
+    max_concurrent_decodes: int
+    decode_memory_budget: int
     version: str
 
 
@@ -161,17 +183,28 @@ async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
 
 def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_k: int = DEFAULT_MAX_K, thumbnail_cache_entries: int = 1024,
-               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, preload_model: bool = True) -> FastAPI:
+               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, preload_model: bool = True, *,
+               max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+               max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS, max_concurrent_decodes: int | None = None,
+               decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET) -> FastAPI:
     """The search service for ``index`` (an :class:`Index` or an index folder).
 
     ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
-    first query is not slow.
+    first query is not slow. The upload limits are described in :mod:`vitrieval.serve.uploads`;
+    ``max_concurrent_decodes=None`` is the CPU count, at most 4.
     """
     if max_upload_bytes <= 0 or max_k <= 0:
         raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
+    limit_args: dict[str, Any] = {"max_pixels": max_upload_pixels, "max_aspect_ratio": max_aspect_ratio,
+                                  "max_resized_pixels": max_resized_pixels,
+                                  "decode_memory_budget": decode_memory_budget}
+    if max_concurrent_decodes is not None:
+        limit_args["max_concurrent_decodes"] = max_concurrent_decodes
+    limits = UploadLimits(**limit_args)
     idx = index if isinstance(index, Index) else Index.load(index)
     if preload_model:
         _ = idx.encoder
+    decoder = DecodePool(limits, ResizeTarget.from_index_info(idx.info))
     cache = ThumbnailCache(thumbnail_cache_entries)
     max_mb = f"{max_upload_bytes / 2 ** 20:g}"
     page = _page()
@@ -180,6 +213,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                   description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).")
     app.state.index = idx
     app.state.thumbnails = cache
+    app.state.decoder = decoder
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN202 - starlette signature
@@ -194,13 +228,18 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     @app.get("/healthz", response_model=Health, summary="Liveness and what is indexed")
     def healthz() -> Health:
         return Health(status="ok", count=len(idx), fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
-                      factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes, version=__version__)
+                      factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes,
+                      max_upload_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,
+                      max_resized_pixels=limits.max_resized_pixels,
+                      max_concurrent_decodes=limits.max_concurrent_decodes,
+                      decode_memory_budget=limits.decode_memory_budget, version=__version__)
 
     @app.post("/search", response_model=SearchResponse, summary="Find the indexed images most similar to an upload",
               openapi_extra=_UPLOAD_BODY,
-              responses={400: {"description": "not a readable image"}, 413: {"description": "upload too large"},
+              responses={400: {"description": "not a readable image"},
+                         413: {"description": "upload too large, in bytes or in pixels (before or after resizing)"},
                          415: {"description": "not a multipart image upload"},
-                         422: {"description": "k out of range"}})
+                         422: {"description": "k out of range, or an image of too extreme an aspect ratio"}})
     async def search(request: Request,
                      k: Annotated[int, Query(ge=1, le=max_k, description="number of results")] = 10
                      ) -> SearchResponse:
@@ -226,12 +265,11 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
 
-        def run() -> list:
-            image = load_image(data, max_pixels=max_upload_pixels, name=name)
-            return idx.search([image], k)[0]
-
         try:
-            hits = await run_in_threadpool(run)
+            image = await decoder.decode(data, name)
+            hits = (await run_in_threadpool(idx.search, [image], k))[0]
+        except UploadRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
         except ImageDecodeError as exc:
             raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
         results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=Path(h.path).name,
