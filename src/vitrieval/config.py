@@ -129,12 +129,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> Config:
+    def validate(self, check_model_registry: bool = True) -> Config:
         """Check every value before any work starts; a ``ValueError`` names the key, the value and what is allowed.
 
         ``train.eval_every=0`` (evaluate only at the end), ``memory.size=0`` (no memory), ``train.grad_clip=0`` and
-        ``model.projection_dim=0`` (off) keep their meaning. The model name is checked against timm's registry
-        last (that imports timm, except for the names the shipped presets use).
+        ``model.projection_dim=0`` (off) keep their meaning. With ``check_model_registry`` the model name is
+        checked against timm's registry last: that imports timm (seconds), so reading a preset or YAML file checks
+        the values only and the trainer, which builds the model next, checks the name before any work starts.
         """
         choices = {
             "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem")),
@@ -217,19 +218,13 @@ class Config:
             raise ValueError(f"train.batch_size ({tr.batch_size}) must be a multiple of "
                              f"data.images_per_class ({d.images_per_class})")
         _check_dataset(d.dataset)
-        check_model_name(m.name)
+        if check_model_registry:
+            check_model_name(m.name)
         return self
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 """What ``train.device`` may be (``vitrieval.amp.resolve_device`` takes these)."""
-
-PRESET_MODEL_NAMES = frozenset({
-    "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_small_distilled_patch16_224", "deit_base_patch16_224",
-    "deit_base_distilled_patch16_384",
-})
-"""timm models the shipped presets use: known good without importing timm (torch + timm take seconds), so listing
-the presets stays fast; tests/test_config.py checks each against timm's registry."""
 
 _MODEL_SOURCES = ("hf-hub", "hf_hub", "local-dir")
 """timm's name prefixes for weights from elsewhere (``hf-hub:timm/...``): resolved by timm when the model is built."""
@@ -237,8 +232,6 @@ _MODEL_SOURCES = ("hf-hub", "hf_hub", "local-dir")
 
 def check_model_name(name: str) -> None:
     """``ValueError`` unless ``name`` is a timm model (``arch`` or ``arch.pretrained_tag``), naming close matches."""
-    if name in PRESET_MODEL_NAMES:
-        return
     source, sep, rest = name.partition(":")
     if sep and source.lower() in _MODEL_SOURCES and rest:
         return
@@ -354,7 +347,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """Build and validate a :class:`Config` from nested dicts (unknown keys and wrong types are errors)."""
     try:
-        return _build(Config, data, "", source).validate()
+        return _build(Config, data, "", source).validate(check_model_registry=False)
     except TypeError as exc:
         raise ValueError(f"{source}: {exc}") from None
 
