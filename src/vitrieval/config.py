@@ -21,7 +21,8 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    """The encoder: a timm ViT/DeiT backbone, a pooling, an optional projection, then L2 normalisation."""
+    """The encoder: a timm backbone (ViT / DeiT tokens or a convnet's feature map), a pooling, an optional
+    projection, then L2 normalisation."""
 
     name: str = "deit_small_patch16_224"
     pretrained: bool = True  # timm's usual weights (needs the network) unless pretrained_file is set
@@ -31,7 +32,7 @@ class ModelConfig:
     depth: int | None = None  # override the number of blocks (small CPU models trained from scratch)
     embed_dim: int | None = None  # override the width (with num_heads)
     num_heads: int | None = None
-    pooling: str = "cls"  # cls | avg | max | gem
+    pooling: str = "cls"  # ViT tokens: cls | avg | max | gem; convnet feature maps: mac | spoc | gem | rmac
     gem_p: float = 3.0
     gem_learnable: bool = False
     projection_dim: int = 0  # 0 = no projection (the paper's setting)
@@ -138,7 +139,7 @@ class Config:
         the values only and the trainer, which builds the model next, checks the name before any work starts.
         """
         choices = {
-            "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem")),
+            "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem", "mac", "spoc", "rmac")),
             "data.eval_resize": (self.data.eval_resize, ("shorter", "square")),
             "data.train_resize": (self.data.train_resize, ("crop", "square")),
             "train.sampler": (self.train.sampler, ("classes", "tuples")),
