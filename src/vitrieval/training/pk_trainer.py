@@ -6,7 +6,7 @@ rows) and minimises the objective ``loss.objective`` names (:func:`~vitrieval.tr
 by default IRT's contrastive loss on the batch and against the cross-batch memory, + KoLeo, the memory optionally
 fed by a momentum encoder; or NSoftmax / SNCA + KoLeo. The run folder, checkpoints and evaluation rows are the
 shared lifecycle's (:mod:`vitrieval.training.lifecycle`); a checkpoint also holds the objective's state (memory,
-proxies), memory, the momentum encoder and the sampler position, so a run resumes mid-epoch to identical weights.
+proxies), the momentum encoder and the sampler position, so a run resumes mid-epoch to identical weights.
 """
 
 from __future__ import annotations
