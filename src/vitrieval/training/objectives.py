@@ -106,8 +106,10 @@ class Objective(ABC):
     def parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters of the objective itself (e.g. class proxies); none by default.
 
-        The lifecycle optimises them with the encoder's. Under torchrun DDP averages only the wrapped encoder's
-        gradients, so an objective that has parameters must also get them averaged (e.g. by being wrapped with it).
+        The lifecycle optimises them with the encoder's, in a parameter group of their own at
+        ``train.lr × lr_multiplier``. Under torchrun DDP averages only the wrapped encoder's gradients, so an
+        objective with parameters must give every rank the same gradient itself (:class:`NSoftmaxObjective`: the
+        loss over the gathered batch is the same on every rank; its ``world_size`` factor is undone in the graph).
         """
         return []
 
