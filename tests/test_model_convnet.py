@@ -3,6 +3,7 @@ offline weights and their errors; resizing; train -> evaluate -> PCA -> index ->
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -164,3 +165,20 @@ def test_a_vit_file_missing_blocks_is_refused_not_half_loaded(tmp_path):
                                                      r"missing key\(s\): blocks\.10\."):
         Encoder(ModelConfig(name="deit_tiny_patch16_224", pretrained=True, pretrained_file=str(path), image_size=32,
                             patch_size=8))
+
+
+@pytest.mark.parametrize(("preset", "millions"), [("table1-r50", 23), ("table1-r101", 46), ("table1-deit-s", 22),
+                                                  ("table1-deit-s-distilled", 22), ("table1-deit-b", 87),
+                                                  ("table1-deit-b-distilled", 87)])
+def test_table1_presets_build_the_papers_backbones(preset, millions):
+    """Parameters of each Table 1 backbone without its classifier (built on the meta device: no weights, no
+    download), within 10 % of the paper's count (R101: 42.5M here vs the paper's 46M, the largest gap)."""
+    from vitrieval.model import create_backbone
+    from vitrieval.presets import load_preset
+
+    cfg = dataclasses.replace(load_preset(preset).model, pretrained=False)
+    with torch.device("meta"):
+        backbone = create_backbone(cfg)
+    count = sum(p.numel() for p in backbone.parameters()) / 1e6
+    assert abs(count - millions) <= 0.1 * millions, count
+    assert int(backbone.num_features) == (2048 if "r" in preset.split("-")[1] else 384 if "-s" in preset else 768)
