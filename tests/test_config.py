@@ -260,3 +260,11 @@ def test_cpu_tiny_resnet_is_a_small_random_init_convnet_with_gem():
     assert (cfg.model.name, cfg.model.pretrained, cfg.model.image_size, cfg.model.pooling) == \
         ("resnet18", False, 64, "gem")
     assert cfg.model.patch_size is None and cfg.train.batch_size == 32 and cfg.loss.objective == "contrastive"
+
+
+def test_train_batchnorm_is_train_or_frozen_and_the_table7_convnets_freeze_it():
+    assert Config().train.batchnorm == "train"
+    with pytest.raises(ValueError, match="train.batchnorm: 'off' is not one of train, frozen"):
+        apply_overrides(Config(), ["train.batchnorm=off"])
+    assert load_preset("sfm120k-irt-l-r101-gem-384").train.batchnorm == "frozen"
+    assert load_preset("sop-irt-l-r50").train.batchnorm == "train"

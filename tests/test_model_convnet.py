@@ -127,7 +127,7 @@ def test_convnet_end_to_end_train_evaluate_pca_index_search_serve(products_32, t
     cfg = apply_overrides(load_preset("cpu-tiny-resnet"), [
         f"data.root={products_32}", "model.image_size=32", "train.batch_size=16", "train.iterations=6",
         "train.eval_every=0", "train.checkpoint_every=3", "train.log_every=2", "data.num_workers=0",
-        "train.amp=off"])
+        "train.amp=off", "train.batchnorm=frozen"])
     out = tmp_path / "run"
     result = train(cfg, out, progress=False)
     assert result.iterations == 6 and 0.0 <= result.recall_at_k["1"] <= 1.0
@@ -135,6 +135,8 @@ def test_convnet_end_to_end_train_evaluate_pca_index_search_serve(products_32, t
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     enc = vitrieval.load(out)
     assert enc.family == "feature_map" and enc.descriptor_dim == 512
+    bn = enc.backbone.layer4[1].bn2  # train.batchnorm=frozen: the initial statistics, untouched by 6 steps
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)) and int(bn.num_batches_tracked) == 0
 
     res = evaluate_model(enc, "folder", products_32, ks=[1, 2], pca=PCAOptions(dim=16, save=True),
                          extraction=ExtractionOptions(batch_size=16, num_workers=0, progress=False), model_dir=out)
@@ -182,3 +184,18 @@ def test_table1_presets_build_the_papers_backbones(preset, millions):
     count = sum(p.numel() for p in backbone.parameters()) / 1e6
     assert abs(count - millions) <= 0.1 * millions, count
     assert int(backbone.num_features) == (2048 if "r" in preset.split("-")[1] else 384 if "-s" in preset else 768)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_rest_trains():
+    enc = resnet(pooling="gem")
+    enc.batchnorm_frozen = True
+    stats = enc.backbone.bn1.running_mean.clone()
+    enc.train()
+    assert enc.training and enc.backbone.layer1[0].conv1.training and not enc.backbone.bn1.training
+    enc(torch.randn(4, 3, 64, 64)).sum().backward()
+    assert torch.equal(enc.backbone.bn1.running_mean, stats) and enc.backbone.bn1.weight.grad is not None
+    enc.batchnorm_frozen = False
+    enc.train()
+    assert enc.backbone.bn1.training
+    enc(torch.randn(4, 3, 64, 64))
+    assert not torch.equal(enc.backbone.bn1.running_mean, stats)

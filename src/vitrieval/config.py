@@ -113,6 +113,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     amp: str = "auto"  # auto (bf16 on CPU and recent GPUs) | bf16 | fp16 | off
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    batchnorm: str = "train"  # train (batch statistics) | frozen (BatchNorm in eval mode, as cirtorch; convnets)
     checkpoint_every: int = 1000
     eval_every: int = 0  # 0 = only at the end
     log_every: int = 10
@@ -153,6 +154,7 @@ class Config:
             "train.sampler": (self.train.sampler, ("classes", "tuples")),
             "loss.objective": (self.loss.objective, ("contrastive", "nsoftmax", "snca")),
             "train.optimizer": (self.train.optimizer, ("adamw", "adam")),
+            "train.batchnorm": (self.train.batchnorm, ("train", "frozen")),
             "data.on_bad_image": (self.data.on_bad_image, ("stop", "skip")),
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "off")),
         }

@@ -212,6 +212,19 @@ class Encoder(nn.Module):
                 "interpolation": str(dc.get("interpolation", "bicubic")),
                 "crop_pct": float(dc.get("crop_pct", 0.875)), "image_size": self.config.image_size}
 
+    #: ``train.batchnorm=frozen``: BatchNorm layers stay in eval mode (ImageNet statistics) when training.
+    batchnorm_frozen: bool = False
+
+    def train(self, mode: bool = True) -> Encoder:
+        """``nn.Module.train``; with :attr:`batchnorm_frozen` every BatchNorm layer stays in eval mode (its running
+        statistics are used and kept, its affine weights still learn), as cirtorch trains on tuples."""
+        super().train(mode)
+        if mode and self.batchnorm_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     @property
     def descriptor_dim(self) -> int:
         """Dimension of what :meth:`embed` returns (after PCA, if one is attached)."""

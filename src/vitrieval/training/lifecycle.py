@@ -122,6 +122,7 @@ class RunLifecycle:
         self.train_table, self.test_table = load_tables(config)
         self._prepare_data()
         self.encoder = Encoder(config.model).to(self.device)
+        self.encoder.batchnorm_frozen = config.train.batchnorm == "frozen"
         self.objective: Objective = self._make_objective()
         self._prepare_model()
         self.model = wrap_for_ranks(self.encoder, self.dist, self.device)
