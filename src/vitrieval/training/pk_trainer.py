@@ -37,6 +37,7 @@ class Trainer(RunLifecycle):
     train_sampler = "classes"
     skipped_key = "skipped_images"
     skipped_what = "unreadable image(s)"
+
     def _make_objective(self) -> Objective:
         return make_objective(self.cfg.loss, self.cfg.memory, self.encoder.feature_dim, self.train_table.labels,
                               self.device, self.cfg.train.seed, self.dist.world_size)
