@@ -214,3 +214,57 @@ def test_the_cli_reports_a_setting_that_cannot_work_in_one_line_exit_2(tmp_path,
     assert err.startswith("vitrieval train: error: config key ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()  # refused before any work started
+
+
+def test_every_convnet_and_objective_row_of_tables_1_4_5_7_is_a_preset():
+    names = list_presets()
+    r50, r101 = "resnet50.tv_in1k", "resnet101.tv_in1k"  # torchvision's weights: Table 1's top-1 76.2 / 77.4
+    table4 = {("sop-irt-l-r50", r50, "contrastive"), ("sop-irt-l-deit-s", "deit_small_patch16_224", "contrastive"),
+              ("sop-nsoftmax-r50", r50, "nsoftmax"), ("sop-nsoftmax-deit-s", "deit_small_patch16_224", "nsoftmax"),
+              ("sop-snca-r50", r50, "snca"), ("sop-snca-deit-s", "deit_small_patch16_224", "snca")}
+    for name, arch, objective in table4:
+        cfg = load_preset(name)
+        assert (cfg.model.name, cfg.loss.objective, cfg.data.dataset, cfg.loss.koleo_weight) == \
+            (arch, objective, "sop", 0.0), name
+        assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.batch_size, cfg.train.iterations) == \
+            (3e-5, 5e-4, 64, 35000), name
+        assert cfg.memory.size == (59551 if objective == "contrastive" else 0), name
+        if objective != "contrastive":
+            assert cfg.loss.temperature == 0.05 and "Table 4" in cfg.description and "github.com" in cfg.description
+    assert load_preset("sop-nsoftmax-r50").loss.proxy_lr_multiplier == 1.0
+    assert load_preset("sop-snca-deit-s").loss.snca_momentum == 0.5
+    for beta in (0.1, 0.3, 0.5, 0.7, 0.9):  # Table 5, the R50 half
+        for lam in (0.0, 0.3, 0.5, 0.7, 1.0):
+            cfg = load_preset(f"sop-r50-beta{beta}-lambda{lam}")
+            assert (cfg.model.name, cfg.model.pooling, cfg.loss.margin, cfg.loss.koleo_weight, cfg.memory.size) == \
+                (r50, "spoc", beta, lam, 59551)
+    table7 = [(r50, "gem", 224, "r50-gem"), (r50, "rmac", 224, "r50-rmac"), (r101, "gem", 224, "r101-gem"),
+              (r101, "rmac", 224, "r101-rmac"), (r101, "gem", 384, "r101-gem-384"),
+              (r101, "rmac", 384, "r101-rmac-384")]
+    for arch, pool, size, row in table7:
+        name = f"sfm120k-irt-l-{row}"
+        cfg = load_preset(name)
+        assert (cfg.model.name, cfg.model.pooling, cfg.model.image_size) == (arch, pool, size), name
+        assert (cfg.train.sampler, cfg.train.optimizer, cfg.train.lr, cfg.loss.margin, cfg.data.train_resize) == \
+            ("tuples", "adam", 5e-7, 0.85, "square"), name
+        assert cfg.model.gem_learnable == (pool == "gem") and "Table 7" in cfg.description
+    for bb, arch in {"r50": r50, "r101": r101, "deit-s": "deit_small_patch16_224",
+                     "deit-s-distilled": "deit_small_distilled_patch16_224", "deit-b": "deit_base_patch16_224",
+                     "deit-b-distilled": "deit_base_distilled_patch16_224"}.items():  # Table 1
+        assert load_preset(f"table1-{bb}").model.name == arch and f"table1-{bb}" in names
+    assert "extension" in load_preset("cpu-tiny-resnet").description
+
+
+def test_cpu_tiny_resnet_is_a_small_random_init_convnet_with_gem():
+    cfg = load_preset("cpu-tiny-resnet")
+    assert (cfg.model.name, cfg.model.pretrained, cfg.model.image_size, cfg.model.pooling) == \
+        ("resnet18", False, 64, "gem")
+    assert cfg.model.patch_size is None and cfg.train.batch_size == 32 and cfg.loss.objective == "contrastive"
+
+
+def test_train_batchnorm_is_train_or_frozen_and_the_table7_convnets_freeze_it():
+    assert Config().train.batchnorm == "train"
+    with pytest.raises(ValueError, match="train.batchnorm: 'off' is not one of train, frozen"):
+        apply_overrides(Config(), ["train.batchnorm=off"])
+    assert load_preset("sfm120k-irt-l-r101-gem-384").train.batchnorm == "frozen"
+    assert load_preset("sop-irt-l-r50").train.batchnorm == "train"

@@ -21,7 +21,8 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    """The encoder: a timm ViT/DeiT backbone, a pooling, an optional projection, then L2 normalisation."""
+    """The encoder: a timm backbone (ViT / DeiT tokens or a convnet's feature map), a pooling, an optional
+    projection, then L2 normalisation."""
 
     name: str = "deit_small_patch16_224"
     pretrained: bool = True  # timm's usual weights (needs the network) unless pretrained_file is set
@@ -31,7 +32,7 @@ class ModelConfig:
     depth: int | None = None  # override the number of blocks (small CPU models trained from scratch)
     embed_dim: int | None = None  # override the width (with num_heads)
     num_heads: int | None = None
-    pooling: str = "cls"  # cls | avg | max | gem
+    pooling: str = "cls"  # ViT tokens: cls | avg | max | gem; convnet feature maps: mac | spoc | gem | rmac
     gem_p: float = 3.0
     gem_learnable: bool = False
     projection_dim: int = 0  # 0 = no projection (the paper's setting)
@@ -56,8 +57,16 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """L = contrastive(batch) + w * contrastive(batch, memory) + lambda * KoLeo(batch)."""
+    """L = objective + lambda * KoLeo(batch); the objective (P x K batches) is ``objective``:
 
+    contrastive(batch) + w * contrastive(batch, memory) (the paper's), nsoftmax (softmax over learned class
+    proxies, Zhai & Wu 2018) or snca (softmax over a memory of every training image, Wu et al. 2018).
+    """
+
+    objective: str = "contrastive"  # contrastive | nsoftmax | snca (train.sampler=classes)
+    temperature: float = 0.05  # nsoftmax / snca: tau of the softmax (0.05 in both references)
+    proxy_lr_multiplier: float = 1.0  # nsoftmax: the proxies' lr = train.lr x this (1 in Zhai & Wu's code)
+    snca_momentum: float = 0.5  # snca: memory[i] <- normalise(m * memory[i] + (1 - m) * z_i) (0.5 in Wu et al.'s code)
     margin: float = 0.5  # beta of Eq. 1; with train.sampler=tuples the distance margin tau (0.85 in cirtorch)
     koleo_weight: float = 0.0  # lambda of Eq. 5; 0 = IRT_L, > 0 = IRT_R
     koleo_eps: float = 1e-8
@@ -104,6 +113,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     amp: str = "auto"  # auto (bf16 on CPU and recent GPUs) | bf16 | fp16 | off
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    batchnorm: str = "train"  # train (batch statistics) | frozen (BatchNorm in eval mode, as cirtorch; convnets)
     checkpoint_every: int = 1000
     eval_every: int = 0  # 0 = only at the end
     log_every: int = 10
@@ -138,11 +148,13 @@ class Config:
         the values only and the trainer, which builds the model next, checks the name before any work starts.
         """
         choices = {
-            "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem")),
+            "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem", "mac", "spoc", "rmac")),
             "data.eval_resize": (self.data.eval_resize, ("shorter", "square")),
             "data.train_resize": (self.data.train_resize, ("crop", "square")),
             "train.sampler": (self.train.sampler, ("classes", "tuples")),
+            "loss.objective": (self.loss.objective, ("contrastive", "nsoftmax", "snca")),
             "train.optimizer": (self.train.optimizer, ("adamw", "adam")),
+            "train.batchnorm": (self.train.batchnorm, ("train", "frozen")),
             "data.on_bad_image": (self.data.on_bad_image, ("stop", "skip")),
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "off")),
         }
@@ -164,6 +176,7 @@ class Config:
             "tuples.mining_batch_size": tu.mining_batch_size,
             "train.checkpoint_every": tr.checkpoint_every, "train.log_every": tr.log_every,
             "train.lr": tr.lr, "model.gem_p": m.gem_p, "loss.koleo_eps": lo.koleo_eps,
+            "loss.temperature": lo.temperature, "loss.proxy_lr_multiplier": lo.proxy_lr_multiplier,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -186,6 +199,7 @@ class Config:
         ranges = {  # key: (value, ok, the allowed range)
             "data.train_fraction": (d.train_fraction, 0.0 < d.train_fraction < 1.0, "in (0, 1)"),
             "memory.momentum": (mem.momentum, 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
+            "loss.snca_momentum": (lo.snca_momentum, 0.0 <= lo.snca_momentum < 1.0, "in [0, 1)"),
             "model.drop_path_rate": (m.drop_path_rate, 0.0 <= m.drop_path_rate < 1.0, "in [0, 1)"),
             "data.train_resize_ratio": (d.train_resize_ratio, d.train_resize_ratio >= 1.0,
                                         ">= 1 (a resize to image_size x ratio, then a random crop of image_size)"),
@@ -210,6 +224,13 @@ class Config:
         if tr.sampler == "tuples" and (mem.size > 0 or mem.momentum > 0):
             raise ValueError("config keys memory.size / memory.momentum: tuple training (train.sampler=tuples) has "
                              "no cross-batch memory; set memory.size=0 and memory.momentum=0")
+        if lo.objective != "contrastive" and tr.sampler != "classes":
+            raise ValueError(f"config key loss.objective: {lo.objective} trains on P x K batches "
+                             f"(train.sampler=classes), not train.sampler={tr.sampler}")
+        if lo.objective != "contrastive" and (mem.size > 0 or mem.momentum > 0):
+            raise ValueError(f"config keys memory.size / memory.momentum: the cross-batch memory feeds the "
+                             f"contrastive objective only, loss.objective is {lo.objective} (snca keeps its own "
+                             f"memory of every training image); set memory.size=0 and memory.momentum=0")
         if tr.sampler == "classes" and d.images_per_class < 2:
             raise ValueError(f"config key data.images_per_class must be >= 2 with train.sampler=classes, got "
                              f"{d.images_per_class}: a P x K batch holds K images of each of P classes, and the "

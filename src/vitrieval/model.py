@@ -1,8 +1,18 @@
-"""The encoder: timm ViT/DeiT backbone -> token pooling -> [projection] -> L2 normalisation [-> PCA].
+"""The encoder: timm backbone -> pooling -> [projection] -> L2 normalisation [-> PCA].
 
-The descriptor is the CLS token of ``forward_features`` (after the final LayerNorm; token 0 also for distilled
-models, whose ``forward_head(pre_logits=True)`` would average CLS and distillation tokens), or avg / max / GeM
-over the patch tokens. A trained model is a folder: ``model.safetensors`` + ``config.json`` (+ ``pca.safetensors``);
+Two backbone families (:func:`backbone_family`), one descriptor recipe:
+
+- **tokens** (ViT / DeiT, a timm model with ``num_prefix_tokens``): ``forward_features`` gives ``(B, N, D)``;
+  the descriptor is the CLS token (after the final LayerNorm; token 0 also for distilled models, whose
+  ``forward_head(pre_logits=True)`` would average CLS and distillation tokens), or avg / max / GeM over the patch
+  tokens (:class:`~vitrieval.pooling.TokenPooling`; ``model.pooling`` cls | avg | max | gem).
+- **feature maps** (any other timm model, e.g. ``resnet50``): ``forward_features`` gives ``(B, C, H, W)``; the
+  descriptor is MAC / SPoC / GeM / R-MAC over the map (:class:`~vitrieval.pooling.FeatureMapPooling`;
+  ``model.pooling`` mac | spoc | gem | rmac), ``C`` = 2048 for ResNet-50 / 101.
+
+Then the optional projection, L2 normalisation and (in :meth:`Encoder.embed`) the attached PCA.
+
+A trained model is a folder: ``model.safetensors`` + ``config.json`` (+ ``pca.safetensors``);
 :func:`resolve_model_dir` is the one rule that finds it from a training output folder (``OUT`` or ``OUT/model``).
 ``config.json`` holds the keys :meth:`Encoder.save` writes (``STANDARD_KEYS``), the attached PCA's record under
 ``"pca"`` and any other keys the writer added (``extra``: run name, trained iterations, ...), which a loaded
@@ -28,7 +38,7 @@ from torch import nn
 
 from vitrieval.config import ModelConfig
 from vitrieval.pca import PCAReduction
-from vitrieval.pooling import TokenPooling
+from vitrieval.pooling import FEATURE_MAP_POOLINGS, FeatureMapPooling, TokenPooling
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,18 @@ FORMAT_VERSION = 1
 STANDARD_KEYS = ("format", "version", "model", "data_config", "feature_dim", "descriptor_dim", "fingerprint")
 #: The ``config.json`` key recording how the attached PCA was fitted (``{"dim", "whiten", "fitted_on"}``).
 PCA_KEY = "pca"
+
+
+#: The ``model.pooling`` values of each backbone family.
+TOKEN_POOLINGS = ("cls", "avg", "max", "gem")
+POOLINGS = {"tokens": TOKEN_POOLINGS, "feature_map": FEATURE_MAP_POOLINGS}
+#: ``ModelConfig`` keys that resize a ViT (timm's ``img_size`` included): a convnet takes none of them.
+_VIT_ONLY_KEYS = ("patch_size", "depth", "embed_dim", "num_heads")
+
+
+def backbone_family(backbone: nn.Module) -> str:
+    """``"tokens"`` for a timm model with prefix tokens (ViT / DeiT / EVA ...), else ``"feature_map"``."""
+    return "tokens" if hasattr(backbone, "num_prefix_tokens") else "feature_map"
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -81,12 +103,53 @@ def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.
     return "; ".join(parts) or "no key differences"
 
 
-def create_backbone(cfg: ModelConfig) -> nn.Module:
-    """Create the timm backbone without a classifier; load pretrained weights (hub or ``pretrained_file``)."""
+def _timm_create(name: str, pretrained: bool, kwargs: dict[str, Any], **extra: Any) -> nn.Module:
+    """``timm.create_model``; a model that takes no ``img_size`` (a convnet: any input size) is built without it,
+    and ViT-only settings given to such a model stop with a message naming them."""
     import timm
 
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs, **extra)
+    except TypeError as exc:
+        if "img_size" not in str(exc):
+            raise
+    rest = {k: v for k, v in kwargs.items() if k != "img_size"}
+    vit_only = [f"model.{k}" for k in _VIT_ONLY_KEYS if k in rest]
+    if vit_only:
+        raise ValueError(f"{', '.join(vit_only)}: only a ViT backbone takes these; {name} is not one (set them to "
+                         "null)")
+    return timm.create_model(name, pretrained=pretrained, **rest, **extra)
+
+
+def _without_heads(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the classifier entries (timm drops the classifier: ``num_classes=0``) and without
+    BatchNorm's ``num_batches_tracked`` counters (some checkpoints leave them out)."""
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    return {k: v for k, v in state.items()
+            if not any(k.startswith(h + ".") for h in heads) and not k.endswith("num_batches_tracked")}
+
+
+def _weights_error(cfg: ModelConfig, kwargs: dict[str, Any], path: Path, why: str) -> PretrainedWeightsError:
+    """The error for weights in ``path`` that do not fit ``cfg``'s backbone: the file, the model and the keys."""
+    reference_model = _timm_create(cfg.name, False, kwargs)
+    try:
+        found = _without_heads(reference_model, _read_state_dict(path))
+        detail = describe_mismatch(_without_heads(reference_model, reference_model.state_dict()), found)
+    except Exception as read_exc:  # noqa: BLE001 - reported to the user, nothing is lost
+        detail = f"unreadable checkpoint ({read_exc})"
+    return PretrainedWeightsError(
+        f"pretrained weights {path} do not fit {cfg.name} (image_size={cfg.image_size}"
+        f"{f', patch_size={cfg.patch_size}' if cfg.patch_size else ''}): {detail}. {why}")
+
+
+def create_backbone(cfg: ModelConfig) -> nn.Module:
+    """Create the timm backbone without a classifier; load pretrained weights (hub or ``pretrained_file``).
+
+    ViTs are built for ``model.image_size`` (their position embeddings); convnets take any size as they are.
+    """
     kwargs: dict[str, Any] = {"num_classes": 0, "img_size": cfg.image_size, "drop_path_rate": cfg.drop_path_rate}
-    for key in ("patch_size", "depth", "embed_dim", "num_heads"):
+    for key in _VIT_ONLY_KEYS:
         if getattr(cfg, key):
             kwargs[key] = getattr(cfg, key)
     if cfg.pretrained_file:
@@ -94,23 +157,16 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
         if not path.is_file():
             raise PretrainedWeightsError(f"pretrained weights file not found: {path} (model.pretrained_file)")
         try:
-            return timm.create_model(cfg.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            model = _timm_create(cfg.name, True, kwargs, pretrained_cfg_overlay={"file": str(path)})
         except (RuntimeError, KeyError, ValueError) as exc:
-            reference_model = timm.create_model(cfg.name, pretrained=False, **kwargs)
-            reference = reference_model.state_dict()
-            heads = reference_model.pretrained_cfg.get("classifier") or ()
-            heads = (heads,) if isinstance(heads, str) else tuple(heads)
-            try:  # the classifier is dropped by timm (num_classes=0): not a mismatch
-                found = {k: v for k, v in _read_state_dict(path).items()
-                         if not any(k.startswith(h + ".") for h in heads)}
-                detail = describe_mismatch(reference, found)
-            except Exception as read_exc:  # noqa: BLE001 - reported to the user, nothing is lost
-                detail = f"unreadable checkpoint ({read_exc})"
-            raise PretrainedWeightsError(
-                f"pretrained weights {path} do not fit {cfg.name} (image_size={cfg.image_size}"
-                f"{f', patch_size={cfg.patch_size}' if cfg.patch_size else ''}): {detail}. timm said: "
-                f"{str(exc).splitlines()[0][:300]}") from None
-    return timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
+            raise _weights_error(cfg, kwargs, path, f"timm said: {str(exc).splitlines()[0][:300]}") from None
+        # timm loads non-strictly when the classifier is dropped (num_classes=0): a file that leaves weights of
+        # the model unset (another architecture, e.g. a ViT's weights for a ResNet) must not pass silently.
+        found = _read_state_dict(path)
+        if any(k not in found for k in _without_heads(model, model.state_dict())):
+            raise _weights_error(cfg, kwargs, path, "timm left these weights at their initial values")
+        return model
+    return _timm_create(cfg.name, cfg.pretrained, kwargs)
 
 
 class Encoder(nn.Module):
@@ -124,8 +180,19 @@ class Encoder(nn.Module):
             cfg_build = cfg
         self.config = cfg
         self.backbone = create_backbone(cfg_build)
-        num_prefix = int(getattr(self.backbone, "num_prefix_tokens", 1))
-        self.pool = TokenPooling(cfg.pooling, num_prefix, cfg.gem_p, cfg.gem_learnable)
+        #: ``"tokens"`` (ViT / DeiT) or ``"feature_map"`` (convnets), see :func:`backbone_family`.
+        self.family = backbone_family(self.backbone)
+        allowed = POOLINGS[self.family]
+        if cfg.pooling not in allowed:
+            kind = "a token (ViT)" if self.family == "tokens" else "a feature-map (convnet)"
+            raise ValueError(f"config key model.pooling: {cfg.pooling!r} does not apply to {cfg.name}, {kind} "
+                             f"backbone; its poolings are {', '.join(allowed)}")
+        self.pool: nn.Module
+        if self.family == "tokens":
+            num_prefix = int(self.backbone.num_prefix_tokens)
+            self.pool = TokenPooling(cfg.pooling, num_prefix, cfg.gem_p, cfg.gem_learnable)
+        else:
+            self.pool = FeatureMapPooling(cfg.pooling, cfg.gem_p, cfg.gem_learnable)
         width = int(self.backbone.num_features)
         self.projection: nn.Module = nn.Linear(width, cfg.projection_dim) if cfg.projection_dim else nn.Identity()
         self.feature_dim = cfg.projection_dim or width
@@ -145,6 +212,19 @@ class Encoder(nn.Module):
                 "interpolation": str(dc.get("interpolation", "bicubic")),
                 "crop_pct": float(dc.get("crop_pct", 0.875)), "image_size": self.config.image_size}
 
+    #: ``train.batchnorm=frozen``: BatchNorm layers stay in eval mode (ImageNet statistics) when training.
+    batchnorm_frozen: bool = False
+
+    def train(self, mode: bool = True) -> Encoder:
+        """``nn.Module.train``; with :attr:`batchnorm_frozen` every BatchNorm layer stays in eval mode (its running
+        statistics are used and kept, its affine weights still learn), as cirtorch trains on tuples."""
+        super().train(mode)
+        if mode and self.batchnorm_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     @property
     def descriptor_dim(self) -> int:
         """Dimension of what :meth:`embed` returns (after PCA, if one is attached)."""
@@ -152,8 +232,12 @@ class Encoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised pixels -> ``(B, D)`` unit-norm descriptors (before PCA)."""
-        tokens = self.backbone.forward_features(images)
-        z = self.projection(self.pool(tokens))
+        features = self.backbone.forward_features(images)
+        if self.family == "feature_map" and features.ndim != 4:
+            raise ValueError(f"{self.config.name}: forward_features gave shape {tuple(features.shape)}, not a "
+                             "(B, C, H, W) feature map; vitrieval pools token sequences only of ViTs with prefix "
+                             "tokens and (B, C, H, W) maps of convnets")
+        z = self.projection(self.pool(features))
         return F.normalize(z.float(), dim=-1)
 
     def set_pca(self, pca: PCAReduction | None, info: dict[str, Any] | None = None) -> None:
@@ -248,11 +332,16 @@ def resolve_model_dir(directory: str | Path) -> Path:
 
 
 def at_image_size(encoder: Encoder, image_size: int | None) -> Encoder:
-    """``encoder`` itself, or a copy whose ViT takes ``image_size`` inputs (position embeddings resampled)."""
+    """``encoder`` itself, or a copy that takes ``image_size`` inputs: a ViT with its position embeddings resampled,
+    a convnet (which takes any size) with only its pre-processing size changed."""
     if image_size is None or image_size == int(encoder.data_config["image_size"]):
         return encoder
     if image_size < 1:
         raise ValueError(f"image size must be positive, got {image_size}")
+    if encoder.family == "feature_map":
+        resized = copy.deepcopy(encoder)
+        resized.data_config = {**encoder.data_config, "image_size": int(image_size)}
+        return resized
     backbone = encoder.backbone
     if not hasattr(backbone, "set_input_size"):
         raise ValueError(f"{encoder.config.name}: cannot change the input size of this backbone "

@@ -122,10 +122,14 @@ class RunLifecycle:
         self.train_table, self.test_table = load_tables(config)
         self._prepare_data()
         self.encoder = Encoder(config.model).to(self.device)
+        self.encoder.batchnorm_frozen = config.train.batchnorm == "frozen"
         self.objective: Objective = self._make_objective()
         self._prepare_model()
         self.model = wrap_for_ranks(self.encoder, self.dist, self.device)
-        self.optimizer = make_optimizer([*self.encoder.parameters(), *self.objective.parameters()], config)
+        own = self.objective.parameters()  # e.g. NSoftmax's proxies, in a group of their own (lr multiplier)
+        self.optimizer = make_optimizer([*self.encoder.parameters()] if not own else [
+            {"params": list(self.encoder.parameters())},
+            {"params": own, "lr": config.train.lr * self.objective.lr_multiplier}], config)
         self.scaler = make_scaler(self.device, config.train.amp)
         self._prepare_training()
         self.iteration = 0

@@ -14,6 +14,18 @@ Every objective turns a batch of unit descriptors into named loss terms and thei
   ``memory.start_iteration``; from then on the batch is enqueued first and compared with the memory without its
   own copies (the XBM reference order).
 
+- :class:`NSoftmaxObjective` (P x K batches, ``loss.objective=nsoftmax``; Zhai & Wu 2018)::
+
+      L = L_NSoftmax(batch; proxies) + λ · L_KoLeo(batch)
+
+  one learned proxy per training class (:func:`vitrieval.losses.normalized_softmax_loss`).
+
+- :class:`SNCAObjective` (P x K batches, ``loss.objective=snca``; Wu et al. 2018)::
+
+      L = L_SNCA(batch; memory) + λ · L_KoLeo(batch),   then  memory[i] <- n(m · memory[i] + (1 − m) · z_i)
+
+  against a memory of every training image (:func:`vitrieval.losses.snca_loss`, each anchor's own row left out).
+
 - :class:`TupleObjective` (mined tuples, cirtorch's procedure)::
 
       L = L_tuple + λ · L_KoLeo
@@ -21,19 +33,30 @@ Every objective turns a batch of unit descriptors into named loss terms and thei
   with ``L_tuple`` the distance-based contrastive loss summed over the tuples
   (:func:`vitrieval.losses.tuple_contrastive_loss`).
 
-Which trainer uses which: ``train.sampler=classes`` the IRT objective, ``tuples`` the tuple objective.
+Which trainer uses which: ``train.sampler=classes`` the one ``loss.objective`` names (:func:`make_objective`),
+``tuples`` the tuple objective. Under torchrun the P x K objectives see the gathered global batch; every rank then
+holds the same proxies and the same memory (they are updated from the same gathered values).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vitrieval.config import LossConfig, MemoryConfig
-from vitrieval.losses import contrastive_loss, koleo_loss, tuple_contrastive_loss
+from vitrieval.losses import (
+    contrastive_loss,
+    koleo_loss,
+    normalized_softmax_loss,
+    snca_loss,
+    tuple_contrastive_loss,
+)
 from vitrieval.training.memory import CrossBatchMemory
 
 
@@ -58,7 +81,8 @@ class Objective(ABC):
 
     @abstractmethod
     def __call__(self, z: torch.Tensor, labels: torch.Tensor, iteration: int, *, z_local: torch.Tensor | None = None,
-                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None) -> LossTerms:
+                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None,
+                 indices: torch.Tensor | None = None) -> LossTerms:
         """The loss terms of one batch.
 
         ``z``: the descriptors the objective is computed over, ``(N, D)``, with their ``labels`` ``(N,)``;
@@ -66,6 +90,8 @@ class Objective(ABC):
         global batch with ``z_local`` this rank's part, or this rank's share alone). ``z_for_memory``: what an
         objective with a memory enqueues (e.g. a momentum encoder's embeddings of the batch). ``tuple_size``: for
         tuple objectives, the images per tuple, ``z`` holding whole tuples in order ``(q, p, n_1, …)``.
+        ``indices``: the training-table rows of the items of ``z`` (what an objective with a memory of every
+        training image reads and updates).
         """
 
     @abstractmethod
@@ -80,10 +106,17 @@ class Objective(ABC):
     def parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters of the objective itself (e.g. class proxies); none by default.
 
-        The lifecycle optimises them with the encoder's. Under torchrun DDP averages only the wrapped encoder's
-        gradients, so an objective that has parameters must also get them averaged (e.g. by being wrapped with it).
+        The lifecycle optimises them with the encoder's, in a parameter group of their own at
+        ``train.lr × lr_multiplier``. Under torchrun DDP averages only the wrapped encoder's gradients, so an
+        objective with parameters must give every rank the same gradient itself (:class:`NSoftmaxObjective`: the
+        loss over the gathered batch is the same on every rank; its ``world_size`` factor is undone in the graph).
         """
         return []
+
+    @property
+    def lr_multiplier(self) -> float:
+        """The learning rate of :meth:`parameters` as a multiple of ``train.lr``."""
+        return 1.0
 
     def state_dict(self) -> dict[str, Any]:
         """Top-level checkpoint entries holding the objective's state; none by default."""
@@ -105,7 +138,8 @@ class IRTObjective(Objective):
         return self.memory is not None and iteration >= self.memory_cfg.start_iteration
 
     def __call__(self, z: torch.Tensor, labels: torch.Tensor, iteration: int, *, z_local: torch.Tensor | None = None,
-                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None) -> LossTerms:
+                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None,
+                 indices: torch.Tensor | None = None) -> LossTerms:
         """Terms ``contrastive``, ``memory``, ``koleo`` for unit descriptors ``z`` at ``iteration``.
 
         ``z_for_memory`` (e.g. the momentum encoder's embeddings of the same batch) is what gets enqueued;
@@ -151,7 +185,8 @@ class TupleObjective(Objective):
         self.loss_cfg = loss
 
     def __call__(self, z: torch.Tensor, labels: torch.Tensor, iteration: int, *, z_local: torch.Tensor | None = None,
-                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None) -> LossTerms:
+                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None,
+                 indices: torch.Tensor | None = None) -> LossTerms:
         """Terms ``tuple`` (summed over the tuples of ``z``) and ``koleo`` (over ``z``; 0 when λ = 0 or fewer than
         2 descriptors). An empty ``z`` (a rank with no tuples in this batch) gives a zero tuple loss that still
         depends on the parameters, so the rank joins DDP's gradient all-reduce."""
@@ -173,3 +208,169 @@ class TupleObjective(Objective):
         row = {"loss_tuple": float(terms["tuple"].detach()), "loss_koleo": float(terms["koleo"].detach())}
         row["loss"] = row["loss_tuple"] + self.loss_cfg.koleo_weight * row["loss_koleo"]
         return row
+
+
+class _GlobalBatchObjective(Objective):
+    """Shared by NSoftmax and SNCA: one term (:attr:`term`) over the (gathered) batch + λ · KoLeo, scaled like IRT's.
+    """
+
+    term = "main"
+
+    def __init__(self, loss: LossConfig) -> None:
+        self.loss_cfg = loss
+
+    def _koleo(self, z: torch.Tensor, z_local: torch.Tensor | None) -> torch.Tensor:
+        koleo_input = z if (z_local is None or self.loss_cfg.koleo_global) else z_local
+        if self.loss_cfg.koleo_weight > 0 and len(koleo_input) > 1:
+            return koleo_loss(koleo_input, self.loss_cfg.koleo_eps)
+        return z.new_zeros(())
+
+    def backward_loss(self, terms: LossTerms, world_size: int = 1) -> torch.Tensor:
+        """``world_size · L_main + λ · L_KoLeo`` (KoLeo × ``world_size`` too when global), as for IRT."""
+        if world_size == 1:
+            return terms.total
+        koleo_scale = world_size if self.loss_cfg.koleo_global else 1
+        return world_size * terms[self.term] + self.loss_cfg.koleo_weight * koleo_scale * terms["koleo"]
+
+
+def _class_rows(labels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The row of each label in the sorted ``classes``; a label outside them is an error naming it."""
+    rows = torch.searchsorted(classes, labels).clamp(max=len(classes) - 1)
+    bad = classes[rows] != labels
+    if bool(bad.any()):
+        raise ValueError(f"label {int(labels[bad][0])} is not a training class (the proxies are of "
+                         f"{len(classes)} training classes)")
+    return rows
+
+
+class NSoftmaxObjective(_GlobalBatchObjective):
+    """Normalised softmax over one learned proxy per training class + λ · KoLeo (``loss.objective=nsoftmax``).
+
+    The proxies ``(C, D)`` are initialised like ``nn.Linear`` (uniform ±1/√D, the reference's classifier) from a
+    generator seeded by ``seed``, so every rank and every rerun starts from the same ones; they are trained with
+    the encoder at ``train.lr × loss.proxy_lr_multiplier`` (1, as Zhai & Wu's code). Under torchrun every rank
+    computes the loss over the same gathered batch, hence the same proxy gradient: it is scaled by
+    ``1 / world_size`` inside the graph to undo :meth:`backward_loss`'s ``world_size``, so no all-reduce is needed
+    and the proxies stay identical on every rank.
+    """
+
+    term = "nsoftmax"
+    checkpoint_key = "nsoftmax_proxies"
+
+    def __init__(self, loss: LossConfig, class_labels: np.ndarray | list[int], dim: int,
+                 device: torch.device | str = "cpu", seed: int = 0, world_size: int = 1) -> None:
+        super().__init__(loss)
+        classes = np.unique(np.asarray(class_labels, dtype=np.int64))
+        if len(classes) == 0:
+            raise ValueError("NSoftmax needs at least one training class")
+        self.classes = torch.as_tensor(classes, device=device)
+        self.world_size = world_size
+        bound = 1.0 / math.sqrt(dim)
+        generator = torch.Generator().manual_seed(int(seed))
+        init = torch.rand(len(classes), dim, generator=generator, dtype=torch.float32) * (2 * bound) - bound
+        self.proxies = torch.nn.Parameter(init.to(device))
+
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor, iteration: int, *, z_local: torch.Tensor | None = None,
+                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None,
+                 indices: torch.Tensor | None = None) -> LossTerms:
+        """Terms ``nsoftmax`` (the cross-entropy over ``z``) and ``koleo``."""
+        proxies = self.proxies
+        if self.world_size > 1:
+            proxies = proxies.view_as(proxies)
+            proxies.register_hook(lambda grad: grad / self.world_size)
+        main = normalized_softmax_loss(z, _class_rows(labels, self.classes), proxies, self.loss_cfg.temperature)
+        koleo = self._koleo(z, z_local)
+        return LossTerms(main + self.loss_cfg.koleo_weight * koleo, {self.term: main, "koleo": koleo})
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [self.proxies]
+
+    @property
+    def lr_multiplier(self) -> float:
+        """``loss.proxy_lr_multiplier``."""
+        return self.loss_cfg.proxy_lr_multiplier
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.checkpoint_key: self.proxies.detach().cpu().clone()}
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        _check_state(checkpoint, self.checkpoint_key, "nsoftmax")
+        with torch.no_grad():
+            self.proxies.copy_(checkpoint[self.checkpoint_key].to(self.proxies.device))
+
+
+class SNCAObjective(_GlobalBatchObjective):
+    """SNCA against a memory of every training image + λ · KoLeo (``loss.objective=snca``).
+
+    Row ``i`` of the memory ``(N_train, D)`` belongs to training-table row ``i`` (``indices`` of the batch); it
+    starts uniform in ±1/√D (the reference's ``LinearAverage`` initialisation; a generator seeded by ``seed``).
+    After the loss, which reads the memory as it was before the step (the reference updates it in its backward),
+    every row of the batch becomes ``normalise(m · memory[i] + (1 − m) · z_i)`` with ``m = loss.snca_momentum``
+    (0.5 in Microsoft/snca.pytorch). An image twice in a batch is updated once, from its first copy. Under
+    torchrun ``z`` and ``indices`` are the gathered global batch, so every rank applies the same update.
+    """
+
+    term = "snca"
+    checkpoint_key = "snca_memory"
+
+    def __init__(self, loss: LossConfig, labels: np.ndarray | list[int], dim: int,
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+        super().__init__(loss)
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
+        bound = 1.0 / math.sqrt(dim)
+        generator = torch.Generator().manual_seed(int(seed))
+        init = torch.rand(len(self.labels), dim, generator=generator, dtype=torch.float32) * (2 * bound) - bound
+        self.memory = init.to(device)
+
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor, iteration: int, *, z_local: torch.Tensor | None = None,
+                 z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None,
+                 indices: torch.Tensor | None = None) -> LossTerms:
+        """Terms ``snca`` (of ``z`` against the memory, self left out) and ``koleo``; then the memory update."""
+        if indices is None:
+            raise ValueError("SNCAObjective needs the training-table rows of the batch (indices)")
+        indices = indices.to(self.memory.device)
+        main = snca_loss(z, labels, self.memory, self.labels, self.loss_cfg.temperature, self_index=indices)
+        koleo = self._koleo(z, z_local)
+        self._update(z.detach().float(), indices)
+        return LossTerms(main + self.loss_cfg.koleo_weight * koleo, {self.term: main, "koleo": koleo})
+
+    def _update(self, z: torch.Tensor, indices: torch.Tensor) -> None:
+        """Momentum update of the batch's rows, out of place (the loss's graph still holds the old memory)."""
+        if len(indices) == 0:
+            return
+        unique, inverse = torch.unique(indices, return_inverse=True)
+        order = torch.arange(len(indices), device=indices.device)
+        first = torch.full((len(unique),), len(indices), device=indices.device).scatter_reduce(
+            0, inverse, order, reduce="amin")
+        rows, values = unique, z[first]
+        m = self.loss_cfg.snca_momentum
+        updated = F.normalize(m * self.memory[rows] + (1.0 - m) * values, dim=1)
+        self.memory = self.memory.index_copy(0, rows, updated)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.checkpoint_key: self.memory.cpu().clone()}
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        _check_state(checkpoint, self.checkpoint_key, "snca")
+        saved = checkpoint[self.checkpoint_key]
+        if tuple(saved.shape) != tuple(self.memory.shape):
+            raise ValueError(f"the checkpoint's SNCA memory is {tuple(saved.shape)}, this run's training set needs "
+                             f"{tuple(self.memory.shape)}")
+        self.memory = saved.to(self.memory.device).clone()
+
+
+def _check_state(checkpoint: dict[str, Any], key: str, objective: str) -> None:
+    if checkpoint.get(key) is None:
+        raise ValueError(f"the checkpoint has no {key}: it was not written by a loss.objective={objective} run")
+
+
+def make_objective(loss: LossConfig, memory: MemoryConfig, dim: int, train_labels: np.ndarray,
+                   device: torch.device | str = "cpu", seed: int = 0, world_size: int = 1) -> Objective:
+    """The P x K objective ``loss.objective`` names, for descriptors of ``dim`` and the training labels."""
+    if loss.objective == "nsoftmax":
+        return NSoftmaxObjective(loss, train_labels, dim, device, seed, world_size)
+    if loss.objective == "snca":
+        return SNCAObjective(loss, train_labels, dim, device, seed)
+    if loss.objective == "contrastive":
+        return IRTObjective(loss, memory, dim, device)
+    raise ValueError(f"config key loss.objective: {loss.objective!r} is not one of contrastive, nsoftmax, snca")

@@ -1,11 +1,12 @@
 """The P x K trainer (IRT_L / IRT_R): iterations over class-balanced batches, resumable, on CPU, one GPU or many.
 
 Each step draws ``P`` classes x ``K`` images (:class:`~vitrieval.data.sampler.ClassBalancedBatchSampler`, a
-disjoint share of the classes per rank under torchrun), gathers every rank's descriptors and minimises the IRT
-objective (:class:`~vitrieval.training.objectives.IRTObjective`: contrastive loss on the batch and against the
-cross-batch memory, + KoLeo), the memory optionally fed by a momentum encoder. The run folder, checkpoints and
-evaluation rows are the shared lifecycle's (:mod:`vitrieval.training.lifecycle`); a checkpoint also holds the
-memory, the momentum encoder and the sampler position, so a run resumes mid-epoch to identical weights.
+disjoint share of the classes per rank under torchrun), gathers every rank's descriptors (and their training-table
+rows) and minimises the objective ``loss.objective`` names (:func:`~vitrieval.training.objectives.make_objective`):
+by default IRT's contrastive loss on the batch and against the cross-batch memory, + KoLeo, the memory optionally
+fed by a momentum encoder; or NSoftmax / SNCA + KoLeo. The run folder, checkpoints and evaluation rows are the
+shared lifecycle's (:mod:`vitrieval.training.lifecycle`); a checkpoint also holds the objective's state (memory,
+proxies), the momentum encoder and the sampler position, so a run resumes mid-epoch to identical weights.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from vitrieval.data.sampler import ClassBalancedBatchSampler
 from vitrieval.data.transforms import train_transform
 from vitrieval.training.lifecycle import RunLifecycle, TrainResult
 from vitrieval.training.momentum import MomentumEncoder
-from vitrieval.training.objectives import IRTObjective
+from vitrieval.training.objectives import Objective, make_objective
 from vitrieval.training.optim import optimizer_step
 
 
@@ -36,10 +37,10 @@ class Trainer(RunLifecycle):
     train_sampler = "classes"
     skipped_key = "skipped_images"
     skipped_what = "unreadable image(s)"
-    objective: IRTObjective
 
-    def _make_objective(self) -> IRTObjective:
-        return IRTObjective(self.cfg.loss, self.cfg.memory, self.encoder.feature_dim, self.device)
+    def _make_objective(self) -> Objective:
+        return make_objective(self.cfg.loss, self.cfg.memory, self.encoder.feature_dim, self.train_table.labels,
+                              self.device, self.cfg.train.seed, self.dist.world_size)
 
     def _prepare_model(self) -> None:
         momentum = self.cfg.memory.momentum
@@ -91,9 +92,12 @@ class Trainer(RunLifecycle):
         z = self.dist.gather_with_grad(z_local)
         y = self.dist.gather_with_grad(labels)
         z_mem = self.dist.gather_with_grad(z_mem_local.float()) if z_mem_local is not None else None
-        terms = self.objective(z, y, self.iteration, z_for_memory=z_mem, z_local=z_local)
+        rows = batch.get("indices")  # the items' training-table rows (what SNCA's memory is indexed by)
+        rows = self.dist.gather_with_grad(rows.to(self.device)) if rows is not None else None
+        terms = self.objective(z, y, self.iteration, z_for_memory=z_mem, z_local=z_local, indices=rows)
         loss = self.objective.backward_loss(terms, self.dist.world_size)
-        grad_norm = optimizer_step(loss, self.optimizer, self.scaler, self.encoder.parameters(),
+        grad_norm = optimizer_step(loss, self.optimizer, self.scaler,
+                                   [*self.encoder.parameters(), *self.objective.parameters()],
                                    self.cfg.train.grad_clip)
         if self.momentum is not None:
             self.momentum.update(self.encoder)
@@ -142,9 +146,9 @@ class Trainer(RunLifecycle):
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 self.metrics.write(row)
                 history.append(row)
-                self.logger.info("iteration %d: loss %.4f (contrastive %.4f, memory %.4f, koleo %.4f), %.1f "
-                                 "img/s", self.iteration, row["loss"], row["loss_contrastive"], row["loss_memory"],
-                                 row["loss_koleo"], row["images_per_second"])
+                parts = ", ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+                self.logger.info("iteration %d: loss %.4f (%s), %.1f img/s", self.iteration, row["loss"], parts,
+                                 row["images_per_second"])
             if cfg.eval_every > 0 and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iterations:
                 self._record_recall(self.evaluate(), history, "iteration %d: %s", self.iteration)
             if self.iteration % cfg.checkpoint_every == 0 and self.iteration < cfg.iterations:
