@@ -23,6 +23,19 @@ class CLIError(Exception):
 
 USER_ERRORS: tuple[type[Exception], ...] = (CLIError, FileNotFoundError, ValueError, KeyError)
 """What a command reports as a one-line error (:func:`report_error`) instead of a traceback."""
+LAZY_USER_ERRORS: tuple[tuple[str, str], ...] = (("vitrieval.model", "PretrainedWeightsError"),)
+"""User errors of heavy modules, as ``(module, class)``: checked only once the module is imported (it raised)."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`)."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    for module_name, class_name in LAZY_USER_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
 
 
 def report_error(command: str, exc: BaseException) -> int:
@@ -61,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except USER_ERRORS as exc:
-        if args.verbose:
-            raise
-        return report_error(args.command, exc)
     except KeyboardInterrupt:
         print(f"vitrieval {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.verbose or not is_user_error(exc):
+            raise
+        return report_error(args.command, exc)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from vitrieval.cli import USER_ERRORS, CLIError, report_error
+from vitrieval.cli import CLIError, is_user_error, report_error
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     quiet = _quiet_logging() if not ctx.is_main else None
     try:
         return _run(args, images, ctx)
-    except USER_ERRORS as exc:
-        if getattr(exc, "raised_on_rank", None) != 0 or getattr(args, "verbose", False):
+    except Exception as exc:
+        if (not is_user_error(exc) or getattr(exc, "raised_on_rank", None) != 0
+                or getattr(args, "verbose", False)):
             raise
         # rank 0's error, raised on every rank: rank 0 reports it (as ``vitrieval`` does), before anyone exits
         code = report_error(args.command, exc) if ctx.is_main else 2

@@ -15,7 +15,8 @@ so a half-written folder is detected on load.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ METADATA_FILE = "metadata.jsonl"
 INFO_FILE = "index.json"
 FORMAT = "vitrieval-index"
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class ModelMismatchError(ValueError):
@@ -75,8 +78,9 @@ def read_folder(directory: Path, mmap: bool = False) -> tuple[faiss.Index, list[
     info_path = directory / INFO_FILE
     if not info_path.is_file():
         raise IndexFormatError(f"{directory} is not a vitrieval index: {INFO_FILE} not found")
-    info = json.loads(info_path.read_text())
-    if info.get("format") != FORMAT:
+    info = _read_json(info_path, "".join(_lines(info_path)))
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        info = info if isinstance(info, dict) else {}
         raise IndexFormatError(f"{info_path}: not a vitrieval index (format {info.get('format')!r})")
     if int(info.get("version", 0)) > FORMAT_VERSION:
         raise IndexFormatError(f"{info_path}: index format version {info['version']} is newer than this "
@@ -85,18 +89,47 @@ def read_folder(directory: Path, mmap: bool = False) -> tuple[faiss.Index, list[
         if not (directory / name).is_file():
             raise IndexFormatError(f"{directory}: {name} is missing (an interrupted build? rerun it)")
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    faiss_index = faiss.read_index(str(directory / INDEX_FILE), flags)
+    try:
+        faiss_index = faiss.read_index(str(directory / INDEX_FILE), flags)
+    except RuntimeError as exc:
+        log.debug("faiss.read_index(%s): %s", directory / INDEX_FILE, exc)
+        raise IndexFormatError(f"{directory / INDEX_FILE} is unreadable by faiss (truncated or damaged): rebuild "
+                               "the index (vitrieval index) or copy it again") from None
     entries = []
-    with open(directory / METADATA_FILE, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
+    metadata = directory / METADATA_FILE
+    for number, line in enumerate(_lines(metadata), start=1):
+        if line.strip():
+            row = _read_json(metadata, line, number)
+            try:
                 entries.append(IndexEntry(int(row["id"]), row["path"], row.get("label")))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise IndexFormatError(f"{metadata} line {number} is not an index entry ({line.strip()[:80]}); "
+                                       "rebuild the index or copy it again") from None
     if not (len(entries) == faiss_index.ntotal == int(info["count"])):
         raise IndexFormatError(f"{directory}: inconsistent index ({len(entries)} metadata rows, "
                                f"{faiss_index.ntotal} vectors, index.json says {info['count']}); an "
                                f"interrupted write? rebuild the index")
     return faiss_index, entries, info
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of the text file ``path``, or an :class:`IndexFormatError` naming it when it is not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            yield from fh
+    except UnicodeDecodeError as exc:
+        raise IndexFormatError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): a damaged copy? "
+                               "rebuild the index (vitrieval index) or copy it again") from None
+
+
+def _read_json(path: Path, text: str, line: int | None = None) -> Any:
+    """``text`` (the file ``path``, or its line ``line``) parsed, or an :class:`IndexFormatError` naming it."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        where = f"{path} line {line}" if line is not None else str(path)
+        raise IndexFormatError(f"{where} is not valid JSON ({exc}): a damaged or interrupted copy? rebuild the "
+                               "index (vitrieval index) or copy it again") from None
 
 
 def write_folder(directory: Path, faiss_index: faiss.Index, entries: Iterable[IndexEntry],
