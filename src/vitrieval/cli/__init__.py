@@ -38,6 +38,20 @@ def is_user_error(exc: BaseException) -> bool:
     return False
 
 
+def check_output_file(path: str, option: str, example: str) -> None:
+    """Refuse, before any work, an output file ``path`` (given as ``option``) that cannot be written as a file."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CLIError(f"{option} {path} is a folder; give a file name (e.g. {target / example})")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
 def report_error(command: str, exc: BaseException) -> int:
     """Print ``vitrieval COMMAND: error: MESSAGE`` (one line, on stderr) and return the exit code, 2.
 
@@ -69,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

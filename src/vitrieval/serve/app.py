@@ -12,8 +12,10 @@ Endpoints
 - ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs``: OpenAPI.
 
 Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
-an upload over the limit -> 413 (checked on Content-Length and again while the body streams in), ``k`` out of
-range -> 422. Embedding and search run in the threadpool, serialised by the index's lock (one shared model).
+a client that disconnects mid-upload -> 400 (an INFO line, no traceback), an id that is not one of the index's
+(any length) -> 404, an upload over the limit -> 413 (checked on Content-Length and again while the body streams
+in), ``k`` out of range -> 422. Embedding and search run in the threadpool, serialised by the index's lock (one
+shared model).
 
 A small file can hold a huge image, so the decoded size is bounded too (:mod:`vitrieval.serve.uploads`): from the
 header alone, an image over ``max_upload_pixels`` -> 413, of an aspect ratio over ``max_aspect_ratio`` -> 422,
@@ -40,6 +42,7 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect
 
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
@@ -62,6 +65,8 @@ DEFAULT_MAX_K = 100
 MULTIPART_OVERHEAD = 16 * 1024
 """Allowance for the multipart envelope (boundary, part headers) on top of the file itself."""
 THUMBNAIL_SIZES = (16, 1024)
+MAX_ID_DIGITS = 20
+"""Longest image id in a URL (an int64 has 19 digits; Python refuses to parse numbers of over 4300 digits)."""
 PAGE_CSP = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
             "script-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; base-uri 'none'")
 
@@ -165,10 +170,14 @@ async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
         if int(length) > limit:
             raise HTTPException(413, f"upload too large: {int(length)} bytes, the limit is {max_mb} MB")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise HTTPException(413, f"upload too large: over {limit} bytes, the limit is {max_mb} MB")
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise HTTPException(413, f"upload too large: over {limit} bytes, the limit is {max_mb} MB")
+    except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log as an error
+        log.info("a client disconnected during its upload (%d bytes received)", len(body))
+        raise HTTPException(400, "the upload was cut short (client disconnected)") from None
     replayed = False
 
     async def receive() -> dict[str, Any]:
@@ -281,7 +290,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     def image(image_id: str,
               size: Annotated[int, Query(ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1],
                                          description="longest side in pixels")] = 256) -> Response:
-        if not (image_id.isascii() and image_id.isdigit()):
+        if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > MAX_ID_DIGITS:
             raise HTTPException(404, "no such image")
         try:
             entry = idx.entry(int(image_id))
