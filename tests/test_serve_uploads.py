@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_index import COLOURS, make_images, make_model
+from index_world import COLOURS, make_images, make_model
 
 from vitrieval.data.images import load_image
 from vitrieval.index import Index

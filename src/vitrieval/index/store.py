@@ -5,7 +5,9 @@ An index folder holds::
     index.faiss       the faiss index (inner product on unit vectors = cosine), wrapped in IndexIDMap2
     metadata.jsonl    one line per indexed image: {"id", "path", "label"}
     index.json        model reference (checkpoint path, fingerprint, descriptor dim, preprocessing), factory,
-                      search parameters, count, skipped unreadable files, creation time
+                      search parameters, count, skipped unreadable files, creation time; ``root`` (the indexed
+                      folder: clients see paths relative to it, :func:`display_path`) and, for a folder laid out
+                      in classes, ``classes`` (the names, label order)
     shards/           the build's resumable descriptor cache (:mod:`vitrieval.index.shard_cache`)
 
 Every file is written atomically; ``index.json`` is written last and its ``count`` must agree with the other two,
@@ -18,7 +20,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from vitrieval.data.table import Record
@@ -58,6 +60,17 @@ class IndexEntry:
         """The entry of ``record`` under ``image_id`` (a negative label, "unknown" in a table, is ``None``)."""
         label = record.label
         return cls(int(image_id), record.path, None if label is None or int(label) < 0 else int(label))
+
+
+def display_path(path: str, root: str | None) -> str:
+    """How an indexed image is named to a client: its path relative to the indexed ``root`` (``obj077/290.jpg``),
+    never an absolute server path; its base name when outside ``root`` or when the index predates ``root``."""
+    if root:
+        try:
+            return PurePath(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return PurePath(path).name
 
 
 def check_out_dir(directory: Path) -> None:

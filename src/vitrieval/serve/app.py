@@ -3,7 +3,8 @@
 Endpoints
 ---------
 - ``POST /search?k=10``: multipart upload (field ``file``) -> ``{"results": [{id, score, label, path,
-  thumbnail_url}], "took_ms"}``; ``path`` is the file's base name only (no server paths leak).
+  thumbnail_url}], "took_ms"}``; ``path`` is relative to the indexed folder (``obj077/290.jpg``; no absolute
+  server path leaks; the base name for an index built before ``root`` was kept, or an image added from elsewhere).
 - ``GET /images/{id}?size=256``: a JPEG thumbnail (longest side <= size) of an indexed image, made on the fly and
   kept in an in-memory LRU cache. Only ids of the index resolve to files, so no path can be traversed.
 - ``GET /healthz``: count, model fingerprint, descriptor dimension, factory, limits (``max_k``, ``max_upload_bytes``,
@@ -47,6 +48,7 @@ from starlette.requests import ClientDisconnect
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.index import Index
+from vitrieval.index.store import display_path
 from vitrieval.serve.uploads import (
     DEFAULT_DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -87,7 +89,8 @@ class SearchResult(BaseModel):
     id: int = Field(description="id of the image in the index (also its thumbnail's id)")
     score: float = Field(description="cosine similarity to the query, 1 = identical")
     label: int | None = Field(description="the image's label, when the collection had labels")
-    path: str = Field(description="base name of the indexed file")
+    path: str = Field(description="the indexed file's path relative to the indexed folder (e.g. obj077/290.jpg); "
+                                  "its base name for an index built before vitrieval kept that folder")
     thumbnail_url: str = Field(description="relative URL of a JPEG thumbnail")
 
 
@@ -214,6 +217,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     if preload_model:
         _ = idx.encoder
     decoder = DecodePool(limits, ResizeTarget.from_index_info(idx.info))
+    root = idx.root
     cache = ThumbnailCache(thumbnail_cache_entries)
     max_mb = f"{max_upload_bytes / 2 ** 20:g}"
     page = _page()
@@ -281,7 +285,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
             raise HTTPException(exc.status, exc.detail) from None
         except ImageDecodeError as exc:
             raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
-        results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=Path(h.path).name,
+        results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=display_path(h.path, root),
                                 thumbnail_url=f"/images/{h.id}") for h in hits]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
