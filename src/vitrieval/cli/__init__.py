@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:  # a file name that is not UTF-8 prints as its own bytes, whatever the locale's error handler
+        sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    except (AttributeError, ValueError):  # not a TextIOWrapper (a test's capture), or a closed stream
+        pass
     if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not getattr(args, "_run", None):

@@ -64,13 +64,15 @@ class IndexEntry:
 
 def display_path(path: str, root: str | None) -> str:
     """How an indexed image is named to a client: its path relative to the indexed ``root`` (``obj077/290.jpg``),
-    never an absolute server path; its base name when outside ``root`` or when the index predates ``root``."""
+    never an absolute server path; its base name when outside ``root`` or when the index predates ``root``. The bytes
+    of a file name that is not UTF-8 show as U+FFFD (the entry itself keeps the exact name)."""
+    shown = PurePath(path).name
     if root:
         try:
-            return PurePath(path).relative_to(root).as_posix()
+            shown = PurePath(path).relative_to(root).as_posix()
         except ValueError:
             pass
-    return PurePath(path).name
+    return shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def check_out_dir(directory: Path) -> None:
