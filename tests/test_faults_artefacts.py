@@ -12,6 +12,7 @@ import pytest
 from index_world import build_world
 from vitrieval.cli import main
 from vitrieval.config import ModelConfig
+from vitrieval.index.store import generation_dir
 from vitrieval.model import Encoder
 
 
@@ -46,8 +47,10 @@ def _model(world: dict, tmp_path: Path, damage: str) -> Path:
 
 
 def _index(world: dict, tmp_path: Path, damage: str) -> Path:
-    index = tmp_path / "damaged.idx"
-    shutil.copytree(world["index_dir"], index)
+    shutil.copytree(world["index_dir"], tmp_path / "damaged.idx")
+    index = generation_dir(tmp_path / "damaged.idx")  # the data files' folder
+    if damage == "index.json":
+        index = tmp_path / "damaged.idx"
     if damage == "index.faiss":
         data = (index / "index.faiss").read_bytes()
         (index / "index.faiss").write_bytes(data[:300])
@@ -135,7 +138,8 @@ def test_a_damaged_index_in_search_serve_and_index_add(world, tmp_path, capsys, 
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("served a broken index"))
-    index = _index(world, tmp_path, damage)
+    _index(world, tmp_path, damage)
+    index = tmp_path / "damaged.idx"
     assert main(["search", "--index", str(index), str(world["images"][0])]) == 2
     _one_line(capsys, "search", str(index), INDEX_DAMAGE[damage])
     assert main(["serve", "--index", str(index)]) == 2

@@ -169,7 +169,8 @@ class Index:
         return cls(faiss_index, entries, info, directory, device=device)
 
     def save(self, directory: str | Path | None = None) -> Path:
-        """Write ``index.faiss``, ``metadata.jsonl`` and then ``index.json`` atomically into ``directory``."""
+        """Write the index into ``directory`` as one atomic update: a new generation of ``index.faiss`` and
+        ``metadata.jsonl``, then ``index.json`` swapped to it (:func:`vitrieval.index.store.write_folder`)."""
         directory = Path(directory) if directory is not None else self.directory
         if directory is None:
             raise ValueError("Index.save: no directory given and the index was not loaded from one")
