@@ -68,3 +68,10 @@ def test_a_file_or_a_link_in_the_folders_place_is_refused(tmp_path):
     with pytest.raises(ValueError, match="irt_o exists and is not a folder the demo wrote"):
         _fresh_dir(tmp_path / "irt_o")
     assert (target / "precious").exists()
+
+
+def test_a_missing_data_folder_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--data", str(tmp_path / "absent"), "--output", str(out), "--no-progress"]) == 2
+    assert "absent does not exist or is not a directory" in capsys.readouterr().err
+    assert not out.exists()

@@ -133,6 +133,8 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
     out = Path(output).expanduser().resolve()
     for folder in DEMO_FOLDERS:  # refuse a folder the demo did not write before any work
         _check_dir(out / folder)
+    if data is not None and not Path(data).expanduser().is_dir():  # before OUT is made: a failed start leaves none
+        raise ValueError(f"demo --data: {data} does not exist or is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(int(threads))
