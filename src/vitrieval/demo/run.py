@@ -74,7 +74,8 @@ def _check_dir(path: Path) -> bool:
         return False
     written = _written(path.parent).get(path.name)
     if written is None:
-        raise ValueError(f"{path} exists and was not written by `vitrieval demo`; move it away or choose another "
+        raise ValueError(f"{path} exists and was not written by `vitrieval demo` (no record of it in "
+                         f"{path.parent / MARKER}; an older vitrieval kept none); move it away or choose another "
                          "--output")
     foreign = [f for f in _files_in(path) if f not in set(written["files"])] if written["complete"] else []
     if foreign:
