@@ -13,7 +13,7 @@ import pytest
 
 from vitrieval.cli import main
 from vitrieval.demo import VARIANTS, run_demo
-from vitrieval.demo.run import _fresh_dir
+from vitrieval.demo.run import _fresh_dir, _seal_dir
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -102,9 +102,12 @@ def test_fresh_dir_refuses_a_folder_the_demo_did_not_write(tmp_path) -> None:
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not written by `vitrieval demo`"):
-        _fresh_dir(foreign, ("config.yaml",))
+        _fresh_dir(foreign)
+    (foreign / "notes.txt").unlink()
+    _fresh_dir(foreign)  # empty: taken
     (foreign / "config.yaml").write_text("name: demo")
-    _fresh_dir(foreign, ("config.yaml",))
+    _seal_dir(foreign)
+    _fresh_dir(foreign)  # the demo's own: replaced
     assert not foreign.exists()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from index_world import build_world, good_images
 from vitrieval.index import APPROXIMATE_FACTORY, AUTO_EXACT_LIMIT, Index, ModelMismatchError, resolve_factory
+from vitrieval.index.store import generation_dir
 from vitrieval.model import load
 
 
@@ -30,11 +31,13 @@ def test_build_writes_complete_index_and_lists_the_corrupt_file(world: dict) -> 
     assert info["fingerprint"] == load(world["model"]).fingerprint() == index.fingerprint
     assert info["data_config"]["image_size"] == 32 and info["skipped"] == corrupt
     assert info["preprocessing"] == {"resize": "shorter", "amp": "off"}
-    rows = [json.loads(line) for line in (d / "metadata.jsonl").read_text().splitlines()]
+    assert info["generation"] == 1 and sorted(p.name for p in d.iterdir()) == ["g000001", "index.json", "shards"]
+    data = generation_dir(d)
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(30))
     assert {r["path"] for r in rows} == {str(p.resolve()) for p in good_images(world)}
     assert all(r["label"] is None for r in rows)
-    assert (d / "index.faiss").stat().st_size > 30 * 192 * 4
+    assert (data / "index.faiss").stat().st_size > 30 * 192 * 4
     assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.json", "00000.npy"]
 
 

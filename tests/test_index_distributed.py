@@ -218,6 +218,9 @@ def _assert_same_index(got: Path, want: Path) -> None:
     assert a["vectors"].shape == b["vectors"].shape and a["vectors"].dtype == np.float32
     assert float(np.abs(a["vectors"] - b["vectors"]).max()) == 0.0
     assert a["info"] == b["info"]
+    from vitrieval.index.store import generation_dir
+
+    got, want = generation_dir(got), generation_dir(want)
     assert (got / "metadata.jsonl").read_bytes() == (want / "metadata.jsonl").read_bytes()
     assert (got / "index.faiss").read_bytes() == (want / "index.faiss").read_bytes()
 
@@ -293,7 +296,10 @@ def test_only_rank_zero_writes_prints_and_logs(world):
     assert leftovers == []
     for built in ("cli.idx", "api.idx", "add.idx"):
         names = sorted(p.name for p in (world["out"] / built).iterdir())
-        assert names == ["index.faiss", "index.json", "metadata.jsonl", "shards"], (built, names)
+        generation = json.loads((world["out"] / built / "index.json").read_text())["generation"]
+        assert names == [f"g{generation:06d}", "index.json", "shards"], (built, names)
+        assert sorted(p.name for p in (world["out"] / built / names[0]).iterdir()) == ["index.faiss",
+                                                                                        "metadata.jsonl"]
         shards = sorted(p.name for p in (world["out"] / built / "shards").iterdir())
         assert shards == [f"{s:05d}.{x}" for s in range(3) for x in ("json", "npy")], (built, shards)
     output = world["output"]

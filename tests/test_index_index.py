@@ -12,6 +12,7 @@ from PIL import Image
 
 from index_world import COLOURS, build_world, good_images, make_images, make_model
 from vitrieval.index import Index, IndexFormatError, ModelMismatchError
+from vitrieval.index.store import generation_dir
 from vitrieval.model import load
 
 
@@ -89,8 +90,9 @@ def test_add_grows_the_index_and_new_images_are_found(world: dict, tmp_path: Pat
 def test_inconsistent_or_foreign_folders_are_refused(world: dict, tmp_path: Path) -> None:
     d = tmp_path / "broken.idx"
     shutil.copytree(world["index_dir"], d)
-    lines = (d / "metadata.jsonl").read_text().splitlines()
-    (d / "metadata.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    metadata = generation_dir(d) / "metadata.jsonl"
+    lines = metadata.read_text().splitlines()
+    metadata.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(IndexFormatError, match="inconsistent index.*29 metadata rows, 30 vectors"):
         Index.load(d)
     with pytest.raises(IndexFormatError, match="not a vitrieval index"):

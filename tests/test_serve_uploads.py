@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_index import COLOURS, make_images, make_model
 
+from index_world import COLOURS, make_images, make_model
 from vitrieval.data.images import load_image
 from vitrieval.index import Index
 from vitrieval.serve import create_app, uploads

@@ -358,12 +358,28 @@ def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory} is not a vitrieval model folder: {CONFIG_FILE} not found")
-    meta = json.loads(cfg_path.read_text())
+    try:
+        meta = json.loads(cfg_path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+            raise ValueError("no \"model\" settings in it")
+    except ValueError as exc:  # JSONDecodeError included; UnicodeDecodeError too
+        raise ValueError(f"{cfg_path} is unreadable ({exc}); a damaged copy? copy the model folder again or "
+                         "retrain") from None
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(meta.get("model", {})) - known)
     if unknown:
         raise ValueError(f"{cfg_path}: unknown model key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     return ModelConfig(**meta["model"]), meta
+
+
+def _read_model_file(path: Path, read: Callable[[str], Any]) -> Any:
+    """``read(path)``, or a ``ValueError`` naming a truncated or corrupt file and what to do."""
+    try:
+        return read(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError, OSError...: one line naming the file
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path} is unreadable ({detail}): truncated or damaged? copy the model folder again or "
+                         "retrain") from None
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> Encoder:
@@ -381,14 +397,16 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> Encoder:
     weights = directory / MODEL_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found (a model folder holds {MODEL_FILE} and {CONFIG_FILE})")
-    state = load_file(str(weights))
+    state = _read_model_file(weights, load_file)
     expected = encoder.state_dict()
     if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in state):
         raise PretrainedWeightsError(f"{weights} does not fit the architecture in {directory / CONFIG_FILE} "
-                                     f"({cfg.name}): {describe_mismatch(expected, state)}")
+                                     f"({cfg.name}): {describe_mismatch(expected, state)}. The two files come "
+                                     "from different models: copy the model folder again as a whole")
     encoder.load_state_dict(state)
     if (directory / PCA_FILE).is_file():
         stored = meta.get(PCA_KEY)
-        encoder.set_pca(PCAReduction.load(directory / PCA_FILE), stored if isinstance(stored, dict) else None)
+        pca = _read_model_file(directory / PCA_FILE, PCAReduction.load)
+        encoder.set_pca(pca, stored if isinstance(stored, dict) else None)
     encoder.extra_info = {k: v for k, v in meta.items() if k not in STANDARD_KEYS and k != PCA_KEY}
     return encoder.to(device).eval()

@@ -23,6 +23,33 @@ class CLIError(Exception):
 
 USER_ERRORS: tuple[type[Exception], ...] = (CLIError, FileNotFoundError, ValueError, KeyError)
 """What a command reports as a one-line error (:func:`report_error`) instead of a traceback."""
+LAZY_USER_ERRORS: tuple[tuple[str, str], ...] = (("vitrieval.model", "PretrainedWeightsError"),)
+"""User errors of heavy modules, as ``(module, class)``: checked only once the module is imported (it raised)."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`)."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    for module_name, class_name in LAZY_USER_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
+
+
+def check_output_file(path: str, option: str, example: str) -> None:
+    """Refuse, before any work, an output file ``path`` (given as ``option``) that cannot be written as a file."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CLIError(f"{option} {path} is a folder; give a file name (e.g. {target / example})")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{option} {path}: {parent} is a file, not a folder")
+            break
 
 
 def report_error(command: str, exc: BaseException) -> int:
@@ -56,18 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:  # a file name that is not UTF-8 prints as its own bytes, whatever the locale's error handler
+        sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    except (AttributeError, ValueError):  # not a TextIOWrapper (a test's capture), or a closed stream
+        pass
+    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
-    except USER_ERRORS as exc:
-        if args.verbose:
-            raise
-        return report_error(args.command, exc)
     except KeyboardInterrupt:
         print(f"vitrieval {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.verbose or not is_user_error(exc):
+            raise
+        return report_error(args.command, exc)
 
 
 if __name__ == "__main__":

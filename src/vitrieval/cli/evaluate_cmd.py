@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitrieval.cli import CLIError
+from vitrieval.cli import CLIError, check_output_file
 
 
 def _ks(text: str) -> list[int]:
@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--image-size must be positive, got {args.image_size}")
     if args.batch_size < 1 or args.workers < 0:
         raise CLIError("--batch-size must be >= 1 and --workers >= 0")
+    if args.json:
+        check_output_file(args.json, "--json", "results.json")
     reader_options = {}
     if args.use_bbox:
         if args.dataset == "cub":

@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitrieval.cli import USER_ERRORS, CLIError, report_error
+from vitrieval.cli import CLIError, is_user_error, report_error
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
@@ -40,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help='faiss index: "Flat" (exact), "IVF4096,PQ32x4fs,RFlat", "HNSW32", ... or "auto" '
                              "(default: exact below 100k images, approximate above)")
     parser.add_argument("--add", action="store_true", help="append the images to an existing index")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an index already at -o that another model built (refused without it)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers (default 2)")
     parser.add_argument("--shard-size", type=int, default=10_000,
@@ -53,8 +56,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Build (or extend) the index; prints a one-line summary and the skipped files."""
-    from pathlib import Path
-
     from vitrieval.distributed import DistContext
 
     images = args.images if args.images is not None else args.table
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--batch-size and --shard-size must be >= 1, --num-workers >= 0")
     if not args.add and not args.checkpoint:
         raise CLIError("--checkpoint is required to build an index (only --add can reuse the index's model)")
+    if not args.add and not args.overwrite:
+        refuse_other_models_index(Path(args.output), Path(args.checkpoint))
 
     import torch.distributed
 
@@ -73,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
     quiet = _quiet_logging() if not ctx.is_main else None
     try:
         return _run(args, images, ctx)
-    except USER_ERRORS as exc:
-        if getattr(exc, "raised_on_rank", None) != 0 or getattr(args, "verbose", False):
+    except Exception as exc:
+        if (not is_user_error(exc) or getattr(exc, "raised_on_rank", None) != 0
+                or getattr(args, "verbose", False)):
             raise
         # rank 0's error, raised on every rank: rank 0 reports it (as ``vitrieval`` does), before anyone exits
         code = report_error(args.command, exc) if ctx.is_main else 2
@@ -85,6 +89,27 @@ def run(args: argparse.Namespace) -> int:
             quiet()
         if created:
             ctx.shutdown()
+
+
+def refuse_other_models_index(output: Path, checkpoint: Path) -> None:
+    """Refuse to rebuild ``output`` when it holds a complete index another model built (``--overwrite`` replaces
+    it; a rebuild with the same model, or of an interrupted build, goes ahead)."""
+    import json
+
+    from vitrieval.index import INFO_FILE
+    from vitrieval.model import CONFIG_FILE, resolve_model_dir
+
+    if not (output / INFO_FILE).is_file():
+        return
+    try:
+        held = json.loads((output / INFO_FILE).read_text())
+        wanted = json.loads((resolve_model_dir(checkpoint) / CONFIG_FILE).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return  # a damaged index.json or model folder: the build names it
+    if isinstance(held, dict) and wanted and held.get("fingerprint") not in (None, wanted):
+        raise CLIError(f"{output} already holds an index of another model ({held.get('checkpoint')}, fingerprint "
+                       f"{held['fingerprint']}; --checkpoint {checkpoint} is {wanted}): pass --overwrite to "
+                       "replace it, use --add to extend it, or choose another -o")
 
 
 def _quiet_logging() -> Callable[[], None]:
@@ -98,8 +123,6 @@ def _quiet_logging() -> Callable[[], None]:
 
 
 def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
-    from pathlib import Path
-
     from vitrieval.index import INFO_FILE, Index
 
     started = time.time()

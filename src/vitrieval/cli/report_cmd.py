@@ -20,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitrieval.cli import check_output_file
     from vitrieval.report.runs import write_runs_report
+
+    check_output_file(args.output, "-o", "report.html")
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     path = write_runs_report(args.runs, args.output, names, args.title)

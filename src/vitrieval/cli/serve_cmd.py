@@ -9,6 +9,7 @@ The service has no authentication: keep the default loopback host unless it sits
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 
 from vitrieval.cli import CLIError
@@ -33,6 +34,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse, before anything is loaded or printed, an address this process cannot listen on (a port in use)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        hint = "; another server is on that port: stop it or pick another --port" \
+            if getattr(exc, "errno", None) == errno.EADDRINUSE else ""
+        raise CLIError(f"cannot listen on {host}:{port} ({exc.strerror or exc}){hint}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the index and its model, then serve until interrupted."""
     import uvicorn
@@ -50,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    check_can_listen(args.host, args.port)
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

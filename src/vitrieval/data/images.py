@@ -1,7 +1,8 @@
 """Image decoding that turns any common file into RGB, or fails with an error that names the file.
 
 Grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images become 8-bit RGB; the EXIF orientation
-is applied; truncated, empty or non-image files raise :class:`ImageDecodeError` naming the file; images above
+is applied; missing, unreadable (no permission), truncated, empty or non-image files and links that lead nowhere
+raise :class:`ImageDecodeError` naming the file; images above
 ``max_pixels`` (a decompression bomb) are refused before their pixels are decoded.
 """
 
@@ -66,8 +67,14 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     else:
         path = Path(source)
         if not path.is_file():
+            if path.is_symlink():
+                raise ImageDecodeError(label, "a symbolic link that leads to no file (dangling, or a loop)")
             raise ImageDecodeError(label, "file not found")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # no read permission, an I/O error...: like any other unreadable image
+            raise ImageDecodeError(label, f"the file cannot be read ({exc.strerror or type(exc).__name__})") \
+                from None
     if not data:
         raise ImageDecodeError(label, "the file is empty")
     try:

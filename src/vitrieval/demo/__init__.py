@@ -12,6 +12,8 @@ Output folder::
     OUT/report.html         Recall@K table and figures, one self-contained file
     OUT/results.json        Recall@K of every variant, timings and the data description
     OUT/demo.log            the log of the whole demo (training logs included)
+    OUT/.vitrieval-demo.json  the folders above the demo wrote and every file in them: a rerun replaces such a
+                            folder, and refuses (naming it, before any work) one holding anything else
 
 Everything is evaluated with the deep-metric-learning protocol: the classes of the test split were never seen
 in training, and every test image queries all the *other* test images (leave-one-out Recall@K).

@@ -6,7 +6,9 @@ index of the test images and the report. The output folder is described in :mod:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,16 +30,71 @@ if TYPE_CHECKING:
 log = logging.getLogger(__package__)
 
 
-def _fresh_dir(path: Path, marker: Sequence[str]) -> None:
-    """Remove ``path`` if an earlier demo wrote it (it holds one of ``marker``); refuse any other non-empty folder."""
-    if not path.exists():
-        return
-    if path.is_dir() and not any(path.iterdir()):
-        return
-    if path.is_dir() and any((path / m).exists() for m in marker):
+DEMO_FOLDERS: tuple[str, ...] = ("irt_o", "irt_l", "irt_r", "index")
+"""The folders a demo run replaces (checked before any work starts)."""
+MARKER = ".vitrieval-demo.json"
+"""The file in OUT recording the folders the demo created: ``{"folders": {name: {"complete", "files"}}}``."""
+
+
+def _files_in(path: Path) -> list[str]:
+    """Every file and link under ``path`` (links not followed), relative, sorted."""
+    found = []
+    for parent, dirs, files in os.walk(path):
+        links = [d for d in dirs if (Path(parent) / d).is_symlink()]
+        found += [(Path(parent) / name).relative_to(path).as_posix() for name in [*files, *links]]
+    return sorted(found)
+
+
+def _written(out: Path) -> dict[str, Any]:
+    """What :data:`MARKER` in ``out`` records (nothing when absent)."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return {}
+    try:
+        folders = json.loads(marker.read_text())["folders"]
+        return {name: {"complete": bool(f["complete"]), "files": list(f["files"])} for name, f in folders.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{marker} is unreadable; move it away or choose another --output") from None
+
+
+def _record(path: Path, complete: bool) -> None:
+    from vitrieval.io_utils import atomic_write_json
+
+    folders = _written(path.parent)
+    folders[path.name] = {"complete": complete, "files": _files_in(path) if complete else []}
+    atomic_write_json(path.parent / MARKER, {"folders": folders})
+
+
+def _check_dir(path: Path) -> bool:
+    """Whether ``path`` is an earlier demo's folder to remove (:data:`MARKER` lists every file in it, or says its
+    step stopped before the end); ``False`` for an absent or empty folder; any other ``path`` is refused, naming it."""
+    if path.is_symlink() or path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder the demo wrote; move it away or choose another --output")
+    if not path.is_dir() or not any(path.iterdir()):
+        return False
+    written = _written(path.parent).get(path.name)
+    if written is None:
+        raise ValueError(f"{path} exists and was not written by `vitrieval demo` (no record of it in "
+                         f"{path.parent / MARKER}; an older vitrieval kept none); move it away or choose another "
+                         "--output")
+    foreign = [f for f in _files_in(path) if f not in set(written["files"])] if written["complete"] else []
+    if foreign:
+        raise ValueError(f"{path} holds file(s) `vitrieval demo` did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); move them away or choose another --output")
+    return True
+
+
+def _fresh_dir(path: Path) -> None:
+    """Clear the way for a demo step writing ``path``; never remove what the demo did not write
+    (:func:`_check_dir`). The step then writes ``path`` and :func:`_seal_dir` records what it holds."""
+    if _check_dir(path):
         shutil.rmtree(path)
-        return
-    raise ValueError(f"{path} exists and was not written by `vitrieval demo`; choose another --output")
+    _record(path, complete=False)
+
+
+def _seal_dir(path: Path) -> None:
+    """Record in :data:`MARKER` every file the step wrote in ``path`` (what a rerun may remove)."""
+    _record(path, complete=True)
 
 
 def _embed(encoder: Encoder, table: ImageTable, cfg: Config) -> np.ndarray:
@@ -75,6 +132,10 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
 
     started = time.time()
     out = Path(output).expanduser().resolve()
+    for folder in DEMO_FOLDERS:  # refuse a folder the demo did not write before any work
+        _check_dir(out / folder)
+    if data is not None and not Path(data).expanduser().is_dir():  # before OUT is made: a failed start leaves none
+        raise ValueError(f"demo --data: {data} does not exist or is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(int(threads))
@@ -110,8 +171,9 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
             "descriptor": description(raw.shape[1])}}
         seed_everything(base.train.seed)  # what the trainer does right before it builds the encoder
         untrained = Encoder(base.model)
-        _fresh_dir(out / "irt_o", ("model",))
+        _fresh_dir(out / "irt_o")
         untrained.save(out / "irt_o" / "model", extra={"trained_iterations": 0, "run": "demo IRT_O (untrained)"})
+        _seal_dir(out / "irt_o")
         descriptors = {"IRT_O": _embed(untrained, test, base)}
         results["IRT_O"] = {"recall_at_k": _recall(descriptors["IRT_O"], labels, ks),
                             "model": str(out / "irt_o" / "model")}
@@ -128,10 +190,11 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
         for variant, (folder, weight) in runs.items():
             cfg = demo_config(preset, csv_path, seed, weight, f"demo-{folder.replace('_', '-')}", extra)
             run_dir = out / folder
-            _fresh_dir(run_dir, ("config.yaml", "checkpoints", "model"))
+            _fresh_dir(run_dir)
             log.info("training %s (λ = %g): %d iterations of %d images", variant, weight, cfg.train.iterations,
                      cfg.train.batch_size)
             result = train(cfg, run_dir, progress=progress)
+            _seal_dir(run_dir)
             timings[f"train_{variant}"] = result.seconds
             encoder = load(run_dir)
             t0 = time.time()
@@ -150,10 +213,11 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
         from vitrieval.index import Index
 
         t0 = time.time()
-        _fresh_dir(out / "index", ("index.json", "index.faiss", "shards"))
+        _fresh_dir(out / "index")
         Index.build(out / "irt_r" / "model", test, out / "index", factory="Flat",
                     batch_size=max(64, base.train.batch_size), num_workers=base.data.num_workers,
                     resize=base.data.eval_resize, progress=False)
+        _seal_dir(out / "index")
         timings["index"] = time.time() - t0
 
         # 5. report -----------------------------------------------------------------------------------------------

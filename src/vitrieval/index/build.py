@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from vitrieval.amp import amp_mode, resolve_device
-from vitrieval.data.collection import ImagesArg, collection_table
+from vitrieval.data.collection import ImagesArg, collection_root, collection_table
 from vitrieval.data.table import ImageTable, Record
 from vitrieval.distributed import DistContext, RankZero
 from vitrieval.embed import extract, resolve_distributed
@@ -221,7 +221,9 @@ def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[
                     plan.directory / INFO_FILE if plan.directory else "index.info['skipped']")
     if sum(len(k) for _, k in chunks) == 0:
         raise ValueError(f"none of the {len(plan.table)} images could be read (first: {skipped[0]})")
-    return assemble(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
+    built = assemble(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
+    built.info.update(collection_info(plan.table))
+    return built
 
 
 def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
@@ -246,7 +248,21 @@ def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths:
         check_out_dir(directory)
     preprocessing = {"resize": options.resize,
                      "amp": amp_mode(next(encoder.parameters()).device, options.amp, for_index=True)}
-    return assemble(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [], time.time())
+    built = assemble(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [], time.time())
+    built.info.update(collection_info(ImageTable(records, "descriptors")))
+    return built
+
+
+def collection_info(table: ImageTable) -> dict[str, Any]:
+    """What ``index.json`` records about the collection: ``root`` (hits are named relative to it) and the class
+    names of a folder laid out in classes (``classes``, label order)."""
+    info: dict[str, Any] = {}
+    root = collection_root(table)
+    if root is not None:
+        info["root"] = root
+    if table.extras.get("classes"):
+        info["classes"] = list(table.extras["classes"])
+    return info
 
 
 def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,

@@ -12,6 +12,7 @@ preprocessing, so a query of another model or of the wrong dimension is refused 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -168,7 +169,8 @@ class Index:
         return cls(faiss_index, entries, info, directory, device=device)
 
     def save(self, directory: str | Path | None = None) -> Path:
-        """Write ``index.faiss``, ``metadata.jsonl`` and then ``index.json`` atomically into ``directory``."""
+        """Write the index into ``directory`` as one atomic update: a new generation of ``index.faiss`` and
+        ``metadata.jsonl``, then ``index.json`` swapped to it (:func:`vitrieval.index.store.write_folder`)."""
         directory = Path(directory) if directory is not None else self.directory
         if directory is None:
             raise ValueError("Index.save: no directory given and the index was not loaded from one")
@@ -364,6 +366,30 @@ class Index:
             results.append(hits)
         return results
 
+    def _same_classes(self, table: ImageTable) -> ImageTable:
+        """``table`` with class-folder labels numbered by the index's ``classes`` (new names appended); unlabelled
+        when the index has labels of its own without names (from a CSV table)."""
+        names = table.extras.get("classes")
+        if not names:
+            return table
+        known = self.info.get("classes")
+        if known is None:
+            if any(e.label is not None for e in self._entries.values()):
+                return ImageTable([dataclasses.replace(r, label=-1) for r in table.records], table.name,
+                                  table.extras)
+            known = self.info["classes"] = []
+        for name in names:
+            if name not in known:
+                known.append(name)
+        label_of = {name: known.index(name) for name in names}
+        return ImageTable([dataclasses.replace(r, label=label_of[names[r.label]]) for r in table.records],
+                          table.name, table.extras)
+
+    @property
+    def root(self) -> str | None:
+        """The indexed folder (clients see paths relative to it); ``None`` for an index built before it was kept."""
+        return self.info.get("root")
+
     def add(self, images: ImagesArg, batch_size: int = 64, num_workers: int = 2, progress: bool = True,
             save: bool = True, distributed: bool | DistContext | None = None) -> AddReport:
         """Embed and append images (skipping paths already indexed and unreadable files); saves if on disk.
@@ -373,7 +399,7 @@ class Index:
         rank's copy gets every image, and rank 0 alone saves (the others wait until it has).
         """
         ctx = resolve_distributed(distributed)
-        table = collection_table(images)
+        table = self._same_classes(collection_table(images))
         fresh = [r for r in table.records if r.path not in self._paths]
         already = len(table) - len(fresh)
         if already and ctx.is_main:

@@ -47,7 +47,8 @@ def shard_key(records: Sequence[Record], fingerprint: str, preprocessing: dict[s
     """What a shard was made from: sha256 of the model fingerprint, the preprocessing and the records (24 hex)."""
     h = hashlib.sha256(json.dumps([fingerprint, preprocessing], sort_keys=True).encode())
     for r in records:
-        h.update(f"{r.path}\t{r.label}\t{r.bbox}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 (held as surrogates by Python) hashes as its own bytes
+        h.update(f"{r.path}\t{r.label}\t{r.bbox}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 

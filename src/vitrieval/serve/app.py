@@ -3,7 +3,8 @@
 Endpoints
 ---------
 - ``POST /search?k=10``: multipart upload (field ``file``) -> ``{"results": [{id, score, label, path,
-  thumbnail_url}], "took_ms"}``; ``path`` is the file's base name only (no server paths leak).
+  thumbnail_url}], "took_ms"}``; ``path`` is relative to the indexed folder (``obj077/290.jpg``; no absolute
+  server path leaks; the base name for an index built before ``root`` was kept, or an image added from elsewhere).
 - ``GET /images/{id}?size=256``: a JPEG thumbnail (longest side <= size) of an indexed image, made on the fly and
   kept in an in-memory LRU cache. Only ids of the index resolve to files, so no path can be traversed.
 - ``GET /healthz``: count, model fingerprint, descriptor dimension, factory, limits (``max_k``, ``max_upload_bytes``,
@@ -12,8 +13,10 @@ Endpoints
 - ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs``: OpenAPI.
 
 Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
-an upload over the limit -> 413 (checked on Content-Length and again while the body streams in), ``k`` out of
-range -> 422. Embedding and search run in the threadpool, serialised by the index's lock (one shared model).
+a client that disconnects mid-upload -> 400 (an INFO line, no traceback), an id that is not one of the index's
+(any length) -> 404, an upload over the limit -> 413 (checked on Content-Length and again while the body streams
+in), ``k`` out of range -> 422. Embedding and search run in the threadpool, serialised by the index's lock (one
+shared model).
 
 A small file can hold a huge image, so the decoded size is bounded too (:mod:`vitrieval.serve.uploads`): from the
 header alone, an image over ``max_upload_pixels`` -> 413, of an aspect ratio over ``max_aspect_ratio`` -> 422,
@@ -40,10 +43,12 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect
 
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.index import Index
+from vitrieval.index.store import display_path
 from vitrieval.serve.uploads import (
     DEFAULT_DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -62,6 +67,8 @@ DEFAULT_MAX_K = 100
 MULTIPART_OVERHEAD = 16 * 1024
 """Allowance for the multipart envelope (boundary, part headers) on top of the file itself."""
 THUMBNAIL_SIZES = (16, 1024)
+MAX_ID_DIGITS = 20
+"""Longest image id in a URL (an int64 has 19 digits; Python refuses to parse numbers of over 4300 digits)."""
 PAGE_CSP = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
             "script-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; base-uri 'none'")
 
@@ -82,7 +89,8 @@ class SearchResult(BaseModel):
     id: int = Field(description="id of the image in the index (also its thumbnail's id)")
     score: float = Field(description="cosine similarity to the query, 1 = identical")
     label: int | None = Field(description="the image's label, when the collection had labels")
-    path: str = Field(description="base name of the indexed file")
+    path: str = Field(description="the indexed file's path relative to the indexed folder (e.g. obj077/290.jpg); "
+                                  "its base name for an index built before vitrieval kept that folder")
     thumbnail_url: str = Field(description="relative URL of a JPEG thumbnail")
 
 
@@ -165,10 +173,14 @@ async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
         if int(length) > limit:
             raise HTTPException(413, f"upload too large: {int(length)} bytes, the limit is {max_mb} MB")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise HTTPException(413, f"upload too large: over {limit} bytes, the limit is {max_mb} MB")
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise HTTPException(413, f"upload too large: over {limit} bytes, the limit is {max_mb} MB")
+    except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log as an error
+        log.info("a client disconnected during its upload (%d bytes received)", len(body))
+        raise HTTPException(400, "the upload was cut short (client disconnected)") from None
     replayed = False
 
     async def receive() -> dict[str, Any]:
@@ -205,6 +217,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     if preload_model:
         _ = idx.encoder
     decoder = DecodePool(limits, ResizeTarget.from_index_info(idx.info))
+    root = idx.root
     cache = ThumbnailCache(thumbnail_cache_entries)
     max_mb = f"{max_upload_bytes / 2 ** 20:g}"
     page = _page()
@@ -272,7 +285,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
             raise HTTPException(exc.status, exc.detail) from None
         except ImageDecodeError as exc:
             raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
-        results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=Path(h.path).name,
+        results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=display_path(h.path, root),
                                 thumbnail_url=f"/images/{h.id}") for h in hits]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
@@ -281,7 +294,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     def image(image_id: str,
               size: Annotated[int, Query(ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1],
                                          description="longest side in pixels")] = 256) -> Response:
-        if not (image_id.isascii() and image_id.isdigit()):
+        if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > MAX_ID_DIGITS:
             raise HTTPException(404, "no such image")
         try:
             entry = idx.entry(int(image_id))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vitrieval.config import Config
 from vitrieval.training.lifecycle import TrainResult
 from vitrieval.training.pk_trainer import Trainer
+from vitrieval.training.run_dir import discard_unstarted_run
 from vitrieval.training.tuple_trainer import TupleTrainer
 
 
@@ -15,7 +17,15 @@ def train(config: Config, output_dir: str | Path, resume: bool = False, progress
 
     ``train.sampler=classes``: :class:`~vitrieval.training.pk_trainer.Trainer` (P x K batches, Eq. 1, memory,
     KoLeo); ``tuples``: :class:`~vitrieval.training.tuple_trainer.TupleTrainer` (mined landmark tuples, cirtorch's
-    loss, KoLeo).
+    loss, KoLeo). A set-up that fails (no data, a refused resume) in a folder this call created leaves no folder.
     """
-    trainer = TupleTrainer if config.train.sampler == "tuples" else Trainer
-    return trainer(config, output_dir, resume=resume, progress=progress).run()
+    kind = TupleTrainer if config.train.sampler == "tuples" else Trainer
+    out = Path(output_dir)
+    fresh = not out.exists()
+    try:
+        trainer = kind(config, out, resume=resume, progress=progress)
+    except BaseException:
+        if fresh and int(os.environ.get("RANK", "0")) == 0:
+            discard_unstarted_run(out)
+        raise
+    return trainer.run()

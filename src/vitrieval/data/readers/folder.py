@@ -76,9 +76,19 @@ def read_folder(root: str | Path, train_fraction: float = 0.5) -> ImageTable:
     return ImageTable(records, root.name, {"classes": names})
 
 
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link with an image's name that leads to no file (dangling, or a loop)."""
+    return (path.is_symlink() and not path.exists() and path.suffix.lower() in IMAGE_EXTENSIONS
+            and not path.name.startswith("."))
+
+
 def list_images(root: str | Path) -> list[Path]:
-    """Every image file under ``root`` (recursively, sorted): a collection to index, labels unknown."""
+    """Every image file under ``root`` (recursively, sorted): a collection to index, labels unknown.
+
+    Links with an image's name that lead to no file are listed too, so that the index reports them as skipped
+    (unreadable) instead of leaving them out silently.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    return sorted(p for p in root.rglob("*") if is_image_file(p))
+    return sorted(p for p in root.rglob("*") if is_image_file(p) or is_broken_link(p))
