@@ -155,7 +155,7 @@ def test_convnet_end_to_end_train_evaluate_pca_index_search_serve(products_32, t
     answer = client.post("/search", files={"file": ("q.png", images[0].read_bytes(), "image/png")},
                          params={"k": 2})
     assert answer.status_code == 200, answer.text
-    assert answer.json()["results"][0]["path"] == images[0].name
+    assert answer.json()["results"][0]["path"] == images[0].relative_to(products_32).as_posix()  # under the root
 
 
 def test_a_vit_file_missing_blocks_is_refused_not_half_loaded(tmp_path):
