@@ -110,3 +110,10 @@ def test_defaults_and_argument_checks(data):
     assert parse_methods("dba, AQE") == ("aqe", "dba")
     with pytest.raises(ValueError):
         parse_methods("aqe,diffusion")
+
+
+def test_the_memory_budget_default_is_the_knn_one():
+    from vitrieval.metrics.knn import DEFAULT_MEMORY_BUDGET as KNN_BUDGET
+    from vitrieval.rerank import DEFAULT_MEMORY_BUDGET
+
+    assert DEFAULT_MEMORY_BUDGET == KNN_BUDGET

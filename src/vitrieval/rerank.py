@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import torch
 
-from vitrieval.metrics.knn import DEFAULT_MEMORY_BUDGET, iter_knn_chunks
+#: :data:`vitrieval.metrics.knn.DEFAULT_MEMORY_BUDGET` (torch is imported only when vectors are expanded).
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_N", "METHODS", "alpha_query_expansion", "database_side_augmentation",
            "parse_methods"]
@@ -72,6 +72,10 @@ def _as_rows(name: str, x: np.ndarray) -> np.ndarray:
 def _expand(vectors: np.ndarray, database: np.ndarray, n: int, alpha: float, exclude_self: bool,
             chunk_size: int | None, memory_budget: int) -> np.ndarray:
     """``L2(v + Σ max(s_i, 0)^α d_i)`` for every row ``v`` of ``vectors`` over its top-``n`` database rows."""
+    import torch
+
+    from vitrieval.metrics.knn import iter_knn_chunks
+
     db = torch.from_numpy(database)
     out = np.empty_like(vectors)
     chunks = iter_knn_chunks(vectors, n, database, exclude_self=exclude_self, chunk_size=chunk_size,

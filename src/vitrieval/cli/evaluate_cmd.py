@@ -4,6 +4,8 @@
     vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --pca 128 --json sop128.json
     vitrieval evaluate --model deit_small_patch16_224 --pretrained-file deit_s.pth --dataset cub --data-root /data/CUB
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k --image-size 384
+    vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k \
+        --scales 1,0.707,0.5 --rerank aqe,dba
 
 Category-level sets (sop, cub, inshop, folder, csv): the test split, leave-one-out (SOP, CUB) or queries vs gallery
 (In-Shop); Recall@K at the paper's K and MAP@R. Landmarks (roxford5k, rparis6k): whole images resized to
@@ -12,6 +14,9 @@ SIZE x SIZE, queries cropped to their box; mAP Easy / Medium / Hard and mP@1/5/1
 ``--model`` without ``--checkpoint`` evaluates off-the-shelf ImageNet features (IRT_O). ``--pca D`` fits a PCA on
 the training split (landmarks: on ``--pca-fit-dataset/--pca-fit-root``, else on the database, as the JSON says)
 and, for a checkpoint, stores it beside the model so that index and serve apply the same reduction.
+
+``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also database-side augmentation (the
+table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of several input scales.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 
 from vitrieval.cli import CLIError
+from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, parse_methods
 
 
 def _ks(text: str) -> list[int]:
@@ -29,6 +35,22 @@ def _ks(text: str) -> list[int]:
     if not ks or ks[0] < 1:
         raise argparse.ArgumentTypeError(f"K values must be positive integers, got {text!r}")
     return ks
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    from vitrieval.multiscale import parse_scales
+
+    try:
+        return parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    try:
+        return parse_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,6 +72,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="fit the PCA on at most N images (an even subsample; default 0 = all)")
     parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
                         help="do not store the fitted PCA beside the checkpoint's model")
+    parser.add_argument("--scales", type=_scales, metavar="S1,S2,..",
+                        help="multi-scale descriptors: the L2-normalised mean over these input scales, e.g. "
+                             "1,0.707,0.5 (cirtorch's; default: one scale)")
+    parser.add_argument("--rerank", type=_methods, metavar="aqe[,dba]",
+                        help="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
+                             "database-side augmentation (aqe,dba: both rows, DBA then aQE)")
+    parser.add_argument("--rerank-n", type=int, default=DEFAULT_N, metavar="N",
+                        help=f"neighbours aggregated by aQE / DBA (default {DEFAULT_N})")
+    parser.add_argument("--rerank-alpha", type=float, default=DEFAULT_ALPHA, metavar="A",
+                        help=f"similarity exponent of aQE / DBA (default {DEFAULT_ALPHA:g}, Radenovic et al. 2018; "
+                             "0 = plain average)")
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
@@ -118,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
     if args.image_size is not None and args.image_size < 1:
         raise CLIError(f"--image-size must be positive, got {args.image_size}")
+    if args.rerank_n < 1 or not args.rerank_alpha >= 0:
+        raise CLIError(f"--rerank-n must be >= 1 and --rerank-alpha >= 0, got {args.rerank_n} and "
+                       f"{args.rerank_alpha}")
     if args.batch_size < 1 or args.workers < 0:
         raise CLIError("--batch-size must be >= 1 and --workers >= 0")
     reader_options = {}
@@ -133,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.evaluate import ExtractionOptions, evaluate_model
     from vitrieval.evaluate_format import format_results
     from vitrieval.evaluate_pca import PCAOptions
+    from vitrieval.evaluate_rerank import RerankOptions
     from vitrieval.io_utils import atomic_write_json
     from vitrieval.model import resolve_model_dir
 
@@ -150,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(
         encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
-        model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model)
+        model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
+        rerank=RerankOptions(args.rerank or (), args.rerank_n, args.rerank_alpha), scales=args.scales)
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
     print(format_results(result))
