@@ -199,6 +199,7 @@ def test_cli_rerank_and_scales(model_dir: Path, folder_root: Path, tmp_path: Pat
 @pytest.mark.parametrize("argv, message", [
     (["--rerank", "qe"], "re-ranking methods"),
     (["--scales", "1,-1"], "positive"),
+    (["--whiten", "zca"], "invalid choice"),
 ])
 def test_cli_rerank_and_scales_errors(model_dir: Path, folder_root: Path, argv: list[str], message: str,
                                       capsys: pytest.CaptureFixture) -> None:
@@ -206,3 +207,15 @@ def test_cli_rerank_and_scales_errors(model_dir: Path, folder_root: Path, argv: 
         _run(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
               *argv])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_whiten_learned_needs_the_pairs_dataset(main, model_dir: Path, folder_root: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+            "--workers", "0", "--no-progress"]
+    assert main(base + ["--whiten", "learned"]) == 2
+    assert "--pca-fit-dataset sfm120k" in capsys.readouterr().err
+    # a fit set without pairs is one clear line
+    assert main(base + ["--whiten", "learned", "--pca-fit-dataset", "folder", "--pca-fit-root",
+                        str(folder_root)]) == 2
+    assert "query-positive pairs" in capsys.readouterr().err

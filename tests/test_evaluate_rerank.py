@@ -1,5 +1,6 @@
-"""evaluate_model with re-ranking (αQE / DBA) and multi-scale descriptors, on the tiny official-format fixtures of
-``test_evaluate.py``: every number against the metric functions on directly computed descriptors."""
+"""evaluate_model with re-ranking (αQE / DBA), multi-scale descriptors and learned whitening, on the tiny
+official-format fixtures of ``test_evaluate.py``: every number against the metric functions on directly computed
+descriptors."""
 
 from __future__ import annotations
 
@@ -104,3 +105,42 @@ def test_rerank_options_are_validated() -> None:
     for bad in (dict(methods=("qe",)), dict(n=0), dict(alpha=-1.0)):
         with pytest.raises(ValueError):
             RerankOptions(**{"methods": ("aqe",), **bad})
+
+
+def test_learned_whitening_from_sfm120k_pairs_is_stored_with_the_model(roxford_root: Path, tmp_path: Path) -> None:
+    """``PCAOptions(method="learned")``: Lw of the SfM-120k training pairs' descriptors (only the images the pairs
+    use), applied to ROxf, recorded with ``"method": "learned"`` and stored beside the model like a PCA."""
+    import vitrieval
+    from evaluate_fixtures import draw, tiny_encoder
+    from vitrieval.data.sfm120k_layout import write_sfm120k_layout
+    from vitrieval.evaluate_format import format_results
+    from vitrieval.evaluate_pca import PCAOptions
+    from vitrieval.whitening import learn_whitening
+
+    shapes = ("ellipse", "rectangle", "triangle", "cross")
+    train = {c: [draw(((50 * c) % 255, 60 + 30 * v, (200 - 40 * c) % 255), shapes[v % 4], (c + v) % 2 == 0)
+                 for v in range(4)] for c in range(6)}
+    write_sfm120k_layout(tmp_path / "sfm", train, {9: [draw((10, 200, 10), "ellipse", False)] * 2})
+    model_dir = tiny_encoder().save(tmp_path / "model")
+    enc = vitrieval.load(model_dir)
+    opts = PCAOptions(dim=8, method="learned", whiten=True, fit_dataset="sfm120k", fit_root=tmp_path / "sfm")
+    result = evaluate_model(enc, "roxford5k", roxford_root, pca=opts, model_dir=model_dir, **EVAL)
+    assert result["pca"] == {"dim": 8, "whiten": True, "fitted_on": "sfm120k/train", "method": "learned"}
+    assert result["descriptor_dim"] == 8 and "learned whitening 8-d" in format_results(result)
+
+    sfm = read_dataset("sfm120k", tmp_path / "sfm")
+    pairs = np.asarray(sfm.extras["pairs"]["train"])
+    sfm_train = sfm.split("train")
+    used = np.unique(pairs)
+    feats = _direct(enc, sfm_train.select(np.isin(np.arange(len(sfm_train)), used)), resize="square",
+                    apply_pca=False)
+    lw = learn_whitening(feats, np.searchsorted(used, pairs), 8)
+    table = read_dataset("roxford5k", roxford_root)
+    db = lw.apply_numpy(_direct(enc, table.gallery(), resize="square", apply_pca=False))
+    qs = lw.apply_numpy(_direct(enc, table.queries(), resize="square", apply_pca=False))
+    assert result["map"] == _maps(revisited_map_from_descriptors(db, qs, table.extras["gnd"]))
+    stored = vitrieval.load(model_dir)
+    assert stored.pca is not None and stored.descriptor_dim == 8
+    np.testing.assert_allclose(stored.pca.matrix.numpy(), lw.matrix.numpy(), atol=1e-5)
+    again = evaluate_model(stored, "roxford5k", roxford_root, **EVAL)  # the carried Lw, reported as such
+    assert again["pca"]["method"] == "learned" and again["map"] == result["map"]

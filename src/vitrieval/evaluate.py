@@ -34,6 +34,7 @@ Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
                      "mp_at_k": {"easy": {"1", "5", "10"}, "medium": {..}, "hard": {..}}, "pca"
                      [, "pca_fitted_on"]}
     "pca": null | {"dim": 128, "whiten": false, "fitted_on": "sop/train"}
+           learned whitening (Lw) adds "method": "learned" ({"dim", "whiten": true, "fitted_on", "method"})
 
   Keys added only when asked for (the layout above is unchanged otherwise):
     "scales": [1.0, 0.707, 0.5]      multi-scale descriptors (:mod:`vitrieval.multiscale`)
@@ -238,7 +239,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     # PCA: fitted here, or the one the model already carries.
     reduction: PCAReduction | None = None
     pca_info: dict[str, Any] | None = None
-    if pca_options.dim:
+    if pca_options.fits:
         reduction, pca_info = fit_pca(pca_options, dataset, data_root, table, test, feats, landmarks,
                                       lambda rows, what: embed(rows, f"{what} for PCA"))
     elif getattr(encoder, "pca", None) is not None:
@@ -274,7 +275,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         if "rerank" in result:
             result["rerank"] = result.pop("rerank")  # after "pca": the documented order
     # Stored only once the metrics are computed: a failed evaluation leaves the model folder as it was.
-    if pca_options.dim and reduction is not None and model_dir is not None and pca_options.save:
+    if pca_options.fits and reduction is not None and model_dir is not None and pca_options.save:
         if model is encoder:
             encoder.set_pca(reduction.to(next(encoder.parameters()).device), pca_info)
             path = encoder.save(resolve_model_dir(model_dir))

@@ -39,7 +39,10 @@ def format_results(result: dict[str, Any]) -> str:
     details += [f"{result['descriptor_dim']}-d", f"{result['image_size']} px"]
     pca = result.get("pca")
     if pca:
-        details.append(f"PCA {pca['dim']}{' whitened' if pca['whiten'] else ''} fitted on {pca['fitted_on']}")
+        if pca.get("method") == "learned":
+            details.append(f"learned whitening {pca['dim']}-d fitted on {pca['fitted_on']} pairs")
+        else:
+            details.append(f"PCA {pca['dim']}{' whitened' if pca['whiten'] else ''} fitted on {pca['fitted_on']}")
     if result.get("scales"):
         details.append("scales " + ",".join(f"{s:g}" for s in result["scales"]))
     details.append(f"model {result['model']}")

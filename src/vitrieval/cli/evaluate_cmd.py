@@ -65,7 +65,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="sop | cub | inshop | roxford5k | rparis6k | folder | csv")
     parser.add_argument("--data-root", required=True, help="the dataset folder")
     parser.add_argument("--pca", type=int, metavar="DIM", help="reduce descriptors with a PCA to DIM dimensions")
-    parser.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
+    parser.add_argument("--whiten", nargs="?", const="pca", choices=("pca", "learned"),
+                        help="--whiten (= pca): whiten the PCA (needs --pca); --whiten learned: Radenovic et al.'s "
+                             "learned whitening (Lw) from the query-positive pairs of --pca-fit-dataset sfm120k "
+                             "(--pca DIM optional: keep DIM components)")
     parser.add_argument("--pca-fit-dataset", help="fit the PCA on this dataset (its train split if it has one)")
     parser.add_argument("--pca-fit-root", help="data root of --pca-fit-dataset")
     parser.add_argument("--pca-fit-max-images", type=int, default=0, metavar="N",
@@ -138,13 +141,17 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--pca must be a positive dimension, got {args.pca}")
     if args.pca_fit_max_images < 0:
         raise CLIError(f"--pca-fit-max-images must be >= 0, got {args.pca_fit_max_images}")
-    if args.whiten and not args.pca:
+    learned = args.whiten == "learned"
+    if args.whiten == "pca" and not args.pca:
         raise CLIError("--whiten needs --pca DIM (whitening is part of the PCA)")
+    if learned and args.pca_fit_dataset is None:
+        raise CLIError("--whiten learned is fitted on matching pairs: give --pca-fit-dataset sfm120k and "
+                       "--pca-fit-root")
     if (args.pca_fit_dataset is None) != (args.pca_fit_root is None):
         raise CLIError("--pca-fit-dataset and --pca-fit-root go together")
     if args.pca_fit_dataset is not None:
-        if not args.pca:
-            raise CLIError("--pca-fit-dataset needs --pca DIM")
+        if not args.pca and not learned:
+            raise CLIError("--pca-fit-dataset needs --pca DIM (or --whiten learned)")
         if args.pca_fit_dataset not in READERS:
             raise CLIError(f"unknown --pca-fit-dataset {args.pca_fit_dataset!r}; known: {', '.join(READERS)}")
         if not Path(args.pca_fit_root).expanduser().exists():
@@ -178,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = _encoder(args).to(device).eval()
     model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
     pca_before = encoder.pca
-    pca = PCAOptions(dim=args.pca, whiten=args.whiten, fit_dataset=args.pca_fit_dataset,
+    pca = PCAOptions(dim=args.pca, whiten=args.whiten is not None, method="learned" if learned else "pca",
+                     fit_dataset=args.pca_fit_dataset,
                      fit_root=args.pca_fit_root, fit_max_images=args.pca_fit_max_images,
                      fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
                      save=args.save_pca and dist.is_main)
