@@ -6,6 +6,8 @@
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k --image-size 384
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k \
         --scales 1,0.707,0.5 --rerank aqe,dba
+    vitrieval evaluate --checkpoint runs/gl --dataset rparis6k --data-root /data/rparis6k \
+        --whiten learned --pca-fit-dataset sfm120k --pca-fit-root /data/sfm120k
 
 Category-level sets (sop, cub, inshop, folder, csv): the test split, leave-one-out (SOP, CUB) or queries vs gallery
 (In-Shop); Recall@K at the paper's K and MAP@R. Landmarks (roxford5k, rparis6k): whole images resized to
@@ -15,7 +17,8 @@ SIZE x SIZE, queries cropped to their box; mAP Easy / Medium / Hard and mP@1/5/1
 the training split (landmarks: on ``--pca-fit-dataset/--pca-fit-root``, else on the database, as the JSON says)
 and, for a checkpoint, stores it beside the model so that index and serve apply the same reduction.
 
-``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also database-side augmentation (the
+``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (stored with
+the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also database-side augmentation (the
 table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of several input scales.
 """
 
