@@ -4,9 +4,9 @@
     vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --pca 128 --json sop128.json
     vitrieval evaluate --model deit_small_patch16_224 --pretrained-file deit_s.pth --dataset cub --data-root /data/CUB
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k --image-size 384
-    vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k \
+    vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k \\
         --scales 1,0.707,0.5 --rerank aqe,dba
-    vitrieval evaluate --checkpoint runs/gl --dataset rparis6k --data-root /data/rparis6k \
+    vitrieval evaluate --checkpoint runs/gl --dataset rparis6k --data-root /data/rparis6k \\
         --whiten learned --pca-fit-dataset sfm120k --pca-fit-root /data/sfm120k
 
 Category-level sets (sop, cub, inshop, folder, csv): the test split, leave-one-out (SOP, CUB) or queries vs gallery
@@ -18,8 +18,9 @@ the training split (landmarks: on ``--pca-fit-dataset/--pca-fit-root``, else on 
 and, for a checkpoint, stores it beside the model so that index and serve apply the same reduction.
 
 ``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (stored with
-the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also database-side augmentation (the
-table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of several input scales.
+the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
+database-side augmentation (the table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of
+several input scales.
 """
 
 from __future__ import annotations
