@@ -73,7 +73,6 @@ class PCAOptions:
         if self.fit_max_images < 0:
             raise ValueError(f"the PCA fit set cap must be >= 0 images, got {self.fit_max_images}")
 
-
     @property
     def fits(self) -> bool:
         """Whether a reduction is fitted (a PCA dimension, or learned whitening)."""
