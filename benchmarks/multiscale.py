@@ -7,6 +7,9 @@ Forward passes only (random-init weights, random pixels: the cost does not depen
 ``--batches`` timed batches after one warm-up batch, for ``--scales`` (default cirtorch's 1, 0.707, 0.5) against
 scale 1. For a ViT the scaled inputs are 224, 160 and 112 px (multiples of the patch): 196 + 100 + 49 patch
 tokens, so about 1.75x the tokens of one scale, and a little less than that in attention (quadratic in tokens).
+
+Measured (``--batch 8``, deit_small_patch16_224, 2-core CPU under a load average of about 10): 4.92 s per batch
+at one scale, 9.85 s at 1, 0.707, 0.5 (2.0x; noisy on the shared machine).
 """
 
 from __future__ import annotations

@@ -16,6 +16,12 @@ the queries ``--queries`` more drawn the same way. Rows (each timed once, in thi
 Time is wall and CPU (user + system, all threads); memory is the increase of the peak resident set (``VmHWM``,
 reset through ``/proc/self/clear_refs`` before each row) over the resident set before the row, so the arrays
 that exist before it (database, queries) are not counted. The ratios are against ``plain``.
+
+Measured (``--n 200000``, 2-core CPU shared with other jobs, load average about 10, ``nice 10``; CPU time is the
+steadier figure): plain 1.36 s CPU / +171 MiB; +aQE 2.57 s (1.9x) / +222 MiB; DBA 239 s CPU (176x; 588 s wall)
+/ +249 MiB; +aQE on the DBA database 2.89 s (2.1x) / +200 MiB. The peaks stay at the k-NN chunk budget (256 MiB)
+whatever N is; DBA's time grows as N², so 1M x 128 is about 25x the 200k figure (some 6,000 CPU seconds here,
+not run on this machine).
 """
 
 from __future__ import annotations
