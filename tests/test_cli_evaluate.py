@@ -219,3 +219,13 @@ def test_cli_whiten_learned_needs_the_pairs_dataset(main, model_dir: Path, folde
     assert main(base + ["--whiten", "learned", "--pca-fit-dataset", "folder", "--pca-fit-root",
                         str(folder_root)]) == 2
     assert "query-positive pairs" in capsys.readouterr().err
+
+
+def test_cli_rerank_settings_without_rerank_and_bad_values(main, model_dir: Path, folder_root: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+            "--workers", "0", "--no-progress"]
+    assert main(base + ["--rerank-n", "5"]) == 2
+    assert "go with --rerank" in capsys.readouterr().err
+    assert main(base + ["--rerank", "aqe", "--rerank-alpha", "-1"]) == 2
+    assert "--rerank-alpha >= 0" in capsys.readouterr().err

@@ -85,9 +85,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--rerank", type=_methods, metavar="aqe[,dba]",
                         help="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
                              "database-side augmentation (aqe,dba: both rows, DBA then aQE)")
-    parser.add_argument("--rerank-n", type=int, default=DEFAULT_N, metavar="N",
+    parser.add_argument("--rerank-n", type=int, metavar="N",
                         help=f"neighbours aggregated by aQE / DBA (default {DEFAULT_N})")
-    parser.add_argument("--rerank-alpha", type=float, default=DEFAULT_ALPHA, metavar="A",
+    parser.add_argument("--rerank-alpha", type=float, metavar="A",
                         help=f"similarity exponent of aQE / DBA (default {DEFAULT_ALPHA:g}, Radenovic et al. 2018; "
                              "0 = plain average)")
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
@@ -162,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
     if args.image_size is not None and args.image_size < 1:
         raise CLIError(f"--image-size must be positive, got {args.image_size}")
+    if (args.rerank_n is not None or args.rerank_alpha is not None) and not args.rerank:
+        raise CLIError("--rerank-n / --rerank-alpha go with --rerank aqe[,dba]")
+    args.rerank_n = DEFAULT_N if args.rerank_n is None else args.rerank_n
+    args.rerank_alpha = DEFAULT_ALPHA if args.rerank_alpha is None else args.rerank_alpha
     if args.rerank_n < 1 or not args.rerank_alpha >= 0:
         raise CLIError(f"--rerank-n must be >= 1 and --rerank-alpha >= 0, got {args.rerank_n} and "
                        f"{args.rerank_alpha}")
