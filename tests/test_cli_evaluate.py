@@ -229,3 +229,18 @@ def test_cli_rerank_settings_without_rerank_and_bad_values(main, model_dir: Path
     assert "go with --rerank" in capsys.readouterr().err
     assert main(base + ["--rerank", "aqe", "--rerank-alpha", "-1"]) == 2
     assert "--rerank-alpha >= 0" in capsys.readouterr().err
+
+
+def test_cli_distractors_errors(main, model_dir: Path, folder_root: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    base = ["evaluate", "--checkpoint", str(model_dir), "--workers", "0", "--no-progress"]
+    np.save(tmp_path / "x.npy", np.ones((3, 192), dtype=np.float32))
+    assert main(base + ["--dataset", "folder", "--data-root", str(folder_root), "--distractors",
+                        str(tmp_path / "x.npy")]) == 2
+    assert "roxford5k / rparis6k" in capsys.readouterr().err
+    (tmp_path / "roxford5k").mkdir()
+    assert main(base + ["--dataset", "roxford5k", "--data-root", str(tmp_path / "roxford5k"), "--distractors",
+                        str(tmp_path / "nothing.npy")]) == 2
+    assert "no such .npy file" in capsys.readouterr().err

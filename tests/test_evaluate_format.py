@@ -45,3 +45,12 @@ def test_the_rerank_table_has_a_row_per_variant() -> None:
     assert lines[2].split() == ["SOP", "R@1", "R@10", "MAP@R"]
     assert lines[3].split() == ["plain", "50.0", "90.0", "20.0"] and lines[4].split() == ["+DBA", "60.0", "95.0",
                                                                                             "n/a"]
+
+
+def test_the_distractor_line_names_r1m() -> None:
+    maps = {"easy": 0.5, "medium": 0.3, "hard": 0.1}
+    mp = {p: {"1": 1.0, "5": 0.9, "10": 0.8} for p in maps}
+    rox = {"dataset": "rparis6k", "model": "m", "descriptor_dim": 8, "image_size": 224, "num_queries": 70,
+           "num_gallery": 6322, "protocol": "revisited", "map": maps, "mp_at_k": mp, "pca": None,
+           "distractors": {"count": 1_000_000, "map": {"easy": 0.4, "medium": 0.2, "hard": 0.05}, "mp_at_k": mp}}
+    assert format_results(rox).splitlines()[-1] == "RPar+R1M  mAP M 20.0 H 5.0  (E 40.0)  with 1,000,000 distractors"

@@ -144,3 +144,25 @@ def test_learned_whitening_from_sfm120k_pairs_is_stored_with_the_model(roxford_r
     np.testing.assert_allclose(stored.pca.matrix.numpy(), lw.matrix.numpy(), atol=1e-5)
     again = evaluate_model(stored, "roxford5k", roxford_root, **EVAL)  # the carried Lw, reported as such
     assert again["pca"]["method"] == "learned" and again["map"] == result["map"]
+
+
+def test_revisited_with_distractors(encoder: Encoder, roxford_root: Path, tmp_path: Path) -> None:
+    """``distractors``: the metrics of the database + distractors ranking, beside the plain ones."""
+    from vitrieval.evaluate_format import format_results
+
+    table = read_dataset("roxford5k", roxford_root)
+    db = _direct(encoder, table.gallery(), resize="square")
+    qs = _direct(encoder, table.queries(), resize="square")
+    rng = np.random.default_rng(0)
+    x = db[rng.integers(0, len(db), 300)] + 0.2 * rng.standard_normal((300, db.shape[1])).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    result = evaluate_model(encoder, "roxford5k", roxford_root, distractors=mm, **EVAL)
+    assert set(result) == LANDMARK_KEYS | {"distractors"} and result["distractors"]["count"] == 300
+    ref = revisited_map_from_descriptors(np.vstack([db, x]), qs, table.extras["gnd"])
+    assert result["distractors"]["map"] == _maps(ref)
+    assert result["distractors"]["map"]["medium"] < result["map"]["medium"]
+    assert "ROxf+300  mAP M 50.2" in format_results(result)
+    with pytest.raises(ValueError, match="distractors"):
+        evaluate_model(encoder, "roxford5k", roxford_root, distractors=x[:, :5], **EVAL)

@@ -42,6 +42,8 @@ Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
                "results": {"aqe": {..}, "aqe+dba": {..}}}   (or {"dba": {..}} for DBA alone)
       each variant holds the metrics of the plain result re-computed after re-ranking: landmarks
       {"map", "mp_at_k"}, category-level {"recall_at_k", "map_at_r"} (:mod:`vitrieval.evaluate_rerank`).
+    "distractors": {"count": 1000000, "map": {..}, "mp_at_k": {..}}   landmarks with a distractor set (+R1M,
+      plain descriptors only; :mod:`vitrieval.evaluate_distractors`)
 
 Multi-scale (``scales``): each image's descriptor is the L2-normalised mean of the encoder's descriptors of the
 pre-processed image resized by each scale (cirtorch's default, power 1), before any PCA; the PCA is fitted on and
@@ -189,7 +191,8 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
                    image_size: int | None = None, resize: str | None = None,
                    reader_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
                    model_name: str | None = None, rerank: RerankOptions | None = None,
-                   scales: Sequence[float] | None = None) -> dict[str, Any]:
+                   scales: Sequence[float] | None = None,
+                   distractors: np.ndarray | None = None) -> dict[str, Any]:
     """Evaluate ``encoder`` on ``dataset`` read from ``data_root`` with the paper's protocol (module docstring).
 
     ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder,
@@ -202,8 +205,9 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     reported with the ``fitted_on`` its folder recorded (:attr:`vitrieval.model.Encoder.pca_info`).
     Unreadable images stop the evaluation with the :class:`~vitrieval.data.images.ImageDecodeError` naming the
     file. ``scales`` (e.g. ``(1, 0.707, 0.5)``) gives multi-scale descriptors (a PCA fitted on them is not stored:
-    index / serve extract at one scale); ``rerank`` adds the αQE / DBA variants. Returns the JSON-ready result
-    dict.
+    index / serve extract at one scale); ``rerank`` adds the αQE / DBA variants; ``distractors`` (M × D final
+    descriptors of the same model, e.g. ``np.load(path, mmap_mode="r")``) adds the landmark metrics with them in
+    the database. Returns the JSON-ready result dict.
     """
     from vitrieval.data.readers import read_dataset
 
@@ -269,7 +273,20 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         if rerank is not None:
             result["rerank"] = reranked_results(rerank, descriptors[is_q], descriptors[is_g],
                                                 lambda q, db: landmark_metrics(db, q, gnd))
+        if distractors is not None:
+            from vitrieval.evaluate_distractors import revisited_map_with_distractors
+
+            res = revisited_map_with_distractors(descriptors[is_g], descriptors[is_q], distractors, gnd,
+                                                 LANDMARK_KAPPAS)
+            result["distractors"] = {
+                "count": int(len(distractors)),
+                "map": {p: _finite_or_none(res[p]["map"]) for p in _PROTOCOLS},
+                "mp_at_k": {p: {str(k): _finite_or_none(v) for k, v in res[p]["mp_at_k"].items()}
+                            for p in _PROTOCOLS}}
     else:
+        if distractors is not None:
+            raise ValueError(f"{dataset}: distractors apply to the revisited landmark protocol (roxford5k, "
+                             "rparis6k)")
         result.update(_category_result(test, table.is_leave_one_out(), descriptors, dataset, ks, rerank))
         result["pca"] = pca_info
         if "rerank" in result:

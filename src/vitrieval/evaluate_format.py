@@ -49,7 +49,18 @@ def format_results(result: dict[str, Any]) -> str:
     text = line + "\n  " + ", ".join(details)
     if result.get("rerank"):
         text += "\n" + format_rerank_table(result)
+    if result.get("distractors"):
+        dx = result["distractors"]
+        text += (f"\n{name}+{_count(dx['count'])}  mAP M {_pct(dx['map']['medium'])} H {_pct(dx['map']['hard'])}  "
+                 f"(E {_pct(dx['map']['easy'])})  with {dx['count']:,} distractors")
     return text
+
+
+def _count(n: int) -> str:
+    """``1000000`` -> ``R1M`` (revisitop's name for its distractor set), ``5000`` -> ``5k``."""
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"R{n // 1_000_000}M"
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
 
 
 def format_rerank_table(result: dict[str, Any]) -> str:

@@ -57,6 +57,17 @@ def _methods(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _distractors(path: str | None):  # noqa: ANN202 - a (memory-mapped) numpy array or None
+    import numpy as np
+
+    if path is None:
+        return None
+    try:
+        return np.load(str(path), mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--distractors {path}: not a readable .npy array ({exc})") from None
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``evaluate``."""
     parser = subparsers.add_parser("evaluate", help="Recall@K / revisited mAP of a model on a benchmark",
@@ -90,6 +101,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--rerank-alpha", type=float, metavar="A",
                         help=f"similarity exponent of aQE / DBA (default {DEFAULT_ALPHA:g}, Radenovic et al. 2018; "
                              "0 = plain average)")
+    parser.add_argument("--distractors", metavar="DESCRIPTORS.npy",
+                        help="roxford5k / rparis6k: also report mAP with these distractor descriptors (M x D, "
+                             "the same model's final descriptors, e.g. R1M) added to the database")
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
@@ -169,6 +183,11 @@ def run(args: argparse.Namespace) -> int:
     if args.rerank_n < 1 or not args.rerank_alpha >= 0:
         raise CLIError(f"--rerank-n must be >= 1 and --rerank-alpha >= 0, got {args.rerank_n} and "
                        f"{args.rerank_alpha}")
+    if args.distractors is not None:
+        if args.dataset not in ("roxford5k", "rparis6k"):
+            raise CLIError(f"--distractors applies to roxford5k / rparis6k, not to {args.dataset}")
+        if not Path(args.distractors).expanduser().is_file():
+            raise CLIError(f"--distractors {args.distractors}: no such .npy file")
     if args.batch_size < 1 or args.workers < 0:
         raise CLIError("--batch-size must be >= 1 and --workers >= 0")
     reader_options = {}
@@ -204,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
         model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
-        rerank=RerankOptions(args.rerank or (), args.rerank_n, args.rerank_alpha), scales=args.scales)
+        rerank=RerankOptions(args.rerank or (), args.rerank_n, args.rerank_alpha), scales=args.scales,
+        distractors=_distractors(args.distractors))
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
     print(format_results(result))
