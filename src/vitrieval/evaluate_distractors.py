@@ -13,6 +13,12 @@ sorted per query and the benchmark scores located in them (``searchsorted``), so
 ``queries × block`` floats whatever ``M`` is (the ``(N + M) × queries`` ranking is never built). ``distractors``
 may be a memory-mapped ``.npy`` (``np.load(path, mmap_mode="r")``); its rows must be the same descriptors as the
 benchmark's (same model, PCA and scales), unit rows.
+
+Measured on the 2-core CPU (shared): 70 queries, 4,993 database images + 1,000,000 memory-mapped 32-d distractors
+took 6.9 s wall (1.7 s CPU) and +163 MiB peak resident memory, 128 MiB of it the mapped file's pages.
+
+Not done here: extracting the distractors (resumable, sharded, cached by model fingerprint); pass descriptors
+computed with the same model, e.g. from a ``vitrieval index`` build.
 """
 
 from __future__ import annotations
