@@ -19,9 +19,11 @@ Memory: the neighbours come from :func:`vitrieval.metrics.knn.iter_knn_chunks` (
 rows at a time or a ``memory_budget``), so no N × N matrix is ever built; each chunk is aggregated at once
 (``chunk × n × d`` gathered neighbours). The result is ``N × d`` float32.
 
-Defaults (:data:`DEFAULT_N`, :data:`DEFAULT_ALPHA`): α = 3 as in Radenović et al. (TPAMI 2018); n = 2, the small
-neighbourhood used for αQE and DBA on ROxford / RParis in later work built on that paper (the best n depends on
-the data: the number of relevant images per query bounds it). Both are options of ``vitrieval evaluate``.
+Defaults (:data:`DEFAULT_N`, :data:`DEFAULT_ALPHA`): α = 3 is the exponent of Radenović et al. (TPAMI 2018);
+n = 2 is a small neighbourhood (the best n depends on the data: the number of relevant images per query bounds
+it). Neither value was checked against the papers' text here; dirtorch (``test_dir.py``, ``--aqe k alpha``,
+``--adba k alpha``) takes both as required arguments, with the same weighting ``sim^alpha`` and the row itself
+excluded from its own DBA neighbours. Both are options of ``vitrieval evaluate``.
 """
 
 from __future__ import annotations
