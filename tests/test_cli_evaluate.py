@@ -175,3 +175,72 @@ def test_cli_main_with_every_command(model_dir: Path, folder_root: Path, tmp_pat
     assert main(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
                  "--json", str(out), "--workers", "0", "--no-progress"]) == 0
     assert set(json.loads(out.read_text())) == CATEGORY_KEYS
+
+
+def test_cli_rerank_and_scales(model_dir: Path, folder_root: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture) -> None:
+    """``--rerank aqe,dba --rerank-n 3 --rerank-alpha 1 --scales 1,0.5``: the JSON equals the library call, and
+    the printed table has the plain / +αQE / +αQE+DBA rows."""
+    from vitrieval.evaluate_rerank import RerankOptions
+
+    out = tmp_path / "r.json"
+    assert _run(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+                 "--rerank", "aqe,dba", "--rerank-n", "3", "--rerank-alpha", "1", "--scales", "1,0.5",
+                 "--workers", "0", "--no-progress", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    expected = evaluate_model(vitrieval.load(model_dir), "folder", folder_root, scales=(1, 0.5),
+                              rerank=RerankOptions(("aqe", "dba"), 3, 1.0), **EVAL)
+    assert payload == json.loads(json.dumps({**expected, "model": str(model_dir)}))
+    assert payload["rerank"]["n"] == 3 and payload["scales"] == [1.0, 0.5]
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines[3:6]] == ["plain", "+αQE", "+αQE+DBA"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rerank", "qe"], "re-ranking methods"),
+    (["--scales", "1,-1"], "positive"),
+    (["--whiten", "zca"], "invalid choice"),
+])
+def test_cli_rerank_and_scales_errors(model_dir: Path, folder_root: Path, argv: list[str], message: str,
+                                      capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _run(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+              *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_whiten_learned_needs_the_pairs_dataset(main, model_dir: Path, folder_root: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+            "--workers", "0", "--no-progress"]
+    assert main(base + ["--whiten", "learned"]) == 2
+    assert "--pca-fit-dataset sfm120k" in capsys.readouterr().err
+    # a fit set without pairs is one clear line
+    assert main(base + ["--whiten", "learned", "--pca-fit-dataset", "folder", "--pca-fit-root",
+                        str(folder_root)]) == 2
+    assert "query-positive pairs" in capsys.readouterr().err
+
+
+def test_cli_rerank_settings_without_rerank_and_bad_values(main, model_dir: Path, folder_root: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+            "--workers", "0", "--no-progress"]
+    assert main(base + ["--rerank-n", "5"]) == 2
+    assert "go with --rerank" in capsys.readouterr().err
+    assert main(base + ["--rerank", "aqe", "--rerank-alpha", "-1"]) == 2
+    assert "--rerank-alpha >= 0" in capsys.readouterr().err
+
+
+def test_cli_distractors_errors(main, model_dir: Path, folder_root: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    base = ["evaluate", "--checkpoint", str(model_dir), "--workers", "0", "--no-progress"]
+    np.save(tmp_path / "x.npy", np.ones((3, 192), dtype=np.float32))
+    assert main(base + ["--dataset", "folder", "--data-root", str(folder_root), "--distractors",
+                        str(tmp_path / "x.npy")]) == 2
+    assert "roxford5k / rparis6k" in capsys.readouterr().err
+    (tmp_path / "roxford5k").mkdir()
+    assert main(base + ["--dataset", "roxford5k", "--data-root", str(tmp_path / "roxford5k"), "--distractors",
+                        str(tmp_path / "nothing.npy")]) == 2
+    assert "no such .npy file" in capsys.readouterr().err

@@ -137,3 +137,15 @@ def test_a_fit_dataset_without_a_training_split_is_fitted_on_all_its_rows(tmp_pa
                       table, table.split("test"), np.zeros((6, DIM)), False, embed)
     assert info["fitted_on"] == "csv/all"
     assert embed.calls == [([str(p) for p in paths], "csv/all")]
+
+
+def test_learned_whitening_options() -> None:
+    """``method="learned"``: fitted without a PCA dimension, but only from a fit set (its matching pairs)."""
+    from vitrieval.evaluate_pca import PCAOptions
+
+    assert PCAOptions(method="learned", fit_dataset="sfm120k", fit_root="/data/sfm").fits
+    assert not PCAOptions().fits and PCAOptions(dim=8).fits
+    with pytest.raises(ValueError, match="matching pairs"):
+        PCAOptions(method="learned")
+    with pytest.raises(ValueError, match="'pca' or 'learned'"):
+        PCAOptions(dim=8, method="zca")

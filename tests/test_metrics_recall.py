@@ -226,3 +226,24 @@ def test_recall_at_1_matches_pytorch_metric_learning() -> None:
     ours_qg = recall_at_k(q[keep], ql[keep], [1], gallery=g, gallery_labels=gl)[1]
     theirs = pml_precision_at_1(q[keep], ql[keep], g, gl, ref_includes_query=False)
     assert ours_qg == pytest.approx(theirs, abs=1e-12)
+
+
+def test_exclude_self_with_other_query_vectors_is_leave_one_out():
+    """Query i is gallery item i (a changed copy of it): never retrieves item i; equal to plain leave-one-out
+    when the query vectors are the gallery itself."""
+    import numpy as np
+
+    from vitrieval.metrics import map_at_r, recall_at_k
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 6)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(6), 5)
+    assert recall_at_k(x, labels, [1, 4], gallery=x, gallery_labels=labels, exclude_self=True) == \
+        recall_at_k(x, labels, [1, 4])
+    assert map_at_r(x, labels, gallery=x, gallery_labels=labels, exclude_self=True) == map_at_r(x, labels)
+    q = x + 0.3 * rng.standard_normal(x.shape).astype(np.float32)
+    s = q @ x.T
+    np.fill_diagonal(s, -np.inf)
+    top1 = labels[s.argmax(axis=1)] == labels
+    assert recall_at_k(q, labels, [1], gallery=x, gallery_labels=labels, exclude_self=True)[1] == top1.mean()

@@ -55,3 +55,60 @@ def test_fit_errors():
         PCAReduction.fit(x, 5)
     with pytest.raises(ValueError, match="at least 2"):
         PCAReduction.fit(x[:1], 2)
+
+
+# -- learned whitening (Lw) -----------------------------------------------------------------------------------------
+
+def _pairs_data(seed: int = 0, n_classes: int = 40, per_class: int = 4, d: int = 6):
+    """Unit descriptors of classes with a few members each, and every (first member, other member) pair."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, d)) * np.linspace(3, 0.5, d)
+    noise = rng.standard_normal((n_classes, per_class, d)) * np.linspace(0.1, 1.0, d)
+    x = (centres[:, None] + noise).reshape(-1, d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = np.array([(c * per_class, c * per_class + j) for c in range(n_classes) for j in range(1, per_class)])
+    return x.astype(np.float32), pairs
+
+
+def test_learned_whitening_is_the_generalised_eigenproblem_of_the_two_scatters():
+    """Independent computation: scipy's generalised symmetric eigensolver on (S_b', S_w), eigenvectors scaled so
+    that vᵀ S_w v = 1, in decreasing order of eigenvalue; Lw's rows are those vectors, up to their signs."""
+    import scipy.linalg
+
+    from vitrieval.whitening import learn_whitening
+
+    x, pairs = _pairs_data()
+    lw = learn_whitening(x, pairs)
+    x64 = x.astype(np.float64)
+    mu = x64[pairs[:, 0]].mean(0)
+    diff = x64[pairs[:, 0]] - x64[pairs[:, 1]]
+    s_w = diff.T @ diff / len(pairs)
+    s_b = (x64 - mu).T @ (x64 - mu)
+    vals, vecs = scipy.linalg.eigh(s_b, s_w)
+    expected = vecs[:, ::-1].T  # rows, decreasing eigenvalue
+    got = lw.matrix.numpy().astype(np.float64)
+    signs = np.sign(np.sum(got * expected, axis=1))
+    np.testing.assert_allclose(got, signs[:, None] * expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(lw.bias.numpy(), -(got @ mu), rtol=1e-4, atol=1e-5)
+    # matching pairs are isotropic after the map; the whole set's scatter is diagonal and decreasing
+    np.testing.assert_allclose(got @ s_w @ got.T, np.eye(6), atol=1e-4)
+    sb_w = got @ s_b @ got.T
+    np.testing.assert_allclose(sb_w, np.diag(np.diag(sb_w)), atol=1e-3 * sb_w.max())
+    assert np.all(np.diff(np.diag(sb_w)) < 0)
+    # applied like a PCA: y = normalize(P (x - mu)), the first D rows when a dimension is given
+    lw3 = learn_whitening(x, pairs, dim=3)
+    y = (x64 - mu) @ got[:3].T
+    np.testing.assert_allclose(lw3.apply_numpy(x), y / np.linalg.norm(y, axis=1, keepdims=True), atol=1e-4)
+    assert (lw3.in_dim, lw3.out_dim, lw3.whiten) == (6, 3, True)
+
+
+def test_learned_whitening_with_fewer_pairs_than_dimensions_regularises_and_checks_its_input():
+    from vitrieval.whitening import learn_whitening
+
+    x, pairs = _pairs_data(d=6)
+    lw = learn_whitening(x, pairs[:3], dim=2)  # S_w of rank <= 3 in 6-d: ε·I is added until Cholesky succeeds
+    assert np.all(np.isfinite(lw.matrix.numpy())) and lw.out_dim == 2
+    for bad_pairs, dim in ((np.array([[0, 999]]), None), (np.zeros((0, 2), dtype=np.int64), None),
+                           (pairs, 7), (pairs.astype(np.float32), None)):
+        with pytest.raises(ValueError):
+            learn_whitening(x, bad_pairs, dim)

@@ -34,6 +34,21 @@ Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
                      "mp_at_k": {"easy": {"1", "5", "10"}, "medium": {..}, "hard": {..}}, "pca"
                      [, "pca_fitted_on"]}
     "pca": null | {"dim": 128, "whiten": false, "fitted_on": "sop/train"}
+           learned whitening (Lw) adds "method": "learned" ({"dim", "whiten": true, "fitted_on", "method"})
+
+  Keys added only when asked for (the layout above is unchanged otherwise):
+    "scales": [1.0, 0.707, 0.5]      multi-scale descriptors (:mod:`vitrieval.multiscale`)
+    "rerank": {"methods": ["aqe", "dba"], "n": 2, "alpha": 3.0,
+               "results": {"aqe": {..}, "aqe+dba": {..}}}   (or {"dba": {..}} for DBA alone)
+      each variant holds the metrics of the plain result re-computed after re-ranking: landmarks
+      {"map", "mp_at_k"}, category-level {"recall_at_k", "map_at_r"} (:mod:`vitrieval.evaluate_rerank`).
+    "distractors": {"count": 1000000, "map": {..}, "mp_at_k": {..}}   landmarks with a distractor set (+R1M,
+      plain descriptors only; :mod:`vitrieval.evaluate_distractors`)
+
+Multi-scale (``scales``): each image's descriptor is the L2-normalised mean of the encoder's descriptors of the
+pre-processed image resized by each scale (cirtorch's default, power 1), before any PCA; the PCA is fitted on and
+applied to those. Re-ranking (``rerank``): αQE / DBA on the final descriptors (after PCA), see
+:mod:`vitrieval.evaluate_rerank` for what queries and database are under each protocol.
 """
 
 from __future__ import annotations
@@ -51,8 +66,10 @@ import torch
 from vitrieval.data.table import ImageTable
 from vitrieval.embed import Extraction, extract
 from vitrieval.evaluate_pca import PCAOptions, apply_pca, carried_pca_info, fit_pca
+from vitrieval.evaluate_rerank import RerankOptions, category_rerank, reranked_results
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
 from vitrieval.model import Encoder, at_image_size, resolve_model_dir
+from vitrieval.multiscale import MultiScaleEncoder, parse_scales
 from vitrieval.pca import PCAReduction
 
 log = logging.getLogger(__name__)
@@ -173,7 +190,9 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
                    pca: PCAOptions | None = None, extraction: ExtractionOptions | None = None,
                    image_size: int | None = None, resize: str | None = None,
                    reader_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
-                   model_name: str | None = None) -> dict[str, Any]:
+                   model_name: str | None = None, rerank: RerankOptions | None = None,
+                   scales: Sequence[float] | None = None,
+                   distractors: np.ndarray | None = None) -> dict[str, Any]:
     """Evaluate ``encoder`` on ``dataset`` read from ``data_root`` with the paper's protocol (module docstring).
 
     ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder,
@@ -185,7 +204,10 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     what index / serve will compute). A PCA the model already carries is applied when ``pca.dim`` is not given and
     reported with the ``fitted_on`` its folder recorded (:attr:`vitrieval.model.Encoder.pca_info`).
     Unreadable images stop the evaluation with the :class:`~vitrieval.data.images.ImageDecodeError` naming the
-    file. Returns the JSON-ready result dict.
+    file. ``scales`` (e.g. ``(1, 0.707, 0.5)``) gives multi-scale descriptors (a PCA fitted on them is not stored:
+    index / serve extract at one scale); ``rerank`` adds the αQE / DBA variants; ``distractors`` (M × D final
+    descriptors of the same model, e.g. ``np.load(path, mmap_mode="r")``) adds the landmark metrics with them in
+    the database. Returns the JSON-ready result dict.
     """
     from vitrieval.data.readers import read_dataset
 
@@ -196,6 +218,10 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     resize = resize or ("square" if landmarks else "shorter")
     model = at_image_size(encoder, image_size)
     size = int(model.data_config["image_size"])
+    multi = parse_scales(scales) if scales is not None else (1.0,)
+    if multi != (1.0,):
+        model = MultiScaleEncoder(model, multi)
+    rerank = rerank if rerank is not None and rerank.methods else None
 
     def embed(rows: ImageTable, what: str) -> np.ndarray:
         return extract_all(model, rows, batch_size=ext_options.batch_size, num_workers=ext_options.num_workers,
@@ -217,7 +243,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     # PCA: fitted here, or the one the model already carries.
     reduction: PCAReduction | None = None
     pca_info: dict[str, Any] | None = None
-    if pca_options.dim:
+    if pca_options.fits:
         reduction, pca_info = fit_pca(pca_options, dataset, data_root, table, test, feats, landmarks,
                                       lambda rows, what: embed(rows, f"{what} for PCA"))
     elif getattr(encoder, "pca", None) is not None:
@@ -231,6 +257,8 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         "descriptor_dim": int(descriptors.shape[1]),
         "image_size": size,
     }
+    if multi != (1.0,):
+        result["scales"] = list(multi)
     if landmarks:
         is_q = np.asarray([r.is_query for r in test])
         is_g = np.asarray([r.is_gallery for r in test])
@@ -242,15 +270,36 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
                        **metrics, "pca": pca_info})
         if pca_info is not None:
             result["pca_fitted_on"] = pca_info["fitted_on"]
+        if rerank is not None:
+            result["rerank"] = reranked_results(rerank, descriptors[is_q], descriptors[is_g],
+                                                lambda q, db: landmark_metrics(db, q, gnd))
+        if distractors is not None:
+            from vitrieval.evaluate_distractors import revisited_map_with_distractors
+
+            res = revisited_map_with_distractors(descriptors[is_g], descriptors[is_q], distractors, gnd,
+                                                 LANDMARK_KAPPAS)
+            result["distractors"] = {
+                "count": int(len(distractors)),
+                "map": {p: _finite_or_none(res[p]["map"]) for p in _PROTOCOLS},
+                "mp_at_k": {p: {str(k): _finite_or_none(v) for k, v in res[p]["mp_at_k"].items()}
+                            for p in _PROTOCOLS}}
     else:
-        result.update(_category_result(test, table.is_leave_one_out(), descriptors, dataset, ks))
+        if distractors is not None:
+            raise ValueError(f"{dataset}: distractors apply to the revisited landmark protocol (roxford5k, "
+                             "rparis6k)")
+        result.update(_category_result(test, table.is_leave_one_out(), descriptors, dataset, ks, rerank))
         result["pca"] = pca_info
+        if "rerank" in result:
+            result["rerank"] = result.pop("rerank")  # after "pca": the documented order
     # Stored only once the metrics are computed: a failed evaluation leaves the model folder as it was.
-    if pca_options.dim and reduction is not None and model_dir is not None and pca_options.save:
+    if pca_options.fits and reduction is not None and model_dir is not None and pca_options.save:
         if model is encoder:
             encoder.set_pca(reduction.to(next(encoder.parameters()).device), pca_info)
             path = encoder.save(resolve_model_dir(model_dir))
             log.info("PCA %d-d stored beside the model in %s", reduction.out_dim, path)
+        elif multi != (1.0,):
+            log.warning("PCA not stored in %s: it was fitted on multi-scale descriptors (scales %s); index and "
+                        "serve extract at one scale", model_dir, ",".join(f"{s:g}" for s in multi))
         else:
             log.warning("PCA not stored in %s: it was fitted at %d px, not at the model's own %d px",
                         model_dir, size, encoder.data_config["image_size"])
@@ -258,8 +307,9 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
 
 
 def _category_result(test: ImageTable, leave_one_out: bool, descriptors: np.ndarray, dataset: str,
-                     ks: Sequence[int] | None) -> dict[str, Any]:
-    """Recall@K (default Ks that exceed what a query can retrieve are dropped) and MAP@R of the test split."""
+                     ks: Sequence[int] | None, rerank: RerankOptions | None = None) -> dict[str, Any]:
+    """Recall@K (default Ks that exceed what a query can retrieve are dropped) and MAP@R of the test split
+    (and of its re-ranked variants under ``"rerank"``)."""
     labels = test.labels
     is_q = np.asarray([r.is_query for r in test])
     is_g = np.asarray([r.is_gallery for r in test])
@@ -277,4 +327,7 @@ def _category_result(test: ImageTable, leave_one_out: bool, descriptors: np.ndar
             raise ValueError(f"{dataset}: too few test images for Recall@K ({candidates} candidates per query)")
     else:
         k_list = sorted({int(k) for k in ks})
-    return category_metrics(descriptors, labels, is_q, is_g, k_list, leave_one_out)
+    out = category_metrics(descriptors, labels, is_q, is_g, k_list, leave_one_out)
+    if rerank is not None:
+        out["rerank"] = category_rerank(rerank, descriptors, labels, is_q, is_g, k_list, leave_one_out)
+    return out

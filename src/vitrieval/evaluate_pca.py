@@ -5,6 +5,13 @@ The fit set (module docstring of :mod:`vitrieval.evaluate`): the **training spli
 dataset is fitted on its own database (``fitted_on = "<dataset>/database"``, with a warning: the paper fits on
 SfM-120k). At most ``fit_max_images`` images are used (an even subsample, ``ImageTable.evenly_subsampled``). The
 reduction ``y = normalize(A (x - mu))`` is :class:`~vitrieval.pca.PCAReduction`.
+
+Learned whitening (``PCAOptions.method = "learned"``, Radenović et al.'s Lw, :mod:`vitrieval.whitening`) is fitted
+on the query–positive pairs of ``fit_dataset`` (SfM-120k: ``table.extras["pairs"]["train"]``, indices into its
+training split), from the descriptors of the images those pairs use; ``fit_max_images`` then caps the number of
+*pairs* (an even subsample). ``dim`` keeps the first components (default: all). Its record adds
+``"method": "learned"`` (``{"dim", "whiten": true, "fitted_on": "sfm120k/train", "method": "learned"}``); it is
+stored with the model like a PCA.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ EmbedTable = Callable[[ImageTable, str], np.ndarray]
 class PCAOptions:
     """How to reduce the descriptors: ``dim`` ``None`` fits nothing (a PCA the model carries is still applied).
 
-    ``whiten``: a whitened PCA. ``fit_dataset`` read from ``fit_root`` (reader keyword arguments
+    ``whiten``: a whitened PCA. ``method``: ``"pca"`` or ``"learned"`` (Lw from ``fit_dataset``'s matching pairs;
+    ``dim`` optional, whitening implied). ``fit_dataset`` read from ``fit_root`` (reader keyword arguments
     ``fit_options``) replaces the default fit set; ``fit_max_images`` caps it (0 = all). ``save``: store the
     fitted PCA in the model folder (:meth:`vitrieval.model.Encoder.save`) when one is given.
     """
@@ -43,8 +51,18 @@ class PCAOptions:
     fit_options: dict[str, Any] | None = None
     fit_max_images: int = 0
     save: bool = True
+    method: str = "pca"
 
     def __post_init__(self) -> None:
+        if self.method not in ("pca", "learned"):
+            raise ValueError(f"whitening method must be 'pca' or 'learned', got {self.method!r}")
+        if self.method == "learned":
+            if self.fit_dataset is None or self.fit_root is None:
+                raise ValueError("learned whitening is fitted on matching pairs: give --pca-fit-dataset sfm120k "
+                                 "and --pca-fit-root")
+            if self.fit_max_images < 0 or (self.dim is not None and self.dim < 1):
+                raise ValueError("learned whitening: the dimension must be >= 1 and the pair cap >= 0")
+            return
         if self.whiten and not self.dim:
             raise ValueError("whitening is part of the PCA: give a PCA dimension (--pca) with --whiten")
         if (self.fit_dataset is None) != (self.fit_root is None):
@@ -54,6 +72,11 @@ class PCAOptions:
             raise ValueError("--pca-fit-dataset / --pca-fit-root only make sense with a PCA dimension (--pca)")
         if self.fit_max_images < 0:
             raise ValueError(f"the PCA fit set cap must be >= 0 images, got {self.fit_max_images}")
+
+    @property
+    def fits(self) -> bool:
+        """Whether a reduction is fitted (a PCA dimension, or learned whitening)."""
+        return bool(self.dim) or self.method == "learned"
 
 
 def _train_or_all(table: ImageTable) -> tuple[ImageTable, str]:
@@ -73,6 +96,8 @@ def fit_pca(options: PCAOptions, dataset: str, data_root: str | Path, table: Ima
     """
     from vitrieval.data.readers import read_dataset
 
+    if options.method == "learned":
+        return fit_learned_whitening(options, embed)
     if not options.dim:
         raise ValueError("fit_pca needs a PCA dimension")
     if options.fit_dataset is not None:
@@ -97,6 +122,33 @@ def fit_pca(options: PCAOptions, dataset: str, data_root: str | Path, table: Ima
     return pca, {"dim": pca.out_dim, "whiten": bool(options.whiten), "fitted_on": fitted_on}
 
 
+def fit_learned_whitening(options: PCAOptions, embed: EmbedTable) -> tuple[PCAReduction, dict[str, Any]]:
+    """Lw from the training pairs of ``options.fit_dataset`` (module docstring); returns it and its record."""
+    from vitrieval.data.readers import read_dataset
+    from vitrieval.whitening import learn_whitening
+
+    source = read_dataset(options.fit_dataset, options.fit_root, **(options.fit_options or {}))
+    all_pairs = source.extras.get("pairs")
+    if not isinstance(all_pairs, dict) or len(all_pairs.get("train", ())) == 0:
+        raise ValueError(f"learned whitening needs query-positive pairs: {options.fit_dataset} at "
+                         f"{options.fit_root} has none (SfM-120k carries them)")
+    train = source.split("train")
+    pairs = np.asarray(all_pairs["train"], dtype=np.int64)
+    if options.fit_max_images and len(pairs) > options.fit_max_images:
+        pairs = pairs[:: -(-len(pairs) // options.fit_max_images)]
+    used = np.unique(pairs)
+    keep = np.zeros(len(train), dtype=bool)
+    keep[used] = True
+    fitted_on = f"{options.fit_dataset}/train"
+    descriptors = embed(train.select(keep), f"{fitted_on} pairs")
+    remap = np.full(len(train), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    lw = learn_whitening(descriptors, remap[pairs], options.dim)
+    log.info("learned whitening %d-d fitted on %d pairs (%d images) of %s", lw.out_dim, len(pairs), len(used),
+             fitted_on)
+    return lw, {"dim": lw.out_dim, "whiten": True, "fitted_on": fitted_on, "method": "learned"}
+
+
 def carried_pca_info(pca: PCAReduction, stored: dict[str, Any] | None) -> dict[str, Any]:
     """The record of a PCA a model already carries: its own dim / whiten, and the ``fitted_on`` its model folder
     recorded (``stored``, :attr:`vitrieval.model.Encoder.pca_info`) when that describes this PCA, else
@@ -104,6 +156,8 @@ def carried_pca_info(pca: PCAReduction, stored: dict[str, Any] | None) -> dict[s
     info: dict[str, Any] = {"dim": pca.out_dim, "whiten": bool(pca.whiten), "fitted_on": "unknown"}
     if stored and stored.get("dim") == pca.out_dim and stored.get("fitted_on"):
         info["fitted_on"] = str(stored["fitted_on"])
+        if stored.get("method"):
+            info["method"] = str(stored["method"])
     return info
 
 

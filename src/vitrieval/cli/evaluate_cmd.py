@@ -4,6 +4,10 @@
     vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --pca 128 --json sop128.json
     vitrieval evaluate --model deit_small_patch16_224 --pretrained-file deit_s.pth --dataset cub --data-root /data/CUB
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k --image-size 384
+    vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k \\
+        --scales 1,0.707,0.5 --rerank aqe,dba
+    vitrieval evaluate --checkpoint runs/gl --dataset rparis6k --data-root /data/rparis6k \\
+        --whiten learned --pca-fit-dataset sfm120k --pca-fit-root /data/sfm120k
 
 Category-level sets (sop, cub, inshop, folder, csv): the test split, leave-one-out (SOP, CUB) or queries vs gallery
 (In-Shop); Recall@K at the paper's K and MAP@R. Landmarks (roxford5k, rparis6k): whole images resized to
@@ -12,6 +16,11 @@ SIZE x SIZE, queries cropped to their box; mAP Easy / Medium / Hard and mP@1/5/1
 ``--model`` without ``--checkpoint`` evaluates off-the-shelf ImageNet features (IRT_O). ``--pca D`` fits a PCA on
 the training split (landmarks: on ``--pca-fit-dataset/--pca-fit-root``, else on the database, as the JSON says)
 and, for a checkpoint, stores it beside the model so that index and serve apply the same reduction.
+
+``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (stored with
+the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
+database-side augmentation (the table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of
+several input scales.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 
 from vitrieval.cli import CLIError, check_output_file
+from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, parse_methods
 
 
 def _ks(text: str) -> list[int]:
@@ -29,6 +39,33 @@ def _ks(text: str) -> list[int]:
     if not ks or ks[0] < 1:
         raise argparse.ArgumentTypeError(f"K values must be positive integers, got {text!r}")
     return ks
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    from vitrieval.multiscale import parse_scales
+
+    try:
+        return parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    try:
+        return parse_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _distractors(path: str | None):  # noqa: ANN202 - a (memory-mapped) numpy array or None
+    import numpy as np
+
+    if path is None:
+        return None
+    try:
+        return np.load(str(path), mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--distractors {path}: not a readable .npy array ({exc})") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,13 +80,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="sop | cub | inshop | roxford5k | rparis6k | folder | csv")
     parser.add_argument("--data-root", required=True, help="the dataset folder")
     parser.add_argument("--pca", type=int, metavar="DIM", help="reduce descriptors with a PCA to DIM dimensions")
-    parser.add_argument("--whiten", action="store_true", help="whiten the PCA (needs --pca)")
+    parser.add_argument("--whiten", nargs="?", const="pca", choices=("pca", "learned"),
+                        help="--whiten (= pca): whiten the PCA (needs --pca); --whiten learned: Radenovic et al.'s "
+                             "learned whitening (Lw) from the query-positive pairs of --pca-fit-dataset sfm120k "
+                             "(--pca DIM optional: keep DIM components)")
     parser.add_argument("--pca-fit-dataset", help="fit the PCA on this dataset (its train split if it has one)")
     parser.add_argument("--pca-fit-root", help="data root of --pca-fit-dataset")
     parser.add_argument("--pca-fit-max-images", type=int, default=0, metavar="N",
                         help="fit the PCA on at most N images (an even subsample; default 0 = all)")
     parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
                         help="do not store the fitted PCA beside the checkpoint's model")
+    parser.add_argument("--scales", type=_scales, metavar="S1,S2,..",
+                        help="multi-scale descriptors: the L2-normalised mean over these input scales, e.g. "
+                             "1,0.707,0.5 (cirtorch's; default: one scale)")
+    parser.add_argument("--rerank", type=_methods, metavar="aqe[,dba]",
+                        help="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
+                             "database-side augmentation (aqe,dba: both rows, DBA then aQE)")
+    parser.add_argument("--rerank-n", type=int, metavar="N",
+                        help=f"neighbours aggregated by aQE / DBA (default {DEFAULT_N})")
+    parser.add_argument("--rerank-alpha", type=float, metavar="A",
+                        help=f"similarity exponent of aQE / DBA (default {DEFAULT_ALPHA:g}, Radenovic et al. 2018; "
+                             "0 = plain average)")
+    parser.add_argument("--distractors", metavar="DESCRIPTORS.npy",
+                        help="roxford5k / rparis6k: also report mAP with these distractor descriptors (M x D, "
+                             "the same model's final descriptors, e.g. R1M) added to the database")
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
@@ -105,19 +159,35 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--pca must be a positive dimension, got {args.pca}")
     if args.pca_fit_max_images < 0:
         raise CLIError(f"--pca-fit-max-images must be >= 0, got {args.pca_fit_max_images}")
-    if args.whiten and not args.pca:
+    learned = args.whiten == "learned"
+    if args.whiten == "pca" and not args.pca:
         raise CLIError("--whiten needs --pca DIM (whitening is part of the PCA)")
+    if learned and args.pca_fit_dataset is None:
+        raise CLIError("--whiten learned is fitted on matching pairs: give --pca-fit-dataset sfm120k and "
+                       "--pca-fit-root")
     if (args.pca_fit_dataset is None) != (args.pca_fit_root is None):
         raise CLIError("--pca-fit-dataset and --pca-fit-root go together")
     if args.pca_fit_dataset is not None:
-        if not args.pca:
-            raise CLIError("--pca-fit-dataset needs --pca DIM")
+        if not args.pca and not learned:
+            raise CLIError("--pca-fit-dataset needs --pca DIM (or --whiten learned)")
         if args.pca_fit_dataset not in READERS:
             raise CLIError(f"unknown --pca-fit-dataset {args.pca_fit_dataset!r}; known: {', '.join(READERS)}")
         if not Path(args.pca_fit_root).expanduser().exists():
             raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
     if args.image_size is not None and args.image_size < 1:
         raise CLIError(f"--image-size must be positive, got {args.image_size}")
+    if (args.rerank_n is not None or args.rerank_alpha is not None) and not args.rerank:
+        raise CLIError("--rerank-n / --rerank-alpha go with --rerank aqe[,dba]")
+    args.rerank_n = DEFAULT_N if args.rerank_n is None else args.rerank_n
+    args.rerank_alpha = DEFAULT_ALPHA if args.rerank_alpha is None else args.rerank_alpha
+    if args.rerank_n < 1 or not args.rerank_alpha >= 0:
+        raise CLIError(f"--rerank-n must be >= 1 and --rerank-alpha >= 0, got {args.rerank_n} and "
+                       f"{args.rerank_alpha}")
+    if args.distractors is not None:
+        if args.dataset not in ("roxford5k", "rparis6k"):
+            raise CLIError(f"--distractors applies to roxford5k / rparis6k, not to {args.dataset}")
+        if not Path(args.distractors).expanduser().is_file():
+            raise CLIError(f"--distractors {args.distractors}: no such .npy file")
     if args.batch_size < 1 or args.workers < 0:
         raise CLIError("--batch-size must be >= 1 and --workers >= 0")
     if args.json:
@@ -135,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.evaluate import ExtractionOptions, evaluate_model
     from vitrieval.evaluate_format import format_results
     from vitrieval.evaluate_pca import PCAOptions
+    from vitrieval.evaluate_rerank import RerankOptions
     from vitrieval.io_utils import atomic_write_json
     from vitrieval.model import resolve_model_dir
 
@@ -143,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = _encoder(args).to(device).eval()
     model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
     pca_before = encoder.pca
-    pca = PCAOptions(dim=args.pca, whiten=args.whiten, fit_dataset=args.pca_fit_dataset,
+    pca = PCAOptions(dim=args.pca, whiten=args.whiten is not None, method="learned" if learned else "pca",
+                     fit_dataset=args.pca_fit_dataset,
                      fit_root=args.pca_fit_root, fit_max_images=args.pca_fit_max_images,
                      fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
                      save=args.save_pca and dist.is_main)
@@ -152,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(
         encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
-        model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model)
+        model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
+        rerank=RerankOptions(args.rerank or (), args.rerank_n, args.rerank_alpha), scales=args.scales,
+        distractors=_distractors(args.distractors))
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
     print(format_results(result))

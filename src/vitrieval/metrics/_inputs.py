@@ -36,16 +36,18 @@ def n_rows(name: str, x: ArrayLike) -> int:
 
 @dataclass(frozen=True)
 class Retrieval:
-    """Validated query/gallery description: ``gallery is None`` means leave-one-out over the queries."""
+    """Validated query/gallery description: ``gallery is None`` means leave-one-out over the queries; ``paired``
+    is leave-one-out with other query vectors (query ``i`` is gallery item ``i``, e.g. a query-expanded copy)."""
 
     queries: ArrayLike
     query_labels: np.ndarray
     gallery: ArrayLike | None
     gallery_labels: np.ndarray  # the query labels in leave-one-out mode
+    paired: bool = False
 
     @property
     def leave_one_out(self) -> bool:
-        return self.gallery is None
+        return self.gallery is None or self.paired
 
     @property
     def n_candidates(self) -> int:
@@ -58,6 +60,7 @@ def retrieval_inputs(
     query_labels: ArrayLike | Iterable[int],
     gallery: ArrayLike | None,
     gallery_labels: ArrayLike | Iterable[int] | None,
+    exclude_self: bool = False,
 ) -> Retrieval:
     n_q = n_rows("queries", queries)
     if n_q == 0:
@@ -73,6 +76,11 @@ def retrieval_inputs(
     if n_g == 0:
         raise ValueError("the gallery is empty")
     g_labels = as_labels("gallery_labels", gallery_labels, n_g)
+    if exclude_self:
+        if n_g != n_q or not np.array_equal(q_labels, g_labels) or n_q < 2:
+            raise ValueError("exclude_self needs query i to be gallery item i: as many queries as gallery items "
+                             "(at least 2), with the same labels")
+        return Retrieval(queries, q_labels, gallery, g_labels, paired=True)
     return Retrieval(queries, q_labels, gallery, g_labels)
 
 

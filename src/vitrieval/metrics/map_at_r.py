@@ -38,6 +38,7 @@ def map_at_r(
     gallery_labels: ArrayLike | Iterable[int] | None = None,
     chunk_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exclude_self: bool = False,
 ) -> float:
     """Mean Average Precision at R over the queries that have at least one relevant item.
 
@@ -46,11 +47,12 @@ def map_at_r(
     ``R_q`` is the number of items of the query's label it can retrieve, ``rel_q(i)`` is 1 if its i-th nearest
     neighbour (inner product, ties by lower index) shares the label and ``P_q(i)`` is the precision of the first
     i neighbours. Without ``gallery`` it is leave-one-out (``R_q`` excludes the query itself); with ``gallery``
-    and ``gallery_labels`` each query searches the gallery. The neighbour search is exact and chunked (``k`` =
-    the largest ``R_q``; ``chunk_size`` queries at a time, default from ``memory_budget`` bytes). Labels are
-    integers (cast to int64). Returns ``nan`` when no query has a relevant item.
+    and ``gallery_labels`` each query searches the gallery (``exclude_self=True``: query ``i`` is gallery item
+    ``i``, leave-one-out with other query vectors, e.g. query-expanded ones). The neighbour search is exact and
+    chunked (``k`` = the largest ``R_q``; ``chunk_size`` queries at a time, default from ``memory_budget``
+    bytes). Labels are integers (cast to int64). Returns ``nan`` when no query has a relevant item.
     """
-    r = retrieval_inputs(queries, query_labels, gallery, gallery_labels)
+    r = retrieval_inputs(queries, query_labels, gallery, gallery_labels, exclude_self)
     n_rel = _relevant_counts(r.query_labels, r.gallery_labels, r.leave_one_out)
     valid = n_rel > 0
     if not valid.any():

@@ -56,6 +56,7 @@ def recall_at_k(
     gallery_labels: ArrayLike | Iterable[int] | None = None,
     chunk_size: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exclude_self: bool = False,
 ) -> dict[int, float]:
     """Recall@K for each K in ``ks``: the fraction of queries with a same-label item among their K neighbours.
 
@@ -66,11 +67,13 @@ def recall_at_k(
     bytes), so memory stays bounded.
 
     Without ``gallery`` it is leave-one-out: query ``i`` searches all the other queries. With ``gallery`` (and
-    ``gallery_labels``) each query searches the gallery. Labels are integers (cast to int64; float labels are
-    refused). Every K must be at most the number of items a query can retrieve (``n - 1`` in leave-one-out, the
-    gallery size otherwise), else ``ValueError`` naming it. Returns ``{K: recall}`` sorted by K.
+    ``gallery_labels``) each query searches the gallery; ``exclude_self=True`` with a gallery is leave-one-out with
+    other query vectors (query ``i`` is gallery item ``i``, same labels: a query-expanded copy). Labels are
+    integers (cast to int64; float labels are refused). Every K must be at most the number of items a query can
+    retrieve (``n - 1`` in leave-one-out, the gallery size otherwise), else ``ValueError`` naming it. Returns
+    ``{K: recall}`` sorted by K.
     """
-    r = retrieval_inputs(queries, query_labels, gallery, gallery_labels)
+    r = retrieval_inputs(queries, query_labels, gallery, gallery_labels, exclude_self)
     k_list = as_ks(ks, r.n_candidates)
     k_max = k_list[-1]
     k1 = min(k_max, FIRST_STAGE_K)
