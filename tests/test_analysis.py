@@ -130,4 +130,5 @@ def test_cost_counts_parameters_and_flops_by_hand(tmp_path: Path) -> None:
     attention = 2 * 2 * tokens * tokens * dim * depth  # q k^T and attn v
     patch_embed = 2 * (size // patch) ** 2 * 3 * patch * patch * dim
     assert res["flops"] == linear + attention + patch_embed
+    assert res["gflops_without_attention"] * 1e9 == pytest.approx(linear + patch_embed)  # the paper's count
     assert res["images_per_s"] > 0 and res["image_size"] == size

@@ -61,7 +61,7 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 
 
 def _metrics(data: dict[str, Any]) -> list[str]:
-    return list(dict.fromkeys(m for r in data["rows"] for m in r["paper"]))
+    return list(dict.fromkeys(m for r in data["rows"] for m in (*r["paper"], *r["ours"])))
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -71,7 +71,7 @@ def markdown(data: dict[str, Any]) -> str:
              "| row | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for r in data["rows"]:
         cells = [f"{_fmt(r['ours'].get(m))} / {_fmt(r['paper'].get(m))} ({_fmt(r['diff'].get(m), True)})"
-                 if m in r["paper"] else "" for m in metrics]
+                 if m in r["ours"] else "" for m in metrics]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -141,7 +141,7 @@ def render_html(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         cells = []
         for m in metrics:
-            if m not in r["paper"]:
+            if m not in r["ours"]:
                 cells.append("<td></td>")
                 continue
             d = r["diff"].get(m)
