@@ -8,7 +8,8 @@
 
 Rows run in order; a finished step (its JSON exists) is skipped and an interrupted training is resumed from its
 checkpoint, so the same command continues a table. OUTPUT/table.md, table.json and table.html (ours, the paper's
-and the difference per cell; a heat map for Table 5) are rewritten after every row. ``cpu`` is a CPU-sized grid
+and the difference per cell; a heat map for Table 5) are rewritten after every row, for the whole table (rows
+not run yet, or left out by ``--rows``, show dashes). ``cpu`` is a CPU-sized grid
 (cpu-tiny on a folder dataset, β ∈ {0.3, 0.5} × λ ∈ {0, 0.7}) to try the machinery.
 """
 
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
     table = int(args.table) if args.table.isdigit() else args.table
-    rows = _select(spec.table_rows(table), args.rows)
+    whole = spec.table_rows(table)
+    rows = _select(whole, args.rows)
     roots = _roots(args.data_root, placeholders(rows))
     if not args.output and not args.dry_run:
         raise CLIError("--output DIR is needed to run a table")
@@ -124,11 +126,11 @@ def run(args: argparse.Namespace) -> int:
     runnable = [r for r in rows if not r.reference]
     out = Path(args.output)
     try:
-        ran = run_rows(runnable, plan, after_row=lambda _row: write_tables(table, rows, out))
+        ran = run_rows(runnable, plan, after_row=lambda _row: write_tables(table, whole, out))
     except StepFailed as exc:
-        write_tables(table, rows, out)
+        write_tables(table, whole, out)
         raise CLIError(str(exc)) from None
-    write_tables(table, rows, out)
+    write_tables(table, whole, out)  # the whole table: rows not run (yet) show dashes
     print(f"{ran} step(s) run; table written to {out / 'table.md'}, {out / 'table.json'}, {out / 'table.html'}")
     print((out / "table.md").read_text())
     return 0
