@@ -93,22 +93,35 @@ def heatmap_png(data: dict[str, Any]) -> bytes | None:
         margins = sorted({r["grid"]["margin"] for r in cells})
         weights = sorted({r["grid"]["koleo_weight"] for r in cells})
         metric = next(iter(cells[0]["paper"] or cells[0]["ours"]), None)
-        for ci, (what, signed) in enumerate((("ours", False), ("paper", False), ("diff", True))):
+        grids = {}
+        for what in ("ours", "paper", "diff"):
             values = np.full((len(weights), len(margins)), np.nan)
             for r in cells:
                 v = r[what].get(metric) if metric else None
                 if v is not None:
                     values[weights.index(r["grid"]["koleo_weight"]), margins.index(r["grid"]["margin"])] = v
+            grids[what] = values
+        shared = np.concatenate([grids["ours"].ravel(), grids["paper"].ravel()])
+        shared = shared[np.isfinite(shared)]
+        low, high = (float(shared.min()), float(shared.max())) if shared.size else (0.0, 100.0)
+        for ci, (what, signed) in enumerate((("ours", False), ("paper", False), ("diff", True))):
+            values = grids[what]
             ax = axes[bi][ci]
             finite = values[np.isfinite(values)]
             if signed:
                 span = float(np.abs(finite).max()) if finite.size else 1.0
-                image = ax.imshow(values, cmap="RdBu", vmin=-span or -1, vmax=span or 1)
-            else:
-                image = ax.imshow(values, cmap="viridis")
+                low_c, high_c = -(span or 1.0), span or 1.0
+                image = ax.imshow(values, cmap="RdBu", vmin=low_c, vmax=high_c)
+            else:  # ours and the paper's on one colour scale
+                low_c, high_c = low, high if high > low else low + 1.0
+                image = ax.imshow(values, cmap="viridis", vmin=low_c, vmax=high_c)
             for (i, j), v in np.ndenumerate(values):
+                light = np.isfinite(v) and (abs(v) / max(abs(high_c), 1e-9) > 0.6 if signed
+                                            else (v - low_c) / max(high_c - low_c, 1e-9) > 0.6)
                 ax.text(j, i, "–" if not np.isfinite(v) else (f"{v:+.1f}" if signed else f"{v:.1f}"),
-                        ha="center", va="center", fontsize=8, color="black" if signed else "white")
+                        ha="center", va="center", fontsize=8,
+                        color="grey" if not np.isfinite(v) else
+                        (("white" if light else "black") if signed else ("black" if light else "white")))
             ax.set_xticks(range(len(margins)), [f"{m:g}" for m in margins])
             ax.set_yticks(range(len(weights)), [f"{w:g}" for w in weights])
             ax.set_xlabel("margin β")
