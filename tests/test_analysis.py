@@ -132,3 +132,33 @@ def test_cost_counts_parameters_and_flops_by_hand(tmp_path: Path) -> None:
     assert res["flops"] == linear + attention + patch_embed
     assert res["gflops_without_attention"] * 1e9 == pytest.approx(linear + patch_embed)  # the paper's count
     assert res["images_per_s"] > 0 and res["image_size"] == size
+
+
+def test_gradient_noise_is_the_nuclear_norm_of_the_direction_covariance() -> None:
+    import torch
+
+    from vitrieval.analyze.gradient_noise import gradient_directions, gradient_noise
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(12, 6))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    y = np.repeat(np.arange(4), 3)
+    beta = 0.1
+    # Eq. 1 by hand: dL/dz_k = 2/N [ -sum_{j in P(k)} z_j + sum_{j in N(k), s_kj > beta} z_j ]
+    s = z @ z.T
+    grad = np.zeros_like(z)
+    for k in range(12):
+        for j in range(12):
+            if j != k and y[j] == y[k]:
+                grad[k] -= z[j]
+            elif y[j] != y[k] and s[k, j] > beta:
+                grad[k] += z[j]
+    grad *= 2 / 12
+    directions = grad / np.linalg.norm(grad, axis=1, keepdims=True)
+    got = gradient_directions(torch.from_numpy(z), torch.from_numpy(y), beta).numpy()
+    np.testing.assert_allclose(got, directions, atol=1e-9)
+    cov = np.cov(directions.T, bias=True)
+    expected = np.linalg.svd(cov, compute_uv=False).sum()
+    gamma = gradient_noise(torch.from_numpy(z), torch.from_numpy(y), beta)
+    assert gamma == pytest.approx(expected, abs=1e-9)
+    assert gamma == pytest.approx(1 - np.linalg.norm(directions.mean(0)) ** 2, abs=1e-9)
