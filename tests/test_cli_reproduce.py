@@ -79,3 +79,18 @@ def test_cpu_grid_on_orl_faces(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "4 step(s) run" in _grid(root, tmp_path / "orl", capsys)
     rows = json.loads((tmp_path / "orl" / "table.json").read_text())["rows"]
     assert all(0.0 <= r["ours"]["SOP R@1"] <= 100.0 for r in rows[1::2])
+
+
+def test_missing_presets_refuse_or_skip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vitrieval.reproduce.rows import table_rows
+    from vitrieval.reproduce.runner import missing_presets
+
+    if not any(missing_presets(r) for r in table_rows(4)):
+        pytest.skip("every Table 4 preset ships")
+    argv = ["reproduce", "4", "--data-root", str(tmp_path), "--output", str(tmp_path / "o"),
+            "--rows", "NSoftmax*"]
+    assert main(argv) == 2 and "not shipped with this installation" in capsys.readouterr().err
+    assert main([*argv, "--skip-missing"]) == 0
+    text = capsys.readouterr().out
+    assert "skipped: table 4 | NSoftmax R50-2048" in text and "0 step(s) run" in text
+    assert json.loads((tmp_path / "o" / "table.json").read_text())["rows"][0]["ours"] == {"SOP R@1": None}

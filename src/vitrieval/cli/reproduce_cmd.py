@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--rows", action="append", default=[], metavar="ROW",
                    help="only these rows: a name, a glob ('DeiT-S*') or a 1-based number (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the exact commands and exit")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="run the rows whose presets ship and leave the others as dashes (default: refuse)")
     p.add_argument("--nproc", type=int, help="processes per node: commands as `torchrun --nproc_per_node N -m "
                                              "vitrieval ...`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -124,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
         if not Path(path).expanduser().exists():
             raise CLIError(f"--data-root {name}={path} does not exist")
     runnable = [r for r in rows if not r.reference]
+    if args.skip_missing:
+        from vitrieval.reproduce.runner import row_status
+
+        skipped = [r for r in runnable if row_status(r) != "ready"]
+        for r in skipped:
+            print(f"skipped: table {r.table} | {r.row}: {row_status(r)}")
+        runnable = [r for r in runnable if r not in skipped]
     out = Path(args.output)
     try:
         ran = run_rows(runnable, plan, after_row=lambda _row: write_tables(table, whole, out))
