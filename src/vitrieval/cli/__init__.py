@@ -14,7 +14,7 @@ import sys
 from vitrieval import __version__
 
 COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "demo",
-                             "report")
+                             "report", "reproduce", "analyze")
 
 
 class CLIError(Exception):
