@@ -29,11 +29,6 @@ from vitrieval.reproduce.paper import lambda_label
 #: Presets referenced below that are not on main yet, with where they come from. A row using one is listed
 #: with its command and marked "preset missing" until the preset ships.
 PENDING_PRESETS: dict[str, str] = {
-    **{name: "issue 12 (convnet backbones and objectives, branch i12-convnet)" for name in (
-        "table1-r50", "table1-deit-s", "table1-deit-s-distilled", "table1-r101", "table1-deit-b",
-        "table1-deit-b-distilled", "sop-irt-l-r50", "sop-nsoftmax-r50", "sop-nsoftmax-deit-s", "sop-snca-r50",
-        "sop-snca-deit-s", "sfm120k-irt-l-r50-gem", "sfm120k-irt-l-r50-rmac", "sfm120k-irt-l-r101-gem",
-        "sfm120k-irt-l-r101-rmac", "sfm120k-irt-l-r101-gem-384", "sfm120k-irt-l-r101-rmac-384")},
     "sfm120k-irt-l-deit-s-distilled": "issue 13 fidelity: Table 7's DeiT-S† at 224 px (not written yet)",
     "sfm120k-irt-l-deit-b-distilled": "issue 13 fidelity: Table 7's DeiT-B† at 224 px (not written yet)",
 }
