@@ -1,7 +1,8 @@
 """``vitrieval evaluate``: the command's flags, JSON, printed layout and errors on tiny fixtures.
 
-Every number is checked against :func:`vitrieval.evaluate.evaluate_model` or the metric functions called directly
-on ``extract()`` descriptors of the same images (``evaluate_fixtures``); the library's tests: ``test_evaluate.py``.
+Every number is checked against :func:`vitrieval.evaluation.protocol.evaluate_model` or the metric functions called
+directly on ``extract()`` descriptors of the same images (``evaluation_fixtures``); the library's tests:
+``test_evaluation_protocol.py``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import pytest
 import torch
 
 import vitrieval
-from evaluate_fixtures import CATEGORY_KEYS, EVAL, tiny_encoder, write_shapes_folder
-from evaluate_fixtures import direct as _direct
+from evaluation_fixtures import CATEGORY_KEYS, EVAL, tiny_encoder, write_shapes_folder
+from evaluation_fixtures import direct as _direct
 from vitrieval.config import ModelConfig
 from vitrieval.data.readers import read_dataset
-from vitrieval.evaluate import evaluate_model
+from vitrieval.evaluation.protocol import evaluate_model
 from vitrieval.metrics import recall_at_k
 from vitrieval.model import Encoder
 
@@ -181,7 +182,7 @@ def test_cli_rerank_and_scales(model_dir: Path, folder_root: Path, tmp_path: Pat
                                capsys: pytest.CaptureFixture) -> None:
     """``--rerank aqe,dba --rerank-n 3 --rerank-alpha 1 --scales 1,0.5``: the JSON equals the library call, and
     the printed table has the plain / +αQE / +αQE+DBA rows."""
-    from vitrieval.evaluate_rerank import RerankOptions
+    from vitrieval.evaluation.rerank_variants import RerankOptions
 
     out = tmp_path / "r.json"
     assert _run(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),

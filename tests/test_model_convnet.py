@@ -117,8 +117,8 @@ def test_convnet_end_to_end_train_evaluate_pca_index_search_serve(products_32, t
     """cpu-tiny-resnet at 32 px on 16 generated identities: a few steps, then every command on the result."""
     from fastapi.testclient import TestClient
 
-    from vitrieval.evaluate import ExtractionOptions, evaluate_model
-    from vitrieval.evaluate_pca import PCAOptions
+    from vitrieval.evaluation.pca_fit import PCAOptions
+    from vitrieval.evaluation.protocol import ExtractionOptions, evaluate_model
     from vitrieval.index import Index
     from vitrieval.presets import load_preset
     from vitrieval.serve.app import create_app

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from vitrieval.analyze import descriptors as pairs
-from vitrieval.evaluate import LANDMARK_DATASETS, ExtractionOptions, extract_all
-from vitrieval.evaluate_pca import apply_pca
+from vitrieval.evaluation.pca_fit import apply_pca
+from vitrieval.evaluation.protocol import LANDMARK_DATASETS, ExtractionOptions, extract_all
 from vitrieval.io_utils import atomic_write_json
 from vitrieval.model import Encoder, at_image_size
 

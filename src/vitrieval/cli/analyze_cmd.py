@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.amp import resolve_device
     from vitrieval.analyze.models import benchmark_descriptors, write_analysis
     from vitrieval.cli.evaluate_cmd import _encoder
-    from vitrieval.evaluate import ExtractionOptions
+    from vitrieval.evaluation.protocol import ExtractionOptions
 
     device = resolve_device(args.device)
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,

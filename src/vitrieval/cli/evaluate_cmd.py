@@ -202,10 +202,10 @@ def run(args: argparse.Namespace) -> int:
 
     from vitrieval.amp import resolve_device
     from vitrieval.distributed import DistContext
-    from vitrieval.evaluate import ExtractionOptions, evaluate_model
-    from vitrieval.evaluate_format import format_results
-    from vitrieval.evaluate_pca import PCAOptions
-    from vitrieval.evaluate_rerank import RerankOptions
+    from vitrieval.evaluation.format import format_results
+    from vitrieval.evaluation.pca_fit import PCAOptions
+    from vitrieval.evaluation.protocol import ExtractionOptions, evaluate_model
+    from vitrieval.evaluation.rerank_variants import RerankOptions
     from vitrieval.io_utils import atomic_write_json
     from vitrieval.model import resolve_model_dir
 

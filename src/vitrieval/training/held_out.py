@@ -8,7 +8,7 @@ from vitrieval.config import Config
 from vitrieval.data.table import ImageTable
 from vitrieval.distributed import DistContext
 from vitrieval.embed import extract
-from vitrieval.evaluate import recall_on_table
+from vitrieval.evaluation.protocol import recall_on_table
 
 
 def held_out_recall(encoder: torch.nn.Module, table: ImageTable, config: Config,

@@ -16,7 +16,7 @@ Particular objects (``roxford5k``, ``rparis6k``, revisited protocol of RadenoviÄ
     ``bbx``. The database is the ground truth's ``imlist`` only (a query record is never a database item). mAP and
     mP@1/5/10 under the Easy, Medium and Hard protocols (junk removed, trapezoid AP).
 
-PCA (``PCAOptions.dim``; :mod:`vitrieval.evaluate_pca`):
+PCA (``PCAOptions.dim``; :mod:`vitrieval.evaluation.pca_fit`):
     Fitted with :meth:`PCAReduction.fit` on the descriptors (before any PCA) of the **training split** of the
     evaluated dataset, or of ``PCAOptions.fit_dataset`` when given; landmark datasets have no training split, so
     without a fit dataset it is fitted on their database (and the JSON says so in ``pca_fitted_on``). It is applied,
@@ -41,14 +41,14 @@ Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
     "rerank": {"methods": ["aqe", "dba"], "n": 2, "alpha": 3.0,
                "results": {"aqe": {..}, "aqe+dba": {..}}}   (or {"dba": {..}} for DBA alone)
       each variant holds the metrics of the plain result re-computed after re-ranking: landmarks
-      {"map", "mp_at_k"}, category-level {"recall_at_k", "map_at_r"} (:mod:`vitrieval.evaluate_rerank`).
+      {"map", "mp_at_k"}, category-level {"recall_at_k", "map_at_r"} (:mod:`vitrieval.evaluation.rerank_variants`).
     "distractors": {"count": 1000000, "map": {..}, "mp_at_k": {..}}   landmarks with a distractor set (+R1M,
-      plain descriptors only; :mod:`vitrieval.evaluate_distractors`)
+      plain descriptors only; :mod:`vitrieval.evaluation.distractors`)
 
 Multi-scale (``scales``): each image's descriptor is the L2-normalised mean of the encoder's descriptors of the
 pre-processed image resized by each scale (cirtorch's default, power 1), before any PCA; the PCA is fitted on and
 applied to those. Re-ranking (``rerank``): Î±QE / DBA on the final descriptors (after PCA), see
-:mod:`vitrieval.evaluate_rerank` for what queries and database are under each protocol.
+:mod:`vitrieval.evaluation.rerank_variants` for what queries and database are under each protocol.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ import torch
 
 from vitrieval.data.table import ImageTable
 from vitrieval.embed import Extraction, extract
-from vitrieval.evaluate_pca import PCAOptions, apply_pca, carried_pca_info, fit_pca
-from vitrieval.evaluate_rerank import RerankOptions, category_rerank, reranked_results
+from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca
+from vitrieval.evaluation.rerank_variants import RerankOptions, category_rerank, reranked_results
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
 from vitrieval.model import Encoder, at_image_size, resolve_model_dir
 from vitrieval.multiscale import MultiScaleEncoder, parse_scales
@@ -198,7 +198,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder,
     :func:`vitrieval.model.at_image_size`); ``resize`` overrides the protocol's eval resize (``shorter``
     category-level, ``square`` landmarks); ``reader_options`` go to the dataset reader. ``pca`` (default: none
-    fitted) fits a PCA on the fit set :func:`vitrieval.evaluate_pca.fit_pca` chooses. ``model_dir`` is the folder
+    fitted) fits a PCA on the fit set :func:`vitrieval.evaluation.pca_fit.fit_pca` chooses. ``model_dir`` is the folder
     ``encoder`` was loaded from (a run folder or its ``model/``): with ``pca.save`` the fitted PCA is attached and
     the model saved there (only when the evaluation ran at the model's own image size, so that what is stored is
     what index / serve will compute). A PCA the model already carries is applied when ``pca.dim`` is not given and
@@ -274,7 +274,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
             result["rerank"] = reranked_results(rerank, descriptors[is_q], descriptors[is_g],
                                                 lambda q, db: landmark_metrics(db, q, gnd))
         if distractors is not None:
-            from vitrieval.evaluate_distractors import revisited_map_with_distractors
+            from vitrieval.evaluation.distractors import revisited_map_with_distractors
 
             res = revisited_map_with_distractors(descriptors[is_g], descriptors[is_q], distractors, gnd,
                                                  LANDMARK_KAPPAS)

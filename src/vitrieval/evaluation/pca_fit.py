@@ -1,7 +1,7 @@
 """The evaluation's PCA: its options, the set it is fitted on, and the record a carried PCA is reported with.
 
-The fit set (module docstring of :mod:`vitrieval.evaluate`): the **training split** of the evaluated dataset, or
-``PCAOptions.fit_dataset`` (its training split, or all of it when it has none); a landmark dataset without a fit
+The fit set (module docstring of :mod:`vitrieval.evaluation.protocol`): the **training split** of the evaluated dataset,
+or ``PCAOptions.fit_dataset`` (its training split, or all of it when it has none); a landmark dataset without a fit
 dataset is fitted on its own database (``fitted_on = "<dataset>/database"``, with a warning: the paper fits on
 SfM-120k). At most ``fit_max_images`` images are used (an even subsample, ``ImageTable.evenly_subsampled``). The
 reduction ``y = normalize(A (x - mu))`` is :class:`~vitrieval.pca.PCAReduction`.

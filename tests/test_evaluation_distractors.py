@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitrieval.evaluate_distractors import distractor_counts, revisited_map_with_distractors
+from vitrieval.evaluation.distractors import distractor_counts, revisited_map_with_distractors
 from vitrieval.metrics import revisited_map_from_descriptors
 
 

@@ -1,8 +1,8 @@
-"""vitrieval.evaluate_format: the paper's table layout of an evaluation result."""
+"""vitrieval.evaluation.format: the paper's table layout of an evaluation result."""
 
 from __future__ import annotations
 
-from vitrieval.evaluate_format import format_results
+from vitrieval.evaluation.format import format_results
 
 
 def test_format_results_uses_the_paper_layout() -> None:

@@ -1,6 +1,6 @@
 """evaluate_model with re-ranking (αQE / DBA), multi-scale descriptors and learned whitening, on the tiny
-official-format fixtures of ``test_evaluate.py``: every number against the metric functions on directly computed
-descriptors."""
+official-format fixtures of ``test_evaluation_protocol.py``: every number against the metric functions on directly
+computed descriptors."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import test_evaluate as _fixtures
-from evaluate_fixtures import CATEGORY_KEYS, EVAL
-from evaluate_fixtures import direct as _direct
+import test_evaluation_protocol as _fixtures
+from evaluation_fixtures import CATEGORY_KEYS, EVAL
+from evaluation_fixtures import direct as _direct
 from vitrieval.data.readers import read_dataset
-from vitrieval.evaluate import evaluate_model
-from vitrieval.evaluate_rerank import RerankOptions
+from vitrieval.evaluation.protocol import evaluate_model
+from vitrieval.evaluation.rerank_variants import RerankOptions
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
 from vitrieval.model import Encoder
 from vitrieval.multiscale import MultiScaleEncoder
@@ -23,7 +23,7 @@ from vitrieval.rerank import alpha_query_expansion, database_side_augmentation
 
 PROTOCOLS = ("easy", "medium", "hard")
 LANDMARK_KEYS = _fixtures.LANDMARK_KEYS
-# The fixtures of test_evaluate.py (module-scoped there, so built once per module here).
+# The fixtures of test_evaluation_protocol.py (module-scoped there, so built once per module here).
 encoder, folder_root, inshop_root = _fixtures.encoder, _fixtures.folder_root, _fixtures.inshop_root
 roxford_root, one_thread = _fixtures.roxford_root, _fixtures.one_thread
 
@@ -111,10 +111,10 @@ def test_learned_whitening_from_sfm120k_pairs_is_stored_with_the_model(roxford_r
     """``PCAOptions(method="learned")``: Lw of the SfM-120k training pairs' descriptors (only the images the pairs
     use), applied to ROxf, recorded with ``"method": "learned"`` and stored beside the model like a PCA."""
     import vitrieval
-    from evaluate_fixtures import draw, tiny_encoder
+    from evaluation_fixtures import draw, tiny_encoder
     from vitrieval.data.sfm120k_layout import write_sfm120k_layout
-    from vitrieval.evaluate_format import format_results
-    from vitrieval.evaluate_pca import PCAOptions
+    from vitrieval.evaluation.format import format_results
+    from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.whitening import learn_whitening
 
     shapes = ("ellipse", "rectangle", "triangle", "cross")
@@ -148,7 +148,7 @@ def test_learned_whitening_from_sfm120k_pairs_is_stored_with_the_model(roxford_r
 
 def test_revisited_with_distractors(encoder: Encoder, roxford_root: Path, tmp_path: Path) -> None:
     """``distractors``: the metrics of the database + distractors ranking, beside the plain ones."""
-    from vitrieval.evaluate_format import format_results
+    from vitrieval.evaluation.format import format_results
 
     table = read_dataset("roxford5k", roxford_root)
     db = _direct(encoder, table.gallery(), resize="square")

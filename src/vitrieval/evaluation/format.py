@@ -1,6 +1,7 @@
-"""The paper's table layout of a :func:`vitrieval.evaluate.evaluate_model` result (what ``vitrieval evaluate``
-prints): one line of the headline metrics as percentages with one decimal, then a details line; with re-ranking,
-then the field's table (landmarks: mAP Medium / Hard for plain, +αQE, +αQE+DBA; category-level: R@K and MAP@R)."""
+"""The paper's table layout of a :func:`~vitrieval.evaluation.protocol.evaluate_model` result (what
+``vitrieval evaluate`` prints): one line of the headline metrics as percentages with one decimal, then a details
+line; with re-ranking, then the field's table (landmarks: mAP Medium / Hard for plain, +αQE, +αQE+DBA;
+category-level: R@K and MAP@R)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Shared by the evaluation tests (``test_evaluate.py``, ``test_cli_evaluate.py``): a tiny random-init DeiT and
-a class-per-folder collection of drawn shapes, with the extraction that every expected number is computed from."""
+"""Shared by the evaluation tests (``test_evaluation_protocol.py``, ``test_cli_evaluate.py``): a tiny random-init
+DeiT and a class-per-folder collection of drawn shapes, with the extraction that every expected number is computed
+from."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from vitrieval.config import ModelConfig
 from vitrieval.embed import extract
-from vitrieval.evaluate import ExtractionOptions
+from vitrieval.evaluation.protocol import ExtractionOptions
 from vitrieval.model import Encoder
 
 TINY = dict(name="deit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8, depth=2)

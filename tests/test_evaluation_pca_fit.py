@@ -1,4 +1,4 @@
-"""vitrieval.evaluate_pca: the PCA options, the set the evaluation's PCA is fitted on, a carried PCA's record.
+"""vitrieval.evaluation.pca_fit: the PCA options, the set the evaluation's PCA is fitted on, a carried PCA's record.
 
 The fit set is checked with a stand-in embedding (each row's descriptor is a fixed random vector of its path), so
 the rules are pinned without a model: the fitted PCA must equal one fitted directly on the expected rows.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vitrieval.data.table import ImageTable, Record
-from vitrieval.evaluate_pca import PCAOptions, apply_pca, carried_pca_info, fit_pca
+from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca
 from vitrieval.pca import PCAReduction
 
 DIM = 6
@@ -141,7 +141,7 @@ def test_a_fit_dataset_without_a_training_split_is_fitted_on_all_its_rows(tmp_pa
 
 def test_learned_whitening_options() -> None:
     """``method="learned"``: fitted without a PCA dimension, but only from a fit set (its matching pairs)."""
-    from vitrieval.evaluate_pca import PCAOptions
+    from vitrieval.evaluation.pca_fit import PCAOptions
 
     assert PCAOptions(method="learned", fit_dataset="sfm120k", fit_root="/data/sfm").fits
     assert not PCAOptions().fits and PCAOptions(dim=8).fits

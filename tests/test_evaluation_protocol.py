@@ -1,4 +1,4 @@
-"""vitrieval.evaluate: the paper's protocols on tiny fixtures in the official formats.
+"""vitrieval.evaluation.protocol: the paper's protocols on tiny fixtures in the official formats.
 
 Every number is checked against the metric functions called directly on ``extract()`` descriptors of the same
 images, with a tiny random-init DeiT (32 px, patch 8, 2 blocks). The command's tests: ``test_cli_evaluate.py``.
@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 import vitrieval
-from evaluate_fixtures import CATEGORY_KEYS, COLOURS, EVAL, OPTS, SHAPES, draw, tiny_encoder, write_shapes_folder
-from evaluate_fixtures import direct as _direct
+from evaluation_fixtures import CATEGORY_KEYS, COLOURS, EVAL, OPTS, SHAPES, draw, tiny_encoder, write_shapes_folder
+from evaluation_fixtures import direct as _direct
 from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.readers import read_dataset
 from vitrieval.data.table import ImageTable
-from vitrieval.evaluate import ExtractionOptions, evaluate_model, recall_on_table
-from vitrieval.evaluate_pca import PCAOptions
+from vitrieval.evaluation.pca_fit import PCAOptions
+from vitrieval.evaluation.protocol import ExtractionOptions, evaluate_model, recall_on_table
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
 from vitrieval.model import Encoder, at_image_size
 from vitrieval.pca import PCAReduction
@@ -229,7 +229,7 @@ def test_evaluating_at_another_size_does_not_store_the_pca(folder_root: Path, tm
 # -- revisited Oxford / Paris ----------------------------------------------------------------------------------------
 
 def test_revisited_protocol(encoder: Encoder, roxford_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vitrieval.evaluate as ev
+    import vitrieval.evaluation.protocol as ev
 
     resizes: list[str] = []
     real_extract = ev.extract
