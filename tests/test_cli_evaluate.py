@@ -168,6 +168,36 @@ def test_cli_model_with_pretrained_file_is_irt_o(folder_root: Path, tmp_path: Pa
     assert payload["recall_at_k"] == {str(k): v for k, v in recall_at_k(z, test.labels, [1, 2]).items()}
 
 
+def test_cli_off_the_shelf_convnet_takes_a_pooling(folder_root: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """IRT_O of a convnet (Fig 2's R50 row): --model with --pooling gem equals the encoder built directly; without
+    --pooling the token default is refused naming the flag; --pooling with --checkpoint is refused."""
+    import timm
+
+    torch.manual_seed(4)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    common = ["--pretrained-file", str(weights), "--dataset", "folder", "--data-root", str(folder_root),
+              "--image-size", "32", "--workers", "0", "--no-progress", "--ks", "1,2"]
+    out = tmp_path / "r18.json"
+    assert _run(["evaluate", "--model", "resnet18", "--pooling", "gem", "--json", str(out), *common]) == 0
+    payload = json.loads(out.read_text())
+    enc = Encoder(ModelConfig(name="resnet18", pretrained=True, pretrained_file=str(weights), image_size=32,
+                              pooling="gem")).eval()
+    test = read_dataset("folder", folder_root).split("test")
+    assert payload["descriptor_dim"] == 512
+    assert payload["recall_at_k"] == {str(k): v for k, v in recall_at_k(_direct(enc, test), test.labels,
+                                                                        [1, 2]).items()}
+    from vitrieval.cli import main
+
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "resnet18", *common]) == 2
+    err = capsys.readouterr().err
+    assert "'cls' does not apply to resnet18" in err and "--pooling" in err and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--pooling", "gem", *common[2:]]) == 2
+    assert "--pooling goes with --model" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not _importable("demo"), reason="vitrieval.cli.demo_cmd is not written yet")
 def test_cli_main_with_every_command(model_dir: Path, folder_root: Path, tmp_path: Path) -> None:
     from vitrieval.cli import main

@@ -76,6 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--checkpoint", help="trained model folder (a run folder or its model/)")
     source.add_argument("--model", help="timm model name: off-the-shelf pretrained features (IRT_O)")
     parser.add_argument("--pretrained-file", help="with --model: timm weights file (.pth / .safetensors), offline")
+    parser.add_argument("--pooling", choices=("cls", "avg", "max", "gem", "mac", "spoc", "rmac"),
+                        help="with --model: the descriptor's pooling (default cls for a ViT; a convnet needs one of "
+                             "mac, spoc, gem, rmac)")
     parser.add_argument("--dataset", required=True,
                         help="sop | cub | inshop | roxford5k | rparis6k | folder | csv")
     parser.add_argument("--data-root", required=True, help="the dataset folder")
@@ -124,16 +127,20 @@ def _encoder(args: argparse.Namespace):  # noqa: ANN202 - vitrieval.model.Encode
     from vitrieval.model import Encoder, PretrainedWeightsError, load
 
     if args.checkpoint:
+        if args.pooling:
+            raise CLIError("--pooling goes with --model; a trained model keeps the pooling it was trained with")
         try:
             return load(args.checkpoint)
         except PretrainedWeightsError as exc:
             raise CLIError(str(exc)) from None
     cfg = ModelConfig(name=args.model, pretrained=True, pretrained_file=args.pretrained_file,
-                      image_size=args.image_size or 224)
+                      image_size=args.image_size or 224, pooling=args.pooling or "cls")
     try:
         return Encoder(cfg)
     except PretrainedWeightsError as exc:
         raise CLIError(str(exc)) from None
+    except ValueError as exc:  # the pooling of the other backbone family
+        raise CLIError(f"{exc} (pass --pooling)") from None
     except Exception as exc:  # noqa: BLE001 - timm / hub failures (offline, unknown name) become one clear line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         if "Unknown model" in first:
