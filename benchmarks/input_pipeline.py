@@ -164,12 +164,38 @@ def extraction_rates(cfg: Config, root: Path, tv_workers: list[int], max_images:
     return rates
 
 
+def decode_rates(cfg: Config, root: Path, max_images: int) -> dict[str, float]:
+    """One core's decode + train transform, img/s: ``load_image`` as the trainer does it, and with Pillow's JPEG
+    ``draft`` to the transform's first resize (what a ``data.fast_decode`` would do; not in the trainer)."""
+    from vitrieval.data.images import load_image
+    from vitrieval.data.transforms import train_transform
+
+    encoder_cfg = {"image_size": cfg.model.image_size, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    transform = train_transform(encoder_cfg, cfg.data.train_resize_ratio)
+    target = int(round(cfg.model.image_size * cfg.data.train_resize_ratio))
+    paths = read_dataset("folder", root).evenly_subsampled(max_images).paths
+
+    def drafted(path: str) -> Image.Image:
+        img = Image.open(path)
+        img.draft("RGB", (target, target))  # JPEG only (a no-op otherwise): DCT scaling by 1/2, 1/4 or 1/8
+        return img.convert("RGB")
+
+    rates = {}
+    for key, decode in (("decode", load_image), ("decode, draft", drafted)):
+        start = time.perf_counter()
+        for path in paths:
+            transform(decode(path))
+        rates[key] = len(paths) / (time.perf_counter() - start)
+    return rates
+
+
 def measure(root: Path, name: str, iterations: int, scratch: Path, repeats: int,
             extract_max: int) -> dict[str, Any]:
     cfg = config_for(root, iterations)
     auto = resolve_num_workers("auto", "cpu")
     train: dict[str, float] = {}
     extraction: dict[str, float] = {}
+    decoding: dict[str, float] = {}
     runs: list[tuple[str, Callable[[], float]]] = [
         ("defaults", lambda: train_rate(cfg, scratch / "run")),
         ("workers=0", lambda: train_rate(apply_overrides(cfg, ["data.num_workers=0"]), scratch / "run")),
@@ -184,10 +210,13 @@ def measure(root: Path, name: str, iterations: int, scratch: Path, repeats: int,
             train[key] = max(train.get(key, 0.0), fn())
         for key, value in extraction_rates(cfg, root, sorted({auto, 2}), extract_max).items():
             extraction[key] = max(extraction.get(key, 0.0), value)
+        for key, value in decode_rates(cfg, root, min(extract_max, 160)).items():
+            decoding[key] = max(decoding.get(key, 0.0), value)
     table = read_dataset("folder", root)
     sampler_batches = len(table.split("train").class_counts()) * 4 // cfg.train.batch_size
     return {"name": name, "images": len(table), "train_images": len(table.split("train")),
-            "batches_per_epoch": sampler_batches, "auto_workers": auto, "train": train, "extraction": extraction}
+            "batches_per_epoch": sampler_batches, "auto_workers": auto, "train": train, "extraction": extraction,
+            "decoding": decoding}
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -207,6 +236,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         ours = r["extraction"]["extract defaults"]
         tv = {k: v for k, v in r["extraction"].items() if k.startswith("torchvision")}
         print("  extract defaults vs " + ", ".join(f"{k}: {ours / v:.2f}x" for k, v in tv.items()))
+        d = r["decoding"]
+        print(f"  decode + train transform, one core: {d['decode']:.0f} img/s, with JPEG draft "
+              f"{d['decode, draft']:.0f} img/s ({d['decode, draft'] / d['decode']:.2f}x)")
 
 
 def main() -> None:
