@@ -190,7 +190,7 @@ def decode_rates(cfg: Config, root: Path, max_images: int) -> dict[str, float]:
 
 
 def measure(root: Path, name: str, iterations: int, scratch: Path, repeats: int,
-            extract_max: int) -> dict[str, Any]:
+            extract_max: int, rows: list[str] | None = None) -> dict[str, Any]:
     cfg = config_for(root, iterations)
     auto = resolve_num_workers("auto", "cpu")
     train: dict[str, float] = {}
@@ -205,6 +205,7 @@ def measure(root: Path, name: str, iterations: int, scratch: Path, repeats: int,
                                             PerEpochTrainer)),
         ("model only", lambda: model_only_rate(cfg, scratch / "run")),
     ]
+    runs = [(key, fn) for key, fn in runs if rows is None or key in rows or key in ("workers=0", "model only")]
     for _ in range(repeats):  # interleaved: noise spreads over every row
         for key, fn in runs:
             train[key] = max(train.get(key, 0.0), fn())
@@ -227,7 +228,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
               f"batch(es) per epoch), auto = {r['auto_workers']} worker(s)")
         base = r["train"]["workers=0"]
         print(f"  {'training':<22}{'img/s':>8}{'vs workers=0':>14}{'vs model only':>15}")
-        for key, value in r["train"].items():
+        for key, value in r["train"].items():  # "defaults" is the workers=auto row
             print(f"  {key:<22}{value:8.1f}{value / base:13.2f}x{value / r['train']['model only']:14.2f}x")
         bare = r["extraction"]["bare forward"]
         print(f"  {'extraction':<22}{'img/s':>8}{'vs bare':>14}")
@@ -248,23 +249,26 @@ def main() -> None:
                         help="generated JPEGs: classes, images per class, width (height = 3/4); CLASSES 0 = none")
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--rows", default=None,
+                        help="training rows to time, separated by semicolons (workers=0 and model only always)")
     parser.add_argument("--extract-max", type=int, default=480, help="images embedded per extraction figure")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    rows = args.rows.split(";") if args.rows else None
     scratch = Path(tempfile.mkdtemp(prefix="vitrieval-input-"))
     results = []
     try:
         for folder in args.data:
             results.append(measure(Path(folder), Path(folder).name, args.iterations, scratch, args.repeats,
-                                   args.extract_max))
+                                   args.extract_max, rows))
         classes, per, width = args.large
         if classes:
             root = write_large_jpegs(scratch / "large", classes, per, (width, width * 3 // 4))
             results.append(measure(root, f"generated {width}x{width * 3 // 4} JPEGs", args.iterations, scratch,
-                                   args.repeats, args.extract_max))
+                                   args.repeats, args.extract_max, rows))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print_table(results)
