@@ -10,9 +10,10 @@ rank the cores the model's own threads leave free, at most :data:`MAX_AUTO_WORKE
 
 On a CPU box the model's intra-op threads already use every core (torch's default is one per core), so a decode
 worker only takes time from the matrix multiplies: ``auto`` is 0 and images are decoded in the main process
-between steps (on a 2-core CPU, ``benchmarks/input_pipeline.py`` with the cpu-tiny preset measured 0 workers ahead
-of or within noise of 1 and 2 workers on ORL and COIL-20; on 1024 x 768 JPEGs 2 workers were ahead by 12 %, inside
-that machine's noise). With a GPU the model needs about one core, so a 16-core single-GPU machine gets 8 workers
+between steps. Measured on a 2-core CPU with the cpu-tiny preset (``benchmarks/input_pipeline.py``, one loader per
+run, 20 steps, best of 2), img/s with 0 / 1 / 2 workers: ORL 84 / 72 / 58, COIL-20 90 / 71 / 62, 1024 x 768 JPEGs
+45 / 41 / 41. With a GPU the model needs about one core, so a 16-core single-GPU machine gets 8 workers
+With a GPU the model needs about one core, so a 16-core single-GPU machine gets 8 workers
 and an 8-GPU node with 96 cores 8 per rank. An explicit number always wins.
 
 Pinned memory is used exactly when the batches go to a CUDA device (host-to-device copies can then be asynchronous,
