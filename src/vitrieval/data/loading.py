@@ -12,9 +12,8 @@ On a CPU box the model's intra-op threads already use every core (torch's defaul
 worker only takes time from the matrix multiplies: ``auto`` is 0 and images are decoded in the main process
 between steps. Measured on a 2-core CPU with the cpu-tiny preset (``benchmarks/input_pipeline.py``, one loader per
 run, 20 steps, best of 2), img/s with 0 / 1 / 2 workers: ORL 84 / 72 / 58, COIL-20 90 / 71 / 62, 1024 x 768 JPEGs
-45 / 41 / 41. With a GPU the model needs about one core, so a 16-core single-GPU machine gets 8 workers
-With a GPU the model needs about one core, so a 16-core single-GPU machine gets 8 workers
-and an 8-GPU node with 96 cores 8 per rank. An explicit number always wins.
+45 / 41 / 41. With a GPU the model needs about one core, so a 16-core single-GPU machine gets 8 workers and an
+8-GPU node with 96 cores 8 per rank. An explicit number always wins.
 
 Pinned memory is used exactly when the batches go to a CUDA device (host-to-device copies can then be asynchronous,
 ``non_blocking=True``); each worker keeps torch's default of two batches in flight.
