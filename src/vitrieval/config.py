@@ -47,7 +47,7 @@ class DataConfig:
     root: str | None = None  # set by --data-root
     train_fraction: float = 0.5  # folder dataset: share of (sorted) classes used for training
     images_per_class: int = 4  # K of the P x K sampler
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # decode processes per rank, or auto (cores beside the model's: data/loading.py)
     train_resize_ratio: float = 256 / 224  # train: square resize to size * ratio, random crop, flip
     hflip: bool = True
     train_resize: str = "crop"  # crop (square resize to size * ratio, random crop) | square (landmarks: whole image)
@@ -186,7 +186,7 @@ class Config:
             if value is not None and value <= 0:
                 raise ValueError(f"config key {key} must be > 0 (or null: the backbone's own), got {value}")
         non_negative = {
-            "model.projection_dim": m.projection_dim, "data.num_workers": d.num_workers,
+            "model.projection_dim": m.projection_dim,
             "loss.koleo_weight": lo.koleo_weight, "memory.size": mem.size,
             "memory.start_iteration": mem.start_iteration, "memory.weight": mem.weight,
             "tuples.negatives": tu.negatives, "tuples.lr_decay": tu.lr_decay,
@@ -238,6 +238,7 @@ class Config:
         if tr.sampler == "classes" and tr.batch_size % d.images_per_class:
             raise ValueError(f"train.batch_size ({tr.batch_size}) must be a multiple of "
                              f"data.images_per_class ({d.images_per_class})")
+        d.num_workers = _check_num_workers(d.num_workers)
         _check_dataset(d.dataset)
         if check_model_registry:
             check_model_name(m.name)
@@ -273,6 +274,15 @@ def check_model_name(name: str) -> None:
     close = [n for n in models if n.startswith(arch)][:5] or difflib.get_close_matches(arch, models, n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else "; e.g. deit_small_patch16_224 (the paper's DeiT-S)"
     raise ValueError(f"config key model.name: {name!r} is not a timm model{hint} (all: timm.list_models())")
+
+
+def _check_num_workers(value: int | str) -> int | str:
+    """``data.num_workers``: an integer >= 0 (``--set data.num_workers=2`` arrives as "2") or ``auto``."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError(f"config key data.num_workers must be >= 0 (an integer) or auto, got {value!r}")
 
 
 def _check_dataset(name: str) -> None:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from vitrieval.amp import autocast_context
 from vitrieval.data.dataset import TableDataset, collate_skip_bad
 from vitrieval.data.images import ImageDecodeError
+from vitrieval.data.loading import loader_options, resolve_num_workers
 from vitrieval.data.table import ImageTable
 from vitrieval.data.transforms import eval_transform
 from vitrieval.distributed import DistContext
@@ -56,7 +57,7 @@ def resolve_distributed(distributed: bool | DistContext | None) -> DistContext:
 
 
 @torch.no_grad()
-def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, num_workers: int = 2,
+def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, num_workers: int | str = "auto",
             amp: str = "auto", resize: str = "shorter", skip_bad: bool = False, apply_pca: bool = True,
             progress: bool = True, desc: str = "embedding",
             distributed: bool | DistContext | None = None) -> Extraction:
@@ -70,11 +71,13 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     never does (one process embeds everything), ``True`` also initialises the group from torchrun's environment,
     a :class:`~vitrieval.distributed.DistContext` names the group. Sharded, every rank must call ``extract`` with
     the same table and ``batch_size``, and every rank gets the whole result. Pass the plain encoder, not a
-    ``DistributedDataParallel`` wrapper.
+    ``DistributedDataParallel`` wrapper. ``num_workers``: decode processes, or ``"auto"`` (the rule of
+    :mod:`vitrieval.data.loading`, the same as training's); pinned memory on CUDA.
     """
     ctx = resolve_distributed(distributed)
     if isinstance(encoder, torch.nn.parallel.DistributedDataParallel):
         encoder = encoder.module
+    num_workers = resolve_num_workers(num_workers, next(encoder.parameters()).device, ctx.world_size)
     if not ctx.enabled:
         ext, error = _extract_rows(encoder, table, range(len(table)), batch_size, num_workers, amp, resize,
                                    skip_bad, apply_pca, progress, desc)
@@ -111,9 +114,8 @@ def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batc
     dataset = TableDataset(table, eval_transform(encoder.data_config, resize), skip_bad=skip_bad,
                            carry_errors=not skip_bad)
     sampler = rows if (rows.start, rows.stop) != (0, len(table)) else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
-                        collate_fn=collate_skip_bad, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, collate_fn=collate_skip_bad,
+                        **loader_options(num_workers, device))
     chunks: list[np.ndarray] = []
     indices: list[np.ndarray] = []
     bad: list[int] = []

@@ -5,6 +5,7 @@ them, taking K images of each class (a random subset, or all of a class with few
 full. Classes with a single image cannot form a positive pair and are left out (reported). Every item comes with
 its own augmentation seed, so the crops do not depend on the number of DataLoader workers or on resuming.
 Under ``torch.distributed`` each rank takes a disjoint set of classes for its share of the batch.
+:class:`SpanningBatchSampler` chains the epochs, so one DataLoader (its workers started once) serves a whole run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ClassBalancedBatchSampler:
         self.world_size = world_size
         self.epoch = 0
         self.skip = 0
+        self._lengths: dict[int, int] = {}
         by_class: dict[int, list[int]] = defaultdict(list)
         for i, y in enumerate(labels.tolist()):
             by_class[y].append(i)
@@ -85,9 +87,41 @@ class ClassBalancedBatchSampler:
         return self._epoch_batches(self.epoch)[self.skip:]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        b = self.batch_size
-        for batch in self.global_batches():
-            yield batch[self.rank * b:(self.rank + 1) * b]
+        return self.shares(self.epoch, self.skip)
 
     def __len__(self) -> int:
         return len(self._epoch_batches(self.epoch)) - self.skip
+
+    def epoch_length(self, epoch: int) -> int:
+        """The number of batches of epoch ``epoch`` (it may vary a little with the shuffle when classes have
+        fewer than K images)."""
+        if epoch not in self._lengths:
+            self._lengths[epoch] = len(self._epoch_batches(epoch))
+        return self._lengths[epoch]
+
+    def shares(self, epoch: int, skip: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """This rank's shares of epoch ``epoch``'s batches after the first ``skip``."""
+        b = self.batch_size
+        for batch in self._epoch_batches(epoch)[skip:]:
+            yield batch[self.rank * b:(self.rank + 1) * b]
+
+
+class SpanningBatchSampler:
+    """``sampler``'s batches from batch ``skip`` of epoch ``epoch`` on, epoch after epoch, without end.
+
+    The batches are those of ``sampler.set_epoch(e)`` for ``e = epoch, epoch + 1, ...`` in order, so a DataLoader
+    over it sees the same items (and item seeds) as one loader per epoch would, while its worker processes start
+    once. The consumer tracks its position with :meth:`ClassBalancedBatchSampler.epoch_length` (the loader runs
+    ahead of it by its prefetch).
+    """
+
+    def __init__(self, sampler: ClassBalancedBatchSampler, epoch: int = 0, skip: int = 0) -> None:
+        self.sampler = sampler
+        self.epoch = epoch
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, skip = self.epoch, self.skip
+        while True:
+            yield from self.sampler.shares(epoch, skip)
+            epoch, skip = epoch + 1, 0

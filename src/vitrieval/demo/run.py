@@ -22,7 +22,7 @@ from vitrieval.data.table import ImageTable
 from vitrieval.demo.baseline import description, raw_pixels
 from vitrieval.demo.data import prepare_data
 from vitrieval.demo.report import write_demo_report
-from vitrieval.demo.variants import DEMO_PRESET, KOLEO_WEIGHT, QUICK_PRESET, demo_config, loader_overrides
+from vitrieval.demo.variants import DEMO_PRESET, KOLEO_WEIGHT, QUICK_PRESET, demo_config
 
 if TYPE_CHECKING:
     from vitrieval.model import Encoder
@@ -151,12 +151,6 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
         # 1. data -----------------------------------------------------------------------------------------------
         t0 = time.time()
         table, info = prepare_data(out / "data", data, preset, base, progress)
-        extra = loader_overrides(base, table)
-        if extra:
-            log.info("only %d training batches per epoch: images are loaded in the main process (%s)",
-                     len(table.split("train").class_counts()) * base.data.images_per_class // base.train.batch_size,
-                     ", ".join(extra))
-        base = demo_config(preset, csv_path, seed, 0.0, "demo", extra)
         test = table.split("test")
         timings["data"] = time.time() - t0
         labels = test.labels
@@ -188,7 +182,7 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
         runs = {"IRT_L": ("irt_l", 0.0), "IRT_R": ("irt_r", KOLEO_WEIGHT)}
         metrics: dict[str, list[dict[str, Any]]] = {}
         for variant, (folder, weight) in runs.items():
-            cfg = demo_config(preset, csv_path, seed, weight, f"demo-{folder.replace('_', '-')}", extra)
+            cfg = demo_config(preset, csv_path, seed, weight, f"demo-{folder.replace('_', '-')}")
             run_dir = out / folder
             _fresh_dir(run_dir)
             log.info("training %s (λ = %g): %d iterations of %d images", variant, weight, cfg.train.iterations,

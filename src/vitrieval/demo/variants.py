@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vitrieval.config import Config, apply_overrides
-from vitrieval.data.table import ImageTable
 
 DEMO_PRESET = "demo"
 QUICK_PRESET = "demo-quick"
@@ -20,9 +19,6 @@ VARIANTS = ("raw_pixels", "IRT_O", "IRT_L", "IRT_R")
 LABELS = {"raw_pixels": "raw pixels", "IRT_O": "IRT_O (untrained)", "IRT_L": "IRT_L",
           "IRT_R": f"IRT_R (λ={KOLEO_WEIGHT:g})"}
 
-MIN_WORKER_EPOCH = 20
-"""Fewer batches per epoch than this: load training images in the main process (see :func:`loader_overrides`)."""
-
 
 def demo_config(preset: str, table_csv: Path, seed: int, koleo_weight: float, name: str,
                 extra: Sequence[str] = ()) -> Config:
@@ -32,15 +28,3 @@ def demo_config(preset: str, table_csv: Path, seed: int, koleo_weight: float, na
     return apply_overrides(load_preset(preset), [
         f"name={name}", "data.dataset=csv", f"data.root={table_csv}", f"train.seed={seed}",
         f"loss.koleo_weight={koleo_weight}", *extra])
-
-
-def loader_overrides(cfg: Config, table: ImageTable) -> list[str]:
-    """``data.num_workers=0`` when an epoch of the P x K sampler is short (fewer than :data:`MIN_WORKER_EPOCH`
-    batches, e.g. COIL-20's 10 training classes give 2 batches of 4 classes): the trainer starts its DataLoader
-    workers afresh every epoch, which then costs more than loading the images in the main process."""
-    counts = table.split("train").class_counts()
-    classes = sum(1 for n in counts.values() if n >= 2)
-    batches_per_epoch = classes // max(1, cfg.train.batch_size // cfg.data.images_per_class)
-    if cfg.data.num_workers > 0 and batches_per_epoch < MIN_WORKER_EPOCH:
-        return ["data.num_workers=0"]
-    return []

@@ -207,8 +207,13 @@ class RunLifecycle:
 
     # -- per step --------------------------------------------------------------------------------------------------
     def _count_unreadable(self, batch: dict[str, Any]) -> None:
-        """Add the batch's unreadable items, summed over ranks, to :attr:`skipped` (and warn)."""
+        """Add the batch's unreadable items, summed over ranks, to :attr:`skipped` (and warn); with
+        ``data.on_bad_image=stop`` raise the first carried decode error instead, on every rank."""
         n_bad = int(self.dist.all_reduce_sum(torch.tensor(len(batch["bad"]), device=self.device)).item())
+        if n_bad and self.cfg.data.on_bad_image == "stop":
+            errors = [e for part in self.dist.all_gather_object(batch.get("errors", [])) for e in part]
+            if errors:
+                raise errors[0]
         if n_bad:
             self.skipped += n_bad
             self.logger.warning("skipped %d %s at iteration %d (total %d)", n_bad, self.skipped_what,

@@ -82,12 +82,14 @@ def _pick(order: np.ndarray, clusters: np.ndarray, query_cluster: int, k: int) -
 
 def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.ndarray, epoch: int, seed: int, *,
                       query_size: int, pool_size: int, negatives: int, batch_size: int = 32,
-                      num_workers: int = 2, amp: str = "auto", resize: str = "square", skip_bad: bool = False,
-                      progress: bool = True) -> EpochTuples:
+                      num_workers: int | str = "auto", amp: str = "auto", resize: str = "square",
+                      skip_bad: bool = False, progress: bool = True) -> EpochTuples:
     """Draw and mine the tuples of ``epoch`` (see the module docstring); ``pairs`` is ``(m, 2)`` table rows.
 
     Unreadable images (with ``skip_bad``) are left out: a query that cannot be read drops its tuple, a pool image
     cannot be chosen. Under torchrun every rank calls this with the same arguments and gets the same tuples.
+    The two extractions start their decode workers afresh (once per epoch, not per batch): an epoch embeds
+    ``query_size + pool_size`` images (22,000 in cirtorch's recipe), so the start-up is a small share of it.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if len(pairs) == 0:

@@ -7,6 +7,9 @@ by default IRT's contrastive loss on the batch and against the cross-batch memor
 fed by a momentum encoder; or NSoftmax / SNCA + KoLeo. The run folder, checkpoints and evaluation rows are the
 shared lifecycle's (:mod:`vitrieval.training.lifecycle`); a checkpoint also holds the objective's state (memory,
 proxies), the momentum encoder and the sampler position, so a run resumes mid-epoch to identical weights.
+
+One DataLoader serves the whole run (:class:`~vitrieval.data.sampler.SpanningBatchSampler`): its decode workers
+start once, not every epoch, and the batches are those of one loader per epoch, item seeds included.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
 from vitrieval.data.dataset import SeededTableDataset, collate_skip_bad
-from vitrieval.data.sampler import ClassBalancedBatchSampler
+from vitrieval.data.loading import close_loader, loader_options, resolve_num_workers
+from vitrieval.data.sampler import ClassBalancedBatchSampler, SpanningBatchSampler
 from vitrieval.data.transforms import train_transform
 from vitrieval.training.lifecycle import RunLifecycle, TrainResult
 from vitrieval.training.momentum import MomentumEncoder
@@ -51,18 +55,21 @@ class Trainer(RunLifecycle):
         self.sampler = ClassBalancedBatchSampler(self.train_table.labels, config.train.batch_size,
                                                  config.data.images_per_class, config.train.seed,
                                                  self.dist.rank, self.dist.world_size)
+        skip = config.data.on_bad_image == "skip"
         self.dataset = SeededTableDataset(
             self.train_table,
             train_transform(self.encoder.data_config, config.data.train_resize_ratio, config.data.hflip,
                             config.data.train_resize),
-            skip_bad=config.data.on_bad_image == "skip")
+            skip_bad=skip, carry_errors=not skip)  # on_bad_image=stop: the error leaves a worker whole
+        self.num_workers = resolve_num_workers(config.data.num_workers, self.device, self.dist.world_size)
 
     def _log_start(self) -> None:
         config = self.cfg
         self.logger.info("run %s: %d train images / %d classes, %d held-out images / %d classes; %s on %s, world "
-                         "size %d", config.name, len(self.train_table), len(self.train_table.class_counts()),
-                         len(self.test_table), len(self.test_table.class_counts()), config.model.name, self.device,
-                         self.dist.world_size)
+                         "size %d, %d decode worker(s)", config.name, len(self.train_table),
+                         len(self.train_table.class_counts()), len(self.test_table),
+                         len(self.test_table.class_counts()), config.model.name, self.device, self.dist.world_size,
+                         self.num_workers)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -108,18 +115,23 @@ class Trainer(RunLifecycle):
         return row
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """Batches from the current (epoch, position) on, forever; tracks the position for checkpoints."""
-        while True:
-            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
-            generator = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.epoch)
-            loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.cfg.data.num_workers,
-                                collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda",
-                                generator=generator)
+        """Batches from the current (epoch, position) on, forever, from one loader; tracks the position for
+        checkpoints (after an epoch's last batch the position stays ``(epoch, length)`` until the next batch)."""
+        spanning = SpanningBatchSampler(self.sampler, self.epoch, self.batch_in_epoch)
+        # the generator only seeds the workers (augmentation is per item): the global RNG is left untouched
+        loader = DataLoader(self.dataset, batch_sampler=spanning, collate_fn=collate_skip_bad,
+                            generator=torch.Generator().manual_seed(self.cfg.train.seed),
+                            **loader_options(self.num_workers, self.device))
+        length = self.sampler.epoch_length(self.epoch)
+        try:
             for batch in loader:
+                if self.batch_in_epoch == length:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    length = self.sampler.epoch_length(self.epoch)
                 self.batch_in_epoch += 1
                 yield batch
-            self.epoch += 1
-            self.batch_in_epoch = 0
+        finally:
+            close_loader(loader)
 
     def run(self) -> TrainResult:
         cfg = self.cfg.train
@@ -130,8 +142,21 @@ class Trainer(RunLifecycle):
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"train {self.cfg.name}", unit="it",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         seen_at_start = time.time()
-        images_done = 0
         batches = self._batches()
+        try:
+            self._train_steps(batches, history, bar, seen_at_start)
+        finally:
+            batches.close()  # the loader's workers stop here, also when a step raised
+        bar.close()
+        self.save()
+        recall = self.evaluate()
+        self._record_recall(recall, history, "final (iteration %d): %s", self.iteration)
+        return self._finish(recall, start, history)
+
+    def _train_steps(self, batches: Iterator[dict[str, Any]], history: list[dict[str, Any]], bar: Any,
+                     seen_at_start: float) -> None:
+        cfg = self.cfg.train
+        images_done = 0
         while self.iteration < cfg.iterations:
             batch = next(batches)
             self._count_unreadable(batch)
@@ -153,9 +178,4 @@ class Trainer(RunLifecycle):
                 self._record_recall(self.evaluate(), history, "iteration %d: %s", self.iteration)
             if self.iteration % cfg.checkpoint_every == 0 and self.iteration < cfg.iterations:
                 self.save()
-        bar.close()
-        self.save()
-        recall = self.evaluate()
-        self._record_recall(recall, history, "final (iteration %d): %s", self.iteration)
-        return self._finish(recall, start, history)
 

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
+from vitrieval.data.loading import close_loader, loader_options, resolve_num_workers
 from vitrieval.data.transforms import train_transform
-from vitrieval.data.tuples import EpochTuples, TupleDataset, collate_tuples
+from vitrieval.data.tuples import EpochTupleBatches, EpochTuples, TupleImages, collate_tuples, epoch_base_seed
 from vitrieval.training.lifecycle import RunLifecycle, TrainResult
 from vitrieval.training.mining import mine_epoch_tuples
 from vitrieval.training.objectives import TupleObjective
@@ -78,6 +79,15 @@ class TupleTrainer(RunLifecycle):
                                          config.data.hflip, config.data.train_resize)
         self.steps_per_epoch = math.ceil(min(tc.query_size, len(self.pairs)) / tc.per_batch)
         self.tuples: EpochTuples | None = None
+        self.num_workers = resolve_num_workers(config.data.num_workers, self.device, self.dist.world_size)
+        skip = config.data.on_bad_image == "skip"
+        # one loader for the run: persistent workers, a dataset without per-epoch state, keys fed per epoch
+        self.tuple_batches = EpochTupleBatches(tc.per_batch)
+        self.tuple_loader = DataLoader(TupleImages(self.train_table, self.transform, skip_bad=skip,
+                                                   carry_errors=not skip),
+                                       batch_sampler=self.tuple_batches, collate_fn=collate_tuples,
+                                       generator=torch.Generator().manual_seed(config.train.seed),
+                                       **loader_options(self.num_workers, self.device, persistent=True))
 
     def _log_start(self) -> None:
         config, tc = self.cfg, self.cfg.tuples
@@ -112,7 +122,7 @@ class TupleTrainer(RunLifecycle):
         tuples = mine_epoch_tuples(
             self.encoder, self.train_table, self.pairs, self.epoch, self.cfg.train.seed, query_size=tc.query_size,
             pool_size=tc.pool_size, negatives=tc.negatives, batch_size=tc.mining_batch_size,
-            num_workers=data.num_workers, amp=self.cfg.train.amp, resize=data.eval_resize,
+            num_workers=self.num_workers, amp=self.cfg.train.amp, resize=data.eval_resize,
             skip_bad=data.on_bad_image == "skip", progress=self.progress and self.dist.is_main)
         row = {"iteration": self.iteration, "epoch": self.epoch, "mining_seconds": time.time() - start,
                "tuples": len(tuples), "negative_distance": tuples.negative_distance}
@@ -120,14 +130,11 @@ class TupleTrainer(RunLifecycle):
         return tuples
 
     def _loader(self, tuples: EpochTuples) -> DataLoader:
-        """This rank's share of every batch: tuples ``rank, rank + world, …`` of each run of ``per_batch``."""
-        per_batch, rank, world = self.cfg.tuples.per_batch, self.dist.rank, self.dist.world_size
-        batches = [list(range(b, min(b + per_batch, len(tuples))))[rank::world]
-                   for b in range(0, len(tuples), per_batch)][self.batch_in_epoch:]
-        dataset = TupleDataset(self.train_table, tuples, self.transform, self.cfg.train.seed, self.epoch,
-                               skip_bad=self.cfg.data.on_bad_image == "skip")
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
-                          collate_fn=collate_tuples, pin_memory=self.device.type == "cuda")
+        """The run's loader set to this epoch's ``tuples`` from the current step on: this rank's share of every
+        batch (tuples ``rank, rank + world, …`` of each run of ``per_batch``)."""
+        self.tuple_batches.set_epoch(tuples, epoch_base_seed(self.cfg.train.seed, self.epoch), self.batch_in_epoch,
+                                     self.dist.rank, self.dist.world_size)
+        return self.tuple_loader
 
     def step(self, batch: dict[str, torch.Tensor], tuple_size: int) -> dict[str, float]:
         self.model.train()
@@ -157,6 +164,12 @@ class TupleTrainer(RunLifecycle):
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            close_loader(self.tuple_loader)  # the loader's workers stop with the run, also when it raised
+
+    def _run(self) -> TrainResult:
         tc, train_cfg = self.cfg.tuples, self.cfg.train
         start = time.time()
         history: list[dict[str, Any]] = []
@@ -212,6 +225,7 @@ class TupleTrainer(RunLifecycle):
                 self._evaluate(history)
             self.save()
         bar.close()
+        close_loader(self.tuple_loader)
         return self._finish(self._evaluate(history), start, history)
 
     def _evaluate(self, history: list[dict[str, Any]]) -> dict[str, float]:
