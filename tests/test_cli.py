@@ -61,3 +61,21 @@ def test_main_and_rank_zero_print_the_same_one_line_error(tmp_path, capsys, monk
     assert index_cmd.run(build_parser().parse_args(argv)) == 2
     from_rank_zero = capsys.readouterr().err
     assert from_main == from_rank_zero == f"vitrieval index: error: {line}\n"
+
+
+def test_decode_worker_flags_take_auto_or_a_count() -> None:
+    """``--workers`` / ``--num-workers`` default to auto (data/loading.py's rule), take a count, refuse the rest."""
+    import argparse
+
+    from vitrieval.cli import build_parser, num_workers_arg
+
+    assert num_workers_arg("auto") == "auto" and num_workers_arg("0") == 0 and num_workers_arg("3") == 3
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="auto or an integer >= 0"):
+            num_workers_arg(bad)
+    parser = build_parser()
+    evaluate = parser.parse_args(["evaluate", "--checkpoint", "r", "--dataset", "sop", "--data-root", "d"])
+    assert evaluate.workers == "auto"
+    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o"]).num_workers == "auto"
+    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o",
+                              "--num-workers", "2"]).num_workers == 2

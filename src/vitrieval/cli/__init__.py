@@ -27,6 +27,19 @@ LAZY_USER_ERRORS: tuple[tuple[str, str], ...] = (("vitrieval.model", "Pretrained
 """User errors of heavy modules, as ``(module, class)``: checked only once the module is imported (it raised)."""
 
 
+def num_workers_arg(text: str) -> int | str:
+    """argparse type of the decode-worker flags: ``auto`` (:mod:`vitrieval.data.loading`'s rule) or an integer >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer >= 0, got {text!r}")
+    return value
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`)."""
     if isinstance(exc, USER_ERRORS):

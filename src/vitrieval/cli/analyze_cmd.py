@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitrieval.cli import CLIError
+from vitrieval.cli import CLIError, num_workers_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--checkpoint", action="append", default=[], help="trained model folder (repeatable)")
     p.add_argument("--model", help="timm model name: off-the-shelf features (IRT_O); with --cost, the backbone")
     p.add_argument("--pretrained-file", help="with --model: timm weights file, offline")
+    p.add_argument("--pooling", choices=("cls", "avg", "max", "gem", "mac", "spoc", "rmac"),
+                   help="with --model: the descriptor's pooling (default cls for a ViT; a convnet needs one of mac, "
+                        "spoc, gem, rmac)")
     p.add_argument("--label", action="append", default=[],
                    help="a name per model, in order (--model first, then each --checkpoint)")
     p.add_argument("--dataset", help="sop | cub | inshop | roxford5k | rparis6k | folder | csv")
@@ -41,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--preset", help="with --cost: the preset whose model to measure")
     p.add_argument("--repeats", type=int, default=3, help="with --cost: timed batches (default 3)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (--cost: default 8)")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding workers (default 2)")
+    p.add_argument("--workers", type=num_workers_arg, default="auto",
+                   help="image-decoding workers: auto (cores beside the model's threads) or a number")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast policy")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{len(args.label)} --label for {len(sources)} models")
     from vitrieval.amp import resolve_device
     from vitrieval.analyze.models import benchmark_descriptors, write_analysis
-    from vitrieval.cli.evaluate_cmd import _encoder
+    from vitrieval.cli.evaluate_cmd import encoder_from_args
     from vitrieval.evaluation.protocol import ExtractionOptions
 
     device = resolve_device(args.device)
@@ -106,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
             name = f"{name} ({i + 1})"
         one = argparse.Namespace(checkpoint=value if kind == "checkpoint" else None,
                                  model=value if kind == "model" else None, pretrained_file=args.pretrained_file,
-                                 image_size=args.image_size)
-        encoder = _encoder(one).to(device).eval()
+                                 image_size=args.image_size, pooling=args.pooling if kind == "model" else None)
+        encoder = encoder_from_args(one).to(device).eval()
         descriptors[name], protocols[name] = benchmark_descriptors(
             encoder, args.dataset, args.data_root, image_size=args.image_size if kind == "checkpoint" else None,
             extraction=extraction)

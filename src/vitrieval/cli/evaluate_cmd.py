@@ -26,9 +26,13 @@ several input scales.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from vitrieval.cli import CLIError, check_output_file
+from vitrieval.cli import CLIError, check_output_file, num_workers_arg
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, parse_methods
+
+if TYPE_CHECKING:
+    from vitrieval.model import Encoder
 
 
 def _ks(text: str) -> list[int]:
@@ -111,7 +115,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding workers (default 2)")
+    parser.add_argument("--workers", type=num_workers_arg, default="auto",
+                        help="image-decoding workers: auto (cores beside the model's threads) or a number")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="autocast: auto (bf16 where native), bf16, fp16 (CUDA), off")
@@ -121,8 +126,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _encoder(args: argparse.Namespace):  # noqa: ANN202 - vitrieval.model.Encoder (imported lazily)
-    """The model to evaluate: a trained folder, or timm's pretrained weights (IRT_O)."""
+def encoder_from_args(args: argparse.Namespace) -> Encoder:
+    """The model to evaluate: a trained folder, or timm's pretrained weights (IRT_O; also ``vitrieval analyze``)."""
     from vitrieval.config import ModelConfig
     from vitrieval.model import Encoder, PretrainedWeightsError, load
 
@@ -195,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--distractors applies to roxford5k / rparis6k, not to {args.dataset}")
         if not Path(args.distractors).expanduser().is_file():
             raise CLIError(f"--distractors {args.distractors}: no such .npy file")
-    if args.batch_size < 1 or args.workers < 0:
-        raise CLIError("--batch-size must be >= 1 and --workers >= 0")
+    if args.batch_size < 1:
+        raise CLIError("--batch-size must be >= 1")
     if args.json:
         check_output_file(args.json, "--json", "results.json")
     reader_options = {}
@@ -218,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
     dist = DistContext.from_env()  # under torchrun: each rank embeds its shard, every rank gets all descriptors
     device = resolve_device(args.device)
-    encoder = _encoder(args).to(device).eval()
+    encoder = encoder_from_args(args).to(device).eval()
     model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
     pca_before = encoder.pca
     pca = PCAOptions(dim=args.pca, whiten=args.whiten is not None, method="learned" if learned else "pca",

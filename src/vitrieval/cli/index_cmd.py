@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitrieval.cli import CLIError, is_user_error, report_error
+from vitrieval.cli import CLIError, is_user_error, num_workers_arg, report_error
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an index already at -o that another model built (refused without it)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers (default 2)")
+    parser.add_argument("--num-workers", type=num_workers_arg, default="auto",
+                        help="image-decoding workers: auto (cores beside the model's threads) or a number")
     parser.add_argument("--shard-size", type=int, default=10_000,
                         help="images per resumable descriptor shard (default 10000)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     images = args.images if args.images is not None else args.table
     if not Path(images).exists():
         raise CLIError(f"{'--images' if args.images is not None else '--table'} {images} does not exist")
-    if args.batch_size < 1 or args.num_workers < 0 or args.shard_size < 1:
-        raise CLIError("--batch-size and --shard-size must be >= 1, --num-workers >= 0")
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise CLIError("--batch-size and --shard-size must be >= 1")
     if not args.add and not args.checkpoint:
         raise CLIError("--checkpoint is required to build an index (only --add can reuse the index's model)")
     if not args.add and not args.overwrite:

@@ -92,7 +92,7 @@ _PROTOCOLS = ("easy", "medium", "hard")
 # -- the trainer's held-out evaluation (unchanged signature) ---------------------------------------------------------
 
 def recall_on_table(encoder: torch.nn.Module, table: ImageTable, ks: list[int], batch_size: int = 64,
-                    num_workers: int = 2, amp: str = "auto", resize: str = "shorter",
+                    num_workers: int | str = "auto", amp: str = "auto", resize: str = "shorter",
                     progress: bool = True) -> dict[int, float]:
     """Recall@K of ``encoder`` on the test split of ``table``.
 
@@ -151,7 +151,7 @@ def landmark_metrics(database: np.ndarray, queries: np.ndarray, gnd: Sequence[di
 
 # -- extraction ---------------------------------------------------------------------------------------------------
 
-def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int, amp: str,
+def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int | str, amp: str,
                 resize: str, progress: bool, desc: str) -> Extraction:
     """``extract`` with ``skip_bad=False`` and no PCA: every row, or the
     :class:`~vitrieval.data.images.ImageDecodeError` of the first unreadable file (raised where it was decoded,
@@ -176,12 +176,12 @@ class ExtractionOptions:
     autocast policy ``amp`` (:func:`vitrieval.amp.autocast_context`) and a progress bar."""
 
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | str = "auto"
     amp: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_workers < 0:
+        if self.batch_size < 1 or (self.num_workers != "auto" and self.num_workers < 0):
             raise ValueError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} and "
                              f"{self.num_workers}")
 

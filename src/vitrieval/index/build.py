@@ -74,7 +74,7 @@ class BuildOptions:
 
     factory: str = "auto"
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | str = "auto"
     shard_size: int = DEFAULT_SHARD_SIZE
     device: str = "auto"
     amp: str = "auto"

@@ -98,7 +98,7 @@ class Index:
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
     def build(cls, checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Path | None = None,
-              factory: str = "auto", batch_size: int = 64, num_workers: int = 2,
+              factory: str = "auto", batch_size: int = 64, num_workers: int | str = "auto",
               shard_size: int = DEFAULT_SHARD_SIZE, *, device: str = "auto", amp: str = "auto",
               resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
               k_factor: int | None = None, progress: bool = True,
@@ -390,7 +390,7 @@ class Index:
         """The indexed folder (clients see paths relative to it); ``None`` for an index built before it was kept."""
         return self.info.get("root")
 
-    def add(self, images: ImagesArg, batch_size: int = 64, num_workers: int = 2, progress: bool = True,
+    def add(self, images: ImagesArg, batch_size: int = 64, num_workers: int | str = "auto", progress: bool = True,
             save: bool = True, distributed: bool | DistContext | None = None) -> AddReport:
         """Embed and append images (skipping paths already indexed and unreadable files); saves if on disk.
 
