@@ -44,7 +44,7 @@ def test_report_to_a_folder_is_refused_before_the_work(tmp_path, capsys, monkeyp
 def test_evaluate_json_to_a_folder_is_refused_before_the_work(world, tmp_path, capsys, monkeypatch):
     from vitrieval.cli import evaluate_cmd
 
-    monkeypatch.setattr(evaluate_cmd, "_encoder", lambda args: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(evaluate_cmd, "encoder_from_args", lambda args: pytest.fail("the model was loaded first"))
     assert main(["evaluate", "--checkpoint", str(world["model"]), "--dataset", "folder", "--data-root",
                  str(world["root"] / "images"), "--json", str(tmp_path)]) == 2
     assert f"--json {tmp_path} is a folder; give a file name" in capsys.readouterr().err
