@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shape_folders import write_shape_folders
 from torchrun_launch import launch, torchrun, write_tracker
 
 ITERATIONS = 6
@@ -53,20 +54,7 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 # the worker (runs in the launched processes)
 
 def _make_dataset(root: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    for c in range(N_CLASSES):
-        d = root / f"class{c:02d}"
-        d.mkdir(parents=True)
-        colour = tuple(int(v) for v in rng.integers(30, 226, 3))
-        for i in range(PER_CLASS):
-            img = Image.new("RGB", (40, 40), tuple(int(v) for v in rng.integers(0, 256, 3)))
-            draw = ImageDraw.Draw(img)
-            x, y = (int(v) for v in rng.integers(2, 14, 2))
-            shape = draw.ellipse if c % 2 else draw.rectangle
-            shape([x, y, x + 18 + c % 5, y + 16 + c % 3], fill=colour)
-            img.save(d / f"{i}.png")
+    write_shape_folders(root, N_CLASSES, PER_CLASS, seed=0)
 
 
 def _record_writes(marks: Path, rank: int) -> None:
