@@ -18,6 +18,9 @@ from typing import Any, Union
 
 import yaml
 
+POOLINGS = ("cls", "avg", "max", "gem", "mac", "spoc", "rmac")
+"""Every ``model.pooling``: ViT tokens take cls / avg / max / gem, convnet feature maps mac / spoc / gem / rmac
+(:data:`vitrieval.model.POOLINGS` checks the family)."""
 
 @dataclass
 class ModelConfig:
@@ -148,7 +151,7 @@ class Config:
         the values only and the trainer, which builds the model next, checks the name before any work starts.
         """
         choices = {
-            "model.pooling": (self.model.pooling, ("cls", "avg", "max", "gem", "mac", "spoc", "rmac")),
+            "model.pooling": (self.model.pooling, POOLINGS),
             "data.eval_resize": (self.data.eval_resize, ("shorter", "square")),
             "data.train_resize": (self.data.train_resize, ("crop", "square")),
             "train.sampler": (self.train.sampler, ("classes", "tuples")),

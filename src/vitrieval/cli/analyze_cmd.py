@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 from vitrieval.cli import CLIError, num_workers_arg
+from vitrieval.config import POOLINGS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--checkpoint", action="append", default=[], help="trained model folder (repeatable)")
     p.add_argument("--model", help="timm model name: off-the-shelf features (IRT_O); with --cost, the backbone")
     p.add_argument("--pretrained-file", help="with --model: timm weights file, offline")
-    p.add_argument("--pooling", choices=("cls", "avg", "max", "gem", "mac", "spoc", "rmac"),
+    p.add_argument("--pooling", choices=POOLINGS,
                    help="with --model: the descriptor's pooling (default cls for a ViT; a convnet needs one of mac, "
                         "spoc, gem, rmac)")
     p.add_argument("--label", action="append", default=[],

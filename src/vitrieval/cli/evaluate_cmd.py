@@ -29,6 +29,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, check_output_file, num_workers_arg
+from vitrieval.config import POOLINGS
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, parse_methods
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--checkpoint", help="trained model folder (a run folder or its model/)")
     source.add_argument("--model", help="timm model name: off-the-shelf pretrained features (IRT_O)")
     parser.add_argument("--pretrained-file", help="with --model: timm weights file (.pth / .safetensors), offline")
-    parser.add_argument("--pooling", choices=("cls", "avg", "max", "gem", "mac", "spoc", "rmac"),
+    parser.add_argument("--pooling", choices=POOLINGS,
                         help="with --model: the descriptor's pooling (default cls for a ViT; a convnet needs one of "
                              "mac, spoc, gem, rmac)")
     parser.add_argument("--dataset", required=True,
