@@ -9,6 +9,8 @@ raise :class:`ImageDecodeError` naming the file; images above
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@contextmanager
+def decoding(label: str) -> Iterator[None]:
+    """Pillow's failures inside the block (opening, ``load()``) as one :class:`ImageDecodeError` naming ``label``:
+    not an image, a decompression bomb, or truncated / corrupt data."""
+    try:
+        yield
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(label, "not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(label, f"refused as a decompression bomb ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - truncated / corrupt data: OSError, SyntaxError, EOFError, struct.error, ...
+        raise ImageDecodeError(label, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
+
+
+def rgb_or_error(img: Image.Image, label: str) -> Image.Image:
+    """:func:`to_rgb`, a conversion failure an :class:`ImageDecodeError` naming ``label``."""
+    try:
+        return to_rgb(img)
+    except Exception as exc:  # noqa: BLE001 - any conversion failure names the file
+        raise ImageDecodeError(label, f"cannot convert mode {img.mode} to RGB ({type(exc).__name__}: {exc})") \
+            from None
+
+
 def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                name: str | None = None) -> Image.Image:
     """Decode ``source`` (a path or the file's bytes) into an RGB image with EXIF orientation applied.
@@ -77,7 +104,7 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
                 from None
     if not data:
         raise ImageDecodeError(label, "the file is empty")
-    try:
+    with decoding(label):
         # Image.open reads only the header; the size is checked before any pixel is decoded. No warnings-filter
         # juggling here (it is process-global, hence unsafe when several threads decode at once).
         img = Image.open(io.BytesIO(data))
@@ -86,23 +113,11 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
             raise ImageDecodeError(label, f"{width}x{height} = {width * height} pixels exceeds the limit of "
                                           f"{max_pixels} (possible decompression bomb)")
         img.load()
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError(label, "not a recognised image format") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(label, f"refused as a decompression bomb ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - truncated / corrupt data: OSError, SyntaxError, EOFError, struct.error, ...
-        raise ImageDecodeError(label, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not cost an image whose pixels decoded fine
         pass
-    try:
-        return to_rgb(img)
-    except Exception as exc:  # noqa: BLE001 - any conversion failure names the file
-        raise ImageDecodeError(label, f"cannot convert mode {img.mode} to RGB ({type(exc).__name__}: {exc})") \
-            from None
+    return rgb_or_error(img, label)
 
 
 def crop_bbox(img: Image.Image, bbox: tuple[float, float, float, float] | None) -> Image.Image:

@@ -36,9 +36,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from vitrieval.data.images import ImageDecodeError, to_rgb
+from vitrieval.data.images import ImageDecodeError, decoding, rgb_or_error
 
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 """Largest pixel count of an upload, read from its header (7000 x 7000 is 49 M)."""
@@ -148,14 +148,8 @@ def open_upload(data: bytes, name: str) -> Image.Image:
     """The upload opened lazily (header only); :class:`ImageDecodeError` if it is not an image."""
     if not data:
         raise ImageDecodeError(name, "the file is empty")
-    try:
+    with decoding(name):
         return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageDecodeError(name, "not a recognised image format") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(name, f"refused as a decompression bomb ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - a corrupt header: OSError, SyntaxError, struct.error, ...
-        raise ImageDecodeError(name, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
 
 
 def plan_decode(img: Image.Image, name: str, limits: UploadLimits, target: ResizeTarget) -> DecodePlan:
@@ -212,12 +206,8 @@ def decode_planned(img: Image.Image, plan: DecodePlan) -> Image.Image:
     The same result as :func:`vitrieval.data.images.load_image` up to the reduction (and the same errors).
     """
     label = plan.name
-    try:
+    with decoding(label):
         img.load()
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(label, f"refused as a decompression bomb ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - truncated / corrupt data: OSError, SyntaxError, EOFError, ...
-        raise ImageDecodeError(label, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from None
     orientation = _orientation(img)
     out = img
     if plan.reduce_factor > 1:
@@ -235,11 +225,7 @@ def decode_planned(img: Image.Image, plan: DecodePlan) -> Image.Image:
             out = out.convert("I;16")  # to_rgb scales a 16-bit image by 65535, as it would the original
     if orientation in _TRANSPOSE:
         out = out.transpose(_TRANSPOSE[orientation])
-    try:
-        return to_rgb(out)
-    except Exception as exc:  # noqa: BLE001 - any conversion failure names the file
-        raise ImageDecodeError(label, f"cannot convert mode {out.mode} to RGB ({type(exc).__name__}: {exc})") \
-            from None
+    return rgb_or_error(out, label)
 
 
 class _Budget:
