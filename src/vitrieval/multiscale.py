@@ -20,6 +20,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,6 +80,25 @@ class MultiScaleEncoder(nn.Module):
 
     def reduce(self, z: torch.Tensor) -> torch.Tensor:
         return self.encoder.reduce(z)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 64, amp: str = "auto") -> np.ndarray:
+        """Multi-scale descriptors (after the encoder's PCA, if any) of a pre-processed batch, as float32 numpy
+        (what :meth:`vitrieval.model.Encoder.embed` gives at one scale; the index embeds its queries with it)."""
+        from vitrieval.amp import autocast_context
+
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = []
+        for i in range(0, len(images), batch_size):
+            with autocast_context(device, amp):
+                z = self.forward(images[i:i + batch_size].to(device))
+            out.append(self.reduce(z.float()).cpu())
+        self.train(was_training)
+        if not out:
+            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
+        return torch.cat(out).numpy().astype(np.float32, copy=False)
 
     # -- the multi-scale forward -------------------------------------------------------------------------------
     def scaled_size(self, height: int, width: int, scale: float) -> tuple[int, int]:

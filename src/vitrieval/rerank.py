@@ -29,14 +29,16 @@ excluded from its own DBA neighbours. Both are options of ``vitrieval evaluate``
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 #: :data:`vitrieval.metrics.knn.DEFAULT_MEMORY_BUDGET` (torch is imported only when vectors are expanded).
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_N", "METHODS", "alpha_query_expansion", "database_side_augmentation",
-           "parse_methods"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_N", "METHODS", "RerankOptions", "alpha_query_expansion",
+           "database_side_augmentation", "parse_methods"]
 
 #: Neighbours aggregated per vector.
 DEFAULT_N = 2
@@ -53,6 +55,43 @@ def parse_methods(text: str | Iterable[str]) -> tuple[str, ...]:
     if unknown or not names:
         raise ValueError(f"re-ranking methods must be among {', '.join(METHODS)}, got {text!r}")
     return tuple(m for m in METHODS if m in names)
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """``methods`` among ``("aqe", "dba")`` (empty: no re-ranking), ``n`` neighbours, exponent ``alpha``.
+
+    The one set of re-ranking settings: ``vitrieval evaluate`` reports its :meth:`variants`;
+    :meth:`vitrieval.index.Index.search` expands its queries with αQE, an index build augments its database with
+    DBA.
+    """
+
+    methods: tuple[str, ...] = ()
+    n: int = DEFAULT_N
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        if self.methods:
+            object.__setattr__(self, "methods", parse_methods(self.methods))
+        if isinstance(self.n, bool) or int(self.n) != self.n or self.n < 1:
+            raise ValueError(f"the re-ranking neighbour count must be a positive integer, got {self.n}")
+        if not np.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"the re-ranking alpha must be >= 0, got {self.alpha}")
+
+    def variants(self) -> list[tuple[str, bool, bool]]:
+        """``(name, use αQE, use DBA)`` of each variant ``vitrieval evaluate`` reports:
+        aqe -> "aqe"; aqe,dba -> "aqe" and "aqe+dba"; dba -> "dba"."""
+        if not self.methods:
+            return []
+        if self.methods == ("dba",):
+            return [("dba", False, True)]
+        out = [("aqe", True, False)]
+        if "dba" in self.methods:
+            out.append(("aqe+dba", True, True))
+        return out
+
+    def record(self) -> dict[str, Any]:
+        return {"methods": list(self.methods), "n": int(self.n), "alpha": float(self.alpha)}
 
 
 def _check(n: int, alpha: float) -> tuple[int, float]:

@@ -29,8 +29,8 @@ import argparse
 from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, check_output_file, num_workers_arg
+from vitrieval.cli.retrieval_options import add_rerank_arguments, add_scales_argument, rerank_from_args
 from vitrieval.config import POOLINGS
-from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, parse_methods
 
 if TYPE_CHECKING:
     from vitrieval.model import Encoder
@@ -44,22 +44,6 @@ def _ks(text: str) -> list[int]:
     if not ks or ks[0] < 1:
         raise argparse.ArgumentTypeError(f"K values must be positive integers, got {text!r}")
     return ks
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    from vitrieval.multiscale import parse_scales
-
-    try:
-        return parse_scales(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _methods(text: str) -> tuple[str, ...]:
-    try:
-        return parse_methods(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _distractors(path: str | None):  # noqa: ANN202 - a (memory-mapped) numpy array or None
@@ -98,17 +82,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="fit the PCA on at most N images (an even subsample; default 0 = all)")
     parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
                         help="do not store the fitted PCA beside the checkpoint's model")
-    parser.add_argument("--scales", type=_scales, metavar="S1,S2,..",
-                        help="multi-scale descriptors: the L2-normalised mean over these input scales, e.g. "
-                             "1,0.707,0.5 (cirtorch's; default: one scale)")
-    parser.add_argument("--rerank", type=_methods, metavar="aqe[,dba]",
-                        help="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
-                             "database-side augmentation (aqe,dba: both rows, DBA then aQE)")
-    parser.add_argument("--rerank-n", type=int, metavar="N",
-                        help=f"neighbours aggregated by aQE / DBA (default {DEFAULT_N})")
-    parser.add_argument("--rerank-alpha", type=float, metavar="A",
-                        help=f"similarity exponent of aQE / DBA (default {DEFAULT_ALPHA:g}, Radenovic et al. 2018; "
-                             "0 = plain average)")
+    add_scales_argument(parser)
+    add_rerank_arguments(parser, what="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
+                                      "database-side augmentation (aqe,dba: both rows, DBA then aQE)")
     parser.add_argument("--distractors", metavar="DESCRIPTORS.npy",
                         help="roxford5k / rparis6k: also report mAP with these distractor descriptors (M x D, "
                              "the same model's final descriptors, e.g. R1M) added to the database")
@@ -189,13 +165,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
     if args.image_size is not None and args.image_size < 1:
         raise CLIError(f"--image-size must be positive, got {args.image_size}")
-    if (args.rerank_n is not None or args.rerank_alpha is not None) and not args.rerank:
-        raise CLIError("--rerank-n / --rerank-alpha go with --rerank aqe[,dba]")
-    args.rerank_n = DEFAULT_N if args.rerank_n is None else args.rerank_n
-    args.rerank_alpha = DEFAULT_ALPHA if args.rerank_alpha is None else args.rerank_alpha
-    if args.rerank_n < 1 or not args.rerank_alpha >= 0:
-        raise CLIError(f"--rerank-n must be >= 1 and --rerank-alpha >= 0, got {args.rerank_n} and "
-                       f"{args.rerank_alpha}")
+    rerank = rerank_from_args(args)
     if args.distractors is not None:
         if args.dataset not in ("roxford5k", "rparis6k"):
             raise CLIError(f"--distractors applies to roxford5k / rparis6k, not to {args.dataset}")
@@ -218,7 +188,6 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.evaluation.format import format_results
     from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.evaluation.protocol import ExtractionOptions, evaluate_model
-    from vitrieval.evaluation.rerank_variants import RerankOptions
     from vitrieval.io_utils import atomic_write_json
     from vitrieval.model import resolve_model_dir
 
@@ -238,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
         model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
-        rerank=RerankOptions(args.rerank or (), args.rerank_n, args.rerank_alpha), scales=args.scales,
+        rerank=rerank, scales=args.scales,
         distractors=_distractors(args.distractors))
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0

@@ -2,6 +2,13 @@
 
     vitrieval search --index catalog.idx query.jpg
     vitrieval search --index catalog.idx a.jpg b.png -k 5 --json
+    vitrieval search --index landmarks.idx query.jpg --rerank aqe --rerank-n 3 --rerank-alpha 3
+
+``--rerank aqe``: alpha-weighted query expansion against the index (each query's top-n neighbours in the index,
+the expanded query searched again; scores are then cosines to the expanded query). Database-side augmentation is
+built into an index (``vitrieval index --dba N,ALPHA``), not a search option. Queries are embedded at the index's
+scales (``vitrieval index --scales``); ``--scales`` here only confirms them: other scales are refused, since
+descriptors of other scales are not comparable with the indexed ones.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import json
 
 from vitrieval.cli import CLIError
 from vitrieval.cli.index_cmd import apply_search_params
+from vitrieval.cli.retrieval_options import add_rerank_arguments, add_scales_argument, rerank_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,6 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
+    add_rerank_arguments(parser, methods="aqe",
+                         what="aqe: alpha-weighted query expansion over each query's top --rerank-n neighbours in "
+                              "the index (DBA is an index option: vitrieval index --dba)")
+    add_scales_argument(parser, "; queries follow the index's scales: a value other than the index's is refused")
     return parser
 
 
@@ -44,10 +56,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
+    rerank = rerank_from_args(args, allowed=("aqe",))
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
+    if args.scales is not None and tuple(args.scales) != index.scales:
+        raise CLIError(f"--scales {','.join(f'{s:g}' for s in args.scales)}: the index {args.index} was built at "
+                       f"scales {','.join(f'{s:g}' for s in index.scales)} and queries are embedded at those "
+                       "(descriptors of other scales are not comparable); leave --scales out")
     apply_search_params(index, args)
     try:
-        results = index.search(list(args.images), k=args.k)
+        results = index.search(list(args.images), k=args.k, rerank=rerank if rerank.methods else None)
     except ImageDecodeError as exc:
         raise CLIError(str(exc)) from None
     if args.json:

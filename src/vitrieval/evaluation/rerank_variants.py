@@ -15,44 +15,14 @@ left out), then each expanded query searches the (augmented) others, never itsel
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vitrieval.metrics import map_at_r, recall_at_k
-from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, alpha_query_expansion, database_side_augmentation, parse_methods
+from vitrieval.rerank import RerankOptions, alpha_query_expansion, database_side_augmentation
 
-
-@dataclass(frozen=True)
-class RerankOptions:
-    """``methods`` among ``("aqe", "dba")`` (empty: no re-ranking), ``n`` neighbours, exponent ``alpha``."""
-
-    methods: tuple[str, ...] = ()
-    n: int = DEFAULT_N
-    alpha: float = DEFAULT_ALPHA
-
-    def __post_init__(self) -> None:
-        if self.methods:
-            object.__setattr__(self, "methods", parse_methods(self.methods))
-        if isinstance(self.n, bool) or int(self.n) != self.n or self.n < 1:
-            raise ValueError(f"the re-ranking neighbour count must be a positive integer, got {self.n}")
-        if not np.isfinite(self.alpha) or self.alpha < 0:
-            raise ValueError(f"the re-ranking alpha must be >= 0, got {self.alpha}")
-
-    def variants(self) -> list[tuple[str, bool, bool]]:
-        """``(name, use αQE, use DBA)`` of each reported variant (module docstring)."""
-        if not self.methods:
-            return []
-        if self.methods == ("dba",):
-            return [("dba", False, True)]
-        out = [("aqe", True, False)]
-        if "dba" in self.methods:
-            out.append(("aqe+dba", True, True))
-        return out
-
-    def record(self) -> dict[str, Any]:
-        return {"methods": list(self.methods), "n": int(self.n), "alpha": float(self.alpha)}
+__all__ = ["RerankOptions", "category_rerank", "expanded", "reranked_results"]
 
 
 def expanded(queries: np.ndarray, database: np.ndarray, use_aqe: bool, use_dba: bool, options: RerankOptions,

@@ -55,6 +55,7 @@ from vitrieval.index.shard_cache import (
     write_shard,
 )
 from vitrieval.index.store import FORMAT, FORMAT_VERSION, INFO_FILE, IndexEntry, ModelMismatchError, check_out_dir
+from vitrieval.rerank import RerankOptions, database_side_augmentation
 
 if TYPE_CHECKING:
     import faiss
@@ -83,10 +84,39 @@ class BuildOptions:
     ef_search: int | None = None
     k_factor: int | None = None
     progress: bool = True
+    scales: Sequence[float] | None = None
+    dba: RerankOptions | tuple[int, float] | None = None
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
             raise ValueError(f"shard_size must be > 0, got {self.shard_size}")
+        if self.scales is not None:
+            from vitrieval.multiscale import parse_scales  # torch: only when asked for
+
+            object.__setattr__(self, "scales", parse_scales(self.scales))
+        if self.dba is not None and not isinstance(self.dba, RerankOptions):
+            n, alpha = self.dba
+            object.__setattr__(self, "dba", RerankOptions(("dba",), n, alpha))
+
+    @property
+    def multi_scale(self) -> bool:
+        return self.scales is not None and tuple(self.scales) != (1.0,)
+
+    def preprocessing(self, encoder: Encoder) -> dict[str, Any]:
+        """What ``index.json`` records of how the descriptors were made (and what the shard keys hash)."""
+        prep: dict[str, Any] = {"resize": self.resize,
+                                "amp": amp_mode(next(encoder.parameters()).device, self.amp, for_index=True)}
+        if self.multi_scale:
+            prep["scales"] = [float(s) for s in self.scales]
+        return prep
+
+    def embedding_model(self, encoder: Encoder) -> Any:
+        """``encoder``, or its :class:`~vitrieval.multiscale.MultiScaleEncoder` at :attr:`scales`."""
+        if not self.multi_scale:
+            return encoder
+        from vitrieval.multiscale import MultiScaleEncoder
+
+        return MultiScaleEncoder(encoder, self.scales)
 
     @property
     def search_params(self) -> dict[str, int | None]:
@@ -157,8 +187,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     table = collection_table(images)
     checkpoint = Path(checkpoint_dir).expanduser().resolve()
     encoder = load(checkpoint, device=resolve_device(options.device))
-    preprocessing = {"resize": options.resize,
-                     "amp": amp_mode(next(encoder.parameters()).device, options.amp, for_index=True)}
+    preprocessing = options.preprocessing(encoder)
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     plan = _Plan.make(table, directory, options.shard_size, encoder.fingerprint(), preprocessing)
 
@@ -166,7 +195,8 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         rank0.check_same(plan.digest, f"the ranks see different images to index or models ({len(table)} images here)")
         todo = plan.shards_to_embed(ctx, rank0)
         started = time.time()
-        chunks, skipped = _embed_shards(encoder, plan, todo, options, preprocessing["amp"], ctx)
+        chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo, options, preprocessing["amp"],
+                                        ctx)
         result, failure = None, None
         if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
             try:
@@ -178,7 +208,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     return result
 
 
-def _embed_shards(encoder: Encoder, plan: _Plan, todo: set[int], options: BuildOptions, amp: str,
+def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptions, amp: str,
                   ctx: DistContext) -> tuple[list[Chunk], list[str]]:
     """Embed the shards in ``todo`` (all ranks), write them and gather every shard's chunk (rank 0)."""
     from tqdm.auto import tqdm
@@ -246,8 +276,7 @@ def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths:
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     if directory is not None:
         check_out_dir(directory)
-    preprocessing = {"resize": options.resize,
-                     "amp": amp_mode(next(encoder.parameters()).device, options.amp, for_index=True)}
+    preprocessing = options.preprocessing(encoder)
     built = assemble(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [], time.time())
     built.info.update(collection_info(ImageTable(records, "descriptors")))
     return built
@@ -265,9 +294,19 @@ def collection_info(table: ImageTable) -> dict[str, Any]:
     return info
 
 
+def _augmented(chunks: list[Chunk], dba: RerankOptions) -> list[Chunk]:
+    """The chunks' descriptors replaced by their DBA over the whole collection (one array, rows in chunk order)."""
+    kept = [(d, k) for d, k in chunks if len(k)]
+    augmented = database_side_augmentation(normalized(np.concatenate([d for d, _ in kept])), dba.n, dba.alpha)
+    bounds = np.cumsum([0] + [len(k) for _, k in kept])
+    return [(augmented[a:b], k) for (_, k), a, b in zip(kept, bounds[:-1], bounds[1:])]
+
+
 def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
              options: BuildOptions, preprocessing: dict[str, Any], skipped: list[str], started: float) -> Built:
     """Train (if needed) and fill the faiss index from descriptor chunks; ids are consecutive from 0."""
+    if options.dba is not None:
+        chunks = _augmented(chunks, options.dba)
     count = sum(len(k) for _, k in chunks)
     dim = next(int(d.shape[1]) for d, k in chunks if len(k))
     resolved = resolve_factory(options.factory, count)
@@ -295,4 +334,6 @@ def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory:
         "build_seconds": round(time.time() - started, 3), "skipped": list(skipped),
         "search_params": set_search_params(faiss_index, **params),
     }
+    if options.dba is not None:
+        info["dba"] = {"n": int(options.dba.n), "alpha": float(options.dba.alpha)}
     return Built(faiss_index, entries, info, encoder, directory, options.device)

@@ -32,6 +32,7 @@ from vitrieval.distributed import DistContext
 from vitrieval.embed import extract, resolve_distributed
 from vitrieval.index.build import BuildOptions, Built, build_index, from_descriptors
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
+from vitrieval.index.query_rerank import expand_queries, query_rerank_options, stored_vectors
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
 from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder, write_folder
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import faiss
 
     from vitrieval.model import Encoder
+    from vitrieval.rerank import RerankOptions
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class Index:
         self.directory = Path(directory) if directory is not None else None
         self.device = device
         self._encoder: Encoder | None = None
+        self._query_model: Any = None  # the encoder, or its MultiScaleEncoder at the index's scales
         self._lock = threading.RLock()
         if info.get("search_params"):
             set_search_params(faiss_index, **info["search_params"])
@@ -102,7 +105,8 @@ class Index:
               shard_size: int = DEFAULT_SHARD_SIZE, *, device: str = "auto", amp: str = "auto",
               resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
               k_factor: int | None = None, progress: bool = True,
-              distributed: bool | DistContext | None = None) -> Index | None:
+              distributed: bool | DistContext | None = None, scales: Sequence[float] | None = None,
+              dba: RerankOptions | tuple[int, float] | None = None) -> Index | None:
         """Embed ``images`` with the model in ``checkpoint_dir`` and index them (saved to ``out_dir`` if given).
 
         ``images``: a folder (recursively), a ``.csv`` table (``path[,label,...]``), a list of paths or an
@@ -123,10 +127,16 @@ class Index:
         the folder is complete (rank 0's index is not sent to them: open it with :meth:`load` where needed). An
         error of rank 0's part (a foreign ``out_dir``, too few descriptors for ``factory``, no readable image) is
         raised on every rank, marked ``raised_on_rank = 0`` (the command has rank 0 alone print it).
+
+        ``scales`` (e.g. ``(1, 0.707, 0.5)``): multi-scale descriptors (:mod:`vitrieval.multiscale`), recorded in
+        ``index.json`` (``preprocessing.scales``); queries and added images are then embedded at the same scales.
+        ``dba`` (``(n, alpha)``): database-side augmentation of the indexed vectors
+        (:func:`vitrieval.rerank.database_side_augmentation`, recorded as ``index.json`` ``dba``); the shards keep
+        the plain descriptors, so a rebuild with other DBA settings embeds nothing again.
         """
         options = BuildOptions(factory=factory, batch_size=batch_size, num_workers=num_workers,
                                shard_size=shard_size, device=device, amp=amp, resize=resize, nprobe=nprobe,
-                               ef_search=ef_search, k_factor=k_factor, progress=progress)
+                               ef_search=ef_search, k_factor=k_factor, progress=progress, scales=scales, dba=dba)
         return build_index(checkpoint_dir, images, out_dir, options, distributed, cls._from_built)
 
     @classmethod
@@ -316,24 +326,43 @@ class Index:
         transform = eval_transform(self.info["data_config"], prep.get("resize", "shorter"))
         encoder = self.encoder
         with self._lock:
+            model = self._embedding_model(encoder)
             out = []
             for i in range(0, len(pil), batch_size):
                 batch = torch.stack([transform(im) for im in pil[i:i + batch_size]])
-                out.append(encoder.embed(batch, batch_size=batch_size, amp=self._amp(encoder)))
+                out.append(model.embed(batch, batch_size=batch_size, amp=self._amp(encoder)))
         if not out:
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
         return np.concatenate(out)
 
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """The input scales of the index's descriptors (``(1.0,)``: single-scale); queries are embedded at them."""
+        return tuple(float(s) for s in self.info.get("preprocessing", {}).get("scales", (1.0,)))
+
+    def _embedding_model(self, encoder: Encoder) -> Any:
+        """``encoder``, or (multi-scale index) a :class:`~vitrieval.multiscale.MultiScaleEncoder` of it, kept."""
+        if self.scales == (1.0,):
+            return encoder
+        if self._query_model is None or self._query_model.encoder is not encoder:
+            from vitrieval.multiscale import MultiScaleEncoder
+
+            self._query_model = MultiScaleEncoder(encoder, self.scales)
+        return self._query_model
+
     def search(self, queries: Sequence[ImageLike] | np.ndarray, k: int = 10,
-               fingerprint: str | None = None) -> list[list[Hit]]:
+               fingerprint: str | None = None, rerank: str | RerankOptions | None = None) -> list[list[Hit]]:
         """Top-``k`` indexed images for each query, best first (score = cosine similarity).
 
         ``queries``: images (paths, bytes, PIL) embedded with the index's model, or descriptors (``(n, d)`` or
         ``(d,)`` array). Give ``fingerprint`` (``encoder.fingerprint()``) with descriptors computed elsewhere to
-        have descriptors of another model refused.
+        have descriptors of another model refused. ``rerank="aqe"`` (or a ``RerankOptions(("aqe",), n, alpha)``)
+        expands each query with αQE over its top-n neighbours in the index before the final search
+        (:mod:`vitrieval.index.query_rerank`); scores are then cosines to the expanded query.
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        rerank_options = query_rerank_options(rerank)
         if fingerprint is not None and fingerprint != self.fingerprint:
             raise ModelMismatchError(f"query descriptors come from model {fingerprint}, the index was built with "
                                      f"model {self.fingerprint}: embed the queries with the index's model")
@@ -354,7 +383,11 @@ class Index:
         if len(x) == 0:
             return []
         with self._lock:
-            scores, ids = self._index.search(normalized(x), int(min(k, max(len(self), 1))))
+            x = normalized(x)
+            if rerank_options is not None:
+                x = expand_queries(x, rerank_options, self._index.search,
+                                   lambda found: stored_vectors(self._index, found))
+            scores, ids = self._index.search(x, int(min(k, max(len(self), 1))))
         results = []
         for row_scores, row_ids in zip(scores, ids):
             hits = []
@@ -398,6 +431,10 @@ class Index:
         call ``add`` on its copy of the same index with the same images; the ranks share the embedding, every
         rank's copy gets every image, and rank 0 alone saves (the others wait until it has).
         """
+        if self.info.get("dba"):
+            raise ValueError(f"this index's vectors are database-side augmented ({self.info['dba']}): added images "
+                             "would not be, and the others' neighbourhoods would change; rebuild it with the new "
+                             "images instead")
         ctx = resolve_distributed(distributed)
         table = self._same_classes(collection_table(images))
         fresh = [r for r in table.records if r.path not in self._paths]
@@ -409,7 +446,8 @@ class Index:
         encoder = self.encoder
         prep = self.info.get("preprocessing", {})
         with self._lock:
-            ex = extract(encoder, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
+            model = self._embedding_model(encoder)  # multi-scale when the index is
+            ex = extract(model, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
                          amp=self._amp(encoder), resize=prep.get("resize", "shorter"), skip_bad=True,
                          progress=progress, desc="adding", distributed=ctx)
             for path in ex.bad_paths if ctx.is_main else ():

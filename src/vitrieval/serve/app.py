@@ -5,6 +5,8 @@ Endpoints
 - ``POST /search?k=10``: multipart upload (field ``file``) -> ``{"results": [{id, score, label, path,
   thumbnail_url}], "took_ms"}``; ``path`` is relative to the indexed folder (``obj077/290.jpg``; no absolute
   server path leaks; the base name for an index built before ``root`` was kept, or an image added from elsewhere).
+  ``&rerank=aqe`` (with optional ``&rerank_n=2&rerank_alpha=3``) expands the query with αQE against the index
+  (:mod:`vitrieval.index.query_rerank`); another value -> 422 naming the accepted ones.
 - ``GET /images/{id}?size=256``: a JPEG thumbnail (longest side <= size) of an indexed image, made on the fly and
   kept in an in-memory LRU cache. Only ids of the index resolve to files, so no path can be traversed.
 - ``GET /healthz``: count, model fingerprint, descriptor dimension, factory, limits (``max_k``, ``max_upload_bytes``,
@@ -49,6 +51,7 @@ from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.index import Index
 from vitrieval.index.store import display_path
+from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, RerankOptions
 from vitrieval.serve.uploads import (
     DEFAULT_DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -252,11 +255,21 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
               responses={400: {"description": "not a readable image"},
                          413: {"description": "upload too large, in bytes or in pixels (before or after resizing)"},
                          415: {"description": "not a multipart image upload"},
-                         422: {"description": "k out of range, or an image of too extreme an aspect ratio"}})
+                         422: {"description": "k or a re-ranking option out of range, or an image of too extreme "
+                                              "an aspect ratio"}})
     async def search(request: Request,
-                     k: Annotated[int, Query(ge=1, le=max_k, description="number of results")] = 10
+                     k: Annotated[int, Query(ge=1, le=max_k, description="number of results")] = 10,
+                     rerank: Annotated[str, Query(description="none, or aqe: alpha-weighted query expansion "
+                                                              "against the index")] = "none",
+                     rerank_n: Annotated[int, Query(ge=1, le=max_k, description="aQE neighbours")] = DEFAULT_N,
+                     rerank_alpha: Annotated[float, Query(ge=0, le=100, description="aQE similarity exponent")
+                                             ] = DEFAULT_ALPHA,
                      ) -> SearchResponse:
         started = time.perf_counter()
+        if rerank.strip().lower() not in ("none", "aqe"):
+            raise HTTPException(422, f"rerank must be none or aqe, got {rerank[:40]!r} (DBA is not a query option: "
+                                     "it is built into an index, vitrieval index --dba)")
+        options = None if rerank.strip().lower() == "none" else RerankOptions(("aqe",), rerank_n, rerank_alpha)
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             raise HTTPException(415, "send the image as multipart/form-data in the field 'file' "
@@ -280,7 +293,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
 
         try:
             image = await decoder.decode(data, name)
-            hits = (await run_in_threadpool(idx.search, [image], k))[0]
+            hits = (await run_in_threadpool(idx.search, [image], k, rerank=options))[0]
         except UploadRefused as exc:
             raise HTTPException(exc.status, exc.detail) from None
         except ImageDecodeError as exc:
