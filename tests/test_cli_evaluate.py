@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import test_evaluation_protocol as _protocol_fixtures
 import vitrieval
 from evaluation_fixtures import CATEGORY_KEYS, EVAL, tiny_encoder, write_shapes_folder
 from evaluation_fixtures import direct as _direct
@@ -23,6 +24,8 @@ from vitrieval.data.readers import read_dataset
 from vitrieval.evaluation.protocol import evaluate_model
 from vitrieval.metrics import recall_at_k
 from vitrieval.model import Encoder
+
+roxford_root = _protocol_fixtures.roxford_root  # the revisited-format fixture
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +278,40 @@ def test_cli_distractors_errors(main, model_dir: Path, folder_root: Path, tmp_pa
     assert main(base + ["--dataset", "roxford5k", "--data-root", str(tmp_path / "roxford5k"), "--distractors",
                         str(tmp_path / "nothing.npy")]) == 2
     assert "no such .npy file" in capsys.readouterr().err
+
+
+def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, roxford_root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--distractors DIR --scales 1,0.5 --pca 4``: the folder is embedded at the evaluation's scales and resize
+    before PCA, reduced by the fitted PCA, and equals the library with those descriptors; a second run embeds
+    nothing (the cache of this model)."""
+    import vitrieval.index.build as build_module
+    from vitrieval.data.readers import read_dataset as read
+    from vitrieval.embed import extract
+    from vitrieval.evaluation.pca_fit import PCAOptions
+    from vitrieval.multiscale import MultiScaleEncoder
+
+    roxford = roxford_root
+    distractor_dir = tmp_path / "x"
+    write_shapes_folder(distractor_dir)
+    cache = tmp_path / "cache"
+    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "roxford5k", "--data-root", str(roxford),
+            "--scales", "1,0.5", "--pca", "4", "--no-save-pca", "--workers", "0", "--no-progress",
+            "--distractors", str(distractor_dir), "--distractor-cache", str(cache), "--distractor-shard-size", "7"]
+    assert _run(base + ["--json", str(tmp_path / "a.json")]) == 0
+    payload = json.loads((tmp_path / "a.json").read_text())
+    assert payload["distractors"]["count"] == 30 and len(list(cache.iterdir())) == 1
+
+    encoder = vitrieval.load(model_dir)
+    features = extract(MultiScaleEncoder(encoder, (1.0, 0.5)), read("folder", distractor_dir), resize="square",
+                       apply_pca=False, batch_size=64, num_workers=0, progress=False).descriptors
+    expected = evaluate_model(encoder, "roxford5k", roxford, scales=(1, 0.5), pca=PCAOptions(dim=4, save=False),
+                              distractor_features=lambda model, resize: features, **EVAL)
+    assert payload["distractors"] == json.loads(json.dumps(expected["distractors"]))
+    assert payload["map"] == expected["map"] and payload["distractors"]["map"] != payload["map"]
+
+    calls = []
+    monkeypatch.setattr(build_module, "extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
+    assert _run(base + ["--json", str(tmp_path / "b.json")]) == 0
+    assert calls == [] and json.loads((tmp_path / "b.json").read_text()) == payload
+

@@ -51,3 +51,27 @@ def test_no_distractors_is_the_plain_protocol_and_counts_are_strict() -> None:
     assert np.array_equal(counts, (s_x[:, None, :] > s_db[:, :, None]).sum(axis=2))
     with pytest.raises(ValueError, match="distractors"):
         revisited_map_with_distractors(db, queries, x[:, :4], gnd)
+
+
+def test_reduced_rows_reduce_each_block_as_it_is_read() -> None:
+    """``ReducedRows(features, reduce)`` reads as ``reduce(features)``, block by block, for the counts too."""
+    from vitrieval.evaluation.distractors import ReducedRows
+
+    db, queries, x, gnd = _case(2)
+    w = np.random.default_rng(3).integers(-2, 3, (8, 8)).astype(np.float32)
+    reduce_calls: list[int] = []
+
+    def reduce(rows: np.ndarray) -> np.ndarray:
+        reduce_calls.append(len(rows))
+        return rows @ w
+
+    lazy = ReducedRows(x, reduce)
+    assert lazy.shape == (700, 8) and len(lazy) == 700
+    np.testing.assert_array_equal(lazy[10:20], x[10:20] @ w)
+    reduce_calls.clear()
+    got = revisited_map_with_distractors(db, queries, lazy, gnd, block=100)
+    assert reduce_calls == [100] * 7  # never the whole array at once
+    ref = revisited_map_with_distractors(db, queries, x @ w, gnd)
+    assert got["medium"]["aps"] == ref["medium"]["aps"]
+    with pytest.raises(ValueError, match="non-empty"):
+        ReducedRows(x[:0])

@@ -21,6 +21,12 @@ and, for a checkpoint, stores it beside the model so that index and serve apply 
 the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
 database-side augmentation (the table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of
 several input scales.
+
+``--distractors DIR`` (roxford5k / rparis6k) embeds a folder of distractor images (e.g. revisitop's R1M) with the
+evaluated model, shard by shard like ``vitrieval index`` (an interrupted run resumes; under torchrun the ranks
+share it), into ``--distractor-cache`` under a folder named by the model's fingerprint and preprocessing (image
+size, resize, scales, autocast): a later evaluation of the same model reuses them, another model never does.
+``--distractors FILE.npy`` takes descriptors already computed (the final ones, after any PCA).
 """
 
 from __future__ import annotations
@@ -46,15 +52,58 @@ def _ks(text: str) -> list[int]:
     return ks
 
 
-def _distractors(path: str | None):  # noqa: ANN202 - a (memory-mapped) numpy array or None
+def _distractor_file(path: str):  # noqa: ANN202 - a memory-mapped numpy array
     import numpy as np
 
-    if path is None:
-        return None
     try:
         return np.load(str(path), mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise CLIError(f"--distractors {path}: not a readable .npy array ({exc})") from None
+
+
+def default_cache_root() -> str:
+    """``$XDG_CACHE_HOME/vitrieval/distractors`` (``~/.cache/vitrieval/distractors``)."""
+    import os
+    from pathlib import Path
+
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitrieval" / "distractors")
+
+
+def features_fingerprint(encoder: Encoder) -> str:
+    """The fingerprint of ``encoder`` without its PCA: what the cached pre-PCA distractor descriptors depend on (a
+    PCA fitted and stored later does not make them stale)."""
+    pca, info = encoder.pca, encoder.pca_info
+    if pca is None:
+        return encoder.fingerprint()
+    encoder.set_pca(None)
+    try:
+        return encoder.fingerprint()
+    finally:
+        encoder.set_pca(pca, info)
+
+
+def distractor_folder_features(args: argparse.Namespace, encoder: Encoder, dist):  # noqa: ANN001, ANN201
+    """The ``distractor_features(model, resize)`` of :func:`~vitrieval.evaluation.protocol.evaluate_model` for
+    ``--distractors DIR``: the folder's pre-PCA descriptors from the cache (:mod:`vitrieval.index.descriptor_cache`)."""
+    import logging
+
+    from vitrieval.index.descriptor_cache import cached_descriptors
+
+    def features(model, resize: str):  # noqa: ANN001, ANN202 - an encoder (wrapper), a float32 array
+        device = next(model.parameters()).device
+        preprocessing = {"resize": resize, "amp": args.amp, "device": device.type, "pca": "before",
+                         "image_size": int(model.data_config["image_size"]),
+                         "scales": [float(s) for s in getattr(model, "scales", (1.0,))]}
+        found = cached_descriptors(model, features_fingerprint(encoder), args.distractors, args.distractor_cache,
+                                   preprocessing, batch_size=args.batch_size, num_workers=args.workers,
+                                   shard_size=args.distractor_shard_size, apply_pca=False, progress=args.progress,
+                                   distributed=dist)
+        logging.getLogger(__name__).info(
+            "distractors: %d descriptors %s %s (%d unreadable skipped)", len(found.descriptors),
+            "embedded into" if found.embedded else "reused from", found.directory, len(found.skipped))
+        return found.descriptors
+
+    return features
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -85,9 +134,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_scales_argument(parser)
     add_rerank_arguments(parser, what="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
                                       "database-side augmentation (aqe,dba: both rows, DBA then aQE)")
-    parser.add_argument("--distractors", metavar="DESCRIPTORS.npy",
-                        help="roxford5k / rparis6k: also report mAP with these distractor descriptors (M x D, "
-                             "the same model's final descriptors, e.g. R1M) added to the database")
+    parser.add_argument("--distractors", metavar="DIR|DESCRIPTORS.npy",
+                        help="roxford5k / rparis6k: also report mAP with a distractor set (e.g. R1M) added to the "
+                             "database: a folder of images (embedded by this model, resumable, cached) or an "
+                             ".npy of M x D final descriptors of the same model")
+    parser.add_argument("--distractor-cache", default=default_cache_root(), metavar="DIR",
+                        help="where --distractors DIR's descriptors are cached, one folder per model fingerprint "
+                             "and preprocessing (default $XDG_CACHE_HOME/vitrieval/distractors)")
+    parser.add_argument("--distractor-shard-size", type=int, default=10_000, metavar="N",
+                        help="distractor images per resumable shard (default 10000)")
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
@@ -169,8 +224,10 @@ def run(args: argparse.Namespace) -> int:
     if args.distractors is not None:
         if args.dataset not in ("roxford5k", "rparis6k"):
             raise CLIError(f"--distractors applies to roxford5k / rparis6k, not to {args.dataset}")
-        if not Path(args.distractors).expanduser().is_file():
-            raise CLIError(f"--distractors {args.distractors}: no such .npy file")
+        if not Path(args.distractors).expanduser().exists():
+            raise CLIError(f"--distractors {args.distractors}: no such .npy file or folder of images")
+        if args.distractor_shard_size < 1:
+            raise CLIError(f"--distractor-shard-size must be >= 1, got {args.distractor_shard_size}")
     if args.batch_size < 1:
         raise CLIError("--batch-size must be >= 1")
     if args.json:
@@ -203,12 +260,17 @@ def run(args: argparse.Namespace) -> int:
                      save=args.save_pca and dist.is_main)
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
                                    progress=args.progress)
+    distractors, distractor_features = None, None
+    if args.distractors is not None and Path(args.distractors).expanduser().is_dir():
+        distractor_features = distractor_folder_features(args, encoder, dist)
+    elif args.distractors is not None:
+        distractors = _distractor_file(args.distractors)
     result = evaluate_model(
         encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
         model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
         rerank=rerank, scales=args.scales,
-        distractors=_distractors(args.distractors))
+        distractors=distractors, distractor_features=distractor_features)
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
     print(format_results(result))

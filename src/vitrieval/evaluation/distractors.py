@@ -17,20 +17,42 @@ benchmark's (same model, PCA and scales), unit rows.
 Measured on the 2-core CPU (shared): 70 queries, 4,993 database images + 1,000,000 memory-mapped 32-d distractors
 took 6.9 s wall (1.7 s CPU) and +163 MiB peak resident memory, 128 MiB of it the mapped file's pages.
 
-Not done here: extracting the distractors (resumable, sharded, cached by model fingerprint); pass descriptors
-computed with the same model, e.g. from a ``vitrieval index`` build.
+Extraction: ``vitrieval evaluate --distractors DIR`` embeds a folder of distractor images resumably and sharded
+(:mod:`vitrieval.index.descriptor_cache`, cached by model fingerprint and preprocessing) before any PCA;
+:class:`ReducedRows` then applies the evaluation's PCA block by block as the counts read them, so the reduced
+``M × D`` array is never held whole either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from vitrieval.metrics.revisited import PROTOCOLS, compute_ap
 
-__all__ = ["distractor_counts", "revisited_map_with_distractors"]
+__all__ = ["ReducedRows", "distractor_counts", "revisited_map_with_distractors"]
+
+
+class ReducedRows:
+    """The rows of ``features`` (e.g. a memory-mapped ``.npy``) through ``reduce`` (the evaluation's PCA; ``None``:
+    as they are), computed for the rows a slice asks for: what :func:`distractor_counts` reads block by block."""
+
+    def __init__(self, features: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        if features.ndim != 2 or len(features) == 0:
+            raise ValueError(f"distractor features must be a non-empty n x d array, got shape {features.shape}")
+        self.features = features
+        self.reduce = reduce
+        self.ndim = 2
+        self.shape = (len(features), int(self[0:1].shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        x = np.array(self.features[rows], dtype=np.float32)  # a writable copy of the block (mapped rows are not)
+        return x if self.reduce is None else self.reduce(x)
 
 
 def distractor_counts(database: np.ndarray, queries: np.ndarray, distractors: np.ndarray,

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,9 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
                    reader_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
                    model_name: str | None = None, rerank: RerankOptions | None = None,
                    scales: Sequence[float] | None = None,
-                   distractors: np.ndarray | None = None) -> dict[str, Any]:
+                   distractors: np.ndarray | None = None,
+                   distractor_features: Callable[[torch.nn.Module, str], np.ndarray] | None = None
+                   ) -> dict[str, Any]:
     """Evaluate ``encoder`` on ``dataset`` read from ``data_root`` with the paper's protocol (module docstring).
 
     ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder,
@@ -207,7 +209,9 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     file. ``scales`` (e.g. ``(1, 0.707, 0.5)``) gives multi-scale descriptors (a PCA fitted on them is not stored:
     index / serve extract at one scale); ``rerank`` adds the αQE / DBA variants; ``distractors`` (M × D final
     descriptors of the same model, e.g. ``np.load(path, mmap_mode="r")``) adds the landmark metrics with them in
-    the database. Returns the JSON-ready result dict.
+    the database; ``distractor_features(model, resize)`` instead gives their descriptors *before* PCA by the
+    evaluation's model (at its image size and scales), reduced here by the evaluation's PCA block by block
+    (``vitrieval evaluate --distractors DIR``). Returns the JSON-ready result dict.
     """
     from vitrieval.data.readers import read_dataset
 
@@ -273,6 +277,11 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         if rerank is not None:
             result["rerank"] = reranked_results(rerank, descriptors[is_q], descriptors[is_g],
                                                 lambda q, db: landmark_metrics(db, q, gnd))
+        if distractors is None and distractor_features is not None:
+            from vitrieval.evaluation.distractors import ReducedRows
+
+            distractors = ReducedRows(distractor_features(model, resize),
+                                      None if reduction is None else lambda x: apply_pca(reduction, x))
         if distractors is not None:
             from vitrieval.evaluation.distractors import revisited_map_with_distractors
 
@@ -284,7 +293,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
                 "mp_at_k": {p: {str(k): _finite_or_none(v) for k, v in res[p]["mp_at_k"].items()}
                             for p in _PROTOCOLS}}
     else:
-        if distractors is not None:
+        if distractors is not None or distractor_features is not None:
             raise ValueError(f"{dataset}: distractors apply to the revisited landmark protocol (roxford5k, "
                              "rparis6k)")
         result.update(_category_result(test, table.is_leave_one_out(), descriptors, dataset, ks, rerank))

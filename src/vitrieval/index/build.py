@@ -86,6 +86,7 @@ class BuildOptions:
     progress: bool = True
     scales: Sequence[float] | None = None
     dba: RerankOptions | tuple[int, float] | None = None
+    apply_pca: bool = True  # False: the descriptors before the model's PCA (index/descriptor_cache.py)
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
@@ -221,7 +222,7 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
         if s in todo:
             sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
             ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
-                         resize=options.resize, skip_bad=True, progress=options.progress,
+                         resize=options.resize, skip_bad=True, apply_pca=options.apply_pca, progress=options.progress,
                          desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
             descriptors = ex.descriptors
             kept = [records[i] for i in ex.indices.tolist()]
