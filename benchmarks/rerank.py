@@ -11,7 +11,14 @@ the queries ``--queries`` more drawn the same way. Rows (each timed once, in thi
 - ``DBA (offline)``: ``database_side_augmentation(db)``, once per database: every vector's own top-n search,
   i.e. an N × N exact search in chunks (never the N × N matrix) -- this is the expensive part, O(N² d);
 - ``+aQE on DBA db``: αQE against the augmented database, then the search in it (the per-query cost once DBA
-  is done).
+  is done);
+- ``Index.search``: the same queries through :meth:`vitrieval.index.Index.search` on an index of the database
+  (``--index-factory``, default ``Flat``: faiss's exact inner-product search; hits as ``Hit`` objects);
+- ``Index.search aqe``: ``Index.search(..., rerank="aqe")``: each query's top-n from the index, its stored
+  vectors read back, αQE, the final search (:mod:`vitrieval.index.query_rerank`); its ratio is against
+  ``Index.search``.
+
+``--no-dba`` leaves the two DBA rows out (DBA's O(N²) pass dominates the run).
 
 Time is wall and CPU (user + system, all threads); memory is the increase of the peak resident set (``VmHWM``,
 reset through ``/proc/self/clear_refs`` before each row) over the resident set before the row, so the arrays
@@ -66,6 +73,20 @@ def measure(name: str, fn, rows: list[dict]) -> object:
     return out
 
 
+def _index(db: np.ndarray, factory: str):
+    """An :class:`~vitrieval.index.Index` of ``db`` (ids = rows) without a model: queried with descriptors."""
+    from vitrieval.index import Index, IndexEntry
+    from vitrieval.index.faiss_utils import make_faiss_index, train_faiss_index
+
+    faiss_index = make_faiss_index(factory, db.shape[1])
+    if not faiss_index.is_trained:
+        train_faiss_index(faiss_index, factory, [db])
+    faiss_index.add_with_ids(db, np.arange(len(db), dtype=np.int64))
+    entries = [IndexEntry(i, f"/benchmark/{i}.jpg") for i in range(len(db))]
+    return Index(faiss_index, entries, {"descriptor_dim": db.shape[1], "fingerprint": "benchmark",
+                                        "factory": factory})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="database size (default 1,000,000)")
@@ -76,13 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerank-n", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--index-factory", default="Flat", help="faiss factory of the Index rows (default Flat)")
+    ap.add_argument("--no-dba", dest="dba", action="store_false", help="leave the DBA rows out")
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
 
     import torch
 
     from vitrieval.metrics import exact_knn
-    from vitrieval.rerank import alpha_query_expansion, database_side_augmentation
+    from vitrieval.rerank import RerankOptions, alpha_query_expansion, database_side_augmentation
 
     data = clustered(args.n + args.queries, args.dim, args.clusters, args.seed)
     db, q = data[: args.n], data[args.n:]
@@ -95,20 +118,33 @@ def main(argv: list[str] | None = None) -> int:
     alpha_query_expansion(q[:8], db[:1000], n, a)
     _, plain_idx = measure("plain", lambda: exact_knn(q, k, db), rows)
     _, aqe_idx = measure("+aQE", lambda: exact_knn(alpha_query_expansion(q, db, n, a), k, db), rows)
-    db2 = measure("DBA (offline)", lambda: database_side_augmentation(db, n, a), rows)
-    _, both_idx = measure("+aQE on DBA db", lambda: exact_knn(alpha_query_expansion(q, db2, n, a), k, db2), rows)
-    base = rows[0]
+    overlap = {"aqe": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(plain_idx, aqe_idx)]))}
+    if args.dba:
+        db2 = measure("DBA (offline)", lambda: database_side_augmentation(db, n, a), rows)
+        _, both_idx = measure("+aQE on DBA db", lambda: exact_knn(alpha_query_expansion(q, db2, n, a), k, db2),
+                              rows)
+        overlap["aqe+dba"] = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(plain_idx, both_idx)]))
+        del db2
+    index = _index(db, args.index_factory)
+    index.search(q[:8], k=k, rerank="aqe")  # warm-up
+    plain_hits = measure("Index.search", lambda: index.search(q, k=k), rows)
+    aqe_hits = measure("Index.search aqe", lambda: index.search(q, k=k, rerank=RerankOptions(("aqe",), n, a)), rows)
+    overlap["index_aqe_vs_exact_aqe"] = float(np.mean([len({h.id for h in hits} & set(y)) / k
+                                                        for hits, y in zip(aqe_hits, aqe_idx)]))
+    overlap["index_vs_exact"] = float(np.mean([len({h.id for h in hits} & set(y)) / k
+                                               for hits, y in zip(plain_hits, plain_idx)]))
+    base, index_base = rows[0], next(r for r in rows if r["row"] == "Index.search")
     for r in rows:
-        r["wall_ratio"] = r["wall_s"] / base["wall_s"]
-        r["cpu_ratio"] = r["cpu_s"] / base["cpu_s"]
-    overlap = {"aqe": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(plain_idx, aqe_idx)])),
-               "aqe+dba": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(plain_idx, both_idx)]))}
-    print("\n| row | wall (s) | CPU (s) | peak RSS increase (MiB) | wall / plain | CPU / plain |")
-    print("|---|---:|---:|---:|---:|---:|")
+        ref = index_base if r["row"].startswith("Index.") else base
+        r["baseline"] = ref["row"]
+        r["wall_ratio"] = r["wall_s"] / ref["wall_s"]
+        r["cpu_ratio"] = r["cpu_s"] / ref["cpu_s"]
+    print("\n| row | wall (s) | CPU (s) | peak RSS increase (MiB) | wall / baseline | CPU / baseline | baseline |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['row']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_increase_mib']:.1f} | "
-              f"{r['wall_ratio']:.2f} | {r['cpu_ratio']:.2f} |")
-    print(f"\ntop-{k} overlap with the plain search: +aQE {overlap['aqe']:.3f}, +aQE+DBA {overlap['aqe+dba']:.3f}")
+              f"{r['wall_ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['baseline']} |")
+    print(f"\ntop-{k} overlap with the plain search: " + ", ".join(f"{key} {v:.3f}" for key, v in overlap.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "overlap_with_plain": overlap},
                                               indent=1))

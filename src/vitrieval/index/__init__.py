@@ -8,7 +8,11 @@ module             one idea
 ``shard_cache``    the resumable descriptor shards of a build (``<index>/shards/``)
 ``store``          the index folder on disk: its files, :class:`IndexEntry`, the format errors
 ``faiss_utils``    pure faiss helpers: factories, training, search parameters
+``query_rerank``   αQE at query time against the index (``Index.search(rerank="aqe")``)
 =================  ==========================================================================================
+
+``descriptor_cache`` caches a collection's descriptors by model fingerprint through the build's shards
+(``vitrieval evaluate --distractors DIR``).
 
 Imports run one way: ``index`` -> ``build`` -> ``store`` -> ``shard_cache``, and ``build`` / ``index`` ->
 ``faiss_utils``. Under ``torchrun`` :meth:`Index.build` shards the embedding across the ranks and rank 0 alone
