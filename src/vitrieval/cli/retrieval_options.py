@@ -67,9 +67,11 @@ def add_rerank_arguments(parser: argparse.ArgumentParser, methods: str = "aqe[,d
                              "0 = plain average)")
 
 
-def rerank_from_args(args: argparse.Namespace, allowed: Sequence[str] = ("aqe", "dba")) -> RerankOptions:
+def rerank_from_args(args: argparse.Namespace, allowed: Sequence[str] = ("aqe", "dba"),
+                     hint: str = "") -> RerankOptions:
     """The :class:`~vitrieval.rerank.RerankOptions` of ``--rerank`` / ``--rerank-n`` / ``--rerank-alpha``
-    (``methods`` empty without ``--rerank``); the values are checked, a method outside ``allowed`` refused."""
+    (``methods`` empty without ``--rerank``); the values are checked, a method outside ``allowed`` refused (the
+    message ends with ``hint``)."""
     if (args.rerank_n is not None or args.rerank_alpha is not None) and not args.rerank:
         raise CLIError(f"--rerank-n / --rerank-alpha go with --rerank {','.join(allowed)}")
     n = DEFAULT_N if args.rerank_n is None else args.rerank_n
@@ -78,5 +80,6 @@ def rerank_from_args(args: argparse.Namespace, allowed: Sequence[str] = ("aqe", 
         raise CLIError(f"--rerank-n must be >= 1 and --rerank-alpha >= 0, got {n} and {alpha}")
     refused = [m for m in (args.rerank or ()) if m not in allowed]
     if refused:
-        raise CLIError(f"--rerank {','.join(refused)} is not available here (choose among {', '.join(allowed)})")
+        raise CLIError(f"--rerank {','.join(refused)} is not available here (choose among {', '.join(allowed)})"
+                       f"{hint}")
     return RerankOptions(args.rerank or (), n, alpha)

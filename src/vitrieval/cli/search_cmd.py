@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
-    rerank = rerank_from_args(args, allowed=("aqe",))
+    rerank = rerank_from_args(args, allowed=("aqe",), hint="; DBA is built into an index: vitrieval index --dba")
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
     if args.scales is not None and tuple(args.scales) != index.scales:
         raise CLIError(f"--scales {','.join(f'{s:g}' for s in args.scales)}: the index {args.index} was built at "
