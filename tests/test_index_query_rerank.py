@@ -88,6 +88,8 @@ def test_rerank_values_are_checked() -> None:
         query_rerank_options("dba")
     with pytest.raises(ValueError, match="not a query option"):
         query_rerank_options(RerankOptions(("aqe", "dba")))
+    with pytest.raises(ValueError, match="not a query option"):
+        query_rerank_options("aqe,dba")
     with pytest.raises(ValueError, match="must be among"):
         query_rerank_options("bogus")
 

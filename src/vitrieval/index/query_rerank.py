@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitrieval.rerank import RerankOptions, alpha_query_expansion
+from vitrieval.rerank import RerankOptions, alpha_query_expansion, parse_methods
 
 if TYPE_CHECKING:
     import faiss
@@ -41,7 +41,7 @@ def query_rerank_options(rerank: str | RerankOptions | None) -> RerankOptions | 
     get it (module docstring)."""
     if rerank is None or (isinstance(rerank, str) and rerank.strip().lower() in ("", "none")):
         return None
-    options = rerank if isinstance(rerank, RerankOptions) else RerankOptions(methods=(str(rerank),))
+    options = rerank if isinstance(rerank, RerankOptions) else RerankOptions(methods=parse_methods(str(rerank)))
     if "dba" in options.methods:
         raise ValueError("rerank='dba' is not a query option: database-side augmentation changes the indexed "
                          "vectors; build the index with dba=(n, alpha) (vitrieval index --dba N,ALPHA) and search "
