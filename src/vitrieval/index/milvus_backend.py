@@ -208,6 +208,7 @@ class MilvusCollection:
                     for i, v, p, label in zip(ids[s:s + batch].tolist(), vectors[s:s + batch], paths[s:s + batch],
                                               labels[s:s + batch])]
             self.client.insert(self.name, rows)
+            log.debug("inserted rows %d-%d into %s", rows[0]["id"], rows[-1]["id"], self.where)
         return len(ids)
 
     def delete(self, ids: Sequence[int]) -> None:
