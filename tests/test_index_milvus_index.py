@@ -183,7 +183,7 @@ RESUME_SCRIPT = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_inserts_only_the_missing_rows(world: dict, tmp_path: Path) -> None:
-    n = 6000
+    n = 3000
     db, out = str(tmp_path / "big.db"), str(tmp_path / "big.idx")
     argv = [sys.executable, "-c", RESUME_SCRIPT, str(world["model"]), db, out, str(n)]
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -192,19 +192,19 @@ def test_resume_after_sigkill_inserts_only_the_missing_rows(world: dict, tmp_pat
     for line in child.stdout:
         if line.startswith("vitrieval.index.milvus_backend inserted rows"):
             batches += 1
-            if batches == 12:
+            if batches == 10:
                 os.kill(child.pid, signal.SIGKILL)
                 break
     child.wait(timeout=60)
     child.stdout.close()
-    assert child.returncode == -signal.SIGKILL and batches == 12
+    assert child.returncode == -signal.SIGKILL and batches == 10
     assert not Path(out, INFO_FILE).exists()  # killed before the manifest
 
     rerun = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     summary = [ln for ln in rerun.stdout.splitlines() if "already there" in ln][0]
     inserted, held = (int(w) for w in summary.replace("(", " ").split() if w.isdigit())
-    assert held >= 12 * 100 and inserted + held == n and f"done {n}" in rerun.stdout
+    assert held >= 10 * 100 and inserted + held == n and f"done {n}" in rerun.stdout
     index = Index.load(out)
     ids = sorted(r["id"] for r in index.collection.rows())
     assert ids == list(range(n)) and index.collection.count() == n and len(index) == n

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -238,12 +239,15 @@ class MilvusIndex(Index):
         return self._collection.search(np.asarray(x, dtype=np.float32), k, params)
 
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
+        if not writes_here():
+            return
         rows = [self._entries[i] for i in ids.tolist()]
         self._collection.insert(ids, np.asarray(x, dtype=np.float32), [stored_path(e.path, self.root) for e in rows],
                                 [-1 if e.label is None else e.label for e in rows])
 
     def _remove_vectors(self, ids: np.ndarray) -> None:
-        self._collection.delete(ids.tolist())
+        if writes_here():
+            self._collection.delete(ids.tolist())
 
     # -- search parameters (Milvus's, under the faiss names) -------------------------------------------------
     @property
@@ -266,6 +270,13 @@ class MilvusIndex(Index):
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
         self.info["milvus"]["search_params"][SEARCH_PARAM_NAMES[name]] = int(value)
+
+
+def writes_here() -> bool:
+    """Whether this process writes to Milvus: under torchrun every rank's copy of the index records the rows of an
+    ``add`` (or ``remove``), rank 0 alone sends them (Milvus does not refuse a primary key sent twice)."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: no group without it
+    return dist is None or not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def stored_path(path: str, root: str | None) -> str:
