@@ -208,7 +208,7 @@ def test_resume_after_sigkill_inserts_only_the_missing_rows(world: dict, tmp_pat
     index = Index.load(out)
     ids = sorted(r["id"] for r in index.collection.rows())
     assert ids == list(range(n)) and index.collection.count() == n and len(index) == n
-    assert index.entry(4321).path == "/photos/004321.jpg" and index.entry(4321).label == 4321 % 7
+    assert index.entry(2345).path == "/photos/002345.jpg" and index.entry(2345).label == 2345 % 7
     x = np.random.default_rng(0).normal(size=(n, 192)).astype(np.float32)
-    hits = index.search(x[[17, 4321]], k=1)
-    assert [h[0].id for h in hits] == [17, 4321] and hits[0][0].score == pytest.approx(1, abs=1e-4)
+    hits = index.search(x[[17, 2345]], k=1)
+    assert [h[0].id for h in hits] == [17, 2345] and hits[0][0].score == pytest.approx(1, abs=1e-4)

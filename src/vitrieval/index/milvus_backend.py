@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,14 +137,28 @@ class MilvusCollection:
     def where(self) -> str:
         return f"collection {self.name!r} at {public_uri(self.uri)}"
 
+    @contextmanager
+    def calls(self) -> Iterator[None]:
+        """Milvus's own errors (a server gone, a refused request) as one line naming the collection and URI."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            yield
+        except MilvusException as exc:
+            raise MilvusBackendError(f"{self.where}: {exc.message}") from None
+
     def exists(self) -> bool:
-        return bool(self.client.has_collection(self.name))
+        with self.calls():
+            return bool(self.client.has_collection(self.name))
 
     def properties(self) -> dict[str, str]:
-        return dict(self.client.describe_collection(self.name).get("properties") or {})
+        with self.calls():
+            return dict(self.client.describe_collection(self.name).get("properties") or {})
 
     def dimension(self) -> int:
-        for f in self.client.describe_collection(self.name)["fields"]:
+        with self.calls():
+            fields = self.client.describe_collection(self.name)["fields"]
+        for f in fields:
             if f["name"] == "vector":
                 return int(f["params"]["dim"])
         raise CollectionMismatchError(f"{self.where} has no 'vector' field: not a vitrieval collection")
@@ -163,8 +178,9 @@ class MilvusCollection:
         index_params = self.client.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=index_type, metric_type="IP",
                                params={**INDEX_TYPES[index_type][0], **(params or {})})
-        self.client.create_collection(self.name, schema=schema, index_params=index_params,
-                                      properties={FINGERPRINT_KEY: fingerprint, BUILD_KEY: build})
+        with self.calls():
+            self.client.create_collection(self.name, schema=schema, index_params=index_params,
+                                          properties={FINGERPRINT_KEY: fingerprint, BUILD_KEY: build})
         log.info("created %s (%d-d, %s, metric IP)", self.where, dim, index_type)
 
     def check(self, dim: int, fingerprint: str, build: str | None = None) -> None:
@@ -181,17 +197,20 @@ class MilvusCollection:
             raise CollectionMismatchError(f"{self.where} holds descriptors of model {props.get(FINGERPRINT_KEY)}, "
                                           f"not {fingerprint}: choose another --collection (or --overwrite)")
         if build is not None and props.get(BUILD_KEY) != build:
-            raise CollectionMismatchError(f"{self.where} holds another build (other images) of this model: choose "
-                                          "another --collection, or --overwrite to replace it")
-        self.client.load_collection(self.name)
+            raise CollectionMismatchError(f"{self.where} holds another build (other images) of this model: --add "
+                                          "images to it, --overwrite to replace it, or choose another --collection")
+        with self.calls():
+            self.client.load_collection(self.name)
 
     def drop(self) -> None:
         if self.exists():
-            self.client.drop_collection(self.name)
+            with self.calls():
+                self.client.drop_collection(self.name)
             log.info("dropped %s", self.where)
 
     def index_type(self) -> str:
-        return str(self.client.describe_index(self.name, "vector").get("index_type", "FLAT"))
+        with self.calls():
+            return str(self.client.describe_index(self.name, "vector").get("index_type", "FLAT"))
 
     def existing_ids(self, ids: np.ndarray) -> set[int]:
         """Which of ``ids`` (a consecutive run, as a build writes them) the collection already holds."""
@@ -207,21 +226,24 @@ class MilvusCollection:
             rows = [{"id": int(i), "vector": v, "path": p, "label": int(label)}
                     for i, v, p, label in zip(ids[s:s + batch].tolist(), vectors[s:s + batch], paths[s:s + batch],
                                               labels[s:s + batch])]
-            self.client.insert(self.name, rows)
+            with self.calls():
+                self.client.insert(self.name, rows)
             log.debug("inserted rows %d-%d into %s", rows[0]["id"], rows[-1]["id"], self.where)
         return len(ids)
 
     def delete(self, ids: Sequence[int]) -> None:
         if len(ids):
-            self.client.delete(self.name, ids=[int(i) for i in ids])
+            with self.calls():
+                self.client.delete(self.name, ids=[int(i) for i in ids])
 
     def search(self, x: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Scores (inner products) and ids of the top ``k`` of each row of ``x``, padded with ``-1`` ids."""
         scores = np.full((len(x), k), -np.inf, dtype=np.float32)
         ids = np.full((len(x), k), -1, dtype=np.int64)
         for s in range(0, len(x), SEARCH_BATCH):
-            found = self.client.search(self.name, data=list(x[s:s + SEARCH_BATCH]), limit=k, output_fields=[],
-                                       search_params={"metric_type": "IP", "params": params})
+            with self.calls():
+                found = self.client.search(self.name, data=list(x[s:s + SEARCH_BATCH]), limit=k, output_fields=[],
+                                           search_params={"metric_type": "IP", "params": params})
             for row, hits in enumerate(found, start=s):
                 for j, hit in enumerate(hits[:k]):
                     ids[row, j] = int(hit["id"])
@@ -233,13 +255,16 @@ class MilvusCollection:
         return self._pages("", ["id", "path", "label"])
 
     def count(self) -> int:
-        return int(self.client.query(self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        with self.calls():
+            return int(self.client.query(self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
     def _pages(self, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
-        it = self.client.query_iterator(self.name, batch_size=QUERY_BATCH, filter=expr, output_fields=fields)
+        with self.calls():
+            it = self.client.query_iterator(self.name, batch_size=QUERY_BATCH, filter=expr, output_fields=fields)
         try:
             while True:
-                page = it.next()
+                with self.calls():
+                    page = it.next()
                 if not page:
                     return
                 yield from page

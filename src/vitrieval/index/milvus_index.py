@@ -187,7 +187,8 @@ class MilvusIndex(Index):
                 inserted += collection.insert(ids[todo], normalized(np.asarray(descriptors)[todo]),
                                               [stored_path(e.path, root) for e in rows],
                                               [-1 if e.label is None else e.label for e in rows], milvus.insert_batch)
-        collection.client.flush(collection.name)
+        with collection.calls():
+            collection.client.flush(collection.name)
         log.info("%s: inserted %d rows (%d already there)", collection.where, inserted, held)
         index = cls(collection, entries, info, built.directory, device=built.device)
         index._encoder = built.encoder
