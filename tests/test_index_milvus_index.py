@@ -212,3 +212,32 @@ def test_resume_after_sigkill_inserts_only_the_missing_rows(world: dict, tmp_pat
     x = np.random.default_rng(0).normal(size=(n, 192)).astype(np.float32)
     hits = index.search(x[[17, 2345]], k=1)
     assert [h[0].id for h in hits] == [17, 2345] and hits[0][0].score == pytest.approx(1, abs=1e-4)
+
+
+TORCHRUN_WORKER = textwrap.dedent("""
+    import sys
+    from vitrieval.cli import main
+    model, images, out, db = sys.argv[1:5]
+    sys.exit(main(["index", "--checkpoint", model, "--images", images, "-o", out, "--backend", "milvus",
+                   "--milvus-uri", db, "--collection", "dist", "--milvus-index", "FLAT", "--num-workers", "0",
+                   "--no-progress", "--batch-size", "4", "--shard-size", "10"]))
+""")
+
+
+def test_torchrun_build_into_milvus_is_the_one_process_build(world: dict, tmp_path: Path) -> None:
+    from torchrun_launch import launch, torchrun
+
+    script, out, db = tmp_path / "worker.py", tmp_path / "dist.idx", tmp_path / "dist.db"
+    script.write_text(TORCHRUN_WORKER)
+    text = launch(torchrun([str(script), str(world["model"]), str(world["root"] / "images"), str(out), str(db)]),
+                  cwd=tmp_path, log=tmp_path / "torchrun.log", timeout=240)
+    assert text.count("indexed 30 image(s)") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in (out / "shards").iterdir())[-1] == "00003.npy"  # 31 paths in shards of 10
+    index = Index.load(out)
+    assert [(e.id, e.path) for e in index.entries()] == [(e.id, e.path) for e in world["index"].entries()]
+    assert index.collection.count() == 30
+    queries = np.random.default_rng(1).normal(size=(8, 192)).astype(np.float32)
+    m_ids, m_scores = _ids_scores(index.search(queries, k=10))
+    f_ids, f_scores = _ids_scores(world["index"].search(queries, k=10))
+    assert m_ids == f_ids
+    np.testing.assert_allclose(m_scores, f_scores, atol=1e-4)

@@ -120,9 +120,9 @@ def connect(uri: str) -> MilvusClient:
     try:
         return MilvusClient(uri=uri, token=token, timeout=30)
     except MilvusException as exc:
-        raise MilvusUnreachableError(f"cannot reach Milvus at {public_uri(uri)}: {exc.message}"
-                                     + ("" if is_local(uri) or token else f" (token, if any, from ${TOKEN_ENV})")
-                                     ) from None
+        hint = (" (Milvus Lite serves one process at a time: is another one using this file?)" if is_local(uri)
+                else "" if token else f" (token, if any, from ${TOKEN_ENV})")
+        raise MilvusUnreachableError(f"cannot reach Milvus at {public_uri(uri)}: {exc.message}{hint}") from None
 
 
 @dataclass

@@ -40,6 +40,7 @@ from vitrieval.index.milvus_backend import (
     SEARCH_PARAM_NAMES,
     MilvusBackendError,
     MilvusCollection,
+    is_local,
     open_collection,
     public_uri,
 )
@@ -205,6 +206,9 @@ class MilvusIndex(Index):
         if checkpoint is not None:
             info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
         where = info["milvus"]
+        if is_local(where["uri"]) and not writes_here():
+            raise MilvusBackendError(f"{directory}: its Milvus Lite file {where['uri']} serves one process: under "
+                                     "torchrun open it on rank 0 only, or use a Milvus server (docs/SCALING.md)")
         collection = open_collection(where["uri"], where["collection"])
         collection.check(int(info["descriptor_dim"]), str(info["fingerprint"]))
         root = info.get("root")
