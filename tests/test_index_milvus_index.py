@@ -164,6 +164,9 @@ def test_one_line_errors(world: dict, tmp_path: Path, capsys: pytest.CaptureFixt
                      "https://user:secret@127.0.0.1:9", "--num-workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot reach Milvus at https://127.0.0.1:9" in err and "secret" not in err and "\n" not in err
+    assert cli_main(["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "-o",
+                     str(tmp_path / "bad.idx"), "--backend", "milvus"]) == 2
+    assert "--backend milvus needs --milvus-uri" in capsys.readouterr().err
 
 
 RESUME_SCRIPT = textwrap.dedent("""
