@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitrieval.data.collection import ImagesArg
-from vitrieval.distributed import DistContext
 from vitrieval.index.build import BuildOptions, Built, Chunk, build_index, from_descriptors
 from vitrieval.index.faiss_utils import AUTO_EXACT_LIMIT, normalized
 from vitrieval.index.index import Index
@@ -49,6 +48,7 @@ from vitrieval.index.store import FORMAT, FORMAT_VERSION, INFO_FILE, IndexEntry,
 from vitrieval.io_utils import atomic_write_json
 
 if TYPE_CHECKING:
+    from vitrieval.distributed import DistContext
     from vitrieval.model import Encoder
 
 log = logging.getLogger(__name__)
