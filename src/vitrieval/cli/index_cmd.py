@@ -3,6 +3,8 @@
     vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx
     vitrieval index --checkpoint runs/sop/last --table catalog.csv -o catalog.idx --factory HNSW32
     vitrieval index --images ./new_photos -o catalog.idx --add        # append (same model)
+    vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx \
+        --backend milvus --milvus-uri catalog.db --milvus-index HNSW      # vectors in Milvus (docs/SCALING.md)
 
 ``--factory`` is a faiss factory string (exact ``Flat``, ``IVF4096,PQ32x4fs,RFlat``, ``HNSW32``...) or ``auto``
 (exact below 100k images, the benchmarked approximate index above). An interrupted build resumes: rerun the same
@@ -57,6 +59,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--dba", type=dba_arg, metavar="N[,ALPHA]",
                         help="database-side augmentation of the indexed vectors over their N nearest others, weight "
                              "similarity^ALPHA (default ALPHA 3); recorded in the index, which then refuses --add")
+    milvus = parser.add_argument_group("Milvus backend (docs/SCALING.md)")
+    milvus.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                        help="where the vectors live: a faiss file in -o (default) or a Milvus collection")
+    milvus.add_argument("--milvus-uri", help="a local .db file (Milvus Lite) or http(s)://host:port of a Milvus "
+                                             "server or cluster (token from $MILVUS_TOKEN, never stored)")
+    milvus.add_argument("--collection", default="vitrieval", help="Milvus collection name (default vitrieval)")
+    milvus.add_argument("--milvus-index", default="auto",
+                        help="Milvus vector index: FLAT (exact), IVF_FLAT, IVF_SQ8, IVF_PQ, HNSW, HNSW_SQ, AUTOINDEX "
+                             "or auto (default: FLAT below 100k images, HNSW above)")
     return parser
 
 
@@ -75,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--checkpoint is required to build an index (only --add can reuse the index's model)")
     if not args.add and not args.overwrite:
         refuse_other_models_index(Path(args.output), Path(args.checkpoint))
+    if (args.backend == "milvus") != bool(args.milvus_uri) and not args.add:
+        raise CLIError("--backend milvus needs --milvus-uri (and --milvus-uri needs --backend milvus)")
 
     import torch.distributed
 
@@ -153,10 +166,7 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
               f"in {time.time() - started:.1f} s")
         skipped = report.skipped
     else:
-        index = Index.build(args.checkpoint, images, args.output, factory=args.factory, batch_size=args.batch_size,
-                            num_workers=args.num_workers, shard_size=args.shard_size, device=args.device,
-                            nprobe=args.nprobe, ef_search=args.ef_search, progress=args.progress, distributed=ctx,
-                            scales=args.scales, dba=args.dba)
+        index = _build(args, images, ctx)
         if not ctx.is_main:  # the folder is complete (build waits for rank 0); rank 0 reports
             return 0
         skipped = index.skipped
@@ -167,6 +177,23 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
     if len(skipped) > 20:
         print(f"  ... and {len(skipped) - 20} more (all listed in {Path(args.output) / INFO_FILE})")
     return 0
+
+
+def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | None:
+    """Build the index of ``images`` with faiss, or into Milvus with the ``--milvus-*`` options."""
+    from vitrieval.index import Index, MilvusIndex, MilvusOptions
+
+    common = {"batch_size": args.batch_size, "num_workers": args.num_workers, "shard_size": args.shard_size,
+              "device": args.device, "nprobe": args.nprobe, "ef_search": args.ef_search, "progress": args.progress,
+              "distributed": ctx}
+    if args.backend == "milvus":
+        milvus = MilvusOptions(args.milvus_uri, collection=args.collection, index_type=args.milvus_index,
+                               overwrite=args.overwrite)
+        if args.dba:
+            raise CLIError("--dba applies to the faiss backend (Milvus stores the vectors as they are extracted)")
+        return MilvusIndex.build(args.checkpoint, images, args.output, milvus=milvus, scales=args.scales, **common)
+    return Index.build(args.checkpoint, images, args.output, factory=args.factory, scales=args.scales, dba=args.dba,
+                       **common)
 
 
 def apply_search_params(index: Index, args: argparse.Namespace) -> None:

@@ -9,6 +9,8 @@ module             one idea
 ``store``          the index folder on disk: its files, :class:`IndexEntry`, the format errors
 ``faiss_utils``    pure faiss helpers: factories, training, search parameters
 ``query_rerank``   αQE at query time against the index (``Index.search(rerank="aqe")``)
+``milvus_index``   :class:`MilvusIndex`: the same :class:`Index` with its vectors and metadata in Milvus
+``milvus_backend`` the Milvus side: connecting by URI, the collection's schema and checks, batched writes
 =================  ==========================================================================================
 
 ``descriptor_cache`` caches a collection's descriptors by model fingerprint through the build's shards
@@ -41,7 +43,14 @@ from vitrieval.index.faiss_utils import (
     set_search_params,
     train_faiss_index,
 )
-from vitrieval.index.index import AddReport, Hit, ImageLike, Index
+from vitrieval.index.index import BACKENDS, AddReport, Hit, ImageLike, Index
+from vitrieval.index.milvus_backend import (
+    CollectionMismatchError,
+    CollectionMissingError,
+    MilvusBackendError,
+    MilvusUnreachableError,
+)
+from vitrieval.index.milvus_index import MilvusIndex, MilvusOptions
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE, SHARDS_DIR
 from vitrieval.index.store import (
     FORMAT,
@@ -55,10 +64,12 @@ from vitrieval.index.store import (
 )
 
 __all__ = [
-    "APPROXIMATE_FACTORY", "APPROXIMATE_SEARCH_PARAMS", "AUTO_EXACT_LIMIT", "DEFAULT_EF_SEARCH", "DEFAULT_K_FACTOR",
-    "DEFAULT_NPROBE_FRACTION", "DEFAULT_SHARD_SIZE", "FORMAT", "FORMAT_VERSION", "INDEX_FILE", "INFO_FILE",
-    "MAX_TRAIN_POINTS_PER_CENTROID", "METADATA_FILE", "RANK0_WAIT_TIMEOUT", "SEARCH_PARAMS", "SHARDS_DIR",
-    "AddReport", "BuildOptions", "Built", "Hit", "ImageLike", "ImagesArg", "Index", "IndexEntry", "IndexFormatError",
-    "ModelMismatchError", "build_index", "collection_table", "default_search_params", "get_search_params",
-    "make_faiss_index", "parse_training_needs", "resolve_factory", "set_search_params", "train_faiss_index",
+    "APPROXIMATE_FACTORY", "APPROXIMATE_SEARCH_PARAMS", "AUTO_EXACT_LIMIT", "BACKENDS", "DEFAULT_EF_SEARCH",
+    "DEFAULT_K_FACTOR", "DEFAULT_NPROBE_FRACTION", "DEFAULT_SHARD_SIZE", "FORMAT", "FORMAT_VERSION", "INDEX_FILE",
+    "INFO_FILE", "MAX_TRAIN_POINTS_PER_CENTROID", "METADATA_FILE", "RANK0_WAIT_TIMEOUT", "SEARCH_PARAMS",
+    "SHARDS_DIR", "AddReport", "BuildOptions", "Built", "CollectionMismatchError", "CollectionMissingError", "Hit",
+    "ImageLike", "ImagesArg", "Index", "IndexEntry", "IndexFormatError", "MilvusBackendError", "MilvusIndex",
+    "MilvusOptions", "MilvusUnreachableError", "ModelMismatchError", "build_index", "collection_table",
+    "default_search_params", "get_search_params", "make_faiss_index", "parse_training_needs", "resolve_factory",
+    "set_search_params", "train_faiss_index",
 ]

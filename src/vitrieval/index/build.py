@@ -127,14 +127,16 @@ class BuildOptions:
 
 @dataclass
 class Built:
-    """What a build made: the filled faiss index, its entries and ``index.json``, the model, where to save it."""
+    """What a build made: the filled faiss index, its entries and ``index.json``, the model, where to save it; or,
+    from a backend's assembler (``build_index(assembler=)``), no faiss index and the descriptors it is to store."""
 
-    faiss_index: faiss.Index
+    faiss_index: faiss.Index | None
     entries: list[IndexEntry]
     info: dict[str, Any]
     encoder: Encoder
     directory: Path | None
     device: str
+    pending: list[Chunk] = field(default_factory=list)
 
 
 @dataclass
@@ -175,12 +177,14 @@ class _Plan:
 
 
 def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Path | None, options: BuildOptions,
-                distributed: bool | DistContext | None, finish: Callable[[Built], T]) -> T | None:
+                distributed: bool | DistContext | None, finish: Callable[[Built], T],
+                assembler: Callable[..., Built] | None = None) -> T | None:
     """Embed ``images`` with the model in ``checkpoint_dir`` and make the index (the module docstring's steps).
 
     ``finish`` turns the parts into the result (and saves it when ``out_dir`` is given); it runs on rank 0, inside
     the part whose errors reach every rank. Returns its result on rank 0, ``None`` on the other ranks once rank 0
-    is done.
+    is done. ``assembler`` (default :func:`assemble`, same arguments) makes the parts from the finished shards: a
+    backend that stores the vectors elsewhere hands them on in :attr:`Built.pending` (the Milvus backend).
     """
     from vitrieval.model import load
 
@@ -202,7 +206,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
             try:
                 result = finish(_finish_build(encoder, checkpoint, plan, chunks, skipped, started, options,
-                                              preprocessing))
+                                              preprocessing, assembler or assemble))
             except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
                 failure = exc
         rank0.share(None, failure)
@@ -243,7 +247,8 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
 
 
 def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[Chunk], skipped: list[str],
-                  started: float, options: BuildOptions, preprocessing: dict[str, Any]) -> Built:
+                  started: float, options: BuildOptions, preprocessing: dict[str, Any],
+                  assembler: Callable[..., Built]) -> Built:
     """Rank 0, after embedding: drop stale shards, refuse an empty collection, assemble the index."""
     if plan.shard_dir is not None:
         remove_stale_shards(plan.shard_dir, len(plan.shards))
@@ -252,14 +257,16 @@ def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[
                     plan.directory / INFO_FILE if plan.directory else "index.info['skipped']")
     if sum(len(k) for _, k in chunks) == 0:
         raise ValueError(f"none of the {len(plan.table)} images could be read (first: {skipped[0]})")
-    built = assemble(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
+    built = assembler(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
     built.info.update(collection_info(plan.table))
     return built
 
 
 def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
-                     labels: Sequence[int] | None, out_dir: str | Path | None, options: BuildOptions) -> Built:
-    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir``."""
+                     labels: Sequence[int] | None, out_dir: str | Path | None, options: BuildOptions,
+                     assembler: Callable[..., Built] | None = None) -> Built:
+    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir`` (``assembler``
+    as in :func:`build_index`)."""
     from vitrieval.model import load
 
     x = np.asarray(descriptors, dtype=np.float32)
@@ -278,7 +285,8 @@ def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths:
     if directory is not None:
         check_out_dir(directory)
     preprocessing = options.preprocessing(encoder)
-    built = assemble(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [], time.time())
+    built = (assembler or assemble)(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [],
+                                    time.time())
     built.info.update(collection_info(ImageTable(records, "descriptors")))
     return built
 

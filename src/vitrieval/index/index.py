@@ -34,7 +34,7 @@ from vitrieval.index.build import BuildOptions, Built, build_index, from_descrip
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
 from vitrieval.index.query_rerank import expand_queries, query_rerank_options, stored_vectors
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
-from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder, write_folder
+from vitrieval.index.store import IndexEntry, ModelMismatchError, folder_backend, read_folder, write_folder
 
 if TYPE_CHECKING:
     import faiss
@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ImageLike = str | Path | bytes | Image.Image
+
+BACKENDS: dict[str, type[Index]] = {}
+"""Index implementations by ``index.json``'s ``backend`` (faiss when absent); a subclass that sets ``backend``
+registers itself (:class:`vitrieval.index.milvus_index.MilvusIndex`, imported by the package)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,17 @@ class Index:
     Build with :meth:`build`, open with :meth:`load`; :meth:`search` takes images (paths, bytes, PIL) or
     descriptors; :meth:`add` appends images. Embedding, search and add hold one lock, so an ``Index`` can be shared
     by the threads of a web server.
+
+    The vectors are reached only through :meth:`_search_vectors`, :meth:`_add_vectors`, :meth:`_remove_vectors`
+    and :meth:`__len__`: another backend (:data:`BACKENDS`) overrides these, :meth:`load` and :meth:`save`.
     """
+
+    backend = "faiss"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backend" in cls.__dict__:
+            BACKENDS[cls.backend] = cls
 
     def __init__(self, faiss_index: faiss.Index, entries: Sequence[IndexEntry], info: dict[str, Any],
                  directory: str | Path | None = None, device: str = "auto") -> None:
@@ -173,6 +187,9 @@ class Index:
         (read-only use of a large index).
         """
         directory = Path(directory).expanduser()
+        backend = folder_backend(directory, known=["faiss", *BACKENDS])
+        if backend != cls.backend:
+            return BACKENDS[backend].load(directory, checkpoint=checkpoint, device=device, mmap=mmap)
         faiss_index, entries, info = read_folder(directory, mmap=mmap)
         if checkpoint is not None:
             info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
@@ -189,9 +206,27 @@ class Index:
         self.directory = directory
         return directory
 
-    # -- properties ------------------------------------------------------------------------------------------
+    # -- the vectors (what a backend overrides) -----------------------------------------------------------------
     def __len__(self) -> int:
         return int(self._index.ntotal)
+
+    def _search_vectors(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids of the top ``k`` of each unit-norm row of ``x`` (id ``-1``: no more results)."""
+        return self._index.search(x, k)
+
+    def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Store unit-norm vectors under ``ids`` (their entries are already recorded)."""
+        self._index.add_with_ids(x, ids)
+
+    def _remove_vectors(self, ids: np.ndarray) -> None:
+        """Drop the vectors of ``ids``."""
+        self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+
+    def _stored_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored unit-norm vectors of ``ids``, in that order (query-time αQE reads its neighbours')."""
+        return stored_vectors(self._index, ids)
+
+    # -- properties ------------------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
         return (f"Index({len(self)} x {self.descriptor_dim}-d, factory={self.factory!r}, "
@@ -385,16 +420,17 @@ class Index:
         with self._lock:
             x = normalized(x)
             if rerank_options is not None:
-                x = expand_queries(x, rerank_options, self._index.search,
-                                   lambda found: stored_vectors(self._index, found))
-            scores, ids = self._index.search(x, int(min(k, max(len(self), 1))))
+                x = expand_queries(x, rerank_options, self._search_vectors, self._stored_vectors)
+            scores, ids = self._search_vectors(x, int(min(k, max(len(self), 1))))
         results = []
         for row_scores, row_ids in zip(scores, ids):
             hits = []
             for score, i in zip(row_scores.tolist(), row_ids.tolist()):
                 if i < 0:
                     continue
-                e = self._entries[i]
+                e = self._entries.get(i)
+                if e is None:  # removed meanwhile (a backend shared with other writers)
+                    continue
                 hits.append(Hit(e.id, e.path, e.label, float(score)))
             results.append(hits)
         return results
@@ -456,10 +492,15 @@ class Index:
             next_id = int(self.info.get("next_id", len(self)))
             if kept:
                 ids = np.arange(next_id, next_id + len(kept), dtype=np.int64)
-                self._index.add_with_ids(normalized(ex.descriptors), ids)
                 for i, r in zip(ids.tolist(), kept):
                     self._entries[i] = IndexEntry.from_record(i, r)
-                    self._paths.add(r.path)
+                try:
+                    self._add_vectors(normalized(ex.descriptors), ids)
+                except BaseException:
+                    for i in ids.tolist():
+                        del self._entries[i]
+                    raise
+                self._paths.update(r.path for r in kept)
                 self.info["next_id"] = next_id + len(kept)
             self.info["count"] = len(self._entries)
             self.info["skipped"] = sorted(set(self.info.get("skipped", [])) | set(ex.bad_paths))
@@ -469,3 +510,20 @@ class Index:
                     self.save(self.directory)
                 ctx.barrier()
         return AddReport(len(kept), list(ex.bad_paths), already)
+
+    def remove(self, ids: Sequence[int] | np.ndarray, save: bool = True) -> int:
+        """Drop the images of ``ids`` from the index (unknown ids are ignored); saves if on disk. Returns how many
+        were removed."""
+        with self._lock:
+            gone = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).ravel().tolist()} & set(self._entries))
+            if not gone:
+                return 0
+            self._remove_vectors(np.asarray(gone, dtype=np.int64))
+            for i in gone:
+                self._paths.discard(self._entries.pop(i).path)
+            self.info["count"] = len(self._entries)
+            self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            if save and self.directory is not None:
+                self.save(self.directory)
+        return len(gone)
+

@@ -98,6 +98,21 @@ def check_out_dir(directory: Path) -> None:
                              f"choose another -o")
 
 
+def folder_backend(directory: Path, known: Iterable[str]) -> str:
+    """The ``backend`` named by ``directory``'s ``index.json``: ``"faiss"`` when absent or unreadable (the faiss
+    reader then names what is wrong), ``"milvus"`` for a Milvus manifest (:mod:`vitrieval.index.milvus_index`);
+    one not in ``known`` is an :class:`IndexFormatError`."""
+    try:
+        info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "faiss"
+    backend = str(info.get("backend", "faiss")) if isinstance(info, dict) else "faiss"
+    if backend not in known:
+        raise IndexFormatError(f"{directory / INFO_FILE}: unknown index backend {backend!r} (one of "
+                               f"{', '.join(known)}); upgrade vitrieval")
+    return backend
+
+
 def generation_dir(directory: Path, info: dict[str, Any] | None = None) -> Path:
     """The folder holding the data files of the generation ``info`` (default: ``directory``'s ``index.json``)
     names (``directory`` itself for a version-1 folder)."""
