@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,8 +31,9 @@ from vitrieval.distributed import DistContext
 from vitrieval.embed import extract, resolve_distributed
 from vitrieval.index.build import BuildOptions, Built, build_index, from_descriptors
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
+from vitrieval.index.live import LiveWrites
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
-from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder, write_folder
+from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder
 
 if TYPE_CHECKING:
     import faiss
@@ -74,12 +74,13 @@ def _is_descriptor_array(x: Any) -> bool:
     return hasattr(x, "detach") and hasattr(x, "dim")  # a torch tensor
 
 
-class Index:
+class Index(LiveWrites):
     """Descriptors of an image collection in a faiss index, with the metadata and the model to query it.
 
     Build with :meth:`build`, open with :meth:`load`; :meth:`search` takes images (paths, bytes, PIL) or
-    descriptors; :meth:`add` appends images. Embedding, search and add hold one lock, so an ``Index`` can be shared
-    by the threads of a web server.
+    descriptors; :meth:`add` appends images, :meth:`remove` removes them (journalled and compacted,
+    :mod:`vitrieval.index.live`). Embedding holds one lock (one model); searches share a readers-writer lock that a
+    write takes alone, so an ``Index`` can be shared by the threads of a web server.
     """
 
     def __init__(self, faiss_index: faiss.Index, entries: Sequence[IndexEntry], info: dict[str, Any],
@@ -94,6 +95,7 @@ class Index:
         self._lock = threading.RLock()
         if info.get("search_params"):
             set_search_params(faiss_index, **info["search_params"])
+        self._init_writes()
 
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -166,23 +168,11 @@ class Index:
         faiss_index, entries, info = read_folder(directory, mmap=mmap)
         if checkpoint is not None:
             info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-        return cls(faiss_index, entries, info, directory, device=device)
-
-    def save(self, directory: str | Path | None = None) -> Path:
-        """Write the index into ``directory`` as one atomic update: a new generation of ``index.faiss`` and
-        ``metadata.jsonl``, then ``index.json`` swapped to it (:func:`vitrieval.index.store.write_folder`)."""
-        directory = Path(directory) if directory is not None else self.directory
-        if directory is None:
-            raise ValueError("Index.save: no directory given and the index was not loaded from one")
-        with self._lock:
-            write_folder(directory, self._index, self._entries.values(), self.info)
-        self.directory = directory
-        return directory
+        index = cls(faiss_index, entries, info, directory, device=device)
+        index._replay()  # the journalled writes after this generation (vitrieval.index.journal)
+        return index
 
     # -- properties ------------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
-
     def __repr__(self) -> str:
         return (f"Index({len(self)} x {self.descriptor_dim}-d, factory={self.factory!r}, "
                 f"model={self.fingerprint}, dir={str(self.directory) if self.directory else None!r})")
@@ -353,17 +343,13 @@ class Index:
             x = self.embed(list(queries))
         if len(x) == 0:
             return []
-        with self._lock:
-            scores, ids = self._index.search(normalized(x), int(min(k, max(len(self), 1))))
         results = []
-        for row_scores, row_ids in zip(scores, ids):
-            hits = []
-            for score, i in zip(row_scores.tolist(), row_ids.tolist()):
-                if i < 0:
-                    continue
-                e = self._entries[i]
-                hits.append(Hit(e.id, e.path, e.label, float(score)))
-            results.append(hits)
+        with self._rw.read():  # the vectors and the metadata of one state: no write is half-applied
+            scores, ids = self._search_vectors(normalized(x), int(min(k, max(len(self), 1))))
+            for row_scores, row_ids in zip(scores, ids):
+                results.append([Hit(e.id, e.path, e.label, float(score))
+                                for score, i in zip(row_scores.tolist(), row_ids.tolist())
+                                if i >= 0 and (e := self._entries.get(i)) is not None])
         return results
 
     def _same_classes(self, table: ImageTable) -> ImageTable:
@@ -412,22 +398,14 @@ class Index:
             ex = extract(encoder, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
                          amp=self._amp(encoder), resize=prep.get("resize", "shorter"), skip_bad=True,
                          progress=progress, desc="adding", distributed=ctx)
-            for path in ex.bad_paths if ctx.is_main else ():
-                log.warning("skipped unreadable image: %s", path)
-            kept = [fresh[i] for i in ex.indices.tolist()]
-            next_id = int(self.info.get("next_id", len(self)))
-            if kept:
-                ids = np.arange(next_id, next_id + len(kept), dtype=np.int64)
-                self._index.add_with_ids(normalized(ex.descriptors), ids)
-                for i, r in zip(ids.tolist(), kept):
-                    self._entries[i] = IndexEntry.from_record(i, r)
-                    self._paths.add(r.path)
-                self.info["next_id"] = next_id + len(kept)
-            self.info["count"] = len(self._entries)
-            self.info["skipped"] = sorted(set(self.info.get("skipped", [])) | set(ex.bad_paths))
-            self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            if save and self.directory is not None:
-                if ctx.is_main:
-                    self.save(self.directory)
-                ctx.barrier()
+        for path in ex.bad_paths if ctx.is_main else ():
+            log.warning("skipped unreadable image: %s", path)
+        kept = [IndexEntry.from_record(-1, fresh[i]) for i in ex.indices.tolist()]
+        if kept:  # journalled by rank 0 alone (the folder's one writer); every rank's copy gets the images
+            self.add_descriptors(ex.descriptors, [(e.path, e.label) for e in kept], durable=ctx.is_main)
+        self.info["skipped"] = sorted(set(self.info.get("skipped", [])) | set(ex.bad_paths))
+        if save and self.directory is not None:
+            if ctx.is_main:
+                self.save(self.directory)
+            ctx.barrier()
         return AddReport(len(kept), list(ex.bad_paths), already)
