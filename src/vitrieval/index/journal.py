@@ -49,8 +49,8 @@ class JournalError(IndexFormatError):
     """A journal record that is damaged although records follow it (not a torn tail): names file and offset."""
 
 
-class JournalLocked(RuntimeError):
-    """Another process holds the index folder's write lock."""
+class JournalLocked(ValueError):
+    """Another process holds the index folder's write lock (a ``ValueError``: the CLI reports it in one line)."""
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,10 @@ class LiveWrites:
         """Journalled writes not yet compacted into a generation."""
         return self._pending
 
+    def has(self, image_id: int) -> bool:
+        """Whether an image with this id is in the index."""
+        return int(image_id) in self._entries
+
     # -- writing --------------------------------------------------------------------------------------------
     def hold_writer(self) -> None:
         """Take the folder's write lock for this index's lifetime (a service taking writes); else each
