@@ -37,6 +37,7 @@ from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder
 
 if TYPE_CHECKING:
     import faiss
+    import torch
 
     from vitrieval.model import Encoder
 
@@ -93,6 +94,7 @@ class Index(LiveWrites):
         self.device = device
         self._encoder: Encoder | None = None
         self._lock = threading.RLock()
+        self._transform: Any = None
         if info.get("search_params"):
             set_search_params(faiss_index, **info["search_params"])
         self._init_writes()
@@ -292,6 +294,23 @@ class Index(LiveWrites):
         mode = self.info.get("preprocessing", {}).get("amp")
         return amp_mode(next(encoder.parameters()).device, mode, for_index=True)
 
+    def prepare(self, image: ImageLike) -> torch.Tensor:
+        """One query image (path, file bytes or PIL image) as the model's input tensor ``(3, H, W)``: the index's
+        eval preprocessing. An unreadable image raises :class:`vitrieval.data.images.ImageDecodeError` naming it."""
+        if self._transform is None:
+            from vitrieval.data.transforms import eval_transform
+
+            prep = self.info.get("preprocessing", {})
+            self._transform = eval_transform(self.info["data_config"], prep.get("resize", "shorter"))
+        pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+        return self._transform(pil)
+
+    def embed_prepared(self, batch: torch.Tensor) -> np.ndarray:
+        """Descriptors of a batch of images made by :meth:`prepare` ``(B, 3, H, W)``: one forward pass."""
+        encoder = self.encoder
+        with self._lock:
+            return encoder.embed(batch, batch_size=len(batch), amp=self._amp(encoder))
+
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Descriptors of query images (paths, file bytes or PIL images) with the index's model and preprocessing.
 
@@ -299,17 +318,8 @@ class Index(LiveWrites):
         """
         import torch
 
-        from vitrieval.data.transforms import eval_transform
-
-        pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in images]
-        prep = self.info.get("preprocessing", {})
-        transform = eval_transform(self.info["data_config"], prep.get("resize", "shorter"))
-        encoder = self.encoder
-        with self._lock:
-            out = []
-            for i in range(0, len(pil), batch_size):
-                batch = torch.stack([transform(im) for im in pil[i:i + batch_size]])
-                out.append(encoder.embed(batch, batch_size=batch_size, amp=self._amp(encoder)))
+        tensors = [self.prepare(im) for im in images]
+        out = [self.embed_prepared(torch.stack(tensors[i:i + batch_size])) for i in range(0, len(tensors), batch_size)]
         if not out:
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
         return np.concatenate(out)
