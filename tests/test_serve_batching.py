@@ -4,6 +4,7 @@ unbatched one (scores within 1e-6, the same ids)."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -31,7 +32,8 @@ def test_queued_tensors_are_embedded_in_batches_equal_to_one_at_a_time(world):
         return index.embed_prepared(batch)
 
     batcher = Batcher(embed, max_batch=4, max_wait_ms=500)
-    futures = [batcher.submit(t) for t in tensors]
+    with batcher.incoming():  # more requests on their way: batches wait for them (within max_wait_ms)
+        futures = [batcher.submit(t) for t in tensors]
     batched = np.stack([f.result(timeout=60) for f in futures])
     batcher.close()
     assert sizes == [4, 4, 4] and batcher.batches == 3 and batcher.images == 12
@@ -49,7 +51,8 @@ def test_a_failing_forward_pass_fails_its_requests_only():
         return batch.flatten(1).numpy()
 
     batcher = Batcher(embed, max_batch=2, max_wait_ms=300)
-    first = [batcher.submit(torch.zeros(1, 2, 2)) for _ in range(2)]
+    with batcher.incoming():
+        first = [batcher.submit(torch.zeros(1, 2, 2)) for _ in range(2)]
     for f in first:
         with pytest.raises(RuntimeError, match="out of memory"):
             f.result(timeout=30)
@@ -93,3 +96,11 @@ def test_concurrent_searches_are_batched_and_answer_as_unbatched(world):
         assert [h["id"] for h in got][:1] == [want[0].id]
     batched_app.state.close()
     unbatched_app.state.close()
+
+
+def test_a_lone_request_does_not_wait():
+    batcher = Batcher(lambda b: b.flatten(1).numpy(), max_batch=8, max_wait_ms=5000)
+    started = time.perf_counter()
+    assert batcher.submit(torch.ones(1, 1, 1)).result(timeout=30).tolist() == [1.0]
+    assert time.perf_counter() - started < 2.5  # nobody else announced: no 5 s wait
+    batcher.close()

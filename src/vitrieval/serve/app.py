@@ -316,8 +316,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     async def descriptor_of(data: bytes, name: str) -> Any:
         """Decode (bounded pool), preprocess (threadpool) and embed (batched) one upload; HTTP errors for bad ones."""
         try:
-            image = await decoder.decode(data, name)
-            tensor = await run_in_threadpool(idx.prepare, image)
+            with batcher.incoming():
+                image = await decoder.decode(data, name)
+                tensor = await run_in_threadpool(idx.prepare, image)
         except UploadRefused as exc:
             raise HTTPException(exc.status, exc.detail) from None
         except ImageDecodeError as exc:

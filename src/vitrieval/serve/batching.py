@@ -3,8 +3,10 @@
 Each request is decoded (the bounded :class:`~vitrieval.serve.uploads.DecodePool`) and preprocessed on its own
 thread, then hands its input tensor to the :class:`Batcher`: one model thread takes the first waiting tensor, adds
 whatever else arrives within ``max_wait_ms`` (up to ``max_batch``), runs one forward pass and hands each request
-its row. So while the model runs, the next requests are decoded, preprocessed and parsed (HTTP) in parallel, and
-they form the next batch: most of the gain on a CPU comes from that overlap, on a GPU from the batch itself.
+its row. The wait happens only while other requests are known to be on their way (:meth:`Batcher.incoming`,
+held while a request decodes and preprocesses), so a lone request never waits. While the model runs, the next
+requests are decoded, preprocessed and parsed (HTTP) in parallel, and they form the next batch: most of the gain
+on a CPU comes from that overlap, on a GPU from the batch itself.
 
 A request's descriptor is the unbatched one up to float rounding (the forward pass is per image; only the matrix
 products' blocking changes with the batch size): pinned by ``tests/test_serve_batching.py`` (scores within 1e-6,
@@ -18,8 +20,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,8 +58,21 @@ class Batcher:
         self.batches = 0
         self.images = 0
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._upstream = 0
+        self._upstream_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="vitrieval-batcher", daemon=True)
         self._thread.start()
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Held by a request while it decodes and preprocesses: a batch then waits for it (within max_wait_ms)."""
+        with self._upstream_lock:
+            self._upstream += 1
+        try:
+            yield
+        finally:
+            with self._upstream_lock:
+                self._upstream -= 1
 
     def submit(self, tensor: torch.Tensor) -> Future[np.ndarray]:
         """Queue one preprocessed image ``(3, H, W)``; the future gives its descriptor ``(D,)``."""
@@ -74,6 +90,8 @@ class Batcher:
         deadline = time.monotonic() + self.max_wait_ms / 1000
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
+            if not self._upstream:  # nobody else on the way: do not wait for them
+                remaining = 0
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
