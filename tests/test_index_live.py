@@ -254,3 +254,15 @@ def test_sigkill_during_a_stream_of_writes_loses_no_acknowledged_write(world, tm
             lines = lines[:-1]  # a line cut by the kill
         acknowledged += _check_after_kill(directory, lines, seed)
     assert acknowledged > 20  # the writers got through a real stream of writes
+
+
+def test_a_journal_that_does_not_follow_its_generation_is_refused(world, tmp_path):
+    from vitrieval.index import IndexFormatError
+    from vitrieval.index.journal import JournalWriter, Record
+
+    directory = _copy(world, tmp_path)
+    writer = JournalWriter(directory)
+    writer.append(Record(3, "remove", np.array([1])))  # records 1 and 2 are missing: not this generation's
+    writer.close()
+    with pytest.raises(IndexFormatError, match="journal does not follow its generation"):
+        Index.load(directory)

@@ -33,7 +33,7 @@ from vitrieval.index.build import BuildOptions, Built, build_index, from_descrip
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
 from vitrieval.index.live import LiveWrites
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
-from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder
+from vitrieval.index.store import IndexEntry, IndexFormatError, ModelMismatchError, read_folder
 
 if TYPE_CHECKING:
     import faiss
@@ -167,12 +167,15 @@ class Index(LiveWrites):
         (read-only use of a large index).
         """
         directory = Path(directory).expanduser()
-        faiss_index, entries, info = read_folder(directory, mmap=mmap)
-        if checkpoint is not None:
-            info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-        index = cls(faiss_index, entries, info, directory, device=device)
-        index._replay()  # the journalled writes after this generation (vitrieval.index.journal)
-        return index
+        for _ in range(5):
+            faiss_index, entries, info = read_folder(directory, mmap=mmap)
+            if checkpoint is not None:
+                info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
+            index = cls(faiss_index, entries, info, directory, device=device)
+            if index._replay():  # the journalled writes after this generation (vitrieval.index.journal)
+                return index
+        raise IndexFormatError(f"{directory}: its journal does not follow its generation (journal_seq "
+                               f"{index._seq}); is another process rewriting it? rebuild the index or copy it again")
 
     # -- properties ------------------------------------------------------------------------------------------
     def __repr__(self) -> str:

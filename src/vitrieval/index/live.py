@@ -177,14 +177,21 @@ class LiveWrites:
         self.info["count"] = len(self._entries)
         self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-    def _replay(self) -> None:
-        """Apply the journal records after the loaded generation's ``journal_seq`` (at load)."""
+    def _replay(self) -> bool:
+        """Apply the journal records after the loaded generation's ``journal_seq`` (at load). ``False`` (nothing
+        applied) when the journal has moved past that generation: another process compacted meanwhile, so the
+        caller reads the folder again (never a generation with a gap of writes)."""
         assert self.directory is not None
-        for record in read_journal(self.directory)[0]:
+        records = read_journal(self.directory)[0]
+        later = [r for r in records if r.seq > self._seq]
+        if later and later[0].seq != self._seq + 1:
+            return False
+        for record in later:
             if record.seq > self._seq:
                 self._apply(record)
                 self._seq = record.seq
                 self._pending += 1
+        return True
 
     # -- compaction -----------------------------------------------------------------------------------------
     def save(self, directory: str | Path | None = None) -> Path:
