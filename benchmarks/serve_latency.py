@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="max_batch settings; 1 = unbatched (default: 1 and the service's default)")
     parser.add_argument("--max-wait-ms", type=_floats, default=None,
                         help="max_wait_ms settings for the batched ones (default: the service's default)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every measurement this many times, interleaved, and keep each one's fastest "
+                             "round (a shared machine's load comes and goes)")
     parser.add_argument("--adds", type=int, default=50, help="POST /images to time (0: none)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -231,20 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = args.max_batch or [1, DEFAULT_MAX_BATCH]
     waits = args.max_wait_ms or [DEFAULT_MAX_WAIT_MS]
     settings = [(b, w) for b in batch_sizes for w in (waits if b > 1 else [0.0])]
-    rows = []
+    best: dict[tuple[int, int, float], tuple] = {}
     failed = 0
-    for concurrency in args.concurrency:
-        for max_batch, max_wait in settings:
-            app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait)
-            with Served(app) as served:
-                wall, latencies, errors = _load(served.port, payloads, args.requests, concurrency, args.warmup)
-            failed += len(errors)
-            batcher = app.state.batcher
-            mean_batch = batcher.images / max(batcher.batches, 1)
-            p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"),) * 2
-            rows.append((concurrency, max_batch, max_wait, args.requests / wall, p50, p99, mean_batch, len(errors)))
-            print(f"  concurrency {concurrency}, max_batch {max_batch}, max_wait {max_wait:g} ms: "
-                  f"{args.requests / wall:.1f} req/s", flush=True)
+    for round_ in range(args.rounds):
+        for concurrency in args.concurrency:
+            for max_batch, max_wait in settings:
+                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait)
+                with Served(app) as served:
+                    wall, latencies, errors = _load(served.port, payloads, args.requests, concurrency, args.warmup)
+                failed += len(errors)
+                batcher = app.state.batcher
+                mean_batch = batcher.images / max(batcher.batches, 1)
+                p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"),) * 2
+                row = (concurrency, max_batch, max_wait, args.requests / wall, p50, p99, mean_batch, len(errors))
+                key = (concurrency, max_batch, max_wait)
+                if key not in best or row[3] > best[key][3]:
+                    best[key] = row
+                print(f"  round {round_ + 1}: concurrency {concurrency}, max_batch {max_batch}, max_wait "
+                      f"{max_wait:g} ms: {args.requests / wall:.1f} req/s", flush=True)
+    rows = [best[(c, b, w)] for c in args.concurrency for b, w in settings]
     print("\n| clients | max_batch | max_wait ms | req/s | x unbatched | p50 ms | p99 ms | p99 bound 1.3c/tput ms "
           "| mean batch | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for concurrency, max_batch, max_wait, tput, p50, p99, mean_batch, errors in rows:

@@ -1,7 +1,8 @@
 """A searchable collection: a faiss index of L2-normalised descriptors, their images and the model to query it.
 
 :class:`Index` opens (:meth:`Index.load`), builds (:meth:`Index.build`, see :mod:`vitrieval.index.build`),
-searches, extends (:meth:`Index.add`) and saves an index folder (:mod:`vitrieval.index.store`). The index type is
+searches, extends (:meth:`Index.add`), shrinks (:meth:`Index.remove`) and saves an index folder
+(:mod:`vitrieval.index.store`); writes are journalled and compacted (:mod:`vitrieval.index.live`). The index type is
 a faiss factory string (``"Flat"``, ``"IVF4096,PQ32x4fs,RFlat"``, ``"HNSW32"``...) or ``"auto"``: exact search
 below :data:`~vitrieval.index.faiss_utils.AUTO_EXACT_LIMIT` vectors, the benchmarked approximate preset
 (:data:`~vitrieval.index.faiss_utils.APPROXIMATE_FACTORY`, see ``benchmarks/search.py``) above.
@@ -391,7 +392,8 @@ class Index(LiveWrites):
 
     def add(self, images: ImagesArg, batch_size: int = 64, num_workers: int | str = "auto", progress: bool = True,
             save: bool = True, distributed: bool | DistContext | None = None) -> AddReport:
-        """Embed and append images (skipping paths already indexed and unreadable files); saves if on disk.
+        """Embed and append images (skipping paths already indexed and unreadable files); with a folder the add is
+        journalled, and ``save`` compacts it into a new generation before returning (:mod:`vitrieval.index.live`).
 
         ``distributed`` as in :func:`vitrieval.embed.extract`: with a process group (torchrun) every rank must
         call ``add`` on its copy of the same index with the same images; the ranks share the embedding, every
