@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 UPLOADS_DIR = "uploads"
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
-               "TIFF": ".tif"}
+               "TIFF": ".tif", "PPM": ".ppm"}
 
 
 class UploadStore:
