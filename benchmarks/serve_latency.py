@@ -1,17 +1,23 @@
-"""Latency of the search service for one query on a 10,000-image index: p50 / p99, client and server side.
+"""Throughput and latency of the search service under concurrent clients, batching on and off; add rate and time
+to a durable acknowledgement of ``POST /images``.
 
-    python benchmarks/serve_latency.py                       # DeiT-Small at 224 px (random weights), Flat
-    python benchmarks/serve_latency.py --model tiny          # the 32 px test model
-    python benchmarks/serve_latency.py --concurrency 8       # 8 clients at once
+    python benchmarks/serve_latency.py                                 # DeiT-Small at 224 px, 10k index, 1,8,32
+    python benchmarks/serve_latency.py --model deit_tiny --concurrency 1,8 --requests 120
+    python benchmarks/serve_latency.py --max-batch 1,8,16 --max-wait-ms 0,2,5   # to choose the defaults
 
 The index: ``--real`` generated images (coloured shapes drawn with Pillow, 160 px) embedded by the model, plus
 random unit descriptors up to ``--size`` entries (they point at the generated files, so thumbnails work), built
 with :meth:`vitrieval.index.Index.from_descriptors` and ``--factory`` (default ``auto`` = exact below 100k).
-The service (``vitrieval.serve.create_app``) runs under uvicorn on a loopback port; each request uploads one of
-the generated images (PNG) to ``POST /search?k=10``, so a request is: multipart upload, decode, preprocessing,
-one forward pass, faiss search, JSON. Client latency is the round trip seen by httpx; server latency is the
-``took_ms`` the service reports (its handler, without HTTP parsing). The model has random weights (nothing can
-be downloaded): a trained model of the same architecture takes the same time.
+For each ``--max-batch`` x ``--max-wait-ms`` setting (``max_batch=1`` is the unbatched service: each request its
+own forward pass) and each ``--concurrency``, the service (``vitrieval.serve.create_app``) runs under uvicorn on a
+loopback port and ``--requests`` uploads of the generated images (PNG) go to ``POST /search?k=10`` from that many
+client threads: multipart upload, bounded decode, preprocessing, a (batched) forward pass, faiss search, JSON.
+Throughput is requests / wall time; p50 / p99 are client round trips (httpx). The table gives each setting's
+throughput as a ratio to the unbatched service at the same concurrency (measured in the same run), and the
+issue's no-starvation bound p99 <= 1.3 x concurrency / throughput. Then ``--adds`` images are added through
+``POST /images`` (write token on): images per second and the time to the durable 201 (upload, decode, embed,
+fsync of the stored file and of the journal record). The model has random weights (nothing can be downloaded):
+a trained model of the same architecture takes the same time.
 """
 
 from __future__ import annotations
@@ -24,13 +30,20 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 MODELS = {
     "deit_small": {"name": "deit_small_patch16_224", "image_size": 224, "patch_size": None},
+    "deit_tiny": {"name": "deit_tiny_patch16_224", "image_size": 224, "patch_size": None},
     "tiny": {"name": "deit_tiny_patch16_224", "image_size": 32, "patch_size": 8},
 }
+
+
 COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20), (150, 40, 180), (20, 180, 190),
            (250, 120, 10), (90, 90, 90), (255, 105, 180), (120, 70, 20)]
 
@@ -70,28 +83,128 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+class Served:
+    """An app under uvicorn on a free loopback port, in a daemon thread (context manager)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        import uvicorn
+
+        self.app = app
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.app.state.close()
+
+
+def _load(port: int, payloads: list[tuple[str, bytes]], requests: int, concurrency: int,
+          warmup: int) -> tuple[float, list[float], list[str]]:
+    """``requests`` searches from ``concurrency`` client threads: (wall s, client ms, errors)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) for _ in range(concurrency)]
+
+    def one(i: int, record: bool = True) -> None:
+        name, data = payloads[i % len(payloads)]
+        started = time.perf_counter()
+        r = clients[i % concurrency].post("/search?k=10", files={"file": (name, data, "image/png")})
+        elapsed = (time.perf_counter() - started) * 1000
+        with lock:
+            if r.status_code != 200 or r.json()["results"][0]["path"] != name:
+                errors.append(f"{i}: {r.status_code} {r.text[:120]}")
+            elif record:
+                latencies.append(elapsed)
+
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda i: one(i, record=False), range(max(warmup, concurrency))))
+            started = time.perf_counter()
+            list(pool.map(one, range(requests)))
+            wall = time.perf_counter() - started
+    finally:
+        for c in clients:
+            c.close()
+    return wall, latencies, errors
+
+
+def _adds(app: FastAPI, payloads: list[tuple[str, bytes]], count: int, concurrency: int,
+          token: str) -> tuple[float, list[float]]:
+    """``count`` POST /images from ``concurrency`` threads: (images/s, ms to each durable 201)."""
+    import httpx
+
+    latencies: list[float] = []
+    with Served(app) as served:
+        clients = [httpx.Client(base_url=f"http://127.0.0.1:{served.port}", timeout=300,
+                                headers={"Authorization": f"Bearer {token}"}) for _ in range(concurrency)]
+
+        def one(i: int) -> None:
+            name, data = payloads[i % len(payloads)]
+            started = time.perf_counter()
+            r = clients[i % concurrency].post("/images", files={"file": (name, data, "image/png")})
+            if r.status_code != 201:
+                raise RuntimeError(f"POST /images: {r.status_code} {r.text[:200]}")
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(count)))
+        wall = time.perf_counter() - started
+        for c in clients:
+            c.close()
+    return count / wall, latencies
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="deit_small")
     parser.add_argument("--size", type=int, default=10_000, help="index entries (default 10,000)")
     parser.add_argument("--real", type=int, default=200, help="of which embedded generated images (default 200)")
     parser.add_argument("--factory", default="auto")
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=200, help="searches per setting and concurrency")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 8, 32], help="client counts (default 1,8,32)")
+    parser.add_argument("--max-batch", type=_ints, default=None,
+                        help="max_batch settings; 1 = unbatched (default: 1 and the service's default)")
+    parser.add_argument("--max-wait-ms", type=_floats, default=None,
+                        help="max_wait_ms settings for the batched ones (default: the service's default)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every measurement this many times, interleaved, and keep each one's fastest "
+                             "round (a shared machine's load comes and goes)")
+    parser.add_argument("--adds", type=int, default=50, help="POST /images to time (0: none)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_args(argv)
 
-    import httpx
     import torch
-    import uvicorn
 
     from vitrieval.config import ModelConfig
     from vitrieval.data.table import ImageTable, Record
     from vitrieval.embed import extract
     from vitrieval.index import Index
-    from vitrieval.model import Encoder
+    from vitrieval.model import Encoder, load
     from vitrieval.serve import create_app
+    from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,8 +215,6 @@ def main(argv: list[str] | None = None) -> int:
                                     patch_size=spec["patch_size"])).save(work / "model")
     t = time.perf_counter()
     images = make_images(work / "images", args.real)
-    from vitrieval.model import load
-
     encoder = load(model_dir)
     ex = extract(encoder, ImageTable([Record(str(p), -1) for p in images]), batch_size=32, num_workers=0,
                  amp="off", progress=False)
@@ -112,58 +223,52 @@ def main(argv: list[str] | None = None) -> int:
     filler /= np.linalg.norm(filler, axis=1, keepdims=True)
     descriptors = np.concatenate([ex.descriptors, filler])
     paths = [str(p) for p in images] + [str(images[i % len(images)]) for i in range(args.size - args.real)]
-    index = Index.from_descriptors(model_dir, descriptors, paths, factory=args.factory, amp="off")
+    index = Index.from_descriptors(model_dir, descriptors, paths, out_dir=work / "bench.idx", factory=args.factory,
+                                   amp="off", device=args.device)
+    device = next(index.encoder.parameters()).device
     print(f"index: {len(index):,} entries ({args.real} embedded images + {args.size - args.real:,} random "
-          f"descriptors), {index.factory}, {index.descriptor_dim}-d, model {spec['name']} at {spec['image_size']} px; "
-          f"prepared in {time.perf_counter() - t:.1f} s; torch threads {torch.get_num_threads()}", flush=True)
-
-    app = create_app(index)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+          f"descriptors), {index.factory}, {index.descriptor_dim}-d, model {spec['name']} at {spec['image_size']} px "
+          f"on {device}; prepared in {time.perf_counter() - t:.1f} s; torch threads {torch.get_num_threads()}",
+          flush=True)
     payloads = [(p.name, p.read_bytes()) for p in images]
-    client_ms: list[float] = []
-    server_ms: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-
-    def one(i: int, client: httpx.Client, record: bool = True) -> None:
-        name, data = payloads[i % len(payloads)]
-        started = time.perf_counter()
-        r = client.post("/search?k=10", files={"file": (name, data, "image/png")})
-        elapsed = (time.perf_counter() - started) * 1000
-        with lock:
-            if r.status_code != 200 or r.json()["results"][0]["path"] != name:
-                errors.append(f"{i}: {r.status_code} {r.text[:120]}")
-            elif record:
-                client_ms.append(elapsed)
-                server_ms.append(r.json()["took_ms"])
-
-    clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) for _ in range(args.concurrency)]
-    try:
-        for i in range(args.warmup):
-            one(i, clients[0], record=False)
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(lambda i: one(i, clients[i % args.concurrency]), range(args.requests)))
-        wall = time.perf_counter() - started
-    finally:
-        for c in clients:
-            c.close()
-        server.should_exit = True
-        thread.join(timeout=10)
-    c50, c99 = np.percentile(client_ms, [50, 99]) if client_ms else (float("nan"),) * 2
-    s50, s99 = np.percentile(server_ms, [50, 99]) if server_ms else (float("nan"),) * 2
-    print(f"{args.requests} requests, concurrency {args.concurrency}, {len(errors)} errors, "
-          f"{args.requests / wall:.1f} req/s")
-    print("| latency | p50 ms | p99 ms |\n|---|---:|---:|")
-    print(f"| client round trip | {c50:.1f} | {c99:.1f} |\n| server (took_ms) | {s50:.1f} | {s99:.1f} |")
-    for e in errors[:5]:
-        print("error:", e)
-    return 1 if errors else 0
+    batch_sizes = args.max_batch or [1, DEFAULT_MAX_BATCH]
+    waits = args.max_wait_ms or [DEFAULT_MAX_WAIT_MS]
+    settings = [(b, w) for b in batch_sizes for w in (waits if b > 1 else [0.0])]
+    best: dict[tuple[int, int, float], tuple] = {}
+    failed = 0
+    for round_ in range(args.rounds):
+        for concurrency in args.concurrency:
+            for max_batch, max_wait in settings:
+                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait)
+                with Served(app) as served:
+                    wall, latencies, errors = _load(served.port, payloads, args.requests, concurrency, args.warmup)
+                failed += len(errors)
+                batcher = app.state.batcher
+                mean_batch = batcher.images / max(batcher.batches, 1)
+                p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"),) * 2
+                row = (concurrency, max_batch, max_wait, args.requests / wall, p50, p99, mean_batch, len(errors))
+                key = (concurrency, max_batch, max_wait)
+                if key not in best or row[3] > best[key][3]:
+                    best[key] = row
+                print(f"  round {round_ + 1}: concurrency {concurrency}, max_batch {max_batch}, max_wait "
+                      f"{max_wait:g} ms: {args.requests / wall:.1f} req/s", flush=True)
+    rows = [best[(c, b, w)] for c in args.concurrency for b, w in settings]
+    print("\n| clients | max_batch | max_wait ms | req/s | x unbatched | p50 ms | p99 ms | p99 bound 1.3c/tput ms "
+          "| mean batch | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for concurrency, max_batch, max_wait, tput, p50, p99, mean_batch, errors in rows:
+        base = next(r[3] for r in rows if r[0] == concurrency and r[1] == 1) if 1 in batch_sizes else float("nan")
+        bound = 1.3 * concurrency / tput * 1000
+        print(f"| {concurrency} | {max_batch} | {max_wait:g} | {tput:.1f} | {tput / base:.2f} | {p50:.0f} | {p99:.0f} "
+              f"| {bound:.0f}{'' if p99 <= bound else ' (over)'} | {mean_batch:.1f} | {errors} |")
+    if args.adds:
+        token = "benchmark-write-token-0123456789"
+        print("\n| POST /images clients | images/s | ack p50 ms | ack p99 ms |\n|---:|---:|---:|---:|")
+        for concurrency in sorted({1, max(args.concurrency)}):
+            live = Index.load(work / "bench.idx", device=args.device)
+            rate, acks = _adds(create_app(live, write_token=token), payloads, args.adds, concurrency, token)
+            a50, a99 = np.percentile(acks, [50, 99])
+            print(f"| {concurrency} | {rate:.1f} | {a50:.1f} | {a99:.1f} |")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

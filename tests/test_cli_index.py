@@ -81,3 +81,49 @@ def test_cli_serve_builds_the_app_for_uvicorn(world: dict, monkeypatch: pytest.M
     assert health["count"] == 30 and health["max_k"] == 20 and health["max_upload_bytes"] == 2 * 2 ** 20
     with pytest.raises(CLIError, match="--port"):
         _cli(serve_cmd, ["serve", "--index", str(world["index_dir"]), "--port", "70000"])
+
+
+def test_cli_index_remove(world: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vitrieval.cli import CLIError, index_cmd
+
+    out = tmp_path / "rm.idx"
+    shutil.copytree(world["index_dir"], out)
+    generation = Index.load(out).generation
+    with pytest.raises(CLIError, match="no image with id 999 .*nothing removed"):
+        _cli(index_cmd, ["index", "-o", str(out), "--remove", "3", "999"])
+    assert len(Index.load(out)) == 30
+    assert _cli(index_cmd, ["index", "-o", str(out), "--remove", "3", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed 2 image(s)" in printed and "30 -> 28" in printed
+    index = Index.load(out)
+    assert len(index) == 28 and not index.has(3) and not index.has(4) and index.generation == generation + 1
+    assert index.pending_writes == 0 and not (out / "journal.log").exists()  # compacted before returning
+    with pytest.raises(CLIError, match="not an index folder"):
+        _cli(index_cmd, ["index", "-o", str(tmp_path / "none"), "--remove", "1"])
+
+
+def test_cli_serve_takes_writes_with_a_token_file(world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from vitrieval.cli import CLIError, serve_cmd
+
+    out = tmp_path / "w.idx"
+    shutil.copytree(world["index_dir"], out)
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-cli-test\n")
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert _cli(serve_cmd, ["serve", "--index", str(out), "--port", "8124", "--write-token-file", str(token),
+                            "--max-batch", "4", "--max-wait-ms", "1"]) == 0
+    assert "writes on" in capsys.readouterr().out
+    client = TestClient(seen["app"])
+    health = client.get("/healthz").json()
+    assert health["writable"] and health["max_batch"] == 4 and health["max_wait_ms"] == 1.0
+    assert client.delete("/images/5", headers={"Authorization": "Bearer a-token-of-the-cli-test"}).status_code == 204
+    seen["app"].state.close()
+    assert len(Index.load(out)) == 29
+    token.write_text("short")
+    with pytest.raises(CLIError, match="at least 16 characters"):
+        _cli(serve_cmd, ["serve", "--index", str(out), "--port", "8124", "--write-token-file", str(token)])

@@ -201,14 +201,14 @@ def _instrument(monkeypatch: pytest.MonkeyPatch, index: Index) -> dict:
         seen["decoded"].append(img.size)  # after load(): the size the decoder really produced
         return out
 
-    search = index.search
+    prepare = index.prepare  # the service hands each decoded image to Index.prepare (then batches the tensors)
 
-    def recording_search(queries: list, k: int = 10, **kw: object) -> list:
-        seen["handed"].extend(q.size for q in queries)
-        return search(queries, k, **kw)
+    def recording_prepare(image: Image.Image) -> object:
+        seen["handed"].append(image.size)
+        return prepare(image)
 
     monkeypatch.setattr(uploads, "decode_planned", recording_decode)
-    monkeypatch.setattr(index, "search", recording_search)
+    monkeypatch.setattr(index, "prepare", recording_prepare)
     return seen
 
 

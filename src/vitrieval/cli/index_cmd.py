@@ -5,6 +5,7 @@
     vitrieval index --images ./new_photos -o catalog.idx --add        # append (same model)
     vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx \
         --backend milvus --milvus-uri catalog.db --milvus-index HNSW      # vectors in Milvus (docs/SCALING.md)
+    vitrieval index -o catalog.idx --remove 17 42                      # remove images by id
 
 ``--factory`` is a faiss factory string (exact ``Flat``, ``IVF4096,PQ32x4fs,RFlat``, ``HNSW32``...) or ``auto``
 (exact below 100k images, the benchmarked approximate index above). An interrupted build resumes: rerun the same
@@ -12,6 +13,10 @@ command and the descriptor shards already written are reused. Unreadable images 
 
 Under torchrun (``torchrun --nproc_per_node N -m vitrieval index ...``) the ranks share the embedding (the result
 is that of one process) and rank 0 alone writes the index folder, prints and logs.
+
+``--add`` and ``--remove`` are journalled writes, compacted into a new generation before the command returns
+(:mod:`vitrieval.index.live`, the mechanism ``vitrieval serve --write-token-file`` uses too): killed at any moment,
+the index loads as before or as after, and a write that was journalled is replayed at the next load.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images (searched recursively)")
     source.add_argument("--table", help="CSV table with a 'path' column (and optionally 'label')")
+    source.add_argument("--remove", type=int, nargs="+", metavar="ID",
+                        help="remove the images with these ids (see `vitrieval search`) from the index at -o")
     parser.add_argument("-o", "--output", required=True, help="index folder to write (or to extend with --add)")
     parser.add_argument("--factory", default="auto",
                         help='faiss index: "Flat" (exact), "IVF4096,PQ32x4fs,RFlat", "HNSW32", ... or "auto" '
@@ -75,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     """Build (or extend) the index; prints a one-line summary and the skipped files."""
     from vitrieval.distributed import DistContext
 
+    if args.remove is not None:
+        return _remove(args)
     images = args.images if args.images is not None else args.table
     if not Path(images).exists():
         raise CLIError(f"{'--images' if args.images is not None else '--table'} {images} does not exist")
@@ -194,6 +203,25 @@ def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | N
         return MilvusIndex.build(args.checkpoint, images, args.output, milvus=milvus, scales=args.scales, **common)
     return Index.build(args.checkpoint, images, args.output, factory=args.factory, scales=args.scales, dba=args.dba,
                        **common)
+
+
+def _remove(args: argparse.Namespace) -> int:
+    """``--remove``: every id must be in the index, else nothing is removed (exit 2)."""
+    from vitrieval.index import INFO_FILE, Index
+
+    if args.add:
+        raise CLIError("--remove and --add are separate commands: run one, then the other")
+    if not (Path(args.output) / INFO_FILE).is_file():
+        raise CLIError(f"--remove: {args.output} is not an index folder (no {INFO_FILE})")
+    index = Index.load(args.output, checkpoint=args.checkpoint, device=args.device)
+    missing = [i for i in args.remove if not index.has(i)]
+    if missing:
+        raise CLIError(f"--remove: no image with id {', '.join(map(str, missing))} in {args.output}; nothing "
+                       "removed")
+    before = len(index)
+    removed = index.remove(args.remove)
+    print(f"removed {removed} image(s) from {args.output}: {before} -> {len(index)}")
+    return 0
 
 
 def apply_search_params(index: Index, args: argparse.Namespace) -> None:

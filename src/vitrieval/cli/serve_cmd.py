@@ -3,7 +3,13 @@
     vitrieval serve --index catalog.idx                    # http://127.0.0.1:8000/  (API docs at /docs)
     vitrieval serve --index catalog.idx --host 0.0.0.0 --port 9000 --max-upload-mb 20
 
-The service has no authentication: keep the default loopback host unless it sits behind a proxy that adds it.
+    vitrieval serve --index catalog.idx --write-token-file token.txt   # + POST /images, DELETE /images/{id}
+
+Searches need no authentication: keep the default loopback host unless it sits behind a proxy that adds it.
+Writes are off unless a write token is given (``--write-token-file`` or the environment variable
+``VITRIEVAL_WRITE_TOKEN``); then ``POST /images`` and ``DELETE /images/{id}`` need ``Authorization: Bearer
+<token>``, are durable (journalled, fsynced) before they are answered, and are compacted into the index folder in
+the background. Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--max-k", type=int, default=100, help="largest k a query may ask for (default 100)")
     parser.add_argument("--checkpoint", help="the index's model, if it moved since the index was built")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--write-token-file", help="file holding the bearer token that writes need (default: the "
+                                                   "environment variable VITRIEVAL_WRITE_TOKEN; neither: read-only)")
+    parser.add_argument("--max-batch", type=int,
+                        help="most queries embedded in one forward pass (1 = unbatched; default: "
+                             "vitrieval.serve.batching.DEFAULT_MAX_BATCH, measured by benchmarks/serve_latency.py)")
+    parser.add_argument("--max-wait-ms", type=float,
+                        help="how long a batch waits for more queries (default: DEFAULT_MAX_WAIT_MS, measured too)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for embedding queries (default: torch's choice; 1 is steadier on "
                              "a machine shared with other work)")
@@ -62,15 +75,28 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--max-upload-mb must be > 0 and --max-k >= 1")
     if args.threads < 0:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
+    if (args.max_batch is not None and args.max_batch < 1) or (args.max_wait_ms is not None and args.max_wait_ms < 0):
+        raise CLIError(f"--max-batch must be >= 1 and --max-wait-ms >= 0, got {args.max_batch}, {args.max_wait_ms}")
+    batching = {name: value for name, value in (("max_batch", args.max_batch), ("max_wait_ms", args.max_wait_ms))
+                if value is not None}
+    from vitrieval.serve.auth import read_write_token
+
+    try:
+        token = read_write_token(args.write_token_file)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     check_can_listen(args.host, args.port)
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
-    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k)
+    app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k,
+                     write_token=token, **batching)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: the service has no authentication", args.host)
-    print(f"serving {len(index)} images from {args.index} at http://{args.host}:{args.port}/ (docs: /docs)")
+        log.warning("listening on %s: searches need no authentication", args.host)
+    writes = "writes on (bearer token)" if token else "read-only"
+    print(f"serving {len(index)} images from {args.index} at http://{args.host}:{args.port}/ (docs: /docs; "
+          f"{writes})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

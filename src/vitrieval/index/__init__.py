@@ -3,7 +3,12 @@
 =================  ==========================================================================================
 module             one idea
 =================  ==========================================================================================
-``index``          :class:`Index`: load / save / search / add, :class:`Hit`, :class:`AddReport`
+``index``          :class:`Index`: load / save / search / add / remove, :class:`Hit`, :class:`AddReport`
+``live``           the write path: journal, apply, compact (``save``), replay at load; the vector operations
+``journal``        the append-only, checksummed, fsynced journal of writes (``journal.log``)
+``compaction``     background compaction for a service taking writes
+``removal``        removal from faiss indexes: in place over Flat, else tombstones until a rebuild
+``rwlock``         the readers-writer lock of searches and writes
 ``build``          the build orchestration: shard by shard, resumable, under torchrun (:class:`BuildOptions`)
 ``shard_cache``    the resumable descriptor shards of a build (``<index>/shards/``)
 ``store``          the index folder on disk: its files, :class:`IndexEntry`, the format errors

@@ -1,7 +1,8 @@
 """A searchable collection: a faiss index of L2-normalised descriptors, their images and the model to query it.
 
 :class:`Index` opens (:meth:`Index.load`), builds (:meth:`Index.build`, see :mod:`vitrieval.index.build`),
-searches, extends (:meth:`Index.add`) and saves an index folder (:mod:`vitrieval.index.store`). The index type is
+searches, extends (:meth:`Index.add`), shrinks (:meth:`Index.remove`) and saves an index folder
+(:mod:`vitrieval.index.store`); writes are journalled and compacted (:mod:`vitrieval.index.live`). The index type is
 a faiss factory string (``"Flat"``, ``"IVF4096,PQ32x4fs,RFlat"``, ``"HNSW32"``...) or ``"auto"``: exact search
 below :data:`~vitrieval.index.faiss_utils.AUTO_EXACT_LIMIT` vectors, the benchmarked approximate preset
 (:data:`~vitrieval.index.faiss_utils.APPROXIMATE_FACTORY`, see ``benchmarks/search.py``) above.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,12 +32,14 @@ from vitrieval.distributed import DistContext
 from vitrieval.embed import extract, resolve_distributed
 from vitrieval.index.build import BuildOptions, Built, build_index, from_descriptors
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
-from vitrieval.index.query_rerank import expand_queries, query_rerank_options, stored_vectors
+from vitrieval.index.live import LiveWrites
+from vitrieval.index.query_rerank import expand_queries, query_rerank_options
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
-from vitrieval.index.store import IndexEntry, ModelMismatchError, folder_backend, read_folder, write_folder
+from vitrieval.index.store import IndexEntry, IndexFormatError, ModelMismatchError, folder_backend, read_folder
 
 if TYPE_CHECKING:
     import faiss
+    import torch
 
     from vitrieval.model import Encoder
     from vitrieval.rerank import RerankOptions
@@ -80,15 +82,17 @@ def _is_descriptor_array(x: Any) -> bool:
     return hasattr(x, "detach") and hasattr(x, "dim")  # a torch tensor
 
 
-class Index:
+class Index(LiveWrites):
     """Descriptors of an image collection in a faiss index, with the metadata and the model to query it.
 
     Build with :meth:`build`, open with :meth:`load`; :meth:`search` takes images (paths, bytes, PIL) or
-    descriptors; :meth:`add` appends images. Embedding, search and add hold one lock, so an ``Index`` can be shared
-    by the threads of a web server.
+    descriptors; :meth:`add` appends images, :meth:`remove` removes them (journalled and compacted,
+    :mod:`vitrieval.index.live`). Embedding holds one lock (one model); searches share a readers-writer lock that a
+    write takes alone, so an ``Index`` can be shared by the threads of a web server.
 
-    The vectors are reached only through :meth:`_search_vectors`, :meth:`_add_vectors`, :meth:`_remove_vectors`
-    and :meth:`__len__`: another backend (:data:`BACKENDS`) overrides these, :meth:`load` and :meth:`save`.
+    The vectors are reached only through :meth:`_search_vectors`, :meth:`_add_vectors`, :meth:`_remove_vectors`,
+    :meth:`_stored_vectors` and :meth:`__len__` (:class:`~vitrieval.index.live.LiveWrites`): another backend
+    (:data:`BACKENDS`) overrides these, :meth:`load` and :meth:`save`.
     """
 
     backend = "faiss"
@@ -109,8 +113,10 @@ class Index:
         self._encoder: Encoder | None = None
         self._query_model: Any = None  # the encoder, or its MultiScaleEncoder at the index's scales
         self._lock = threading.RLock()
+        self._transform: Any = None
         if info.get("search_params"):
             set_search_params(faiss_index, **info["search_params"])
+        self._init_writes()
 
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -190,44 +196,17 @@ class Index:
         backend = folder_backend(directory, known=["faiss", *BACKENDS])
         if backend != cls.backend:
             return BACKENDS[backend].load(directory, checkpoint=checkpoint, device=device, mmap=mmap)
-        faiss_index, entries, info = read_folder(directory, mmap=mmap)
-        if checkpoint is not None:
-            info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-        return cls(faiss_index, entries, info, directory, device=device)
-
-    def save(self, directory: str | Path | None = None) -> Path:
-        """Write the index into ``directory`` as one atomic update: a new generation of ``index.faiss`` and
-        ``metadata.jsonl``, then ``index.json`` swapped to it (:func:`vitrieval.index.store.write_folder`)."""
-        directory = Path(directory) if directory is not None else self.directory
-        if directory is None:
-            raise ValueError("Index.save: no directory given and the index was not loaded from one")
-        with self._lock:
-            write_folder(directory, self._index, self._entries.values(), self.info)
-        self.directory = directory
-        return directory
-
-    # -- the vectors (what a backend overrides) -----------------------------------------------------------------
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
-
-    def _search_vectors(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and ids of the top ``k`` of each unit-norm row of ``x`` (id ``-1``: no more results)."""
-        return self._index.search(x, k)
-
-    def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """Store unit-norm vectors under ``ids`` (their entries are already recorded)."""
-        self._index.add_with_ids(x, ids)
-
-    def _remove_vectors(self, ids: np.ndarray) -> None:
-        """Drop the vectors of ``ids``."""
-        self._index.remove_ids(np.asarray(ids, dtype=np.int64))
-
-    def _stored_vectors(self, ids: np.ndarray) -> np.ndarray:
-        """The stored unit-norm vectors of ``ids``, in that order (query-time αQE reads its neighbours')."""
-        return stored_vectors(self._index, ids)
+        for _ in range(5):
+            faiss_index, entries, info = read_folder(directory, mmap=mmap)
+            if checkpoint is not None:
+                info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
+            index = cls(faiss_index, entries, info, directory, device=device)
+            if index._replay():  # the journalled writes after this generation (vitrieval.index.journal)
+                return index
+        raise IndexFormatError(f"{directory}: its journal does not follow its generation (journal_seq "
+                               f"{index._seq}); is another process rewriting it? rebuild the index or copy it again")
 
     # -- properties ------------------------------------------------------------------------------------------
-
     def __repr__(self) -> str:
         return (f"Index({len(self)} x {self.descriptor_dim}-d, factory={self.factory!r}, "
                 f"model={self.fingerprint}, dir={str(self.directory) if self.directory else None!r})")
@@ -347,6 +326,24 @@ class Index:
         mode = self.info.get("preprocessing", {}).get("amp")
         return amp_mode(next(encoder.parameters()).device, mode, for_index=True)
 
+    def prepare(self, image: ImageLike) -> torch.Tensor:
+        """One query image (path, file bytes or PIL image) as the model's input tensor ``(3, H, W)``: the index's
+        eval preprocessing. An unreadable image raises :class:`vitrieval.data.images.ImageDecodeError` naming it."""
+        if self._transform is None:
+            from vitrieval.data.transforms import eval_transform
+
+            prep = self.info.get("preprocessing", {})
+            self._transform = eval_transform(self.info["data_config"], prep.get("resize", "shorter"))
+        pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+        return self._transform(pil)
+
+    def embed_prepared(self, batch: torch.Tensor) -> np.ndarray:
+        """Descriptors of a batch of images made by :meth:`prepare` ``(B, 3, H, W)``: one forward pass."""
+        encoder = self.encoder
+        with self._lock:
+            model = self._embedding_model(encoder)  # multi-scale when the index is
+            return model.embed(batch, batch_size=len(batch), amp=self._amp(encoder))
+
     def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Descriptors of query images (paths, file bytes or PIL images) with the index's model and preprocessing.
 
@@ -354,18 +351,8 @@ class Index:
         """
         import torch
 
-        from vitrieval.data.transforms import eval_transform
-
-        pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in images]
-        prep = self.info.get("preprocessing", {})
-        transform = eval_transform(self.info["data_config"], prep.get("resize", "shorter"))
-        encoder = self.encoder
-        with self._lock:
-            model = self._embedding_model(encoder)
-            out = []
-            for i in range(0, len(pil), batch_size):
-                batch = torch.stack([transform(im) for im in pil[i:i + batch_size]])
-                out.append(model.embed(batch, batch_size=batch_size, amp=self._amp(encoder)))
+        tensors = [self.prepare(im) for im in images]
+        out = [self.embed_prepared(torch.stack(tensors[i:i + batch_size])) for i in range(0, len(tensors), batch_size)]
         if not out:
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
         return np.concatenate(out)
@@ -417,22 +404,16 @@ class Index:
             x = self.embed(list(queries))
         if len(x) == 0:
             return []
-        with self._lock:
+        results = []
+        with self._rw.read():  # the vectors and the metadata of one state: no write is half-applied
             x = normalized(x)
             if rerank_options is not None:
                 x = expand_queries(x, rerank_options, self._search_vectors, self._stored_vectors)
             scores, ids = self._search_vectors(x, int(min(k, max(len(self), 1))))
-        results = []
-        for row_scores, row_ids in zip(scores, ids):
-            hits = []
-            for score, i in zip(row_scores.tolist(), row_ids.tolist()):
-                if i < 0:
-                    continue
-                e = self._entries.get(i)
-                if e is None:  # removed meanwhile (a backend shared with other writers)
-                    continue
-                hits.append(Hit(e.id, e.path, e.label, float(score)))
-            results.append(hits)
+            for row_scores, row_ids in zip(scores, ids):
+                results.append([Hit(e.id, e.path, e.label, float(score))
+                                for score, i in zip(row_scores.tolist(), row_ids.tolist())
+                                if i >= 0 and (e := self._entries.get(i)) is not None])
         return results
 
     def _same_classes(self, table: ImageTable) -> ImageTable:
@@ -461,7 +442,8 @@ class Index:
 
     def add(self, images: ImagesArg, batch_size: int = 64, num_workers: int | str = "auto", progress: bool = True,
             save: bool = True, distributed: bool | DistContext | None = None) -> AddReport:
-        """Embed and append images (skipping paths already indexed and unreadable files); saves if on disk.
+        """Embed and append images (skipping paths already indexed and unreadable files); with a folder the add is
+        journalled, and ``save`` compacts it into a new generation before returning (:mod:`vitrieval.index.live`).
 
         ``distributed`` as in :func:`vitrieval.embed.extract`: with a process group (torchrun) every rank must
         call ``add`` on its copy of the same index with the same images; the ranks share the embedding, every
@@ -486,44 +468,15 @@ class Index:
             ex = extract(model, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
                          amp=self._amp(encoder), resize=prep.get("resize", "shorter"), skip_bad=True,
                          progress=progress, desc="adding", distributed=ctx)
-            for path in ex.bad_paths if ctx.is_main else ():
-                log.warning("skipped unreadable image: %s", path)
-            kept = [fresh[i] for i in ex.indices.tolist()]
-            next_id = int(self.info.get("next_id", len(self)))
-            if kept:
-                ids = np.arange(next_id, next_id + len(kept), dtype=np.int64)
-                for i, r in zip(ids.tolist(), kept):
-                    self._entries[i] = IndexEntry.from_record(i, r)
-                try:
-                    self._add_vectors(normalized(ex.descriptors), ids)
-                except BaseException:
-                    for i in ids.tolist():
-                        del self._entries[i]
-                    raise
-                self._paths.update(r.path for r in kept)
-                self.info["next_id"] = next_id + len(kept)
-            self.info["count"] = len(self._entries)
-            self.info["skipped"] = sorted(set(self.info.get("skipped", [])) | set(ex.bad_paths))
-            self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            if save and self.directory is not None:
-                if ctx.is_main:
-                    self.save(self.directory)
-                ctx.barrier()
-        return AddReport(len(kept), list(ex.bad_paths), already)
-
-    def remove(self, ids: Sequence[int] | np.ndarray, save: bool = True) -> int:
-        """Drop the images of ``ids`` from the index (unknown ids are ignored); saves if on disk. Returns how many
-        were removed."""
-        with self._lock:
-            gone = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).ravel().tolist()} & set(self._entries))
-            if not gone:
-                return 0
-            self._remove_vectors(np.asarray(gone, dtype=np.int64))
-            for i in gone:
-                self._paths.discard(self._entries.pop(i).path)
-            self.info["count"] = len(self._entries)
-            self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            if save and self.directory is not None:
+        for path in ex.bad_paths if ctx.is_main else ():
+            log.warning("skipped unreadable image: %s", path)
+        kept = [IndexEntry.from_record(-1, fresh[i]) for i in ex.indices.tolist()]
+        if kept:  # journalled by rank 0 alone (the folder's one writer); every rank's copy gets the images
+            self.add_descriptors(ex.descriptors, [(e.path, e.label) for e in kept], durable=ctx.is_main)
+        self.info["skipped"] = sorted(set(self.info.get("skipped", [])) | set(ex.bad_paths))
+        if save and self.directory is not None:
+            if ctx.is_main:
                 self.save(self.directory)
-        return len(gone)
+            ctx.barrier()
+        return AddReport(len(kept), list(ex.bad_paths), already)
 

@@ -118,6 +118,7 @@ class MilvusIndex(Index):
     """An index whose vectors and metadata are a Milvus collection (the module docstring)."""
 
     backend = "milvus"
+    journals = False  # a write is durable once Milvus acknowledges it: no folder journal
 
     def __init__(self, collection: MilvusCollection, entries: Sequence[IndexEntry], info: dict[str, Any],
                  directory: str | Path | None = None, device: str = "auto") -> None:

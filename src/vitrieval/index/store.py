@@ -182,10 +182,11 @@ def _read_generation(directory: Path, info: dict[str, Any], mmap: bool) -> tuple
             except (KeyError, TypeError, ValueError, AttributeError):
                 raise IndexFormatError(f"{metadata} line {number} is not an index entry ({line.strip()[:80]}); "
                                        "rebuild the index or copy it again") from None
-    if not (len(entries) == faiss_index.ntotal == int(info["count"])):
+    removed = len(info.get("tombstones") or ())  # removed ids still in index.faiss (vitrieval.index.removal)
+    if not (len(entries) == faiss_index.ntotal - removed == int(info["count"])):
         raise IndexFormatError(f"{directory}: inconsistent index ({len(entries)} metadata rows, "
-                               f"{faiss_index.ntotal} vectors, index.json says {info['count']}); an "
-                               f"interrupted write? rebuild the index")
+                               f"{faiss_index.ntotal} vectors of which {removed} removed, index.json says "
+                               f"{info['count']}); an interrupted write? rebuild the index")
     for name, size in (info.get("bytes") or {}).items():
         found = (data / name).stat().st_size
         if found != int(size):
@@ -228,11 +229,11 @@ def write_folder(directory: Path, faiss_index: faiss.Index, entries: Iterable[In
     atomic_write_text(data / METADATA_FILE, "\n".join(lines) + ("\n" if lines else ""))
     with atomic_path(data / INDEX_FILE) as tmp:
         faiss.write_index(faiss_index, str(tmp))
-    _fsync_dir(data)
+    fsync_dir(data)
     info.update({"version": FORMAT_VERSION, "count": len(lines), GENERATION_KEY: generation,
                  "bytes": {name: (data / name).stat().st_size for name in (METADATA_FILE, INDEX_FILE)}})
     atomic_write_json(directory / INFO_FILE, info)  # the swap
-    _fsync_dir(directory)
+    fsync_dir(directory)
     _remove_other_generations(directory, generation)
 
 
@@ -260,7 +261,7 @@ def _remove_other_generations(directory: Path, keep: int) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make the names created in ``directory`` durable (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)

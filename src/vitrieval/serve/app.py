@@ -9,16 +9,21 @@ Endpoints
   (:mod:`vitrieval.index.query_rerank`); another value -> 422 naming the accepted ones.
 - ``GET /images/{id}?size=256``: a JPEG thumbnail (longest side <= size) of an indexed image, made on the fly and
   kept in an in-memory LRU cache. Only ids of the index resolve to files, so no path can be traversed.
-- ``GET /healthz``: count, model fingerprint, descriptor dimension, factory, limits (``max_k``, ``max_upload_bytes``,
-  ``max_upload_pixels``, ``max_aspect_ratio``, ``max_resized_pixels``, ``max_concurrent_decodes``,
-  ``decode_memory_budget``).
+- ``GET /healthz``: count, generation, pending journal length (``pending_writes``), whether writes are on, model
+  fingerprint, descriptor dimension, factory, batching (``max_batch``, ``max_wait_ms``), limits (``max_k``,
+  ``max_upload_bytes``, ``max_upload_pixels``, ``max_aspect_ratio``, ``max_resized_pixels``,
+  ``max_concurrent_decodes``, ``decode_memory_budget``).
+- ``POST /images`` (multipart ``file``, optional ``label``) -> 201 ``{"id"}``; ``DELETE /images/{id}`` -> 204: writes,
+  with ``Authorization: Bearer <token>`` when the app has a ``write_token`` (else read-only: 403), durable before
+  they are answered (:mod:`vitrieval.serve.writes`, :mod:`vitrieval.serve.auth`).
 - ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs``: OpenAPI.
 
 Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
 a client that disconnects mid-upload -> 400 (an INFO line, no traceback), an id that is not one of the index's
 (any length) -> 404, an upload over the limit -> 413 (checked on Content-Length and again while the body streams
-in), ``k`` out of range -> 422. Embedding and search run in the threadpool, serialised by the index's lock (one
-shared model).
+in), ``k`` out of range -> 422. Queries are decoded and preprocessed concurrently, then embedded in batches, one
+forward pass per batch (:mod:`vitrieval.serve.batching`, ``max_batch`` / ``max_wait_ms``); searches share the
+index's readers-writer lock, which a write takes alone (a search never sees half of one).
 
 A small file can hold a huge image, so the decoded size is bounded too (:mod:`vitrieval.serve.uploads`): from the
 header alone, an image over ``max_upload_pixels`` -> 413, of an aspect ratio over ``max_aspect_ratio`` -> 422,
@@ -35,6 +40,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,8 +57,11 @@ from starlette.requests import ClientDisconnect
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.index import Index
+from vitrieval.index.compaction import DEFAULT_INTERVAL_S, DEFAULT_MAX_PENDING, Compactor
 from vitrieval.index.store import display_path
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, RerankOptions
+from vitrieval.serve.auth import WriteAuth
+from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Batcher
 from vitrieval.serve.uploads import (
     DEFAULT_DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -62,6 +72,7 @@ from vitrieval.serve.uploads import (
     UploadLimits,
     UploadRefused,
 )
+from vitrieval.serve.writes import UploadStore, add_upload, parse_label, remove_image
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +113,18 @@ class SearchResponse(BaseModel):
     took_ms: float = Field(description="server time for decoding, embedding and searching")
 
 
+class Added(BaseModel):
+    id: int = Field(description="id of the added image (its thumbnail is /images/{id})")
+
+
 class Health(BaseModel):
     status: str
     count: int
+    generation: int | None = Field(description="the index folder's generation last compacted into")
+    pending_writes: int = Field(description="journalled writes not yet compacted into a generation")
+    writable: bool = Field(description="whether POST /images and DELETE /images/{id} are on")
+    max_batch: int
+    max_wait_ms: float
     fingerprint: str
     descriptor_dim: int
     factory: str
@@ -149,6 +169,12 @@ class ThumbnailCache:
             while self._items and (len(self._items) > self.max_entries or self._bytes > self.max_bytes):
                 _, old = self._items.popitem(last=False)
                 self._bytes -= len(old)
+
+    def forget(self, image_id: int) -> None:
+        """Drop every cached size of ``image_id`` (a removed image)."""
+        with self._lock:
+            for key in [key for key in self._items if key[0] == image_id]:
+                self._bytes -= len(self._items.pop(key))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -196,17 +222,50 @@ async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
     return await Request(request.scope, receive).form(max_files=1, max_fields=8)
 
 
+async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str) -> tuple[bytes, str, dict[str, Any]]:
+    """The image part ``file`` of a multipart upload (its bytes and name) and the other form fields; the HTTP
+    error for anything else (415 not multipart / not an image, 413 too large, 400 missing or empty)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise HTTPException(415, "send the image as multipart/form-data in the field 'file' "
+                                 f"(got Content-Type {content_type or 'none'!r})")
+    form = await _read_form(request, max_upload_bytes + MULTIPART_OVERHEAD, max_mb)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "the multipart field 'file' with an image is missing")
+        part_type = (upload.content_type or "application/octet-stream").lower()
+        if not (part_type.startswith("image/") or part_type == "application/octet-stream"):
+            raise HTTPException(415, f"'file' must be an image, got Content-Type {part_type!r}")
+        data = await upload.read(max_upload_bytes + 1)
+        name = upload.filename or "upload"
+        fields = {key: value for key, value in form.items() if key != "file"}
+    finally:
+        await form.close()
+    if len(data) > max_upload_bytes:
+        raise HTTPException(413, f"upload too large: the limit is {max_mb} MB")
+    if not data:
+        raise HTTPException(400, "the uploaded file is empty")
+    return data, name, fields
+
+
 def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_k: int = DEFAULT_MAX_K, thumbnail_cache_entries: int = 1024,
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, preload_model: bool = True, *,
                max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
                max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS, max_concurrent_decodes: int | None = None,
-               decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET) -> FastAPI:
+               decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET, write_token: str | None = None,
+               max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+               compact_every: int = DEFAULT_MAX_PENDING, compact_interval_s: float = DEFAULT_INTERVAL_S) -> FastAPI:
     """The search service for ``index`` (an :class:`Index` or an index folder).
 
     ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
     first query is not slow. The upload limits are described in :mod:`vitrieval.serve.uploads`;
-    ``max_concurrent_decodes=None`` is the CPU count, at most 4.
+    ``max_concurrent_decodes=None`` is the CPU count, at most 4. ``max_batch`` / ``max_wait_ms``: batched
+    inference (:mod:`vitrieval.serve.batching`; ``max_batch=1`` embeds each query alone). ``write_token`` turns on
+    ``POST /images`` / ``DELETE /images/{id}`` (the index must be a folder; this app becomes its one writer), with
+    compaction after ``compact_every`` writes or ``compact_interval_s`` seconds (and at shutdown, in the app's
+    lifespan). ``app.state.close()`` stops the app's threads and releases the folder's write lock.
     """
     if max_upload_bytes <= 0 or max_k <= 0:
         raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
@@ -224,12 +283,50 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     cache = ThumbnailCache(thumbnail_cache_entries)
     max_mb = f"{max_upload_bytes / 2 ** 20:g}"
     page = _page()
+    auth = WriteAuth(write_token)
+    compactor: Compactor | None = None
+    store: UploadStore | None = None
+    if auth.writable:
+        if idx.directory is None:
+            raise ValueError("writes need an index folder: give create_app the folder, or an Index loaded from one")
+        idx.hold_writer()  # JournalLocked if another process writes the folder
+        compactor = Compactor(idx, compact_every, compact_interval_s)
+        store = UploadStore(idx.directory)
+    batcher = Batcher(idx.embed_prepared, max_batch, max_wait_ms)
 
-    app = FastAPI(title="vitrieval image search", version=__version__,
+    def close() -> None:
+        batcher.close()
+        decoder.shutdown()
+        if compactor is not None:
+            compactor.close()
+            idx.release_writer()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if compactor is not None and idx.pending_writes:  # at shutdown: fold the journal into a generation
+            await run_in_threadpool(compactor.compact)
+
+    app = FastAPI(title="vitrieval image search", version=__version__, lifespan=lifespan,
                   description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).")
     app.state.index = idx
     app.state.thumbnails = cache
     app.state.decoder = decoder
+    app.state.batcher = batcher
+    app.state.compactor = compactor
+    app.state.close = close
+
+    async def descriptor_of(data: bytes, name: str) -> Any:
+        """Decode (bounded pool), preprocess (threadpool) and embed (batched) one upload; HTTP errors for bad ones."""
+        try:
+            with batcher.incoming():
+                image = await decoder.decode(data, name)
+                tensor = await run_in_threadpool(idx.prepare, image)
+        except UploadRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        except ImageDecodeError as exc:
+            raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
+        return await batcher.embed(tensor)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN202 - starlette signature
@@ -243,7 +340,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
 
     @app.get("/healthz", response_model=Health, summary="Liveness and what is indexed")
     def healthz() -> Health:
-        return Health(status="ok", count=len(idx), fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
+        return Health(status="ok", count=len(idx), generation=idx.generation, pending_writes=idx.pending_writes,
+                      writable=auth.writable, max_batch=batcher.max_batch, max_wait_ms=batcher.max_wait_ms,
+                      fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
                       factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes,
                       max_upload_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,
                       max_resized_pixels=limits.max_resized_pixels,
@@ -270,34 +369,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
             raise HTTPException(422, f"rerank must be none or aqe, got {rerank[:40]!r} (DBA is not a query option: "
                                      "it is built into an index, vitrieval index --dba)")
         options = None if rerank.strip().lower() == "none" else RerankOptions(("aqe",), rerank_n, rerank_alpha)
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise HTTPException(415, "send the image as multipart/form-data in the field 'file' "
-                                     f"(got Content-Type {content_type or 'none'!r})")
-        form = await _read_form(request, max_upload_bytes + MULTIPART_OVERHEAD, max_mb)
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise HTTPException(400, "the multipart field 'file' with an image is missing")
-            part_type = (upload.content_type or "application/octet-stream").lower()
-            if not (part_type.startswith("image/") or part_type == "application/octet-stream"):
-                raise HTTPException(415, f"'file' must be an image, got Content-Type {part_type!r}")
-            data = await upload.read(max_upload_bytes + 1)
-            name = upload.filename or "upload"
-        finally:
-            await form.close()
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"upload too large: the limit is {max_mb} MB")
-        if not data:
-            raise HTTPException(400, "the uploaded file is empty")
-
-        try:
-            image = await decoder.decode(data, name)
-            hits = (await run_in_threadpool(idx.search, [image], k, rerank=options))[0]
-        except UploadRefused as exc:
-            raise HTTPException(exc.status, exc.detail) from None
-        except ImageDecodeError as exc:
-            raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
+        data, name, _ = await _read_upload(request, max_upload_bytes, max_mb)
+        descriptor = await descriptor_of(data, name)
+        hits = (await run_in_threadpool(idx.search, descriptor[None], k, rerank=options))[0]
         results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=display_path(h.path, root),
                                 thumbnail_url=f"/images/{h.id}") for h in hits]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
@@ -323,5 +397,40 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                 raise HTTPException(404, f"image {entry.id} is no longer readable on the server") from None
             cache.put(key, data)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/images", include_in_schema=False)
+    def no_image() -> None:  # GET /images(/) names no image (POST /images adds one)
+        raise HTTPException(404, "no such image")
+
+    _WRITE_ERRORS = {401: {"description": "no bearer token"},
+                     403: {"description": "a wrong token, or a read-only service"}}
+
+    @app.post("/images", status_code=201, response_model=Added, summary="Add an uploaded image to the index",
+              openapi_extra=_UPLOAD_BODY,
+              responses={**_WRITE_ERRORS, 400: {"description": "not a readable image"},
+                         413: {"description": "upload too large"}, 415: {"description": "not a multipart image"},
+                         422: {"description": "a label that is not an integer, or too extreme an aspect ratio"}})
+    async def add_image(request: Request) -> Added:
+        auth.check(request.headers.get("authorization"))
+        data, name, fields = await _read_upload(request, max_upload_bytes, max_mb)
+        label = parse_label(fields)
+        descriptor = await descriptor_of(data, name)
+        assert store is not None and compactor is not None
+        image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label)
+        compactor.notify()
+        return Added(id=image_id)
+
+    @app.delete("/images/{image_id}", status_code=204, response_class=Response, summary="Remove an image",
+                responses={**_WRITE_ERRORS, 404: {"description": "no such image"}})
+    async def delete_image(request: Request, image_id: str) -> Response:
+        auth.check(request.headers.get("authorization"))
+        if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > MAX_ID_DIGITS:
+            raise HTTPException(404, "no such image")
+        assert store is not None and compactor is not None
+        if not await run_in_threadpool(remove_image, idx, store, int(image_id)):
+            raise HTTPException(404, f"no image with id {image_id}")
+        cache.forget(int(image_id))
+        compactor.notify()
+        return Response(status_code=204)
 
     return app

@@ -1,0 +1,173 @@
+"""The write-ahead journal of an index folder: ``journal.log``, append-only, every record checksummed and fsynced.
+
+A write (an add or a removal) is appended here, fsynced, and only then applied in memory and acknowledged; a
+compaction (:meth:`vitrieval.index.Index.save`) later writes the whole index as a new generation whose
+``index.json`` records the last journal sequence number it holds (``journal_seq``), and then drops those records
+from the journal. Loading replays the records after the generation's ``journal_seq``. So after SIGKILL at any
+moment every acknowledged write is in the generation or in the journal, and a write is either replayed whole or
+(killed before its fsync returned, hence never acknowledged) not at all.
+
+One record on disk::
+
+    <length: uint32 LE> <crc32 of the payload: uint32 LE> <payload: `length` bytes of UTF-8 JSON>
+
+    payload = {"seq": n, "op": "add", "ids": [...], "entries": [[path, label], ...], "vectors": base64 float32}
+            | {"seq": n, "op": "remove", "ids": [...]}
+
+A record cut short or failing its checksum *at the end* of the file is the torn tail of a write that was killed
+before its fsync returned: it is ignored (and cut off before the next append). A bad record with good records after
+it cannot come from a crash: :class:`JournalError` names the file and the byte offset.
+
+One process writes a folder at a time: the writer holds an exclusive ``flock`` on the index folder itself (a second
+one, say ``vitrieval index --add`` beside a ``vitrieval serve`` taking writes, is refused with a clear error). An
+emptied journal is removed, so a compacted folder holds no journal at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from vitrieval.index.store import IndexFormatError, fsync_dir
+from vitrieval.io_utils import atomic_path
+
+JOURNAL_FILE = "journal.log"
+SEQ_KEY = "journal_seq"
+"""``index.json`` key: the last journal record a generation holds."""
+_HEADER = struct.Struct("<II")
+
+
+class JournalError(IndexFormatError):
+    """A journal record that is damaged although records follow it (not a torn tail): names file and offset."""
+
+
+class JournalLocked(ValueError):
+    """Another process holds the index folder's write lock (a ``ValueError``: the CLI reports it in one line)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One journalled write: ``op`` ``"add"`` (ids, entries ``(path, label)``, vectors) or ``"remove"`` (ids)."""
+
+    seq: int
+    op: str
+    ids: np.ndarray
+    entries: list[tuple[str, int | None]] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"seq": self.seq, "op": self.op, "ids": [int(i) for i in self.ids]}
+        if self.op == "add":
+            assert self.vectors is not None
+            body["entries"] = [[p, lab] for p, lab in self.entries]
+            body["dim"] = int(self.vectors.shape[1])
+            body["vectors"] = base64.b64encode(np.ascontiguousarray(self.vectors, dtype="<f4").tobytes()).decode()
+        payload = json.dumps(body).encode("utf-8")
+        return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Record:
+        body = json.loads(payload)
+        ids = np.asarray(body["ids"], dtype=np.int64)
+        if body["op"] == "remove":
+            return cls(int(body["seq"]), "remove", ids)
+        vectors = np.frombuffer(base64.b64decode(body["vectors"]), dtype="<f4").reshape(-1, int(body["dim"]))
+        entries = [(str(p), None if lab is None else int(lab)) for p, lab in body["entries"]]
+        return cls(int(body["seq"]), "add", ids, entries, vectors.astype(np.float32))
+
+
+def read_journal(directory: Path) -> tuple[list[Record], int]:
+    """The records of ``directory``'s journal and the byte length of its intact part (a torn tail left out)."""
+    path = directory / JOURNAL_FILE
+    if not path.is_file():
+        return [], 0
+    data = path.read_bytes()
+    records: list[Record] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _HEADER.size:
+            break  # a torn header
+        length, crc = _HEADER.unpack_from(data, offset)
+        end = offset + _HEADER.size + length
+        if end > len(data):
+            break  # a torn payload
+        payload = data[offset + _HEADER.size:end]
+        try:
+            good = zlib.crc32(payload) == crc
+            record = Record.decode(payload) if good else None
+        except (ValueError, KeyError, TypeError):
+            record = None
+        if record is None:
+            if end == len(data):
+                break  # the torn last record
+            raise JournalError(f"{path}: the record at byte {offset} is damaged (checksum or content) and "
+                               f"{len(data) - end} bytes of records follow it: not a crash, a damaged copy; "
+                               "restore the index folder or rebuild it")
+        records.append(record)
+        offset = end
+    return records, offset
+
+
+class JournalWriter:
+    """Appends records to ``directory``'s journal, each fsynced before :meth:`append` returns; holds the lock."""
+
+    def __init__(self, directory: Path) -> None:
+        import fcntl
+
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise JournalLocked(f"{directory} is being written by another process (a `vitrieval serve` taking "
+                                "writes, or another `vitrieval index --add/--remove`): stop it first") from None
+        records, intact = read_journal(directory)
+        self.last_seq = records[-1].seq if records else 0
+        """The sequence number of the last record in the journal (0: none)."""
+        self._fh: BinaryIO | None = None
+        path = directory / JOURNAL_FILE
+        if path.is_file() and path.stat().st_size > intact:  # cut off a torn tail before appending after it
+            with open(path, "r+b") as fh:
+                fh.truncate(intact)
+                os.fsync(fh.fileno())
+
+    def append(self, record: Record) -> None:
+        """Write ``record`` and fsync: when this returns, the record survives a crash."""
+        if self._fh is None:
+            created = not (self.directory / JOURNAL_FILE).exists()
+            self._fh = open(self.directory / JOURNAL_FILE, "ab")
+            if created:
+                fsync_dir(self.directory)
+        self._fh.write(record.encode())
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.last_seq = max(self.last_seq, record.seq)
+
+    def drop_through(self, seq: int) -> None:
+        """Rewrite the journal without the records up to ``seq`` (held by a generation now), atomically."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        kept = [r for r in read_journal(self.directory)[0] if r.seq > seq]
+        if kept:
+            with atomic_path(self.directory / JOURNAL_FILE) as tmp:
+                tmp.write_bytes(b"".join(r.encode() for r in kept))
+        else:
+            (self.directory / JOURNAL_FILE).unlink(missing_ok=True)
+        fsync_dir(self.directory)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        os.close(self._lock_fd)

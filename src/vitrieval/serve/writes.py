@@ -1,0 +1,93 @@
+"""Writes over HTTP: ``POST /images`` (add an uploaded image) and ``DELETE /images/{id}`` (remove one).
+
+- ``POST /images``: multipart ``file`` (the limits of ``/search`` apply: bytes, pixels, aspect ratio) and an
+  optional form field ``label`` (an integer) -> 201 ``{"id": n}``. The upload is stored under the index folder
+  (``<index>/uploads/<random>.<ext>``, written atomically and fsynced), embedded through the same
+  :class:`~vitrieval.serve.batching.Batcher` as the queries, journalled (fsynced) and applied: the answer comes once
+  the write is durable, and the next search finds the image.
+- ``DELETE /images/{id}`` -> 204; the image is gone from search and from ``/images/{id}``, the thumbnail cache
+  forgets it, and a file that came from ``POST /images`` is deleted (files of the indexed collection never are).
+
+Both need ``Authorization: Bearer <token>`` (:mod:`vitrieval.serve.auth`) and are compacted into the index folder
+in the background (:class:`~vitrieval.index.compaction.Compactor`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import HTTPException
+from PIL import Image
+
+from vitrieval.index.store import fsync_dir
+from vitrieval.io_utils import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from vitrieval.index import Index
+
+UPLOADS_DIR = "uploads"
+_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+               "TIFF": ".tif", "PPM": ".ppm"}
+
+
+class UploadStore:
+    """The images added over HTTP, kept under ``<index>/uploads/``."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.directory = index_dir / UPLOADS_DIR
+
+    def save(self, data: bytes) -> Path:
+        """Write ``data`` durably under a fresh name (the extension from its format) and return the path."""
+        try:
+            fmt = Image.open(io.BytesIO(data)).format
+        except (OSError, ValueError):  # it decoded already; the name only needs an extension
+            fmt = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{uuid.uuid4().hex}{_EXTENSIONS.get(fmt or '', '.img')}"
+        atomic_write_bytes(path, data)  # fsynced before the rename
+        fsync_dir(self.directory)
+        return path
+
+    def owns(self, path: str) -> bool:
+        return Path(path).parent == self.directory
+
+    def discard(self, path: str) -> None:
+        """Delete an uploaded file (never one outside ``uploads/``)."""
+        if self.owns(path):
+            Path(path).unlink(missing_ok=True)
+
+
+def parse_label(fields: dict[str, Any]) -> int | None:
+    """The optional ``label`` form field as a non-negative integer (422 otherwise)."""
+    raw = fields.get("label")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str) or not raw.strip().isascii() or not raw.strip().isdigit() or len(raw.strip()) > 9:
+        raise HTTPException(422, f"label must be a non-negative integer, got {str(raw)[:40]!r}")
+    return int(raw.strip())
+
+
+def add_upload(index: Index, store: UploadStore, data: bytes, descriptor: Any, label: int | None) -> int:
+    """Store the upload, then journal and apply its descriptor; returns its id (on a thread: both fsync)."""
+    path = store.save(data)
+    try:
+        return int(index.add_descriptors(descriptor[None], [(str(path), label)])[0])
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def remove_image(index: Index, store: UploadStore, image_id: int) -> bool:
+    """Journal and apply the removal, then delete the file if it was uploaded; whether the id was there."""
+    try:
+        path = index.entry(image_id).path
+    except KeyError:
+        return False
+    if not index.remove([image_id], save=False):
+        return False
+    store.discard(path)
+    return True
