@@ -171,10 +171,15 @@ class LiveWrites:
         """Apply a write to the vectors and the metadata (the caller holds the write lock)."""
         if record.op == "add":
             assert record.vectors is not None
-            self._add_vectors(record.vectors, record.ids)
-            for i, (path, label) in zip(record.ids.tolist(), record.entries):
+            for i, (path, label) in zip(record.ids.tolist(), record.entries):  # first: a backend stores them too
                 self._entries[i] = IndexEntry(i, path, label)
-                self._paths.add(path)
+            try:
+                self._add_vectors(record.vectors, record.ids)
+            except BaseException:
+                for i in record.ids.tolist():
+                    self._entries.pop(i, None)
+                raise
+            self._paths.update(path for path, _ in record.entries)
             self.info["next_id"] = max(int(self.info.get("next_id", 0)), int(record.ids.max()) + 1)
         else:
             present = np.asarray([i for i in record.ids.tolist() if i in self._entries], dtype=np.int64)
