@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="what embeds the queries: torch (default) or onnx (the model's model.onnx from "
+                             "`vitrieval export`, run by onnxruntime)")
     return parser
 
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
-    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
+    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime)
     apply_search_params(index, args)
     try:
         results = index.search(list(args.images), k=args.k)

@@ -35,7 +35,6 @@ from vitrieval.amp import amp_mode, resolve_device
 from vitrieval.data.collection import ImagesArg, collection_root, collection_table
 from vitrieval.data.table import ImageTable, Record
 from vitrieval.distributed import DistContext, RankZero
-from vitrieval.embed import extract, resolve_distributed
 from vitrieval.index.faiss_utils import (
     default_search_params,
     make_faiss_index,
@@ -151,6 +150,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     the part whose errors reach every rank. Returns its result on rank 0, ``None`` on the other ranks once rank 0
     is done.
     """
+    from vitrieval.embed import resolve_distributed
     from vitrieval.model import load
 
     ctx = resolve_distributed(distributed)
@@ -182,6 +182,8 @@ def _embed_shards(encoder: Encoder, plan: _Plan, todo: set[int], options: BuildO
                   ctx: DistContext) -> tuple[list[Chunk], list[str]]:
     """Embed the shards in ``todo`` (all ranks), write them and gather every shard's chunk (rank 0)."""
     from tqdm.auto import tqdm
+
+    from vitrieval.embed import extract
 
     chunks: list[Chunk] = []
     skipped: list[str] = []

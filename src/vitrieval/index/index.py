@@ -29,11 +29,11 @@ from vitrieval.data.collection import ImagesArg, collection_table
 from vitrieval.data.images import load_image
 from vitrieval.data.table import ImageTable
 from vitrieval.distributed import DistContext
-from vitrieval.embed import extract, resolve_distributed
 from vitrieval.index.build import BuildOptions, Built, build_index, from_descriptors
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
 from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder, write_folder
+from vitrieval.runtime.embedder import Embedder, check_runtime
 
 if TYPE_CHECKING:
     import faiss
@@ -79,11 +79,14 @@ class Index:
 
     Build with :meth:`build`, open with :meth:`load`; :meth:`search` takes images (paths, bytes, PIL) or
     descriptors; :meth:`add` appends images. Embedding, search and add hold one lock, so an ``Index`` can be shared
-    by the threads of a web server.
+    by the threads of a web server. ``runtime`` says what embeds the queries (:mod:`vitrieval.runtime`): ``torch``
+    (the model) or ``onnx`` (onnxruntime on ``<model>/model.onnx`` from ``vitrieval export``, ``threads``
+    intra-op threads; searching then imports no torch).
     """
 
     def __init__(self, faiss_index: faiss.Index, entries: Sequence[IndexEntry], info: dict[str, Any],
-                 directory: str | Path | None = None, device: str = "auto") -> None:
+                 directory: str | Path | None = None, device: str = "auto", *, runtime: str = "torch",
+                 threads: int = 0) -> None:
         self._index = faiss_index
         self._entries: dict[int, IndexEntry] = {e.id: e for e in entries}
         self._paths = {e.path for e in entries}
@@ -91,6 +94,9 @@ class Index:
         self.directory = Path(directory) if directory is not None else None
         self.device = device
         self._encoder: Encoder | None = None
+        self.runtime = check_runtime(runtime)
+        self.threads = threads
+        self._embedder: Embedder | None = None
         self._lock = threading.RLock()
         if info.get("search_params"):
             set_search_params(faiss_index, **info["search_params"])
@@ -156,17 +162,18 @@ class Index:
 
     @classmethod
     def load(cls, directory: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-             mmap: bool = False) -> Index:
+             mmap: bool = False, *, runtime: str = "torch", threads: int = 0) -> Index:
         """Open an index folder. ``checkpoint`` overrides the stored model path (a model folder that moved).
 
-        The model itself is loaded on first use (:attr:`encoder`); ``mmap=True`` memory-maps ``index.faiss``
-        (read-only use of a large index).
+        The model itself is loaded on first use (:attr:`embedder`); ``mmap=True`` memory-maps ``index.faiss``
+        (read-only use of a large index). ``runtime="onnx"`` embeds queries with the model's exported
+        ``model.onnx`` (see the class docstring).
         """
         directory = Path(directory).expanduser()
         faiss_index, entries, info = read_folder(directory, mmap=mmap)
         if checkpoint is not None:
             info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-        return cls(faiss_index, entries, info, directory, device=device)
+        return cls(faiss_index, entries, info, directory, device=device, runtime=runtime, threads=threads)
 
     def save(self, directory: str | Path | None = None) -> Path:
         """Write the index into ``directory`` as one atomic update: a new generation of ``index.faiss`` and
@@ -249,6 +256,36 @@ class Index:
                                      f"the index holds {self.descriptor_dim}-d ones")
         return encoder
 
+    @property
+    def embedder(self) -> Embedder:
+        """What embeds queries (:attr:`runtime`), made on first use; refuses a model other than the index's."""
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    self._embedder = self._load_embedder()
+        return self._embedder
+
+    def use_runtime(self, runtime: str, threads: int | None = None) -> None:
+        """Embed queries with ``runtime`` from now on (the embedder is made again on next use when it changes)."""
+        with self._lock:
+            if check_runtime(runtime) != self.runtime or (threads is not None and threads != self.threads):
+                self.runtime, self._embedder = runtime, None
+                self.threads = self.threads if threads is None else threads
+
+    def _load_embedder(self) -> Embedder:
+        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
+        if self.runtime == "onnx":
+            from vitrieval.runtime.onnx_embedder import OnnxEmbedder
+            from vitrieval.runtime.onnx_file import check_same_model, default_onnx_path
+
+            embedder = OnnxEmbedder(default_onnx_path(self.info["checkpoint"]), resize=resize, threads=self.threads)
+            check_same_model(embedder.info, embedder.path, self.fingerprint, self.descriptor_dim)
+            return embedder
+        from vitrieval.runtime.torch_embedder import TorchEmbedder
+
+        encoder = self.encoder
+        return TorchEmbedder(encoder, self.info["data_config"], resize, self._amp(encoder))
+
     # -- search parameters -----------------------------------------------------------------------------------
     def _get(self, name: str) -> int:
         params = get_search_params(self._index)
@@ -307,22 +344,10 @@ class Index:
 
         An unreadable image raises :class:`vitrieval.data.images.ImageDecodeError` naming it.
         """
-        import torch
-
-        from vitrieval.data.transforms import eval_transform
-
         pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in images]
-        prep = self.info.get("preprocessing", {})
-        transform = eval_transform(self.info["data_config"], prep.get("resize", "shorter"))
-        encoder = self.encoder
+        embedder = self.embedder
         with self._lock:
-            out = []
-            for i in range(0, len(pil), batch_size):
-                batch = torch.stack([transform(im) for im in pil[i:i + batch_size]])
-                out.append(encoder.embed(batch, batch_size=batch_size, amp=self._amp(encoder)))
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return np.concatenate(out)
+            return embedder.embed(pil, batch_size=batch_size)
 
     def search(self, queries: Sequence[ImageLike] | np.ndarray, k: int = 10,
                fingerprint: str | None = None) -> list[list[Hit]]:
@@ -398,6 +423,8 @@ class Index:
         call ``add`` on its copy of the same index with the same images; the ranks share the embedding, every
         rank's copy gets every image, and rank 0 alone saves (the others wait until it has).
         """
+        from vitrieval.embed import extract, resolve_distributed
+
         ctx = resolve_distributed(distributed)
         table = self._same_classes(collection_table(images))
         fresh = [r for r in table.records if r.path not in self._paths]

@@ -198,12 +198,14 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, preload_model: bool = True, *,
                max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
                max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS, max_concurrent_decodes: int | None = None,
-               decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET) -> FastAPI:
+               decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET, runtime: str | None = None) -> FastAPI:
     """The search service for ``index`` (an :class:`Index` or an index folder).
 
     ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
     first query is not slow. The upload limits are described in :mod:`vitrieval.serve.uploads`;
-    ``max_concurrent_decodes=None`` is the CPU count, at most 4.
+    ``max_concurrent_decodes=None`` is the CPU count, at most 4. ``runtime`` (``torch`` / ``onnx``, see
+    :mod:`vitrieval.runtime`) is what embeds the queries; ``None`` keeps the index's (``torch`` for a folder). With
+    ``onnx`` the service imports no torch.
     """
     if max_upload_bytes <= 0 or max_k <= 0:
         raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
@@ -213,9 +215,11 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     if max_concurrent_decodes is not None:
         limit_args["max_concurrent_decodes"] = max_concurrent_decodes
     limits = UploadLimits(**limit_args)
-    idx = index if isinstance(index, Index) else Index.load(index)
+    idx = index if isinstance(index, Index) else Index.load(index, runtime=runtime or "torch")
+    if runtime is not None:
+        idx.use_runtime(runtime)
     if preload_model:
-        _ = idx.encoder
+        _ = idx.embedder
     decoder = DecodePool(limits, ResizeTarget.from_index_info(idx.info))
     root = idx.root
     cache = ThumbnailCache(thumbnail_cache_entries)

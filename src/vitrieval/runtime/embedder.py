@@ -1,0 +1,31 @@
+"""The one interface an index embeds its queries through, whatever runs the model (``runtime=torch|onnx``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+RUNTIMES = ("torch", "onnx")
+"""``torch``: the :class:`~vitrieval.model.Encoder` (:mod:`.torch_embedder`); ``onnx``: onnxruntime on the file of
+``vitrieval export`` (:mod:`.onnx_embedder`, imports no torch)."""
+
+
+class Embedder(Protocol):
+    """RGB images -> ``(n, D)`` float32 unit-norm descriptors (after PCA when the model has one)."""
+
+    runtime: str
+    descriptor_dim: int
+
+    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Descriptors of the images, in order, ``batch_size`` images per forward pass."""
+        ...
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is one of :data:`RUNTIMES`, else a one-line ``ValueError``."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return runtime
