@@ -6,8 +6,6 @@ base temp folder (``onnx_world(tmp_path_factory)``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from index_world import build_world
