@@ -104,3 +104,33 @@ def test_cli_reports_a_missing_export_as_one_line(world: dict, tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("vitrieval search: error: ") and "model.onnx not found" in err[0]
+
+
+def test_an_index_built_with_onnx_holds_torchs_descriptors(world: dict, tmp_path: Path) -> None:
+    """``Index.build(runtime="onnx")``: same entries, descriptors within 1e-4 of the torch build, the corrupt file
+    skipped and named; the pre-processing records the runtime (so its shards are not a torch build's)."""
+    built = Index.build(world["model"], world["root"] / "images", tmp_path / "onnx.idx", factory="Flat",
+                        num_workers=0, progress=False, runtime="onnx", batch_size=7)
+    reference = Index.load(world["index_dir"])
+    assert built.info["preprocessing"] == {"resize": "shorter", "amp": "off", "runtime": "onnx"}
+    assert built.runtime == "onnx" and len(built) == len(reference) == 30
+    assert [e.path for e in built.entries()] == [e.path for e in reference.entries()]
+    assert built.skipped == reference.skipped and built.skipped[0].endswith("img_corrupt0.jpg")
+    ours = built.faiss_index.reconstruct_batch(np.arange(30))
+    theirs = reference.faiss_index.reconstruct_batch(np.arange(30))
+    assert np.abs(ours - theirs).max() <= 1e-4
+    hits = built.search(world["images"][:3], k=5)
+    assert [[h.id for h in row] for row in hits] == [[h.id for h in row] for row in
+                                                     reference.search(world["images"][:3], k=5)]
+
+
+def test_cli_index_runtime_onnx(world: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vitrieval.cli import CLIError, index_cmd
+
+    out = tmp_path / "cli.idx"
+    assert _cli(index_cmd, ["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"),
+                            "-o", str(out), "--factory", "Flat", "--runtime", "onnx", "--no-progress"]) == 0
+    assert Index.load(out).info["preprocessing"]["runtime"] == "onnx"
+    with pytest.raises(CLIError, match="--runtime onnx builds a new index; --add embeds with the torch model"):
+        _cli(index_cmd, ["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"),
+                         "-o", str(out), "--add", "--runtime", "onnx"])

@@ -52,6 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="what embeds the images of a new index: torch (default) or onnx (the model's "
+                             "model.onnx from `vitrieval export`, one process)")
     return parser
 
 
@@ -128,6 +131,8 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
 
     started = time.time()
     if args.add:
+        if args.runtime != "torch":
+            raise CLIError("--runtime onnx builds a new index; --add embeds with the torch model")
         if not (Path(args.output) / INFO_FILE).is_file():
             raise CLIError(f"--add: {args.output} is not an index folder (no {INFO_FILE}); build it first")
         index = Index.load(args.output, checkpoint=args.checkpoint, device=args.device)
@@ -148,7 +153,8 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
     else:
         index = Index.build(args.checkpoint, images, args.output, factory=args.factory, batch_size=args.batch_size,
                             num_workers=args.num_workers, shard_size=args.shard_size, device=args.device,
-                            nprobe=args.nprobe, ef_search=args.ef_search, progress=args.progress, distributed=ctx)
+                            nprobe=args.nprobe, ef_search=args.ef_search, progress=args.progress, distributed=ctx,
+                            runtime=args.runtime)
         if not ctx.is_main:  # the folder is complete (build waits for rank 0); rank 0 reports
             return 0
         skipped = index.skipped

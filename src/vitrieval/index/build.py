@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     import faiss
 
     from vitrieval.model import Encoder
+    from vitrieval.runtime.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class BuildOptions:
     ef_search: int | None = None
     k_factor: int | None = None
     progress: bool = True
+    runtime: str = "torch"  # "onnx": embed with <model>/model.onnx (vitrieval.runtime), in one process
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
@@ -159,6 +161,8 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     encoder = load(checkpoint, device=resolve_device(options.device))
     preprocessing = {"resize": options.resize,
                      "amp": amp_mode(next(encoder.parameters()).device, options.amp, for_index=True)}
+    embedder = _onnx_embedder(encoder, checkpoint, options, ctx, preprocessing) if options.runtime == "onnx" \
+        else None
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     plan = _Plan.make(table, directory, options.shard_size, encoder.fingerprint(), preprocessing)
 
@@ -166,7 +170,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         rank0.check_same(plan.digest, f"the ranks see different images to index or models ({len(table)} images here)")
         todo = plan.shards_to_embed(ctx, rank0)
         started = time.time()
-        chunks, skipped = _embed_shards(encoder, plan, todo, options, preprocessing["amp"], ctx)
+        chunks, skipped = _embed_shards(encoder, plan, todo, options, preprocessing["amp"], ctx, embedder)
         result, failure = None, None
         if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
             try:
@@ -178,12 +182,29 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     return result
 
 
+def _onnx_embedder(encoder: Encoder, checkpoint: Path, options: BuildOptions, ctx: DistContext,
+                   preprocessing: dict[str, Any]) -> Embedder:
+    """The exported file of ``encoder`` (refused when it is another model's); the build records
+    ``runtime: onnx`` (float32, so ``amp: off``) in its pre-processing, which keys its shards apart."""
+    from vitrieval.runtime.onnx_embedder import OnnxEmbedder
+    from vitrieval.runtime.onnx_file import check_same_model, default_onnx_path
+
+    if ctx.enabled:
+        raise ValueError("runtime onnx builds an index in one process: run it without torchrun")
+    embedder = OnnxEmbedder(default_onnx_path(checkpoint), resize=options.resize)
+    check_same_model(embedder.info, embedder.path, encoder.fingerprint(), encoder.descriptor_dim)
+    preprocessing.update(amp="off", runtime="onnx")
+    return embedder
+
+
 def _embed_shards(encoder: Encoder, plan: _Plan, todo: set[int], options: BuildOptions, amp: str,
-                  ctx: DistContext) -> tuple[list[Chunk], list[str]]:
-    """Embed the shards in ``todo`` (all ranks), write them and gather every shard's chunk (rank 0)."""
+                  ctx: DistContext, embedder: Embedder | None = None) -> tuple[list[Chunk], list[str]]:
+    """Embed the shards in ``todo`` (all ranks; with ``embedder`` rank 0 alone), write them and gather every
+    shard's chunk (rank 0)."""
     from tqdm.auto import tqdm
 
     from vitrieval.embed import extract
+    from vitrieval.runtime.table_embed import embed_table
 
     chunks: list[Chunk] = []
     skipped: list[str] = []
@@ -192,9 +213,12 @@ def _embed_shards(encoder: Encoder, plan: _Plan, todo: set[int], options: BuildO
     for s, records in enumerate(plan.shards):
         if s in todo:
             sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
-            ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
-                         resize=options.resize, skip_bad=True, progress=options.progress,
-                         desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
+            if embedder is not None:
+                ex = embed_table(embedder, sub, options.batch_size, options.progress, f"shard {s + 1}/{n_shards}")
+            else:
+                ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers,
+                             amp=amp, resize=options.resize, skip_bad=True, progress=options.progress,
+                             desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
             descriptors = ex.descriptors
             kept = [records[i] for i in ex.indices.tolist()]
             bad = list(ex.bad_paths)

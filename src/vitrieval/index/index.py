@@ -108,7 +108,7 @@ class Index:
               shard_size: int = DEFAULT_SHARD_SIZE, *, device: str = "auto", amp: str = "auto",
               resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
               k_factor: int | None = None, progress: bool = True,
-              distributed: bool | DistContext | None = None) -> Index | None:
+              distributed: bool | DistContext | None = None, runtime: str = "torch") -> Index | None:
         """Embed ``images`` with the model in ``checkpoint_dir`` and index them (saved to ``out_dir`` if given).
 
         ``images``: a folder (recursively), a ``.csv`` table (``path[,label,...]``), a list of paths or an
@@ -129,10 +129,14 @@ class Index:
         the folder is complete (rank 0's index is not sent to them: open it with :meth:`load` where needed). An
         error of rank 0's part (a foreign ``out_dir``, too few descriptors for ``factory``, no readable image) is
         raised on every rank, marked ``raised_on_rank = 0`` (the command has rank 0 alone print it).
+
+        ``runtime="onnx"`` embeds with the model's ``model.onnx`` (``vitrieval export``), in one process; the
+        index then also queries with it.
         """
         options = BuildOptions(factory=factory, batch_size=batch_size, num_workers=num_workers,
                                shard_size=shard_size, device=device, amp=amp, resize=resize, nprobe=nprobe,
-                               ef_search=ef_search, k_factor=k_factor, progress=progress)
+                               ef_search=ef_search, k_factor=k_factor, progress=progress,
+                               runtime=check_runtime(runtime))
         return build_index(checkpoint_dir, images, out_dir, options, distributed, cls._from_built)
 
     @classmethod
@@ -154,7 +158,8 @@ class Index:
     @classmethod
     def _from_built(cls, built: Built) -> Index:
         """The index of a build's parts, saved when the build has a folder."""
-        index = cls(built.faiss_index, built.entries, built.info, built.directory, device=built.device)
+        index = cls(built.faiss_index, built.entries, built.info, built.directory, device=built.device,
+                    runtime=built.info["preprocessing"].get("runtime", "torch"))
         index._encoder = built.encoder
         if built.directory is not None:
             index.save(built.directory)
