@@ -33,7 +33,7 @@ from vitrieval.index.build import BuildOptions, Built, build_index, from_descrip
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
 from vitrieval.index.store import IndexEntry, ModelMismatchError, read_folder, write_folder
-from vitrieval.runtime.embedder import Embedder, check_runtime
+from vitrieval.runtime.embedder import Embedder, check_runtime, torch_missing
 
 if TYPE_CHECKING:
     import faiss
@@ -288,7 +288,10 @@ class Index:
             return embedder
         from vitrieval.runtime.torch_embedder import TorchEmbedder
 
-        encoder = self.encoder
+        try:
+            encoder = self.encoder
+        except ImportError as exc:
+            raise (torch_missing(exc) or exc) from None
         return TorchEmbedder(encoder, self.info["data_config"], resize, self._amp(encoder))
 
     # -- search parameters -----------------------------------------------------------------------------------

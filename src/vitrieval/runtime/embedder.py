@@ -24,6 +24,19 @@ class Embedder(Protocol):
         ...
 
 
+class RuntimeUnavailableError(ValueError):
+    """The runtime asked for cannot run here (``torch`` in a torch-free serving install)."""
+
+
+def torch_missing(exc: ImportError) -> RuntimeUnavailableError | None:
+    """The one-line error for ``exc`` when it is torch (or timm / torchvision) that is not installed, else None."""
+    name = (exc.name or "").split(".")[0]
+    if name not in ("torch", "torchvision", "timm"):
+        return None
+    return RuntimeUnavailableError(f"runtime torch needs {name}, which is not installed here: use runtime onnx "
+                                   "(--runtime onnx) with the model's model.onnx from `vitrieval export`")
+
+
 def check_runtime(runtime: str) -> str:
     """``runtime`` if it is one of :data:`RUNTIMES`, else a one-line ``ValueError``."""
     if runtime not in RUNTIMES:
