@@ -182,6 +182,14 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     return result
 
 
+def extract(encoder: Encoder, table: ImageTable, **kwargs: Any) -> Any:
+    """:func:`vitrieval.embed.extract`, imported when a build embeds (that module needs torch; an index opened
+    for ``runtime="onnx"`` search imports this one without it)."""
+    from vitrieval.embed import extract as torch_extract
+
+    return torch_extract(encoder, table, **kwargs)
+
+
 def _onnx_embedder(encoder: Encoder, checkpoint: Path, options: BuildOptions, ctx: DistContext,
                    preprocessing: dict[str, Any]) -> Embedder:
     """The exported file of ``encoder`` (refused when it is another model's); the build records
@@ -203,7 +211,6 @@ def _embed_shards(encoder: Encoder, plan: _Plan, todo: set[int], options: BuildO
     shard's chunk (rank 0)."""
     from tqdm.auto import tqdm
 
-    from vitrieval.embed import extract
     from vitrieval.runtime.table_embed import embed_table
 
     chunks: list[Chunk] = []
