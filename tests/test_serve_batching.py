@@ -27,7 +27,7 @@ def test_queued_tensors_are_embedded_in_batches_equal_to_one_at_a_time(world):
     tensors = [index.prepare(str(p)) for p in good_images(world)[:12]]
     sizes: list[int] = []
 
-    def embed(batch: torch.Tensor) -> np.ndarray:
+    def embed(batch: list[torch.Tensor]) -> np.ndarray:
         sizes.append(len(batch))
         return index.embed_prepared(batch)
 
@@ -37,18 +37,18 @@ def test_queued_tensors_are_embedded_in_batches_equal_to_one_at_a_time(world):
     batched = np.stack([f.result(timeout=60) for f in futures])
     batcher.close()
     assert sizes == [4, 4, 4] and batcher.batches == 3 and batcher.images == 12
-    alone = np.concatenate([index.embed_prepared(t[None]) for t in tensors])
+    alone = np.concatenate([index.embed_prepared([t]) for t in tensors])
     assert np.abs(batched - alone).max() <= 1e-6
 
 
 def test_a_failing_forward_pass_fails_its_requests_only():
     calls = []
 
-    def embed(batch: torch.Tensor) -> np.ndarray:
+    def embed(batch: list[torch.Tensor]) -> np.ndarray:
         calls.append(len(batch))
         if len(calls) == 1:
             raise RuntimeError("out of memory")
-        return batch.flatten(1).numpy()
+        return torch.stack(batch).flatten(1).numpy()
 
     batcher = Batcher(embed, max_batch=2, max_wait_ms=300)
     with batcher.incoming():
@@ -62,9 +62,9 @@ def test_a_failing_forward_pass_fails_its_requests_only():
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch"):
-        Batcher(lambda b: b.numpy(), max_batch=0)
+        Batcher(np.stack, max_batch=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
-        Batcher(lambda b: b.numpy(), max_wait_ms=-1)
+        Batcher(np.stack, max_wait_ms=-1)
 
 
 def _concurrent_answers(app, queries: list[bytes]) -> list[list[dict]]:
@@ -99,7 +99,7 @@ def test_concurrent_searches_are_batched_and_answer_as_unbatched(world):
 
 
 def test_a_lone_request_does_not_wait():
-    batcher = Batcher(lambda b: b.flatten(1).numpy(), max_batch=8, max_wait_ms=5000)
+    batcher = Batcher(lambda b: torch.stack(b).flatten(1).numpy(), max_batch=8, max_wait_ms=5000)
     started = time.perf_counter()
     assert batcher.submit(torch.ones(1, 1, 1)).result(timeout=30).tolist() == [1.0]
     assert time.perf_counter() - started < 2.5  # nobody else announced: no 5 s wait

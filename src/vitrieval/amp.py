@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager
 
-import torch
+from vitrieval.lazy import LazyModule
+
+torch = LazyModule("torch")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -18,8 +18,10 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-import torch
-import torch.distributed as dist
+from vitrieval.lazy import LazyModule
+
+torch = LazyModule("torch")
+dist = LazyModule("torch.distributed")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sys
 
 from vitrieval import __version__
 
-COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "demo",
+COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "export", "demo",
                              "report", "reproduce", "analyze")
 
 

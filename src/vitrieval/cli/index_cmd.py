@@ -75,6 +75,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     milvus.add_argument("--milvus-index", default="auto",
                         help="Milvus vector index: FLAT (exact), IVF_FLAT, IVF_SQ8, IVF_PQ, HNSW, HNSW_SQ, AUTOINDEX "
                              "or auto (default: FLAT below 100k images, HNSW above)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="what embeds the images of a new index: torch (default) or onnx (the model's "
+                             "model.onnx from `vitrieval export`, one process)")
     return parser
 
 
@@ -157,6 +160,8 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
 
     started = time.time()
     if args.add:
+        if args.runtime != "torch":
+            raise CLIError("--runtime onnx builds a new index; --add embeds with the torch model")
         if not (Path(args.output) / INFO_FILE).is_file():
             raise CLIError(f"--add: {args.output} is not an index folder (no {INFO_FILE}); build it first")
         index = Index.load(args.output, checkpoint=args.checkpoint, device=args.device)
@@ -198,11 +203,12 @@ def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | N
     if args.backend == "milvus":
         milvus = MilvusOptions(args.milvus_uri, collection=args.collection, index_type=args.milvus_index,
                                overwrite=args.overwrite)
-        if args.dba:
-            raise CLIError("--dba applies to the faiss backend (Milvus stores the vectors as they are extracted)")
+        if args.dba or args.runtime != "torch":
+            raise CLIError("--dba and --runtime onnx apply to the faiss backend (a Milvus build embeds with torch and "
+                           "stores the vectors as they are extracted)")
         return MilvusIndex.build(args.checkpoint, images, args.output, milvus=milvus, scales=args.scales, **common)
     return Index.build(args.checkpoint, images, args.output, factory=args.factory, scales=args.scales, dba=args.dba,
-                       **common)
+                       runtime=args.runtime, **common)
 
 
 def _remove(args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          what="aqe: alpha-weighted query expansion over each query's top --rerank-n neighbours in "
                               "the index (DBA is an index option: vitrieval index --dba)")
     add_scales_argument(parser, "; queries follow the index's scales: a value other than the index's is refused")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="what embeds the queries: torch (default) or onnx (the model's model.onnx from "
+                             "`vitrieval export`, run by onnxruntime)")
     return parser
 
 
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     rerank = rerank_from_args(args, allowed=("aqe",), hint="; DBA is built into an index: vitrieval index --dba")
-    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
+    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime)
     if args.scales is not None and tuple(args.scales) != index.scales:
         raise CLIError(f"--scales {','.join(f'{s:g}' for s in args.scales)}: the index {args.index} was built at "
                        f"scales {','.join(f'{s:g}' for s in index.scales)} and queries are embedded at those "

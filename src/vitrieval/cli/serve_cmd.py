@@ -44,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for embedding queries (default: torch's choice; 1 is steadier on "
                              "a machine shared with other work)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="what embeds the queries: torch (default) or onnx (the model's model.onnx from "
+                             "`vitrieval export`, run by onnxruntime)")
     return parser
 
 
@@ -85,12 +88,13 @@ def run(args: argparse.Namespace) -> int:
         token = read_write_token(args.write_token_file)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    if args.threads:
+    if args.threads and args.runtime == "torch":
         import torch
 
         torch.set_num_threads(args.threads)
     check_can_listen(args.host, args.port)
-    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
+    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime,
+                       threads=args.threads)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k,
                      write_token=token, **batching)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -35,7 +35,6 @@ from vitrieval.amp import amp_mode, resolve_device
 from vitrieval.data.collection import ImagesArg, collection_root, collection_table
 from vitrieval.data.table import ImageTable, Record
 from vitrieval.distributed import DistContext, RankZero
-from vitrieval.embed import extract, resolve_distributed
 from vitrieval.index.faiss_utils import (
     default_search_params,
     make_faiss_index,
@@ -61,6 +60,7 @@ if TYPE_CHECKING:
     import faiss
 
     from vitrieval.model import Encoder
+    from vitrieval.runtime.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class BuildOptions:
     scales: Sequence[float] | None = None
     dba: RerankOptions | tuple[int, float] | None = None
     apply_pca: bool = True  # False: the descriptors before the model's PCA (index/descriptor_cache.py)
+    runtime: str = "torch"  # "onnx": embed with <model>/model.onnx (vitrieval.runtime), in one process
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
@@ -186,6 +187,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     is done. ``assembler`` (default :func:`assemble`, same arguments) makes the parts from the finished shards: a
     backend that stores the vectors elsewhere hands them on in :attr:`Built.pending` (the Milvus backend).
     """
+    from vitrieval.embed import resolve_distributed
     from vitrieval.model import load
 
     ctx = resolve_distributed(distributed)
@@ -193,6 +195,8 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     checkpoint = Path(checkpoint_dir).expanduser().resolve()
     encoder = load(checkpoint, device=resolve_device(options.device))
     preprocessing = options.preprocessing(encoder)
+    embedder = _onnx_embedder(encoder, checkpoint, options, ctx, preprocessing) if options.runtime == "onnx" \
+        else None
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     plan = _Plan.make(table, directory, options.shard_size, encoder.fingerprint(), preprocessing)
 
@@ -201,7 +205,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         todo = plan.shards_to_embed(ctx, rank0)
         started = time.time()
         chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo, options, preprocessing["amp"],
-                                        ctx)
+                                        ctx, embedder)
         result, failure = None, None
         if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
             try:
@@ -213,10 +217,38 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     return result
 
 
+def extract(encoder: Encoder, table: ImageTable, **kwargs: Any) -> Any:
+    """:func:`vitrieval.embed.extract`, imported when a build embeds (that module needs torch; an index opened
+    for ``runtime="onnx"`` search imports this one without it)."""
+    from vitrieval.embed import extract as torch_extract
+
+    return torch_extract(encoder, table, **kwargs)
+
+
+def _onnx_embedder(encoder: Encoder, checkpoint: Path, options: BuildOptions, ctx: DistContext,
+                   preprocessing: dict[str, Any]) -> Embedder:
+    """The exported file of ``encoder`` (refused when it is another model's); the build records
+    ``runtime: onnx`` (float32, so ``amp: off``) in its pre-processing, which keys its shards apart."""
+    from vitrieval.runtime.onnx_embedder import OnnxEmbedder
+    from vitrieval.runtime.onnx_file import check_same_model, default_onnx_path
+
+    if ctx.enabled:
+        raise ValueError("runtime onnx builds an index in one process: run it without torchrun")
+    if options.multi_scale:
+        raise ValueError("runtime onnx runs the exported graph at one scale: build a multi-scale index with torch")
+    embedder = OnnxEmbedder(default_onnx_path(checkpoint), resize=options.resize)
+    check_same_model(embedder.info, embedder.path, encoder.fingerprint(), encoder.descriptor_dim)
+    preprocessing.update(amp="off", runtime="onnx")
+    return embedder
+
+
 def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptions, amp: str,
-                  ctx: DistContext) -> tuple[list[Chunk], list[str]]:
-    """Embed the shards in ``todo`` (all ranks), write them and gather every shard's chunk (rank 0)."""
+                  ctx: DistContext, embedder: Embedder | None = None) -> tuple[list[Chunk], list[str]]:
+    """Embed the shards in ``todo`` (all ranks; with ``embedder`` rank 0 alone), write them and gather every
+    shard's chunk (rank 0)."""
     from tqdm.auto import tqdm
+
+    from vitrieval.runtime.table_embed import embed_table
 
     chunks: list[Chunk] = []
     skipped: list[str] = []
@@ -225,9 +257,12 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
     for s, records in enumerate(plan.shards):
         if s in todo:
             sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
-            ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
-                         resize=options.resize, skip_bad=True, apply_pca=options.apply_pca, progress=options.progress,
-                         desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
+            if embedder is not None:
+                ex = embed_table(embedder, sub, options.batch_size, options.progress, f"shard {s + 1}/{n_shards}")
+            else:
+                ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
+                             resize=options.resize, skip_bad=True, apply_pca=options.apply_pca,
+                             progress=options.progress, desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
             descriptors = ex.descriptors
             kept = [records[i] for i in ex.indices.tolist()]
             bad = list(ex.bad_paths)

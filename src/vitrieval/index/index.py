@@ -24,29 +24,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from vitrieval.amp import amp_mode, resolve_device
 from vitrieval.data.collection import ImagesArg, collection_table
-from vitrieval.data.images import load_image
 from vitrieval.data.table import ImageTable
 from vitrieval.distributed import DistContext
-from vitrieval.embed import extract, resolve_distributed
 from vitrieval.index.build import BuildOptions, Built, build_index, from_descriptors
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, get_search_params, normalized, set_search_params
 from vitrieval.index.live import LiveWrites
+from vitrieval.index.query_embedding import ImageLike, QueryEmbedding
 from vitrieval.index.query_rerank import expand_queries, query_rerank_options
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
 from vitrieval.index.store import IndexEntry, IndexFormatError, ModelMismatchError, folder_backend, read_folder
+from vitrieval.runtime.embedder import check_runtime
 
 if TYPE_CHECKING:
     import faiss
-    import torch
 
-    from vitrieval.model import Encoder
     from vitrieval.rerank import RerankOptions
 
 log = logging.getLogger(__name__)
 
-ImageLike = str | Path | bytes | Image.Image
 
 BACKENDS: dict[str, type[Index]] = {}
 """Index implementations by ``index.json``'s ``backend`` (faiss when absent); a subclass that sets ``backend``
@@ -82,7 +78,7 @@ def _is_descriptor_array(x: Any) -> bool:
     return hasattr(x, "detach") and hasattr(x, "dim")  # a torch tensor
 
 
-class Index(LiveWrites):
+class Index(QueryEmbedding, LiveWrites):
     """Descriptors of an image collection in a faiss index, with the metadata and the model to query it.
 
     Build with :meth:`build`, open with :meth:`load`; :meth:`search` takes images (paths, bytes, PIL) or
@@ -93,6 +89,9 @@ class Index(LiveWrites):
     The vectors are reached only through :meth:`_search_vectors`, :meth:`_add_vectors`, :meth:`_remove_vectors`,
     :meth:`_stored_vectors` and :meth:`__len__` (:class:`~vitrieval.index.live.LiveWrites`): another backend
     (:data:`BACKENDS`) overrides these, :meth:`load` and :meth:`save`.
+    ``runtime`` says what embeds the queries (:mod:`vitrieval.index.query_embedding`, :mod:`vitrieval.runtime`):
+    ``torch`` (the model) or ``onnx`` (onnxruntime on ``<model>/model.onnx`` from ``vitrieval export``,
+    ``threads`` intra-op threads; searching then imports no torch).
     """
 
     backend = "faiss"
@@ -103,17 +102,16 @@ class Index(LiveWrites):
             BACKENDS[cls.backend] = cls
 
     def __init__(self, faiss_index: faiss.Index, entries: Sequence[IndexEntry], info: dict[str, Any],
-                 directory: str | Path | None = None, device: str = "auto") -> None:
+                 directory: str | Path | None = None, device: str = "auto", *, runtime: str = "torch",
+                 threads: int = 0) -> None:
         self._index = faiss_index
         self._entries: dict[int, IndexEntry] = {e.id: e for e in entries}
         self._paths = {e.path for e in entries}
         self.info = info
         self.directory = Path(directory) if directory is not None else None
         self.device = device
-        self._encoder: Encoder | None = None
-        self._query_model: Any = None  # the encoder, or its MultiScaleEncoder at the index's scales
         self._lock = threading.RLock()
-        self._transform: Any = None
+        self._init_query_embedding(runtime, threads)
         if info.get("search_params"):
             set_search_params(faiss_index, **info["search_params"])
         self._init_writes()
@@ -126,7 +124,7 @@ class Index(LiveWrites):
               resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
               k_factor: int | None = None, progress: bool = True,
               distributed: bool | DistContext | None = None, scales: Sequence[float] | None = None,
-              dba: RerankOptions | tuple[int, float] | None = None) -> Index | None:
+              dba: RerankOptions | tuple[int, float] | None = None, runtime: str = "torch") -> Index | None:
         """Embed ``images`` with the model in ``checkpoint_dir`` and index them (saved to ``out_dir`` if given).
 
         ``images``: a folder (recursively), a ``.csv`` table (``path[,label,...]``), a list of paths or an
@@ -153,10 +151,13 @@ class Index(LiveWrites):
         ``dba`` (``(n, alpha)``): database-side augmentation of the indexed vectors
         (:func:`vitrieval.rerank.database_side_augmentation`, recorded as ``index.json`` ``dba``); the shards keep
         the plain descriptors, so a rebuild with other DBA settings embeds nothing again.
+        ``runtime="onnx"`` embeds with the model's ``model.onnx`` (``vitrieval export``), in one process; the
+        index then also queries with it.
         """
         options = BuildOptions(factory=factory, batch_size=batch_size, num_workers=num_workers,
                                shard_size=shard_size, device=device, amp=amp, resize=resize, nprobe=nprobe,
-                               ef_search=ef_search, k_factor=k_factor, progress=progress, scales=scales, dba=dba)
+                               ef_search=ef_search, k_factor=k_factor, progress=progress, scales=scales, dba=dba,
+                               runtime=check_runtime(runtime))
         return build_index(checkpoint_dir, images, out_dir, options, distributed, cls._from_built)
 
     @classmethod
@@ -178,7 +179,8 @@ class Index(LiveWrites):
     @classmethod
     def _from_built(cls, built: Built) -> Index:
         """The index of a build's parts, saved when the build has a folder."""
-        index = cls(built.faiss_index, built.entries, built.info, built.directory, device=built.device)
+        index = cls(built.faiss_index, built.entries, built.info, built.directory, device=built.device,
+                    runtime=built.info["preprocessing"].get("runtime", "torch"))
         index._encoder = built.encoder
         if built.directory is not None:
             index.save(built.directory)
@@ -186,21 +188,23 @@ class Index(LiveWrites):
 
     @classmethod
     def load(cls, directory: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-             mmap: bool = False) -> Index:
+             mmap: bool = False, *, runtime: str = "torch", threads: int = 0) -> Index:
         """Open an index folder. ``checkpoint`` overrides the stored model path (a model folder that moved).
 
-        The model itself is loaded on first use (:attr:`encoder`); ``mmap=True`` memory-maps ``index.faiss``
-        (read-only use of a large index).
+        The model itself is loaded on first use (:attr:`embedder`); ``mmap=True`` memory-maps ``index.faiss``
+        (read-only use of a large index). ``runtime="onnx"`` embeds queries with the model's exported
+        ``model.onnx`` (see the class docstring).
         """
         directory = Path(directory).expanduser()
         backend = folder_backend(directory, known=["faiss", *BACKENDS])
         if backend != cls.backend:
-            return BACKENDS[backend].load(directory, checkpoint=checkpoint, device=device, mmap=mmap)
+            return BACKENDS[backend].load(directory, checkpoint=checkpoint, device=device, mmap=mmap, runtime=runtime,
+                                          threads=threads)
         for _ in range(5):
             faiss_index, entries, info = read_folder(directory, mmap=mmap)
             if checkpoint is not None:
                 info["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
-            index = cls(faiss_index, entries, info, directory, device=device)
+            index = cls(faiss_index, entries, info, directory, device=device, runtime=runtime, threads=threads)
             if index._replay():  # the journalled writes after this generation (vitrieval.index.journal)
                 return index
         raise IndexFormatError(f"{directory}: its journal does not follow its generation (journal_seq "
@@ -210,15 +214,6 @@ class Index(LiveWrites):
     def __repr__(self) -> str:
         return (f"Index({len(self)} x {self.descriptor_dim}-d, factory={self.factory!r}, "
                 f"model={self.fingerprint}, dir={str(self.directory) if self.directory else None!r})")
-
-    @property
-    def descriptor_dim(self) -> int:
-        return int(self.info["descriptor_dim"])
-
-    @property
-    def fingerprint(self) -> str:
-        """Fingerprint of the model that embedded the collection."""
-        return str(self.info["fingerprint"])
 
     @property
     def factory(self) -> str:
@@ -244,34 +239,6 @@ class Index(LiveWrites):
     def entries(self) -> list[IndexEntry]:
         """Every indexed image, in id order of insertion."""
         return list(self._entries.values())
-
-    @property
-    def encoder(self) -> Encoder:
-        """The model that embeds queries, loaded on first use; refuses a checkpoint whose weights changed."""
-        if self._encoder is None:
-            with self._lock:
-                if self._encoder is None:
-                    self._encoder = self._load_encoder()
-        return self._encoder
-
-    def _load_encoder(self) -> Encoder:
-        from vitrieval.model import load
-
-        checkpoint = Path(self.info["checkpoint"])
-        if not checkpoint.exists():
-            raise FileNotFoundError(f"the index's model {checkpoint} is gone; pass checkpoint= to Index.load "
-                                    f"(--checkpoint) with the folder of the model that built it")
-        encoder = load(checkpoint, device=resolve_device(self.device))
-        found = encoder.fingerprint()
-        if found != self.fingerprint:
-            raise ModelMismatchError(
-                f"the model at {checkpoint} changed since the index was built (fingerprint {found}, index built "
-                f"with {self.fingerprint}): its descriptors are not comparable; rebuild the index or point to the "
-                f"original model")
-        if encoder.descriptor_dim != self.descriptor_dim:
-            raise ModelMismatchError(f"the model at {checkpoint} gives {encoder.descriptor_dim}-d descriptors, "
-                                     f"the index holds {self.descriptor_dim}-d ones")
-        return encoder
 
     # -- search parameters -----------------------------------------------------------------------------------
     def _get(self, name: str) -> int:
@@ -320,58 +287,7 @@ class Index(LiveWrites):
     def k_factor(self, value: int) -> None:
         self._set("k_factor", value)
 
-    # -- embedding and search --------------------------------------------------------------------------------
-    def _amp(self, encoder: Encoder) -> str:
-        """The mixed precision the index's descriptors were made with (see :func:`vitrieval.amp.amp_mode`)."""
-        mode = self.info.get("preprocessing", {}).get("amp")
-        return amp_mode(next(encoder.parameters()).device, mode, for_index=True)
-
-    def prepare(self, image: ImageLike) -> torch.Tensor:
-        """One query image (path, file bytes or PIL image) as the model's input tensor ``(3, H, W)``: the index's
-        eval preprocessing. An unreadable image raises :class:`vitrieval.data.images.ImageDecodeError` naming it."""
-        if self._transform is None:
-            from vitrieval.data.transforms import eval_transform
-
-            prep = self.info.get("preprocessing", {})
-            self._transform = eval_transform(self.info["data_config"], prep.get("resize", "shorter"))
-        pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
-        return self._transform(pil)
-
-    def embed_prepared(self, batch: torch.Tensor) -> np.ndarray:
-        """Descriptors of a batch of images made by :meth:`prepare` ``(B, 3, H, W)``: one forward pass."""
-        encoder = self.encoder
-        with self._lock:
-            model = self._embedding_model(encoder)  # multi-scale when the index is
-            return model.embed(batch, batch_size=len(batch), amp=self._amp(encoder))
-
-    def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-        """Descriptors of query images (paths, file bytes or PIL images) with the index's model and preprocessing.
-
-        An unreadable image raises :class:`vitrieval.data.images.ImageDecodeError` naming it.
-        """
-        import torch
-
-        tensors = [self.prepare(im) for im in images]
-        out = [self.embed_prepared(torch.stack(tensors[i:i + batch_size])) for i in range(0, len(tensors), batch_size)]
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return np.concatenate(out)
-
-    @property
-    def scales(self) -> tuple[float, ...]:
-        """The input scales of the index's descriptors (``(1.0,)``: single-scale); queries are embedded at them."""
-        return tuple(float(s) for s in self.info.get("preprocessing", {}).get("scales", (1.0,)))
-
-    def _embedding_model(self, encoder: Encoder) -> Any:
-        """``encoder``, or (multi-scale index) a :class:`~vitrieval.multiscale.MultiScaleEncoder` of it, kept."""
-        if self.scales == (1.0,):
-            return encoder
-        if self._query_model is None or self._query_model.encoder is not encoder:
-            from vitrieval.multiscale import MultiScaleEncoder
-
-            self._query_model = MultiScaleEncoder(encoder, self.scales)
-        return self._query_model
-
+    # -- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Sequence[ImageLike] | np.ndarray, k: int = 10,
                fingerprint: str | None = None, rerank: str | RerankOptions | None = None) -> list[list[Hit]]:
         """Top-``k`` indexed images for each query, best first (score = cosine similarity).
@@ -453,6 +369,8 @@ class Index(LiveWrites):
             raise ValueError(f"this index's vectors are database-side augmented ({self.info['dba']}): added images "
                              "would not be, and the others' neighbourhoods would change; rebuild it with the new "
                              "images instead")
+        from vitrieval.embed import extract, resolve_distributed
+
         ctx = resolve_distributed(distributed)
         table = self._same_classes(collection_table(images))
         fresh = [r for r in table.records if r.path not in self._paths]

@@ -256,7 +256,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS, max_concurrent_decodes: int | None = None,
                decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET, write_token: str | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-               compact_every: int = DEFAULT_MAX_PENDING, compact_interval_s: float = DEFAULT_INTERVAL_S) -> FastAPI:
+               compact_every: int = DEFAULT_MAX_PENDING, compact_interval_s: float = DEFAULT_INTERVAL_S,
+               runtime: str | None = None) -> FastAPI:
     """The search service for ``index`` (an :class:`Index` or an index folder).
 
     ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
@@ -266,6 +267,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     ``POST /images`` / ``DELETE /images/{id}`` (the index must be a folder; this app becomes its one writer), with
     compaction after ``compact_every`` writes or ``compact_interval_s`` seconds (and at shutdown, in the app's
     lifespan). ``app.state.close()`` stops the app's threads and releases the folder's write lock.
+    ``runtime`` (``torch`` / ``onnx``, see :mod:`vitrieval.runtime`) is what embeds the queries; ``None`` keeps the
+    index's (``torch`` for a folder). With ``onnx`` the service imports no torch.
     """
     if max_upload_bytes <= 0 or max_k <= 0:
         raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
@@ -275,9 +278,11 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     if max_concurrent_decodes is not None:
         limit_args["max_concurrent_decodes"] = max_concurrent_decodes
     limits = UploadLimits(**limit_args)
-    idx = index if isinstance(index, Index) else Index.load(index)
+    idx = index if isinstance(index, Index) else Index.load(index, runtime=runtime or "torch")
+    if runtime is not None:
+        idx.use_runtime(runtime)
     if preload_model:
-        _ = idx.encoder
+        _ = idx.embedder
     decoder = DecodePool(limits, ResizeTarget.from_index_info(idx.info))
     root = idx.root
     cache = ThumbnailCache(thumbnail_cache_entries)

@@ -23,12 +23,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +40,13 @@ _STOP = object()
 
 
 class Batcher:
-    """Embeds tensors handed in by concurrent requests in batches, on one thread of its own.
+    """Embeds inputs handed in by concurrent requests in batches, on one thread of its own.
 
-    ``embed_batch``: a stacked batch ``(B, 3, H, W)`` -> descriptors ``(B, D)`` (``Index.embed_prepared``).
+    ``embed_batch``: a list of ``B`` preprocessed images ``(3, H, W)`` (torch tensors or numpy arrays, by runtime)
+    -> descriptors ``(B, D)`` in one forward pass (``Index.embed_prepared``).
     """
 
-    def __init__(self, embed_batch: Callable[[torch.Tensor], np.ndarray], max_batch: int = DEFAULT_MAX_BATCH,
+    def __init__(self, embed_batch: Callable[[list[Any]], np.ndarray], max_batch: int = DEFAULT_MAX_BATCH,
                  max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
@@ -76,13 +74,13 @@ class Batcher:
             with self._upstream_lock:
                 self._upstream -= 1
 
-    def submit(self, tensor: torch.Tensor) -> Future[np.ndarray]:
+    def submit(self, tensor: Any) -> Future[np.ndarray]:
         """Queue one preprocessed image ``(3, H, W)``; the future gives its descriptor ``(D,)``."""
         future: Future[np.ndarray] = Future()
         self._queue.put((tensor, future))
         return future
 
-    async def embed(self, tensor: torch.Tensor) -> np.ndarray:
+    async def embed(self, tensor: Any) -> np.ndarray:
         """:meth:`submit`, awaited."""
         return await asyncio.wrap_future(self.submit(tensor))
 
@@ -104,8 +102,6 @@ class Batcher:
         return batch, False
 
     def _run(self) -> None:
-        import torch
-
         stop = False
         while not stop:
             first = self._queue.get()
@@ -113,7 +109,7 @@ class Batcher:
                 break
             batch, stop = self._collect(first)
             try:
-                out = self.embed_batch(torch.stack([tensor for tensor, _ in batch]))
+                out = self.embed_batch([tensor for tensor, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the error; the thread goes on
                 for _, future in batch:
                     future.set_exception(exc)

@@ -1,0 +1,167 @@
+"""How an :class:`~vitrieval.index.Index` embeds its queries: the model it was built with, run by a runtime.
+
+Mixed into :class:`~vitrieval.index.Index`. The runtime (:mod:`vitrieval.runtime`) is ``torch`` (the
+:class:`~vitrieval.model.Encoder`, multi-scale when the index is) or ``onnx`` (onnxruntime on
+``<model>/model.onnx`` from ``vitrieval export``; no torch is imported). Either way the model is checked against
+the index's fingerprint and dimension when it is first used, and a query goes through the same two steps, which
+the service's batcher (:mod:`vitrieval.serve.batching`) calls separately: :meth:`QueryEmbedding.prepare` (decoded
+image -> the model's input array, per request) and :meth:`QueryEmbedding.embed_prepared` (a list of them -> one
+forward pass).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from vitrieval.amp import amp_mode, resolve_device
+from vitrieval.data.images import load_image
+from vitrieval.index.store import ModelMismatchError
+from vitrieval.runtime.embedder import Embedder, check_runtime, torch_missing
+
+if TYPE_CHECKING:
+    from vitrieval.model import Encoder
+
+ImageLike = str | Path | bytes | Image.Image
+
+
+def as_rgb(image: ImageLike) -> Image.Image:
+    """A query as an RGB PIL image (paths and bytes decoded; an unreadable one raises ``ImageDecodeError``)."""
+    return image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+
+
+class QueryEmbedding:
+    """The query side of an index: its model (:attr:`encoder`), what runs it (:attr:`embedder`) and the embedding
+    steps. Reads ``info`` (``checkpoint``, ``fingerprint``, ``descriptor_dim``, ``data_config``,
+    ``preprocessing``) and ``device``."""
+
+    info: dict[str, Any]
+    device: str
+    _lock: threading.RLock
+
+    def _init_query_embedding(self, runtime: str, threads: int) -> None:
+        self.runtime = check_runtime(runtime)
+        self.threads = threads
+        self._encoder: Encoder | None = None
+        self._embedder: Embedder | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the model that embedded the collection."""
+        return str(self.info["fingerprint"])
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.info["descriptor_dim"])
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """The input scales of the index's descriptors (``(1.0,)``: single-scale); queries are embedded at them."""
+        return tuple(float(s) for s in self.info.get("preprocessing", {}).get("scales", (1.0,)))
+
+    # -- the model --------------------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        """The model that embeds queries, loaded on first use; refuses a checkpoint whose weights changed."""
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = self._load_encoder()
+        return self._encoder
+
+    def _load_encoder(self) -> Encoder:
+        from vitrieval.model import load
+
+        checkpoint = Path(self.info["checkpoint"])
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"the index's model {checkpoint} is gone; pass checkpoint= to Index.load "
+                                    f"(--checkpoint) with the folder of the model that built it")
+        encoder = load(checkpoint, device=resolve_device(self.device))
+        found = encoder.fingerprint()
+        if found != self.fingerprint:
+            raise ModelMismatchError(
+                f"the model at {checkpoint} changed since the index was built (fingerprint {found}, index built "
+                f"with {self.fingerprint}): its descriptors are not comparable; rebuild the index or point to the "
+                f"original model")
+        if encoder.descriptor_dim != self.descriptor_dim:
+            raise ModelMismatchError(f"the model at {checkpoint} gives {encoder.descriptor_dim}-d descriptors, "
+                                     f"the index holds {self.descriptor_dim}-d ones")
+        return encoder
+
+    def _amp(self, encoder: Encoder) -> str:
+        """The mixed precision the index's descriptors were made with (see :func:`vitrieval.amp.amp_mode`)."""
+        mode = self.info.get("preprocessing", {}).get("amp")
+        return amp_mode(next(encoder.parameters()).device, mode, for_index=True)
+
+    def _embedding_model(self, encoder: Encoder) -> Any:
+        """``encoder``, or (multi-scale index) a :class:`~vitrieval.multiscale.MultiScaleEncoder` of it."""
+        if self.scales == (1.0,):
+            return encoder
+        from vitrieval.multiscale import MultiScaleEncoder
+
+        return MultiScaleEncoder(encoder, self.scales)
+
+    # -- the runtime ------------------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        """What embeds queries (:attr:`runtime`), made on first use; refuses a model other than the index's."""
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    self._embedder = self._load_embedder()
+        return self._embedder
+
+    def use_runtime(self, runtime: str, threads: int | None = None) -> None:
+        """Embed queries with ``runtime`` from now on (the embedder is made again on next use when it changes)."""
+        with self._lock:
+            if check_runtime(runtime) != self.runtime or (threads is not None and threads != self.threads):
+                self.runtime, self._embedder = runtime, None
+                self.threads = self.threads if threads is None else threads
+
+    def _load_embedder(self) -> Embedder:
+        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
+        if self.runtime == "onnx":
+            from vitrieval.runtime.onnx_embedder import OnnxEmbedder
+            from vitrieval.runtime.onnx_file import OnnxModelError, check_same_model, default_onnx_path
+
+            if self.scales != (1.0,):
+                raise OnnxModelError(f"this index holds multi-scale descriptors (scales {self.scales}); the exported "
+                                     "graph runs one scale: query it with runtime torch")
+            embedder = OnnxEmbedder(default_onnx_path(self.info["checkpoint"]), resize=resize, threads=self.threads)
+            check_same_model(embedder.info, embedder.path, self.fingerprint, self.descriptor_dim)
+            return embedder
+        from vitrieval.runtime.torch_embedder import TorchEmbedder
+
+        try:
+            encoder = self.encoder
+        except ImportError as exc:
+            raise (torch_missing(exc) or exc) from None
+        return TorchEmbedder(self._embedding_model(encoder), self.info["data_config"], resize, self._amp(encoder))
+
+    # -- embedding ---------------------------------------------------------------------------------------------
+    def prepare(self, image: ImageLike) -> Any:
+        """One query image (path, file bytes or PIL image) as the model's input ``(3, H, W)`` (a torch tensor or a
+        numpy array, by runtime): the index's eval preprocessing. An unreadable image raises
+        :class:`vitrieval.data.images.ImageDecodeError` naming it."""
+        return self.embedder.prepare(as_rgb(image))
+
+    def embed_prepared(self, batch: Sequence[Any]) -> np.ndarray:
+        """Descriptors of images made by :meth:`prepare`: one forward pass (the model is used by one thread)."""
+        embedder = self.embedder
+        with self._lock:
+            return embedder.embed_prepared(batch)
+
+    def embed(self, images: Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
+        """Descriptors of query images (paths, file bytes or PIL images) with the index's model and preprocessing.
+
+        An unreadable image raises :class:`vitrieval.data.images.ImageDecodeError` naming it.
+        """
+        pil = [as_rgb(im) for im in images]
+        embedder = self.embedder
+        with self._lock:
+            return embedder.embed(pil, batch_size=batch_size)

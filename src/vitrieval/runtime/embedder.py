@@ -1,0 +1,52 @@
+"""The one interface an index embeds its queries through, whatever runs the model (``runtime=torch|onnx``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+RUNTIMES = ("torch", "onnx")
+"""``torch``: the :class:`~vitrieval.model.Encoder` (:mod:`.torch_embedder`); ``onnx``: onnxruntime on the file of
+``vitrieval export`` (:mod:`.onnx_embedder`, imports no torch)."""
+
+
+class Embedder(Protocol):
+    """RGB images -> ``(n, D)`` float32 unit-norm descriptors (after PCA when the model has one)."""
+
+    runtime: str
+    descriptor_dim: int
+
+    def prepare(self, image: Image.Image) -> Any:
+        """One RGB image as the model's input ``(3, H, W)`` (the eval preprocessing), for :meth:`embed_prepared`."""
+        ...
+
+    def embed_prepared(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Descriptors of inputs made by :meth:`prepare`, in order: one forward pass."""
+        ...
+
+    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Descriptors of the images, in order, ``batch_size`` images per forward pass."""
+        ...
+
+
+class RuntimeUnavailableError(ValueError):
+    """The runtime asked for cannot run here (``torch`` in a torch-free serving install)."""
+
+
+def torch_missing(exc: ImportError) -> RuntimeUnavailableError | None:
+    """The one-line error for ``exc`` when it is torch (or timm / torchvision) that is not installed, else None."""
+    name = (exc.name or "").split(".")[0]
+    if name not in ("torch", "torchvision", "timm"):
+        return None
+    return RuntimeUnavailableError(f"runtime torch needs {name}, which is not installed here: use runtime onnx "
+                                   "(--runtime onnx) with the model's model.onnx from `vitrieval export`")
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is one of :data:`RUNTIMES`, else a one-line ``ValueError``."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return runtime
