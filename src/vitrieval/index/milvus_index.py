@@ -121,8 +121,9 @@ class MilvusIndex(Index):
     journals = False  # a write is durable once Milvus acknowledges it: no folder journal
 
     def __init__(self, collection: MilvusCollection, entries: Sequence[IndexEntry], info: dict[str, Any],
-                 directory: str | Path | None = None, device: str = "auto") -> None:
-        super().__init__(None, entries, info, directory, device)
+                 directory: str | Path | None = None, device: str = "auto", *, runtime: str = "torch",
+                 threads: int = 0) -> None:
+        super().__init__(None, entries, info, directory, device, runtime=runtime, threads=threads)
         self._collection = collection
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ class MilvusIndex(Index):
 
     @classmethod
     def load(cls, directory: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-             mmap: bool = False) -> MilvusIndex:
+             mmap: bool = False, *, runtime: str = "torch", threads: int = 0) -> MilvusIndex:
         """Open a Milvus index folder: connect to its URI (token from ``$MILVUS_TOKEN``), check the collection's
         model and dimension, read its rows' metadata. ``mmap`` is faiss's and is ignored."""
         directory = Path(directory).expanduser()
@@ -221,7 +222,7 @@ class MilvusIndex(Index):
                         "using the collection", collection.where, len(entries), directory / INFO_FILE, info["count"])
         info["count"] = len(entries)
         info["next_id"] = max(int(info.get("next_id", 0)), entries[-1].id + 1 if entries else 0)
-        return cls(collection, entries, info, directory, device=device)
+        return cls(collection, entries, info, directory, device=device, runtime=runtime, threads=threads)
 
     def save(self, directory: str | Path | None = None) -> Path:
         """Write the manifest (``index.json``, atomically); the rows are already in Milvus."""
