@@ -77,8 +77,12 @@ class MultiScaleEncoder(nn.Module):
     def config(self) -> Any:
         return self.encoder.config
 
-    def reduce(self, z: torch.Tensor) -> torch.Tensor:
-        return self.encoder.reduce(z)
+    def reduce(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.encoder.reduce(pooled)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The multi-scale descriptor (:meth:`forward`) is what a PCA of multi-scale descriptors takes."""
+        return self.forward(images)
 
     # -- the multi-scale forward -------------------------------------------------------------------------------
     def scaled_size(self, height: int, width: int, scale: float) -> tuple[int, int]:
