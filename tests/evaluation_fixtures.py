@@ -61,8 +61,9 @@ def write_shapes_folder(root: Path) -> Path:
     return root
 
 
-def direct(encoder: Encoder, table, resize: str = "shorter", apply_pca: bool = True) -> np.ndarray:
-    """``extract`` descriptors of every row of ``table``, in table order."""
-    ext = extract(encoder, table, resize=resize, apply_pca=apply_pca, **OPTS)
+def direct(encoder: Encoder, table, resize: str = "shorter", apply_pca: bool = True,
+           pooled: bool = False) -> np.ndarray:
+    """``extract`` descriptors (or with ``pooled`` the pooled vectors) of every row of ``table``, in table order."""
+    ext = extract(encoder, table, resize=resize, apply_pca=apply_pca, pooled=pooled, **OPTS)
     assert ext.indices.tolist() == list(range(len(table)))
     return ext.descriptors

@@ -162,3 +162,50 @@ def test_gradient_noise_is_the_nuclear_norm_of_the_direction_covariance() -> Non
     gamma = gradient_noise(torch.from_numpy(z), torch.from_numpy(y), beta)
     assert gamma == pytest.approx(expected, abs=1e-9)
     assert gamma == pytest.approx(1 - np.linalg.norm(directions.mean(0)) ** 2, abs=1e-9)
+
+
+def test_cli_analyze_with_pca_reduces_by_a_pca_fitted_on_the_training_split(products_32: Path, tmp_path: Path) -> None:
+    """``--pca 8`` (Fig 5 uses 256): each model's test descriptors are L2(PCA(pooled)), the PCA fitted on the
+    *training* split's pooled vectors (numpy's eigenvectors here), before the energies and histograms; bad options
+    are one-line errors."""
+    import torch
+
+    from vitrieval.cli import main
+    from vitrieval.config import ModelConfig
+    from vitrieval.data.readers import read_dataset
+    from vitrieval.embed import extract
+    from vitrieval.model import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(ModelConfig(name="deit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8,
+                                  depth=1, embed_dim=64, num_heads=2, pooling="avg"))
+    encoder.save(tmp_path / "m")
+    out = tmp_path / "an"
+    assert main(["analyze", "--checkpoint", str(tmp_path / "m"), "--dataset", "folder", "--data-root",
+                 str(products_32), "--pca", "8", "--output", str(out), "--workers", "0", "--amp", "off",
+                 "--no-progress"]) == 0
+    entry = json.loads((out / "analysis.json").read_text())["models"]["m"]
+    assert entry["descriptor_dim"] == 8 and entry["pca"] == {"dim": 8, "whiten": False, "fitted_on": "folder/train"}
+
+    table = read_dataset("folder", products_32)
+    opts = {"num_workers": 0, "amp": "off", "progress": False, "pooled": True}
+    train = extract(encoder, table.split("train"), **opts).descriptors.astype(np.float64)
+    test = extract(encoder, table.split("test"), **opts).descriptors.astype(np.float64)
+    mu = train.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(np.cov((train - mu).T, bias=True))
+    y = (test - mu) @ eigvec[:, np.argsort(eigval)[::-1][:8]]
+    z = y / np.linalg.norm(y, axis=1, keepdims=True)
+    ev = np.sort(np.linalg.eigvalsh(np.cov(z.T)))[::-1]
+    np.testing.assert_allclose(entry["cumulative_energy"], np.cumsum(ev) / ev.sum(), atol=1e-4)
+    test_labels = table.split("test").labels
+    pairs = [(i, j, test_labels[i] == test_labels[j]) for i in range(len(z)) for j in range(i + 1, len(z))]
+    pos, neg = _brute_histograms(z, pairs, bins=200)
+    assert entry["positive_pairs"] == int(pos.sum()) and entry["negative_pairs"] == int(neg.sum())
+    assert np.abs(np.asarray(entry["positive_counts"]) - pos).sum() <= 2  # float32 vs float64 at bin edges
+    assert np.abs(np.asarray(entry["negative_counts"]) - neg).sum() <= 2
+
+    assert main(["analyze", "--checkpoint", str(tmp_path / "m"), "--dataset", "folder", "--data-root",
+                 str(products_32), "--pca", "0", "--output", str(out)]) == 2
+    assert main(["analyze", "--checkpoint", str(tmp_path / "m"), "--dataset", "folder", "--data-root",
+                 str(products_32), "--pca-fit-dataset", "sop", "--pca-fit-root", str(products_32),
+                 "--output", str(out)]) == 2

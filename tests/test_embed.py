@@ -77,7 +77,8 @@ def test_rows_come_back_in_table_order_with_their_indices(encoder: Encoder, imag
 def test_pca_is_applied_unless_asked_not_to(encoder: Encoder, image_dir: Path) -> None:
     paths = sorted(image_dir.glob("*.png"))
     raw = _reference(encoder, paths)
-    pca = PCAReduction.fit(raw, 4)
+    pooled = extract(encoder, _table(paths), batch_size=4, pooled=True, **OPTS).descriptors
+    pca = PCAReduction.fit(pooled, 4)  # pool -> PCA -> L2: fitted on and applied to the pooled vectors
     encoder.set_pca(pca)
     try:
         reduced = extract(encoder, _table(paths), batch_size=4, **OPTS)
@@ -85,8 +86,9 @@ def test_pca_is_applied_unless_asked_not_to(encoder: Encoder, image_dir: Path) -
     finally:
         encoder.set_pca(None)
     assert reduced.descriptors.shape == (N_IMAGES, 4) and plain.descriptors.shape == (N_IMAGES, 192)
-    assert np.allclose(reduced.descriptors, pca.apply_numpy(raw), atol=1e-5)
+    assert np.allclose(reduced.descriptors, pca.apply_numpy(pooled), atol=1e-5)
     assert np.allclose(plain.descriptors, raw, atol=1e-5)
+    assert np.allclose(pooled / np.linalg.norm(pooled, axis=1, keepdims=True), raw, atol=1e-5)
 
 
 def test_skip_bad_lists_the_unreadable_file_and_skips_its_row(encoder: Encoder, image_dir: Path,

@@ -173,9 +173,9 @@ def test_pca_is_fitted_on_the_train_split_and_stored_beside_the_model(folder_roo
     table = read_dataset("folder", folder_root)
     fresh = vitrieval.load(tmp_path / "run")  # a fresh load picks up pca.safetensors
     assert fresh.descriptor_dim == 8 and fresh.feature_dim == 192
-    # fitted on the training split's descriptors (before any PCA), not on the test split's
-    train_raw = _direct(fresh, table.split("train"), apply_pca=False)
-    test_raw = _direct(fresh, table.split("test"), apply_pca=False)
+    # fitted on the training split's pooled vectors (before PCA and L2: pool -> PCA -> L2), not on the test split's
+    train_raw = _direct(fresh, table.split("train"), pooled=True)
+    test_raw = _direct(fresh, table.split("test"), pooled=True)
     ref = PCAReduction.fit(train_raw, 8)
     assert torch.allclose(fresh.pca.matrix, ref.matrix, atol=1e-6)
     assert torch.allclose(fresh.pca.bias, ref.bias, atol=1e-6)

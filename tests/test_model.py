@@ -238,3 +238,48 @@ def test_a_folder_in_the_earlier_layout_still_loads(tmp_path):
     assert torch.equal(back.pca.matrix, pca.matrix)
     back.save(directory)  # saved again: the same keys and values
     assert json.loads((directory / "config.json").read_text()) == before
+
+
+def _sign_aligned(got, ref):
+    """``ref`` with each column's sign flipped to match ``got`` (a principal direction's sign is arbitrary)."""
+    import numpy as np
+
+    return ref * np.sign((got * ref).sum(axis=0, keepdims=True))
+
+
+def test_pca_comes_before_the_final_l2_normalisation():
+    """§3.2 "we optionally reduce the vector by PCA before normalizing it": embed() = L2(PCA(pooled)), the PCA
+    fitted on the pooled vectors — checked against numpy's eigen-decomposition of the pooled tokens computed here
+    from forward_features, and shown to differ from the other order L2(PCA(L2(pooled)))."""
+    import numpy as np
+
+    from vitrieval.pca import PCAReduction
+
+    enc = tiny(pooling="avg", depth=2)  # averaged tokens: pooled norms vary (a LayerNormed CLS token's barely do)
+    torch.manual_seed(1)
+    x = torch.randn(40, 3, 32, 32) * torch.linspace(0.2, 3.0, 40)[:, None, None, None]
+    with torch.no_grad():
+        tokens = enc.backbone.forward_features(x)
+    pooled = tokens[:, enc.backbone.num_prefix_tokens:].mean(dim=1).double().numpy()
+    norms = np.linalg.norm(pooled, axis=1)
+    assert norms.max() / norms.min() > 1.05
+
+    def pca_then_l2(f: np.ndarray, dim: int = 6) -> np.ndarray:
+        centred = f - f.mean(axis=0)
+        eigval, eigvec = np.linalg.eigh(centred.T @ centred / len(f))
+        y = centred @ eigvec[:, np.argsort(eigval)[::-1][:dim]]
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    with torch.no_grad():
+        np.testing.assert_allclose(enc.pooled(x).double().numpy(), pooled, rtol=1e-5, atol=1e-5)
+        enc.set_pca(PCAReduction.fit(enc.pooled(x).numpy(), 6))
+    got = enc.embed(x, amp="off")
+    assert got.shape == (40, 6)
+    expected = pca_then_l2(pooled)
+    np.testing.assert_allclose(got, _sign_aligned(got, expected), atol=2e-4)
+    unit = pooled / norms[:, None]
+    other_order = _sign_aligned(got, pca_then_l2(unit))
+    assert np.abs(got - other_order).max() > 1e-2  # the test tells the two orders apart
+    # forward (training) stays L2(pooled), without the PCA
+    with torch.no_grad():
+        np.testing.assert_allclose(enc(x).double().numpy(), unit, atol=1e-5)

@@ -112,3 +112,29 @@ def test_learned_whitening_with_fewer_pairs_than_dimensions_regularises_and_chec
                            (pairs, 7), (pairs.astype(np.float32), None)):
         with pytest.raises(ValueError):
             learn_whitening(x, bad_pairs, dim)
+
+
+def test_normalize_input_is_saved_and_a_file_without_the_record_reads_as_normalising(tmp_path):
+    """A PCA fitted on pooled vectors applies to them as they are (pool -> PCA -> L2); one with ``normalize_input``
+    (learned whitening, and files from before that record existed, fitted on L2-normalised vectors) first
+    normalises: y = L2(A x/|x| + b)."""
+    from safetensors.torch import save_file
+
+    from vitrieval.whitening import learn_whitening
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 5)).astype(np.float32) * rng.uniform(0.5, 3, size=(30, 1)).astype(np.float32)
+    pca = PCAReduction.fit(x, 3)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    by_hand = x @ pca.matrix.numpy().T + pca.bias.numpy()
+    np.testing.assert_allclose(pca.apply_numpy(x), by_hand / np.linalg.norm(by_hand, axis=1, keepdims=True),
+                               atol=1e-5)
+    pca.save(tmp_path / "new.safetensors")
+    assert PCAReduction.load(tmp_path / "new.safetensors").normalize_input is False
+    save_file({"matrix": pca.matrix, "bias": pca.bias}, str(tmp_path / "old.safetensors"), metadata={"whiten": "0"})
+    old = PCAReduction.load(tmp_path / "old.safetensors")
+    assert old.normalize_input is True
+    by_hand = unit @ pca.matrix.numpy().T + pca.bias.numpy()
+    np.testing.assert_allclose(old.apply_numpy(x), by_hand / np.linalg.norm(by_hand, axis=1, keepdims=True),
+                               atol=1e-5)
+    assert learn_whitening(x, np.array([[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]), 3).normalize_input

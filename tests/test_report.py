@@ -212,3 +212,36 @@ def test_runs_report_of_category_runs_and_bad_folders(tmp_path) -> None:
     (run / "metrics.jsonl").write_text("{not json\n")
     with pytest.raises(ValueError, match="metrics.jsonl: not JSON lines"):
         write_runs_report([run], tmp_path / "x.html")
+
+
+def test_runs_report_plots_gradient_noise_of_two_real_runs(products_32, tmp_path) -> None:
+    """Two small runs at β 0.1 and 0.3 with train.log_gradient_noise: the report gains Fig 4's two figures, and each
+    run's mean γ (read back through run_gammas) is the mean of the values in its metrics.jsonl."""
+    import json
+
+    from vitrieval.config import apply_overrides
+    from vitrieval.presets import load_preset
+    from vitrieval.report.gradient_noise import run_gammas
+    from vitrieval.report.runs import _read_run, write_runs_report
+    from vitrieval.training import train
+
+    runs = []
+    for margin in (0.1, 0.3):
+        cfg = apply_overrides(load_preset("cpu-tiny"), [
+            f"data.root={products_32}", "model.image_size=32", "model.depth=1", "model.embed_dim=32",
+            "model.num_heads=2", "train.batch_size=16", "train.iterations=4", "train.log_every=2",
+            "train.eval_every=0", "data.num_workers=0", "train.amp=off", f"loss.margin={margin}",
+            "train.log_gradient_noise=true"])
+        runs.append(train(cfg, tmp_path / f"beta{margin}", progress=False).output_dir)
+    page = write_runs_report(runs, tmp_path / "r.html").read_text()
+    assert "Gradient noise vs margin (Fig 4)" in page and "Gradient noise per step" in page
+    assert page.count("data:image/png;base64,") == 4  # training curves, γ per step, γ vs β, learning rate
+    data = {r.name: _read_run(r) for r in runs}
+    gammas = run_gammas({k: d["rows"] for k, d in data.items()}, {k: d["config"] for k, d in data.items()})
+    assert [(g.run, g.margin, g.koleo_weight, g.steps) for g in gammas] == [("beta0.1", 0.1, 0.0, 2),
+                                                                           ("beta0.3", 0.3, 0.0, 2)]
+    for g, run in zip(gammas, runs):
+        logged = [json.loads(line)["grad_noise_nuclear"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if "grad_noise_nuclear" in line]
+        assert len(logged) == 2 and g.mean_gamma == pytest.approx(sum(logged) / 2)
+        assert f"{g.run}: mean γ {g.mean_gamma:.4f} over 2 logged step(s)" in page

@@ -77,3 +77,58 @@ def test_every_referenced_preset_exists_or_is_pending() -> None:
     for row in rows.all_rows():
         status = row_status(row)
         assert status.startswith("preset missing") == bool(missing_presets(row))
+
+
+def _claimed_tables(description: str) -> set[int] | None:
+    """The tables a preset description claims to be a paper row of: ``None`` for a description that makes no
+    claim; the numbers of its "(Table 7)" / "(Tables 4-5)" / "(Tables 3, 6, 9)" (empty: a claim naming none)."""
+    import re
+
+    if not re.match(r"(Paper (recipe|row|backbone)|Pooling ablation)\b", description):
+        return None
+    found = re.match(r"[^(]*\(Tables? ([^)]*)\)", description)
+    tables: set[int] = set()
+    for lo, hi in re.findall(r"(\d+)(?:-(\d+))?(?! ?\d)(?! px)", found.group(1) if found else ""):  # not "224 px"
+        tables.update(range(int(lo), int(hi or lo) + 1))
+    return tables
+
+
+def test_the_claim_parser() -> None:
+    assert _claimed_tables("Paper row (Tables 4-5): IRT_L") == {4, 5}
+    assert _claimed_tables("Paper recipe (Tables 3, 6, 9): x") == {3, 6, 9}
+    assert _claimed_tables("Paper backbone (Table 1, 224 px): x") == {1}
+    assert _claimed_tables("Paper recipe: IRT_R on SOP") == set()
+    assert _claimed_tables("Extension (not a paper row: Table 2 ...), with the recipe of the paper") is None
+
+
+def test_every_preset_claiming_a_paper_row_is_a_row_of_the_tables_it_names() -> None:
+    """A description starting "Paper recipe / row / backbone" (or "Pooling ablation") is used by a row of
+    reproduce's Tables 1-9, and of every table it names; the DeiT-B category-level presets are extensions."""
+    from vitrieval.presets import load_preset, preset_dir
+
+    used: dict[str, set[int]] = {}
+    for row in rows.all_rows():
+        for p in row.presets:
+            used.setdefault(p, set()).add(row.table)
+    claims = {f.stem: _claimed_tables(load_preset(f.stem).description) for f in sorted(preset_dir().glob("*.yaml"))}
+    wrong = {name: (sorted(tables), sorted(used.get(name, ()))) for name, tables in claims.items()
+             if tables is not None and (name not in used or not tables <= used[name])}
+    assert not wrong, f"preset: (claimed tables, tables whose rows use it): {wrong}"
+    for dataset in ("sop", "cub", "inshop"):
+        for method in ("l", "r"):
+            assert claims[f"{dataset}-irt-{method}-deit-b"] is None
+            assert load_preset(f"{dataset}-irt-{method}-deit-b").description.startswith("Extension (not a paper row")
+    assert sum(c is not None for c in claims.values()) >= 38  # every paper row still says so
+
+
+def test_table7_distilled_presets_at_224_use_the_cls_token_of_the_distilled_deits() -> None:
+    from vitrieval.presets import load_preset
+
+    for preset, model in (("sfm120k-irt-l-deit-s-distilled", "deit_small_distilled_patch16_224"),
+                          ("sfm120k-irt-l-deit-b-distilled", "deit_base_distilled_patch16_224")):
+        cfg = load_preset(preset)
+        assert (cfg.model.name, cfg.model.image_size, cfg.model.pooling, cfg.train.sampler) == (model, 224, "cls",
+                                                                                               "tuples")
+        assert (cfg.train.lr, cfg.loss.margin, cfg.loss.koleo_weight) == (5e-7, 0.85, 0.0)
+    t7 = {r.row: r for r in rows.table_rows(7)}
+    assert missing_presets(t7["DeiT-S†-CLS 224 .128"]) == [] and missing_presets(t7["DeiT-B†-CLS 224 768"]) == []

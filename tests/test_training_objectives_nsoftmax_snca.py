@@ -168,7 +168,8 @@ def test_a_run_trains_and_resumes_to_identical_weights_proxies_and_memory(object
     assert all(np.isfinite(r[f"loss_{objective}"]) and r["loss_koleo"] > 0 for r in rows)
     if objective == "nsoftmax":
         groups = a["optimizer"]["param_groups"]
-        assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(1e-3)  # proxies' group, multiplier 1
+        # backbone without and with weight decay, then the proxies' group (multiplier 1)
+        assert len(groups) == 3 and groups[-1]["lr"] == pytest.approx(1e-3)
         assert a[key].shape == (8, 64)  # products_32: 8 training identities, 64-d descriptors
     else:
         assert a[key].shape == (40, 64)  # every training image (8 identities x 5 views)

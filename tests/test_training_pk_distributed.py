@@ -42,6 +42,11 @@ COMMON = [
     "memory.size=40", "memory.start_iteration=2",
 ]
 RUNS = {
+    # the convnet path: a ResNet-18 at 64 px (a 2 x 2 map: on a 1 x 1 map GeM's output does not depend on p) with a
+    # learnable GeM p (its own parameter group at 10x lr); BatchNorm frozen, since torch's SyncBatchNorm
+    # (train.sync_bn, GPUs) does not run on CPU and per-rank batch statistics differ from the global batch's
+    "resnet_frozen_bn": ["model.name=resnet18", "model.patch_size=null", "model.depth=null", "model.image_size=64",
+                         "model.pooling=gem", "model.gem_learnable=true", "train.batchnorm=frozen"],
     # IRT_L with the cross-batch memory (wraps around: 4 x 16 queued into 40 slots)
     "irt_l": [],
     # IRT_R, KoLeo over the global batch, memory fed by a momentum encoder

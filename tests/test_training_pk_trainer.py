@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -98,3 +99,57 @@ def test_sigkill_between_checkpoints_then_resume_gives_identical_weights(product
     assert iterations == list(range(1, 31))
     reference_rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in reference_rows if "loss" in r]
+
+
+def _eq1_gradient_noise(z: np.ndarray, y: np.ndarray, beta: float) -> float:
+    """γ by brute force: Eq. 1's gradient of every descriptor from the pairs (dL/dz_k ∝ −Σ_{P(k)} z_j +
+    Σ_{N(k), s_kj > β} z_j), its direction, the covariance of the directions and the sum of its singular values."""
+    s = z @ z.T
+    grad = np.zeros_like(z)
+    for k in range(len(z)):
+        for j in range(len(z)):
+            if j != k and y[j] == y[k]:
+                grad[k] -= z[j]
+            elif y[j] != y[k] and s[k, j] > beta:
+                grad[k] += z[j]
+    norms = np.linalg.norm(grad, axis=1)
+    directions = grad[norms > 0] / norms[norms > 0, None]
+    return float(np.linalg.svd(np.cov(directions.T, bias=True), compute_uv=False).sum())
+
+
+def test_logged_gradient_noise_is_gamma_of_the_steps_own_batch(products_32, tmp_path):
+    """train.log_gradient_noise: each metrics row's grad_noise_nuclear equals γ computed independently (pairs by
+    hand, numpy SVD) from the descriptors that step's forward pass produced; off, the key is absent."""
+    from vitrieval.training.pk_trainer import Trainer
+
+    overrides = [f"data.root={products_32}", "model.image_size=32", "model.depth=1", "model.embed_dim=32",
+                 "model.num_heads=2", "train.batch_size=16", "train.iterations=3", "train.log_every=1",
+                 "train.eval_every=0", "data.num_workers=0", "train.amp=off", "loss.margin=0.1"]
+    trainer = Trainer(apply_overrides(load_preset("cpu-tiny"), [*overrides, "train.log_gradient_noise=true"]),
+                      tmp_path / "on", progress=False)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    labels: list[torch.Tensor] = []
+    step = trainer.step
+
+    def recording_step(batch):
+        labels.append(batch["labels"].clone())
+        return step(batch)
+
+    trainer.step = recording_step
+    trainer.encoder.register_forward_hook(
+        lambda module, args, out: seen.append(out.detach().double().numpy()) if module.training else None)
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert [r["iteration"] for r in rows] == [1, 2, 3] and len(seen) == 3
+    for row, z, y in zip(rows, seen, labels):
+        expected = _eq1_gradient_noise(z, y.numpy(), 0.1)
+        assert 1e-3 < expected < 1.0
+        assert row["grad_noise_nuclear"] == pytest.approx(expected, abs=1e-6)
+    off = train(apply_overrides(load_preset("cpu-tiny"), overrides), tmp_path / "off", progress=False)
+    assert all("grad_noise_nuclear" not in r for r in off.history)
+
+
+def test_gradient_noise_logging_is_refused_for_tuple_training():
+    with pytest.raises(ValueError, match="train.log_gradient_noise.*P x K"):
+        apply_overrides(load_preset("sfm120k-cpu-tiny"), ["train.log_gradient_noise=true"])

@@ -143,6 +143,8 @@ def test_tuple_sampler_on_a_dataset_without_pairs_says_what_is_missing(products_
 @pytest.mark.parametrize("name,model,size,koleo", [
     ("sfm120k-irt-l-deit-s", "deit_small_patch16_224", 224, 0.0),
     ("sfm120k-irt-r-deit-s", "deit_small_patch16_224", 224, 4.0),
+    ("sfm120k-irt-l-deit-s-distilled", "deit_small_distilled_patch16_224", 224, 0.0),
+    ("sfm120k-irt-l-deit-b-distilled", "deit_base_distilled_patch16_224", 224, 0.0),
     ("sfm120k-irt-l-deit-b-distilled-384", "deit_base_distilled_patch16_384", 384, 0.0),
     ("sfm120k-irt-r-deit-b-distilled-384", "deit_base_distilled_patch16_384", 384, 4.0)])
 def test_landmark_presets_follow_the_cirtorch_recipe(name, model, size, koleo):

@@ -114,6 +114,10 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, cirtorch)
     lr: float = 3e-5
     weight_decay: float = 5e-4
+    weight_decay_exempt: bool = True  # no decay on 1-d (norm, bias) params, pos_embed, cls/dist tokens (timm, DeiT)
+    gem_p_lr_multiplier: float = 10.0  # a learnable GeM p trains at lr x this, without decay (cirtorch)
+    sync_bn: bool = True  # torchrun on GPUs: a convnet's BatchNorm as SyncBatchNorm (global batch statistics)
+    log_gradient_noise: bool = False  # Fig 4: log gamma = ||Cov(grad directions)||_* at every log step
     amp: str = "auto"  # auto (bf16 on CPU and recent GPUs) | bf16 | fp16 | off
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     batchnorm: str = "train"  # train (batch statistics) | frozen (BatchNorm in eval mode, as cirtorch; convnets)
@@ -180,6 +184,7 @@ class Config:
             "train.checkpoint_every": tr.checkpoint_every, "train.log_every": tr.log_every,
             "train.lr": tr.lr, "model.gem_p": m.gem_p, "loss.koleo_eps": lo.koleo_eps,
             "loss.temperature": lo.temperature, "loss.proxy_lr_multiplier": lo.proxy_lr_multiplier,
+            "train.gem_p_lr_multiplier": tr.gem_p_lr_multiplier,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -234,6 +239,9 @@ class Config:
             raise ValueError(f"config keys memory.size / memory.momentum: the cross-batch memory feeds the "
                              f"contrastive objective only, loss.objective is {lo.objective} (snca keeps its own "
                              f"memory of every training image); set memory.size=0 and memory.momentum=0")
+        if tr.log_gradient_noise and tr.sampler != "classes":
+            raise ValueError(f"config key train.log_gradient_noise: gamma of Eq. 1 is logged by the P x K trainer "
+                             f"(train.sampler=classes), not train.sampler={tr.sampler}")
         if tr.sampler == "classes" and d.images_per_class < 2:
             raise ValueError(f"config key data.images_per_class must be >= 2 with train.sampler=classes, got "
                              f"{d.images_per_class}: a P x K batch holds K images of each of P classes, and the "

@@ -60,8 +60,12 @@ def resolve_distributed(distributed: bool | DistContext | None) -> DistContext:
 def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, num_workers: int | str = "auto",
             amp: str = "auto", resize: str = "shorter", skip_bad: bool = False, apply_pca: bool = True,
             progress: bool = True, desc: str = "embedding",
-            distributed: bool | DistContext | None = None) -> Extraction:
+            distributed: bool | DistContext | None = None, pooled: bool = False) -> Extraction:
     """Embed every image of ``table`` with ``encoder`` (eval mode); rows come back in table order.
+
+    The rows are the final descriptors (``encoder.reduce``: ``L2(PCA(pooled))``, or ``L2(pooled)`` without a PCA),
+    ``L2(pooled)`` with ``apply_pca=False``, or with ``pooled=True`` the pooled vectors themselves, before PCA and
+    normalisation (what a PCA is fitted on: :meth:`vitrieval.model.Encoder.pooled`).
 
     ``skip_bad=True`` lists unreadable files in ``bad_paths`` (and logs them) instead of stopping; otherwise the
     first unreadable file raises its :class:`~vitrieval.data.images.ImageDecodeError` (``.path``, ``.reason``)
@@ -80,13 +84,13 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     num_workers = resolve_num_workers(num_workers, next(encoder.parameters()).device, ctx.world_size)
     if not ctx.enabled:
         ext, error = _extract_rows(encoder, table, range(len(table)), batch_size, num_workers, amp, resize,
-                                   skip_bad, apply_pca, progress, desc)
+                                   skip_bad, apply_pca, progress, desc, pooled=pooled)
         if error is not None:
             raise error
         return ext
     start, stop = shard_bounds(len(table), batch_size, ctx.rank, ctx.world_size)
     part, error = _extract_rows(encoder, table, range(start, stop), batch_size, num_workers, amp, resize, skip_bad,
-                                apply_pca, progress and ctx.is_main, desc, log_bad=False)
+                                apply_pca, progress and ctx.is_main, desc, log_bad=False, pooled=pooled)
     # The error travels with the parts: a rank that stopped still joins the gather, and every rank raises.
     parts = ctx.all_gather_object((part.descriptors, part.indices, part.bad_paths, error))
     errors = [p[3] for p in parts if p[3] is not None]
@@ -102,7 +106,7 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
 
 def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batch_size: int, num_workers: int,
                   amp: str, resize: str, skip_bad: bool, apply_pca: bool, progress: bool, desc: str,
-                  log_bad: bool = True) -> tuple[Extraction, ImageDecodeError | None]:
+                  log_bad: bool = True, pooled: bool = False) -> tuple[Extraction, ImageDecodeError | None]:
     """Embed the table rows ``rows`` (batches of ``batch_size`` from ``rows.start``); indices are table rows.
 
     Without ``skip_bad`` it stops at the first unreadable image and returns its error with the rows embedded so
@@ -128,17 +132,17 @@ def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batc
         if len(batch["indices"]) == 0:
             continue
         with autocast_context(device, amp):
-            z = encoder(batch["images"].to(device, non_blocking=True))
+            z = encoder.pooled(batch["images"].to(device, non_blocking=True))
         z = z.float()
-        if apply_pca:
-            z = encoder.reduce(z)
+        if not pooled:
+            z = encoder.reduce(z) if apply_pca else torch.nn.functional.normalize(z, dim=-1)
         chunks.append(z.cpu().numpy())
         indices.append(batch["indices"].numpy())
     encoder.train(was_training)
     bad_paths = [table[i].path for i in bad]
     if bad_paths and log_bad:
         log.warning("%d unreadable image(s) skipped, first: %s", len(bad_paths), bad_paths[0])
-    dim = encoder.descriptor_dim if apply_pca else encoder.feature_dim
+    dim = encoder.descriptor_dim if apply_pca and not pooled else encoder.feature_dim
     desc_arr = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, dim), np.float32)
     idx_arr = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
     return Extraction(desc_arr, idx_arr, bad_paths), error

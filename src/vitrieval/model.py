@@ -1,4 +1,4 @@
-"""The encoder: timm backbone -> pooling -> [projection] -> L2 normalisation [-> PCA].
+"""The encoder: timm backbone -> pooling -> [projection] -> [PCA] -> L2 normalisation.
 
 Two backbone families (:func:`backbone_family`), one descriptor recipe:
 
@@ -10,7 +10,10 @@ Two backbone families (:func:`backbone_family`), one descriptor recipe:
   descriptor is MAC / SPoC / GeM / R-MAC over the map (:class:`~vitrieval.pooling.FeatureMapPooling`;
   ``model.pooling`` mac | spoc | gem | rmac), ``C`` = 2048 for ResNet-50 / 101.
 
-Then the optional projection, L2 normalisation and (in :meth:`Encoder.embed`) the attached PCA.
+Then the optional projection (:meth:`Encoder.pooled`), and the L2 normalisation: :meth:`Encoder.forward` (training)
+normalises the pooled vector, :meth:`Encoder.reduce` gives the final descriptor, ``L2(PCA(pooled))`` with an attached
+PCA, fitted on pooled vectors, in the paper's order (§3.2: "we optionally reduce the vector by PCA *before*
+normalizing it"; not pool → L2 → PCA → L2), else ``L2(pooled)``.
 
 A trained model is a folder: ``model.safetensors`` + ``config.json`` (+ ``pca.safetensors``);
 :func:`resolve_model_dir` is the one rule that finds it from a training output folder (``OUT`` or ``OUT/model``).
@@ -231,14 +234,18 @@ class Encoder(nn.Module):
         return self.pca.out_dim if self.pca is not None else self.feature_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised pixels -> ``(B, D)`` unit-norm descriptors (before PCA)."""
+        """``(B, 3, H, W)`` normalised pixels -> ``(B, D)`` unit-norm descriptors ``L2(pooled)`` (no PCA)."""
+        return F.normalize(self.pooled(images), dim=-1)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, D)`` pooled (and projected) vectors, float32, *not* normalised: what a PCA is
+        fitted on and applied to (:meth:`reduce`)."""
         features = self.backbone.forward_features(images)
         if self.family == "feature_map" and features.ndim != 4:
             raise ValueError(f"{self.config.name}: forward_features gave shape {tuple(features.shape)}, not a "
                              "(B, C, H, W) feature map; vitrieval pools token sequences only of ViTs with prefix "
                              "tokens and (B, C, H, W) maps of convnets")
-        z = self.projection(self.pool(features))
-        return F.normalize(z.float(), dim=-1)
+        return self.projection(self.pool(features)).float()
 
     def set_pca(self, pca: PCAReduction | None, info: dict[str, Any] | None = None) -> None:
         """Attach ``pca`` (``None`` detaches), with the record :meth:`save` stores under ``config.json["pca"]``."""
@@ -247,9 +254,10 @@ class Encoder(nn.Module):
         self.pca = pca
         self.pca_info = dict(info) if pca is not None and info is not None else None
 
-    def reduce(self, z: torch.Tensor) -> torch.Tensor:
-        """Apply the attached PCA (and re-normalise); identity without one."""
-        return self.pca(z) if self.pca is not None else z
+    def reduce(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The final descriptor of :meth:`pooled` vectors: ``L2(PCA(pooled))`` with an attached PCA, else
+        ``L2(pooled)`` (pool → PCA → L2)."""
+        return self.pca(pooled) if self.pca is not None else F.normalize(pooled.float(), dim=-1)
 
     def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         from vitrieval.data.transforms import eval_transform
@@ -274,8 +282,8 @@ class Encoder(nn.Module):
         out = []
         for x in batches:
             with autocast_context(device, amp):
-                z = self.forward(x.to(device))
-            out.append(self.reduce(z.float()).cpu())
+                pooled = self.pooled(x.to(device))
+            out.append(self.reduce(pooled.float()).cpu())
         self.train(was_training)
         if not out:
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)

@@ -78,8 +78,12 @@ class MultiScaleEncoder(nn.Module):
     def config(self) -> Any:
         return self.encoder.config
 
-    def reduce(self, z: torch.Tensor) -> torch.Tensor:
-        return self.encoder.reduce(z)
+    def reduce(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.encoder.reduce(pooled)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The multi-scale descriptor (:meth:`forward`) is what a PCA of multi-scale descriptors takes."""
+        return self.forward(images)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 64, amp: str = "auto") -> np.ndarray:

@@ -50,14 +50,14 @@ class ExportParityError(ValueError):
 
 
 class EncoderGraph(nn.Module):
-    """What is exported: ``encoder.reduce(encoder(images))`` (L2-normalised, PCA'd and re-normalised)."""
+    """What is exported: ``encoder.reduce(encoder.pooled(images))`` (pool, PCA, L2)."""
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
         self.encoder = encoder
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.reduce(self.encoder(images))
+        return self.encoder.reduce(self.encoder.pooled(images))
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def export_onnx(encoder: Encoder, out: str | Path, images: Sequence[Image.Image]
     transform = eval_transform(encoder.data_config, resize)
     pixels = torch.stack([transform(im) for im in images])
     with torch.no_grad():
-        expected = encoder.reduce(encoder(pixels)).numpy()
+        expected = encoder.reduce(encoder.pooled(pixels)).numpy()
     info = OnnxModelInfo(encoder.fingerprint(), dict(encoder.data_config), int(encoder.descriptor_dim), resize)
     out = Path(out).expanduser()
     with atomic_path(out) as tmp:

@@ -1,7 +1,13 @@
-"""PCA (optionally whitened) reduction of descriptors, fitted with faiss, applied before re-normalising.
+"""PCA (optionally whitened) reduction of descriptors, fitted with faiss, applied before normalising.
 
 ``y = normalize(A (x − μ))`` where the rows of A are the top principal directions (scaled by
 ``eigenvalue^(-1/2)`` when whitening). faiss's ``PCAMatrix`` stores it as ``y = A x + b`` with ``b = −A μ``.
+
+``x`` is the encoder's *pooled* vector, not yet L2-normalised: the paper's §3.2 order pool → PCA → L2
+(:meth:`vitrieval.model.Encoder.reduce`). A reduction with ``normalize_input`` first L2-normalises ``x``
+(``y = normalize(A (x/‖x‖ − μ))``): learned whitening (cirtorch whitens L2-normalised descriptors), and a PCA file
+written before the order was fixed (it was fitted on L2-normalised descriptors; a file without the
+``normalize_input`` record is read as such, so it keeps giving what it gave).
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import torch
 
 
 class PCAReduction(torch.nn.Module):
-    """A fitted linear reduction ``y = normalize(x Aᵀ + b)``; buffers so it saves with the model."""
+    """A fitted linear reduction ``y = normalize(x Aᵀ + b)`` (``x`` L2-normalised first with ``normalize_input``);
+    buffers so it saves with the model."""
 
     def __init__(self, matrix: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor,
-                 whiten: bool = False) -> None:
+                 whiten: bool = False, normalize_input: bool = False) -> None:
         super().__init__()
+        self.normalize_input = normalize_input
         self.register_buffer("matrix", torch.as_tensor(np.asarray(matrix), dtype=torch.float32))
         self.register_buffer("bias", torch.as_tensor(np.asarray(bias), dtype=torch.float32))
         self.whiten = whiten
@@ -31,7 +39,10 @@ class PCAReduction(torch.nn.Module):
         return int(self.matrix.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float() @ self.matrix.T + self.bias
+        x = x.float()
+        if self.normalize_input:
+            x = torch.nn.functional.normalize(x, dim=-1)
+        y = x @ self.matrix.T + self.bias
         return torch.nn.functional.normalize(y, dim=-1)
 
     def apply_numpy(self, x: np.ndarray) -> np.ndarray:
@@ -63,7 +74,7 @@ class PCAReduction(torch.nn.Module):
 
         with atomic_path(path) as tmp:
             save_file({"matrix": self.matrix.contiguous(), "bias": self.bias.contiguous()}, str(tmp),
-                      metadata={"whiten": str(int(self.whiten))})
+                      metadata={"whiten": str(int(self.whiten)), "normalize_input": str(int(self.normalize_input))})
 
     @classmethod
     def load(cls, path: str | Path) -> PCAReduction:
@@ -71,4 +82,6 @@ class PCAReduction(torch.nn.Module):
 
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            return cls(fh.get_tensor("matrix"), fh.get_tensor("bias"), meta.get("whiten", "0") == "1")
+            # no record: a file from before pool -> PCA -> L2, fitted on L2-normalised descriptors
+            return cls(fh.get_tensor("matrix"), fh.get_tensor("bias"), meta.get("whiten", "0") == "1",
+                       meta.get("normalize_input", "1") == "1")

@@ -47,8 +47,11 @@ def regularised_cholesky(s: np.ndarray, max_tries: int = 20) -> np.ndarray:
 
 def learn_whitening(descriptors: np.ndarray, pairs: np.ndarray, dim: int | None = None) -> PCAReduction:
     """Lw (module docstring) of ``descriptors`` (N × d) from ``pairs`` ((P, 2) row indices: query, positive);
-    ``dim`` keeps the first components (default: all ``d``). Computed in float64."""
+    ``dim`` keeps the first components (default: all ``d``). Computed in float64 on the L2-normalised rows (as
+    cirtorch whitens normalised descriptors); the reduction normalises its input the same way (``normalize_input``)."""
     x = np.asarray(descriptors, dtype=np.float64)
+    if x.ndim == 2:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"learned whitening needs an (N >= 2) x d array of descriptors, got shape {x.shape}")
     n, d = x.shape
@@ -70,4 +73,5 @@ def learn_whitening(descriptors: np.ndarray, pairs: np.ndarray, dim: int | None 
     order = np.argsort(eigval)[::-1]
     projection = eigvec[:, order].T @ l_inv
     matrix = projection[:dim]
-    return PCAReduction(matrix.astype(np.float32), (-matrix @ mu).astype(np.float32), whiten=True)
+    return PCAReduction(matrix.astype(np.float32), (-matrix @ mu).astype(np.float32), whiten=True,
+                        normalize_input=True)

@@ -7,7 +7,9 @@ direction ``ĝ_i = g_i / ‖g_i‖`` (descriptors whose gradient is zero are lef
 
 ``C`` is symmetric positive semi-definite, so ``‖C‖_* = trace C = 1 − ‖ḡ‖²``: 0 when every descriptor is pushed
 the same way, close to 1 when the directions are spread out. The paper averages γ over training iterations; this
-is the per-batch value (a training hook would log it at every log step; it is not wired into training here).
+is the per-batch value. With ``train.log_gradient_noise=true`` the P × K trainer logs it, for the batch of every
+logged step (after the gather: the global batch under torchrun), as ``grad_noise_nuclear`` in ``metrics.jsonl`` and
+TensorBoard; ``vitrieval report`` plots it per run and averaged against the margin β (Fig 4).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from __future__ import annotations
 import torch
 
 from vitrieval.losses import contrastive_loss
+
+#: The ``metrics.jsonl`` / TensorBoard key of γ (:func:`gradient_noise` of a logged step's batch).
+GRADIENT_NOISE_KEY = "grad_noise_nuclear"
 
 
 def gradient_directions(z: torch.Tensor, labels: torch.Tensor, margin: float = 0.5) -> torch.Tensor:

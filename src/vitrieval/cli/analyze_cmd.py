@@ -10,7 +10,14 @@ cumulative PCA energy of the test descriptors (Figs 2-3, ``cumulative_energy``) 
 positive and negative pairs (Fig 5, ``positive_pairs`` / ``negative_pairs``, their ``overlap`` = histogram
 intersection). Pairs: every unordered pair of distinct test images (SOP, CUB, folder), every query x gallery pair
 (In-Shop), every query x database pair under the Medium protocol with junk left out (ROxford5k, RParis6k).
-``--model`` (IRT_O, off-the-shelf) is analysed first, then each ``--checkpoint``.
+``--model`` (IRT_O, off-the-shelf) is analysed first, then each ``--checkpoint``. ``--pca 256`` reduces each model's
+descriptors first (pool -> PCA -> L2), with a PCA fitted as ``vitrieval evaluate --pca`` fits it: on the training
+split of a category-level set; for ROxford5k / RParis6k give ``--pca-fit-dataset sfm120k --pca-fit-root DIR`` as the
+paper does (without it, their database, with a warning). Fig 5 is RParis (Medium), 224 px, 256-d::
+
+    vitrieval analyze --model deit_small_patch16_224 --checkpoint runs/irt-l --checkpoint runs/irt-r \
+        --dataset rparis6k --data-root /data/rparis6k --image-size 224 --pca 256 \
+        --pca-fit-dataset sfm120k --pca-fit-root /data/sfm120k -o fig5/
 
 ``--cost`` writes OUTPUT/cost.json: parameters, FLOPs (torch's FlopCounterMode, one image) and images/s of the
 encoder on this machine (no weights needed).
@@ -41,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--output", "-o", required=True, help="output folder")
     p.add_argument("--image-size", type=int, help="input size (default: the model's)")
     p.add_argument("--bins", type=int, default=200, help="histogram bins over [-1, 1] (default 200)")
+    p.add_argument("--pca", type=int, help="reduce the descriptors to this dimension first (Fig 5: 256)")
+    p.add_argument("--pca-fit-dataset", help="with --pca: fit it on this dataset's training split (landmarks: sfm120k)")
+    p.add_argument("--pca-fit-root", help="with --pca-fit-dataset: its folder")
+    p.add_argument("--pca-fit-max-images", type=int, default=0, help="with --pca: at most this many fit images")
     p.add_argument("--cost", action="store_true", help="measure parameters, FLOPs and images/s instead")
     p.add_argument("--preset", help="with --cost: the preset whose model to measure")
     p.add_argument("--repeats", type=int, default=3, help="with --cost: timed batches (default 3)")
@@ -99,12 +110,22 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.amp import resolve_device
     from vitrieval.analyze.models import benchmark_descriptors, write_analysis
     from vitrieval.cli.evaluate_cmd import encoder_from_args
+    from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.evaluation.protocol import ExtractionOptions
 
+    if args.pca is not None and args.pca < 1:
+        raise CLIError(f"--pca must be >= 1, got {args.pca}")
+    if args.pca_fit_root and not Path(args.pca_fit_root).expanduser().exists():
+        raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
+    try:
+        pca = PCAOptions(dim=args.pca, fit_dataset=args.pca_fit_dataset, fit_root=args.pca_fit_root,
+                         fit_max_images=args.pca_fit_max_images, save=False)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     device = resolve_device(args.device)
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
                                    progress=args.progress)
-    descriptors, protocols = {}, {}
+    descriptors, protocols, records = {}, {}, {}
     for i, (kind, value) in enumerate(sources):
         name = args.label[i] if args.label else (f"IRT_O ({value})" if kind == "model" else Path(value).name)
         if name in descriptors:
@@ -113,10 +134,12 @@ def run(args: argparse.Namespace) -> int:
                                  model=value if kind == "model" else None, pretrained_file=args.pretrained_file,
                                  image_size=args.image_size, pooling=args.pooling if kind == "model" else None)
         encoder = encoder_from_args(one).to(device).eval()
+        record: dict = {}
         descriptors[name], protocols[name] = benchmark_descriptors(
             encoder, args.dataset, args.data_root, image_size=args.image_size if kind == "checkpoint" else None,
-            extraction=extraction)
-    data = write_analysis(args.output, args.dataset, descriptors, protocols, bins=args.bins)
+            extraction=extraction, pca=pca, pca_record=record)
+        records[name] = record["pca"]
+    data = write_analysis(args.output, args.dataset, descriptors, protocols, bins=args.bins, pca=records)
     for name, m in data["models"].items():
         overlap = "n/a" if m["overlap"] is None else f"{m['overlap']:.3f}"
         print(f"{name}: {m['descriptor_dim']}-d; 90% energy in {m['components_for']['0.9']} components; "

@@ -1,4 +1,6 @@
-"""``vitrieval report``: one HTML page comparing training runs (final Recall@K, curves, mined-negative distances).
+"""``vitrieval report``: one HTML page comparing training runs (final Recall@K, curves, mined-negative distances,
+the gradient noise γ of runs trained with ``train.log_gradient_noise=true``: per step, and against the margin β as
+Fig 4 for a sweep).
 
     vitrieval report runs/sop-irt-l runs/sop-irt-r -o runs/compare.html
     vitrieval report runs/sfm --names IRT_R -o sfm.html

@@ -4,7 +4,9 @@ The fit set (module docstring of :mod:`vitrieval.evaluation.protocol`): the **tr
 or ``PCAOptions.fit_dataset`` (its training split, or all of it when it has none); a landmark dataset without a fit
 dataset is fitted on its own database (``fitted_on = "<dataset>/database"``, with a warning: the paper fits on
 SfM-120k). At most ``fit_max_images`` images are used (an even subsample, ``ImageTable.evenly_subsampled``). The
-reduction ``y = normalize(A (x - mu))`` is :class:`~vitrieval.pca.PCAReduction`.
+reduction ``y = normalize(A (x - mu))`` is :class:`~vitrieval.pca.PCAReduction`; ``x`` are the **pooled** vectors,
+before the L2 normalisation (:meth:`vitrieval.model.Encoder.pooled`), so the final descriptor is
+``L2(PCA(pooled))``, the paper's §3.2 order (pool → PCA → L2, not pool → L2 → PCA → L2).
 
 Learned whitening (``PCAOptions.method = "learned"``, Radenović et al.'s Lw, :mod:`vitrieval.whitening`) is fitted
 on the query–positive pairs of ``fit_dataset`` (SfM-120k: ``table.extras["pairs"]["train"]``, indices into its
@@ -30,7 +32,8 @@ from vitrieval.pca import PCAReduction
 
 log = logging.getLogger(__name__)
 
-#: ``(table, what) -> descriptors before any PCA`` of every row of ``table`` (``what`` names it in the progress bar).
+#: ``(table, what) -> pooled vectors`` (before PCA and L2) of every row of ``table`` (``what`` names it in the
+#: progress bar).
 EmbedTable = Callable[[ImageTable, str], np.ndarray]
 
 
@@ -161,8 +164,15 @@ def carried_pca_info(pca: PCAReduction, stored: dict[str, Any] | None) -> dict[s
     return info
 
 
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """``x / ‖x‖`` row by row (float32; a zero row stays zero): the descriptor of pooled vectors without a PCA."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 @torch.no_grad()
 def apply_pca(pca: PCAReduction, descriptors: np.ndarray) -> np.ndarray:
-    """``pca`` (on whatever device its buffers live) applied to numpy descriptors; float32 numpy back."""
+    """``pca`` (on whatever device its buffers live) applied to numpy pooled vectors, ``L2(PCA(x))``; float32 numpy
+    back."""
     x = torch.from_numpy(np.ascontiguousarray(descriptors, dtype=np.float32)).to(pca.matrix.device)
     return pca(x).cpu().numpy().astype(np.float32, copy=False)

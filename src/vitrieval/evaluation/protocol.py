@@ -19,8 +19,9 @@ Particular objects (``roxford5k``, ``rparis6k``, revisited protocol of Radenovi�
 PCA (``PCAOptions.dim``; :mod:`vitrieval.evaluation.pca_fit`):
     Fitted with :meth:`PCAReduction.fit` on the descriptors (before any PCA) of the **training split** of the
     evaluated dataset, or of ``PCAOptions.fit_dataset`` when given; landmark datasets have no training split, so
-    without a fit dataset it is fitted on their database (and the JSON says so in ``pca_fitted_on``). It is applied,
-    then descriptors are L2-normalised again. With ``model_dir`` (the model folder) it is attached to the model and
+    without a fit dataset it is fitted on their database (and the JSON says so in ``pca_fitted_on``). It is fitted on
+    and applied to the pooled vectors, then the result is L2-normalised (pool → PCA → L2, the paper's §3.2).
+    With ``model_dir`` (the model folder) it is attached to the model and
     stored through :meth:`vitrieval.model.Encoder.save` (``pca.safetensors``, ``config.json`` updated, its other
     keys kept) so that ``vitrieval.load`` -- and hence index / serve -- uses the same reduction. A model that
     already carries a PCA is evaluated through it when no PCA dimension is given.
@@ -65,7 +66,7 @@ import torch
 
 from vitrieval.data.table import ImageTable
 from vitrieval.embed import Extraction, extract
-from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca
+from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca, normalize_rows
 from vitrieval.evaluation.rerank_variants import RerankOptions, category_rerank, reranked_results
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
 from vitrieval.model import Encoder, at_image_size, resolve_model_dir
@@ -153,11 +154,11 @@ def landmark_metrics(database: np.ndarray, queries: np.ndarray, gnd: Sequence[di
 
 def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int | str, amp: str,
                 resize: str, progress: bool, desc: str) -> Extraction:
-    """``extract`` with ``skip_bad=False`` and no PCA: every row, or the
+    """``extract`` with ``skip_bad=False`` of the pooled vectors (before PCA and L2): every row, or the
     :class:`~vitrieval.data.images.ImageDecodeError` of the first unreadable file (raised where it was decoded,
     also inside a DataLoader worker)."""
     ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                  skip_bad=False, apply_pca=False, progress=progress, desc=desc)
+                  skip_bad=False, apply_pca=False, progress=progress, desc=desc, pooled=True)
     if len(ext.indices) != len(table) or not np.array_equal(ext.indices, np.arange(len(table))):
         raise RuntimeError(f"extraction returned {len(ext.indices)} of {len(table)} rows of {table.name}")
     return ext
@@ -253,7 +254,8 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     elif getattr(encoder, "pca", None) is not None:
         reduction = encoder.pca
         pca_info = carried_pca_info(reduction, getattr(encoder, "pca_info", None))
-    descriptors = apply_pca(reduction, feats) if reduction is not None else feats
+    # pool -> [PCA] -> L2 (§3.2): ``feats`` are the pooled vectors
+    descriptors = apply_pca(reduction, feats) if reduction is not None else normalize_rows(feats)
 
     result: dict[str, Any] = {
         "dataset": dataset,

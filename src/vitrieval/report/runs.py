@@ -1,6 +1,6 @@
-"""A report comparing training runs: their final Recall@K, training curves and, for tuple training, the mined
-negatives' distance per epoch — from what every run folder holds (``metrics.jsonl``, ``eval.json``,
-``config.yaml``), without loading a model."""
+"""A report comparing training runs: their final Recall@K, training curves, the gradient noise γ when logged (Fig 4:
+:mod:`vitrieval.report.gradient_noise`) and, for tuple training, the mined negatives' distance per epoch — from what
+every run folder holds (``metrics.jsonl``, ``eval.json``, ``config.yaml``), without loading a model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
+from vitrieval.analyze.gradient_noise import GRADIENT_NOISE_KEY
 from vitrieval.report.figures import metric_curves, training_curves
+from vitrieval.report.gradient_noise import RunGamma, gamma_vs_margin, run_gammas
 from vitrieval.report.html import write_report
 from vitrieval.training.run_log import read_metrics
 
@@ -82,6 +84,9 @@ def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Seq
             "the model pushes other 3D models away (cirtorch's statistic).",
             metric_curves(rows, "negative_distance", "mean L2 distance", x_key="epoch",
                           title="query - hard negative distance")))
+    gammas = run_gammas(rows, {label: d["config"] for label, d in data.items()})
+    if gammas:
+        sections.extend(gradient_noise_sections(rows, gammas))
     if any("lr" in r for rs in rows.values() for r in rs):
         sections.append(("Learning rate", "", metric_curves(rows, "lr", "learning rate", title="learning rate")))
     notes = []
@@ -91,4 +96,17 @@ def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Seq
         steps = max((int(r.get("iteration", 0)) for r in d["rows"]), default=0)
         state = f"finished, {final['iterations']} iterations" if final else f"in progress or stopped, {steps} logged"
         notes.append(f"{label} ({folder}): {run_summary(cfg)} [{state}]")
+    notes += [f"{g.run}: mean γ {g.mean_gamma:.4f} over {g.steps} logged step(s) (β {g.margin}, λ {g.koleo_weight})"
+              for g in gammas]
     return write_report(output, title, recall, sections, notes)
+
+
+def gradient_noise_sections(rows: dict[str, list[dict[str, Any]]], gammas: Sequence[RunGamma]
+                            ) -> list[tuple[str, str, bytes]]:
+    """Fig 4's sections: γ against the iteration per run, and each run's mean γ against its β, one line per λ."""
+    what = ("γ = ‖Cov(ĝ)‖_*, the nuclear norm of the covariance of the directions of the contrastive loss's "
+            "gradients w.r.t. the batch descriptors (train.log_gradient_noise)")
+    return [("Gradient noise per step", f"{what}, at every logged step of each run.",
+             metric_curves(rows, GRADIENT_NOISE_KEY, "γ", title="gradient noise γ per logged step")),
+            ("Gradient noise vs margin (Fig 4)", f"{what}: each run's mean over its logged steps against its margin "
+             "β (loss.margin), one line per KoLeo weight λ (loss.koleo_weight).", gamma_vs_margin(gammas))]

@@ -28,10 +28,7 @@ from vitrieval.reproduce.paper import lambda_label
 
 #: Presets referenced below that are not on main yet, with where they come from. A row using one is listed
 #: with its command and marked "preset missing" until the preset ships.
-PENDING_PRESETS: dict[str, str] = {
-    "sfm120k-irt-l-deit-s-distilled": "issue 13 fidelity: Table 7's DeiT-S† at 224 px (not written yet)",
-    "sfm120k-irt-l-deit-b-distilled": "issue 13 fidelity: Table 7's DeiT-B† at 224 px (not written yet)",
-}
+PENDING_PRESETS: dict[str, str] = {}
 
 _LANDMARK_SETS = (("roxford5k", "ROxf"), ("rparis6k", "RPar"))
 _CATEGORY = {"sop": ("SOP", (1, 10, 100, 1000)), "cub": ("CUB", (1, 2, 4, 8)), "inshop": ("In-Shop", (1, 10, 20, 30)),

@@ -46,7 +46,7 @@ from vitrieval.training.checkpoint import (
 )
 from vitrieval.training.held_out import format_recall, held_out_recall
 from vitrieval.training.objectives import Objective
-from vitrieval.training.optim import make_optimizer, make_scaler, wrap_for_ranks
+from vitrieval.training.optim import make_optimizer, make_scaler, parameter_groups, wrap_for_ranks
 from vitrieval.training.run_dir import RunDir
 from vitrieval.training.run_log import MetricsWriter
 
@@ -125,11 +125,10 @@ class RunLifecycle:
         self.encoder.batchnorm_frozen = config.train.batchnorm == "frozen"
         self.objective: Objective = self._make_objective()
         self._prepare_model()
-        self.model = wrap_for_ranks(self.encoder, self.dist, self.device)
-        own = self.objective.parameters()  # e.g. NSoftmax's proxies, in a group of their own (lr multiplier)
-        self.optimizer = make_optimizer([*self.encoder.parameters()] if not own else [
-            {"params": list(self.encoder.parameters())},
-            {"params": own, "lr": config.train.lr * self.objective.lr_multiplier}], config)
+        self.model = wrap_for_ranks(self.encoder, self.dist, self.device, config.train.sync_bn)
+        # weight-decay exemptions, GeM p and the objective's own parameters (NSoftmax's proxies): optim.py
+        self.optimizer = make_optimizer(parameter_groups(self.encoder, config, self.objective.parameters(),
+                                                         self.objective.lr_multiplier), config)
         self.scaler = make_scaler(self.device, config.train.amp)
         self._prepare_training()
         self.iteration = 0

@@ -4,9 +4,11 @@ Each step draws ``P`` classes x ``K`` images (:class:`~vitrieval.data.sampler.Cl
 disjoint share of the classes per rank under torchrun), gathers every rank's descriptors (and their training-table
 rows) and minimises the objective ``loss.objective`` names (:func:`~vitrieval.training.objectives.make_objective`):
 by default IRT's contrastive loss on the batch and against the cross-batch memory, + KoLeo, the memory optionally
-fed by a momentum encoder; or NSoftmax / SNCA + KoLeo. The run folder, checkpoints and evaluation rows are the
-shared lifecycle's (:mod:`vitrieval.training.lifecycle`); a checkpoint also holds the objective's state (memory,
-proxies), the momentum encoder and the sampler position, so a run resumes mid-epoch to identical weights.
+fed by a momentum encoder; or NSoftmax / SNCA + KoLeo. With ``train.log_gradient_noise`` every metrics row also
+holds Fig 4's γ of that step's batch (``grad_noise_nuclear``, :mod:`vitrieval.analyze.gradient_noise`).
+The run folder, checkpoints and evaluation rows are the shared lifecycle's (:mod:`vitrieval.training.lifecycle`); a
+checkpoint also holds the objective's state (memory, proxies), the momentum encoder and the sampler position, so a
+run resumes mid-epoch to identical weights.
 
 One DataLoader serves the whole run (:class:`~vitrieval.data.sampler.SpanningBatchSampler`): its decode workers
 start once, not every epoch, and the batches are those of one loader per epoch, item seeds included.
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
+from vitrieval.analyze.gradient_noise import GRADIENT_NOISE_KEY, gradient_noise
 from vitrieval.data.dataset import SeededTableDataset, collate_skip_bad
 from vitrieval.data.loading import close_loader, loader_options, resolve_num_workers
 from vitrieval.data.sampler import ClassBalancedBatchSampler, SpanningBatchSampler
@@ -110,9 +113,17 @@ class Trainer(RunLifecycle):
             self.momentum.update(self.encoder)
         row = self.objective.report(terms)
         self._check_finite(row)
+        if self.cfg.train.log_gradient_noise and self.dist.is_main and self._is_log_step(self.iteration + 1):
+            # Fig 4's gamma of this step's (gathered) batch, before the update moved the weights
+            row[GRADIENT_NOISE_KEY] = gradient_noise(z.detach(), y, self.cfg.loss.margin)
         if self.cfg.train.grad_clip > 0:
             row["grad_norm"] = grad_norm
         return row
+
+    def _is_log_step(self, iteration: int) -> bool:
+        """Whether the step that ends at ``iteration`` writes a metrics row (every ``train.log_every`` and the
+        last)."""
+        return iteration % self.cfg.train.log_every == 0 or iteration == self.cfg.train.iterations
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         """Batches from the current (epoch, position) on, forever, from one loader; tracks the position for
@@ -165,7 +176,7 @@ class Trainer(RunLifecycle):
             images_done += len(batch["images"]) * self.dist.world_size
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+            if self._is_log_step(self.iteration):
                 row["iteration"] = self.iteration
                 row["images_per_second"] = images_done / max(time.time() - seen_at_start, 1e-9)
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
