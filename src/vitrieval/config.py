@@ -55,6 +55,7 @@ class DataConfig:
     hflip: bool = True
     train_resize: str = "crop"  # crop (square resize to size * ratio, random crop) | square (landmarks: whole image)
     eval_resize: str = "shorter"  # shorter (resize shorter side, centre crop) | square (landmarks)
+    fast_decode: bool = True  # JPEGs decoded at 1/2, 1/4, 1/8 scale when the first resize still gets its size
     on_bad_image: str = "stop"  # stop | skip (skip-and-count, logged)
 
 
