@@ -130,6 +130,7 @@ class RunLifecycle:
         self.optimizer = make_optimizer([*self.encoder.parameters()] if not own else [
             {"params": list(self.encoder.parameters())},
             {"params": own, "lr": config.train.lr * self.objective.lr_multiplier}], config)
+        self.objective.attach(self.optimizer, self.encoder)  # e.g. NSoftmax's proxy warm-up
         self.scaler = make_scaler(self.device, config.train.amp)
         self._prepare_training()
         self.iteration = 0
