@@ -178,8 +178,8 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         full_size = (height, width) if bbox is not None and _swaps_axes(img) else (width, height)
         reduction = _draft(img, min_side, bbox)
         img.load()
-    try:
-        img = ImageOps.exif_transpose(img)
+    try:  # in place: without an orientation tag there is then no full-resolution copy of the pixels
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not cost an image whose pixels decoded fine
         pass
     if bbox is not None:

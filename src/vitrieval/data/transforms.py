@@ -45,6 +45,11 @@ class Preprocess:
     def __call__(self, img: Any) -> torch.Tensor:
         return self.ops(img)
 
+    @property
+    def transforms(self) -> list:
+        """The steps, in order (as ``torchvision``'s ``Compose.transforms``)."""
+        return list(getattr(self.ops, "transforms", [self.ops]))
+
     def __repr__(self) -> str:
         return f"Preprocess(min_side={self.min_side}, ops={self.ops!r})"
 
