@@ -14,7 +14,9 @@ a reduced DCT scale 1/a, a in {1, 2, 4, 8} (Pillow's ``Image.draft``), the large
 with m = ``min_side`` for the whole image and 2 ``min_side`` for a bounding box (the box is cut at the reduced
 scale, rounded to its pixels: the headroom keeps that rounding below half a pixel of the first resize). The
 decoder then skips the inverse DCT of the discarded frequencies (about a^2 fewer pixels to produce). Other
-formats decode as before.
+formats decode as before. Measured (``benchmarks/input_pipeline.py``, 2 shared CPU cores, cpu-tiny at 64 px,
+1024 x 768 JPEGs): decode + train transform 7.1 -> 2.2 ms per image, training 20.4 -> 32.7 img/s (0.65x -> 1.05x
+the model-only step), extraction 116 -> 234 img/s; the descriptors' R@1 on upsampled ORL faces 0.66 vs 0.67.
 """
 
 from __future__ import annotations
