@@ -64,6 +64,7 @@ def test_pinned_memory_exactly_on_cuda_and_persistence_only_with_workers():
     assert loader_options(2, "cuda")["pin_memory"] is True
     assert loader_options(2, "cuda:1", persistent=True)["persistent_workers"] is True
     assert loader_options(0, "cuda", persistent=True) == {"num_workers": 0, "pin_memory": True}
+    assert loader_options(2, "cpu")["prefetch_factor"] == 2  # two batches in flight per worker, set explicitly
 
 
 def test_config_takes_auto_or_an_integer():

@@ -174,3 +174,49 @@ def test_a_run_trains_and_resumes_to_identical_weights_proxies_and_memory(object
     else:
         assert a[key].shape == (40, 64)  # every training image (8 identities x 5 views)
         assert torch.allclose(a[key].norm(dim=1)[a[key].norm(dim=1) > 0.9], torch.ones(1), atol=1e-5)
+
+
+def test_proxy_warmup_steps_move_the_proxies_and_head_but_not_the_backbone(products_32, tmp_path):
+    """loss.proxy_warmup_iterations=2: steps 0 and 1 leave every backbone parameter bit-identical (no update, no
+    weight decay) while the proxies and the projection move; step 2 trains the backbone too."""
+    from vitrieval.training.pk_trainer import Trainer
+
+    cfg = apply_overrides(load_preset("cpu-tiny"), [
+        f"data.root={products_32}", *TINY, "loss.objective=nsoftmax", "model.projection_dim=16",
+        "loss.proxy_warmup_iterations=2", "train.iterations=3", "train.weight_decay=0.05"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    try:
+        batches = trainer._batches()
+
+        def snapshot() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+            enc = trainer.encoder
+            return ({k: v.detach().clone() for k, v in enc.backbone.named_parameters()},
+                    enc.projection.weight.detach().clone(), trainer.objective.proxies.detach().clone())
+
+        backbone0, head0, proxies0 = snapshot()
+        for step in range(2):
+            trainer.step(next(batches))
+            trainer.iteration += 1
+            backbone, head, proxies = snapshot()
+            assert all(torch.equal(backbone0[k], v) for k, v in backbone.items()), f"backbone moved at step {step}"
+            assert not torch.equal(head, head0) and not torch.equal(proxies, proxies0)
+        assert trainer.objective.warming_up()
+        trainer.step(next(batches))
+        assert not trainer.objective.warming_up()
+        backbone, _, _ = snapshot()
+        moved = [k for k, v in backbone.items() if not torch.equal(backbone0[k], v)]
+        assert len(moved) == len(backbone)  # after the warm-up every backbone tensor trains
+        batches.close()
+    finally:
+        trainer.metrics.close()
+        trainer.run_dir.close()
+
+
+def test_proxy_warmup_is_a_non_negative_count_and_off_by_default():
+    assert LossConfig().proxy_warmup_iterations == 0
+    with pytest.raises(ValueError, match="loss.proxy_warmup_iterations must be >= 0"):
+        apply_overrides(load_preset("cpu-tiny"), ["loss.objective=nsoftmax", "loss.proxy_warmup_iterations=-1"])
+    obj = NSoftmaxObjective(LossConfig(objective="nsoftmax"), TRAIN_LABELS, 4)
+    optimizer = torch.optim.SGD([obj.proxies], lr=0.1)
+    obj.attach(optimizer, torch.nn.Linear(2, 2))  # no warm-up: no hook registered
+    assert not optimizer._optimizer_step_pre_hooks and not obj.warming_up()

@@ -55,6 +55,7 @@ class DataConfig:
     hflip: bool = True
     train_resize: str = "crop"  # crop (square resize to size * ratio, random crop) | square (landmarks: whole image)
     eval_resize: str = "shorter"  # shorter (resize shorter side, centre crop) | square (landmarks)
+    fast_decode: bool = True  # JPEGs decoded at 1/2, 1/4, 1/8 scale when the first resize still gets its size
     on_bad_image: str = "stop"  # stop | skip (skip-and-count, logged)
 
 
@@ -69,6 +70,7 @@ class LossConfig:
     objective: str = "contrastive"  # contrastive | nsoftmax | snca (train.sampler=classes)
     temperature: float = 0.05  # nsoftmax / snca: tau of the softmax (0.05 in both references)
     proxy_lr_multiplier: float = 1.0  # nsoftmax: the proxies' lr = train.lr x this (1 in Zhai & Wu's code)
+    proxy_warmup_iterations: int = 0  # nsoftmax: first N steps update only proxies + head, backbone frozen
     snca_momentum: float = 0.5  # snca: memory[i] <- normalise(m * memory[i] + (1 - m) * z_i) (0.5 in Wu et al.'s code)
     margin: float = 0.5  # beta of Eq. 1; with train.sampler=tuples the distance margin tau (0.85 in cirtorch)
     koleo_weight: float = 0.0  # lambda of Eq. 5; 0 = IRT_L, > 0 = IRT_R
@@ -200,6 +202,7 @@ class Config:
             "tuples.negatives": tu.negatives, "tuples.lr_decay": tu.lr_decay,
             "train.weight_decay": tr.weight_decay, "train.grad_clip": tr.grad_clip,
             "train.eval_every": tr.eval_every, "train.eval_max_images": tr.eval_max_images,
+            "loss.proxy_warmup_iterations": lo.proxy_warmup_iterations,
         }
         for key, value in non_negative.items():
             if value < 0:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
+from vitrieval.config import DataConfig
 from vitrieval.data.dataset import TableDataset, collate_skip_bad
 from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.loading import loader_options, resolve_num_workers
@@ -25,6 +26,9 @@ from vitrieval.data.transforms import eval_transform
 from vitrieval.distributed import DistContext
 
 log = logging.getLogger(__name__)
+
+FAST_DECODE: bool = DataConfig.fast_decode
+"""``extract``'s default for ``fast_decode``: the same as ``data.fast_decode``'s."""
 
 
 @dataclass
@@ -60,7 +64,8 @@ def resolve_distributed(distributed: bool | DistContext | None) -> DistContext:
 def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, num_workers: int | str = "auto",
             amp: str = "auto", resize: str = "shorter", skip_bad: bool = False, apply_pca: bool = True,
             progress: bool = True, desc: str = "embedding",
-            distributed: bool | DistContext | None = None, pooled: bool = False) -> Extraction:
+            distributed: bool | DistContext | None = None, pooled: bool = False,
+            fast_decode: bool = FAST_DECODE) -> Extraction:
     """Embed every image of ``table`` with ``encoder`` (eval mode); rows come back in table order.
 
     The rows are the final descriptors (``encoder.reduce``: ``L2(PCA(pooled))``, or ``L2(pooled)`` without a PCA),
@@ -76,7 +81,9 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     a :class:`~vitrieval.distributed.DistContext` names the group. Sharded, every rank must call ``extract`` with
     the same table and ``batch_size``, and every rank gets the whole result. Pass the plain encoder, not a
     ``DistributedDataParallel`` wrapper. ``num_workers``: decode processes, or ``"auto"`` (the rule of
-    :mod:`vitrieval.data.loading`, the same as training's); pinned memory on CUDA.
+    :mod:`vitrieval.data.loading`, the same as training's); pinned memory on CUDA. ``fast_decode``: large JPEGs
+    decoded at a reduced DCT scale that still covers the eval resize (``data.fast_decode``,
+    :mod:`vitrieval.data.images`).
     """
     ctx = resolve_distributed(distributed)
     if isinstance(encoder, torch.nn.parallel.DistributedDataParallel):
@@ -84,13 +91,14 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     num_workers = resolve_num_workers(num_workers, next(encoder.parameters()).device, ctx.world_size)
     if not ctx.enabled:
         ext, error = _extract_rows(encoder, table, range(len(table)), batch_size, num_workers, amp, resize,
-                                   skip_bad, apply_pca, progress, desc, pooled=pooled)
+                                   skip_bad, apply_pca, progress, desc, pooled=pooled, fast_decode=fast_decode)
         if error is not None:
             raise error
         return ext
     start, stop = shard_bounds(len(table), batch_size, ctx.rank, ctx.world_size)
     part, error = _extract_rows(encoder, table, range(start, stop), batch_size, num_workers, amp, resize, skip_bad,
-                                apply_pca, progress and ctx.is_main, desc, log_bad=False, pooled=pooled)
+                                apply_pca, progress and ctx.is_main, desc, log_bad=False, pooled=pooled,
+                                fast_decode=fast_decode)
     # The error travels with the parts: a rank that stopped still joins the gather, and every rank raises.
     parts = ctx.all_gather_object((part.descriptors, part.indices, part.bad_paths, error))
     errors = [p[3] for p in parts if p[3] is not None]
@@ -106,7 +114,8 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
 
 def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batch_size: int, num_workers: int,
                   amp: str, resize: str, skip_bad: bool, apply_pca: bool, progress: bool, desc: str,
-                  log_bad: bool = True, pooled: bool = False) -> tuple[Extraction, ImageDecodeError | None]:
+                  log_bad: bool = True, pooled: bool = False,
+                  fast_decode: bool = FAST_DECODE) -> tuple[Extraction, ImageDecodeError | None]:
     """Embed the table rows ``rows`` (batches of ``batch_size`` from ``rows.start``); indices are table rows.
 
     Without ``skip_bad`` it stops at the first unreadable image and returns its error with the rows embedded so
@@ -115,7 +124,7 @@ def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batc
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
-    dataset = TableDataset(table, eval_transform(encoder.data_config, resize), skip_bad=skip_bad,
+    dataset = TableDataset(table, eval_transform(encoder.data_config, resize, fast_decode), skip_bad=skip_bad,
                            carry_errors=not skip_bad)
     sampler = rows if (rows.start, rows.stop) != (0, len(table)) else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, collate_fn=collate_skip_bad,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vitrieval.data.images import ImageDecodeError, crop_bbox, load_image
+from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.data.table import ImageTable
 
 #: One item: (image tensor, or None when unreadable and skipped, or the decode error when carried; label; row).
@@ -42,13 +42,9 @@ class TableDataset(Dataset):
 
     def __getitem__(self, i: int) -> Item:
         rec = self.table[i]
-        try:
-            img = load_image(rec.path)
-            if self.use_bbox and rec.bbox is not None:
-                try:
-                    img = crop_bbox(img, rec.bbox)
-                except ValueError as exc:
-                    raise ImageDecodeError(rec.path, str(exc)) from None
+        try:  # a transform that needs less than full resolution says so (Preprocess.min_side: fast decoding)
+            img = load_image(rec.path, min_side=getattr(self.transform, "min_side", None),
+                             bbox=rec.bbox if self.use_bbox else None)
         except ImageDecodeError as exc:
             if self.carry_errors:
                 return exc.with_traceback(None), rec.label, i

@@ -4,6 +4,11 @@
 - train ``square``: square resize to ``size`` (landmark tuples: the whole image, as at test time), optional flip.
 - eval ``shorter``: resize the shorter side to ``size / crop_pct`` (256 for 224), centre crop ``size``.
 - eval ``square``: square resize to ``size`` (landmark retrieval: the whole image is kept).
+
+Each transform is a :class:`Preprocess`: the ops, and with ``fast_decode`` the smallest shorter side the decoded
+image may have without the first resize ever enlarging it (``min_side``, passed to
+:func:`vitrieval.data.images.load_image`): ``size * train_resize_ratio`` for train ``crop`` (both sides are
+squashed to it, then cropped), ``size / crop_pct`` for eval ``shorter``, ``size`` for ``square``.
 """
 
 from __future__ import annotations
@@ -29,28 +34,50 @@ def _to_tensor(data_config: dict[str, Any]) -> list:
             T.Normalize(mean=data_config["mean"], std=data_config["std"])]
 
 
+class Preprocess:
+    """An image -> tensor transform (``ops``) and the decoded size it needs: ``min_side`` (the shorter side below
+    which its first resize would enlarge the image), or ``None`` to always decode at full resolution."""
+
+    def __init__(self, ops: Callable[[Any], torch.Tensor], min_side: int | None = None) -> None:
+        self.ops = ops
+        self.min_side = min_side
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        return self.ops(img)
+
+    @property
+    def transforms(self) -> list:
+        """The steps, in order (as ``torchvision``'s ``Compose.transforms``)."""
+        return list(getattr(self.ops, "transforms", [self.ops]))
+
+    def __repr__(self) -> str:
+        return f"Preprocess(min_side={self.min_side}, ops={self.ops!r})"
+
+
 def train_transform(data_config: dict[str, Any], resize_ratio: float = 256 / 224, hflip: bool = True,
-                    resize: str = "crop") -> Callable:
+                    resize: str = "crop", fast_decode: bool = False) -> Preprocess:
     size = int(data_config["image_size"])
     if resize == "square":
+        first = size
         ops: list = [T.Resize((size, size), interpolation=_interp(data_config), antialias=True)]
     elif resize == "crop":
-        big = max(size, int(round(size * resize_ratio)))
-        ops = [T.Resize((big, big), interpolation=_interp(data_config), antialias=True), T.RandomCrop(size)]
+        first = max(size, int(round(size * resize_ratio)))
+        ops = [T.Resize((first, first), interpolation=_interp(data_config), antialias=True), T.RandomCrop(size)]
     else:
         raise ValueError(f"train resize must be 'crop' or 'square', got {resize!r}")
     if hflip:
         ops.append(T.RandomHorizontalFlip())
-    return T.Compose(ops + _to_tensor(data_config))
+    return Preprocess(T.Compose(ops + _to_tensor(data_config)), first if fast_decode else None)
 
 
-def eval_transform(data_config: dict[str, Any], resize: str = "shorter") -> Callable:
+def eval_transform(data_config: dict[str, Any], resize: str = "shorter", fast_decode: bool = False) -> Preprocess:
     size = int(data_config["image_size"])
     if resize == "square":
+        first = size
         ops: list = [T.Resize((size, size), interpolation=_interp(data_config), antialias=True)]
     elif resize == "shorter":
-        shorter = max(size, int(size / float(data_config.get("crop_pct", 0.875))))
-        ops = [T.Resize(shorter, interpolation=_interp(data_config), antialias=True), T.CenterCrop(size)]
+        first = max(size, int(size / float(data_config.get("crop_pct", 0.875))))
+        ops = [T.Resize(first, interpolation=_interp(data_config), antialias=True), T.CenterCrop(size)]
     else:
         raise ValueError(f"eval resize must be 'shorter' or 'square', got {resize!r}")
-    return T.Compose(ops + _to_tensor(data_config))
+    return Preprocess(T.Compose(ops + _to_tensor(data_config)), first if fast_decode else None)

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from vitrieval.data.table import ImageTable
-from vitrieval.embed import Extraction, extract
+from vitrieval.embed import FAST_DECODE, Extraction, extract
 from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca, normalize_rows
 from vitrieval.evaluation.rerank_variants import RerankOptions, category_rerank, reranked_results
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
@@ -94,7 +94,7 @@ _PROTOCOLS = ("easy", "medium", "hard")
 
 def recall_on_table(encoder: torch.nn.Module, table: ImageTable, ks: list[int], batch_size: int = 64,
                     num_workers: int | str = "auto", amp: str = "auto", resize: str = "shorter",
-                    progress: bool = True) -> dict[int, float]:
+                    progress: bool = True, fast_decode: bool = FAST_DECODE) -> dict[int, float]:
     """Recall@K of ``encoder`` on the test split of ``table``.
 
     Leave-one-out (every test image queries all the *other* test images) when every test image is both query and
@@ -102,7 +102,7 @@ def recall_on_table(encoder: torch.nn.Module, table: ImageTable, ks: list[int], 
     """
     test = table.split("test") if any(r.split == "train" for r in table) else table
     ext = extract(encoder, test, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                  progress=progress, desc="embedding test images")
+                  progress=progress, desc="embedding test images", fast_decode=fast_decode)
     labels = test.labels[ext.indices]
     if test.is_leave_one_out():
         return recall_at_k(ext.descriptors, labels, ks)

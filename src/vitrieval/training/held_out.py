@@ -23,7 +23,8 @@ def held_out_recall(encoder: torch.nn.Module, table: ImageTable, config: Config,
     table = table.evenly_subsampled(config.train.eval_max_images)
     ks = [k for k in config.train.eval_ks if k < len(table)]
     options = dict(batch_size=max(64, config.train.batch_size), num_workers=config.data.num_workers,
-                   amp=config.train.amp, resize=config.data.eval_resize, progress=False)
+                   amp=config.train.amp, resize=config.data.eval_resize, progress=False,
+                   fast_decode=config.data.fast_decode)
     if not dist.is_main:  # the same sharded extraction as rank 0's recall_on_table, result unused
         extract(encoder, table, distributed=dist, **options)
         return {}

@@ -129,6 +129,7 @@ class RunLifecycle:
         # weight-decay exemptions, GeM p and the objective's own parameters (NSoftmax's proxies): optim.py
         self.optimizer = make_optimizer(parameter_groups(self.encoder, config, self.objective.parameters(),
                                                          self.objective.lr_multiplier), config)
+        self.objective.attach(self.optimizer, self.encoder)  # e.g. NSoftmax's proxy warm-up
         self.scaler = make_scaler(self.device, config.train.amp)
         self._prepare_training()
         self.iteration = 0

@@ -118,6 +118,10 @@ class Objective(ABC):
         """The learning rate of :meth:`parameters` as a multiple of ``train.lr``."""
         return 1.0
 
+    def attach(self, optimizer: torch.optim.Optimizer, encoder: torch.nn.Module) -> None:  # noqa: B027
+        """Called once with the run's optimizer and (unwrapped) encoder; a no-op unless the objective steers the
+        optimisation (:class:`NSoftmaxObjective`'s proxy warm-up)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Top-level checkpoint entries holding the objective's state; none by default."""
         return {}
@@ -252,6 +256,14 @@ class NSoftmaxObjective(_GlobalBatchObjective):
     computes the loss over the same gathered batch, hence the same proxy gradient: it is scaled by
     ``1 / world_size`` inside the graph to undo :meth:`backward_loss`'s ``world_size``, so no all-reduce is needed
     and the proxies stay identical on every rank.
+
+    Proxy warm-up (``loss.proxy_warmup_iterations = N``): for optimizer steps ``0 .. N-1`` the backbone's
+    parameters are left out of the step (their gradients are dropped just before it, so AdamW neither moves nor
+    decays them and their moments stay empty); the proxies and the layers after the backbone (a learnable GeM p,
+    the projection) train as usual. This is Zhai & Wu's ``pretrain_epochs`` (one epoch in their code): a first
+    phase that "finetunes only new parameters to warm up", so the random proxies do not send large, meaningless
+    gradients into the backbone. The backbone's BatchNorm statistics still update (train mode, as there). Under
+    torchrun the gradients are dropped after DDP's all-reduce, on every rank alike.
     """
 
     term = "nsoftmax"
@@ -269,11 +281,33 @@ class NSoftmaxObjective(_GlobalBatchObjective):
         generator = torch.Generator().manual_seed(int(seed))
         init = torch.rand(len(classes), dim, generator=generator, dtype=torch.float32) * (2 * bound) - bound
         self.proxies = torch.nn.Parameter(init.to(device))
+        self.warmup_iterations = int(loss.proxy_warmup_iterations)
+        self._iteration = 0
+        self._frozen: list[torch.nn.Parameter] = []
+
+    def warming_up(self) -> bool:
+        """Whether the current step (the ``iteration`` of the last loss computed) is a warm-up step."""
+        return self._iteration < self.warmup_iterations
+
+    def attach(self, optimizer: torch.optim.Optimizer, encoder: torch.nn.Module) -> None:
+        """With a warm-up: drop the backbone's gradients before each warm-up step (an optimizer pre-step hook)."""
+        if self.warmup_iterations <= 0:
+            return
+        backbone = getattr(encoder, "backbone", encoder)
+        self._frozen = list(backbone.parameters())
+
+        def drop_backbone_gradients(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if self.warming_up():
+                for parameter in self._frozen:
+                    parameter.grad = None
+
+        optimizer.register_step_pre_hook(drop_backbone_gradients)
 
     def __call__(self, z: torch.Tensor, labels: torch.Tensor, iteration: int, *, z_local: torch.Tensor | None = None,
                  z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None,
                  indices: torch.Tensor | None = None) -> LossTerms:
         """Terms ``nsoftmax`` (the cross-entropy over ``z``) and ``koleo``."""
+        self._iteration = iteration
         proxies = self.proxies
         if self.world_size > 1:
             proxies = proxies.view_as(proxies)

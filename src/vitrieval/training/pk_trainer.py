@@ -62,7 +62,7 @@ class Trainer(RunLifecycle):
         self.dataset = SeededTableDataset(
             self.train_table,
             train_transform(self.encoder.data_config, config.data.train_resize_ratio, config.data.hflip,
-                            config.data.train_resize),
+                            config.data.train_resize, config.data.fast_decode),
             skip_bad=skip, carry_errors=not skip)  # on_bad_image=stop: the error leaves a worker whole
         self.num_workers = resolve_num_workers(config.data.num_workers, self.device, self.dist.world_size)
 

@@ -76,7 +76,7 @@ class TupleTrainer(RunLifecycle):
         config, tc = self.cfg, self.cfg.tuples
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-tc.lr_decay))
         self.transform = train_transform(self.encoder.data_config, config.data.train_resize_ratio,
-                                         config.data.hflip, config.data.train_resize)
+                                         config.data.hflip, config.data.train_resize, config.data.fast_decode)
         self.steps_per_epoch = math.ceil(min(tc.query_size, len(self.pairs)) / tc.per_batch)
         self.tuples: EpochTuples | None = None
         self.num_workers = resolve_num_workers(config.data.num_workers, self.device, self.dist.world_size)
