@@ -187,7 +187,7 @@ WRITER = textwrap.dedent("""
             index.remove([victim], save=False)
             print("removed", victim, flush=True)
         else:
-            v = np.random.default_rng(1000 * seed + i).standard_normal(192).astype(np.float32)
+            v = np.random.default_rng([seed, i]).standard_normal(192).astype(np.float32)
             print("adding", i, flush=True)
             new = int(index.add_descriptors(v[None] / np.linalg.norm(v), [(f"s{seed}w{i}.png", None)])[0])
             live.append(new)
@@ -216,7 +216,7 @@ def _check_after_kill(directory: Path, lines: list[str], seed: int) -> int:
             continue
         entry = index.entry(image_id)  # every acknowledged add is there, with its vector
         assert entry.path == f"s{seed}w{i}.png"
-        v = np.random.default_rng(1000 * seed + i).standard_normal(DIM).astype(np.float32)
+        v = np.random.default_rng([seed, i]).standard_normal(DIM).astype(np.float32)
         hit = index.search(v / np.linalg.norm(v), k=1)[0][0]
         assert hit.id == image_id and hit.score == pytest.approx(1.0, abs=1e-5)
     for image_id in removed:
