@@ -181,7 +181,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
 def _embed_shards(encoder: Encoder, plan: _Plan, todo: set[int], options: BuildOptions, amp: str,
                   ctx: DistContext) -> tuple[list[Chunk], list[str]]:
     """Embed the shards in ``todo`` (all ranks), write them and gather every shard's chunk (rank 0)."""
-    from tqdm.auto import tqdm
+    from vitrieval.progress import tqdm
 
     chunks: list[Chunk] = []
     skipped: list[str] = []
