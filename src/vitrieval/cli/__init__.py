@@ -40,6 +40,22 @@ def num_workers_arg(text: str) -> int | str:
     return value
 
 
+def assignment_arg(text: str) -> str:
+    """argparse type of ``--set``: one ``KEY=VALUE`` (a word without ``=`` is refused, so a positional argument
+    written after ``--set a=1`` is not taken for an assignment)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (positional arguments go before --set)")
+    return text
+
+
+def add_set_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE [KEY=VALUE ...]`` into ``args.overrides``: several assignments after one flag, the flag
+    repeatable, all of them in order in one flat list."""
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", type=assignment_arg, default=[],
+                        metavar="KEY=VALUE", help=help_text)
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`)."""
     if isinstance(exc, USER_ERRORS):
