@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     except (AttributeError, ValueError):  # not a TextIOWrapper (a test's capture), or a closed stream
         pass
-    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO,
+        for chatty in ("faiss.loader", "timm.models"):  # timm two lines per weights file it loads
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
