@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
 from vitrieval.config import DataConfig
@@ -24,6 +23,7 @@ from vitrieval.data.loading import loader_options, resolve_num_workers
 from vitrieval.data.table import ImageTable
 from vitrieval.data.transforms import eval_transform
 from vitrieval.distributed import DistContext
+from vitrieval.progress import tqdm
 
 log = logging.getLogger(__name__)
 

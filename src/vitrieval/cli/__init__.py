@@ -40,6 +40,22 @@ def num_workers_arg(text: str) -> int | str:
     return value
 
 
+def assignment_arg(text: str) -> str:
+    """argparse type of ``--set``: one ``KEY=VALUE`` (a word without ``=`` is refused, so a positional argument
+    written after ``--set a=1`` is not taken for an assignment)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (positional arguments go before --set)")
+    return text
+
+
+def add_set_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE [KEY=VALUE ...]`` into ``args.overrides``: several assignments after one flag, the flag
+    repeatable, all of them in order in one flat list."""
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", type=assignment_arg, default=[],
+                        metavar="KEY=VALUE", help=help_text)
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`)."""
     if isinstance(exc, USER_ERRORS):
@@ -100,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     except (AttributeError, ValueError):  # not a TextIOWrapper (a test's capture), or a closed stream
         pass
-    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO,
+        for chatty in ("faiss.loader", "timm.models"):  # timm two lines per weights file it loads
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

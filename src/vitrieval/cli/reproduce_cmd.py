@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 
-from vitrieval.cli import CLIError
+from vitrieval.cli import CLIError, add_set_flag
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,8 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="run the rows whose presets ship and leave the others as dashes (default: refuse)")
     p.add_argument("--nproc", type=int, help="processes per node: commands as `torchrun --nproc_per_node N -m "
                                              "vitrieval ...`")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="added to every training command, e.g. --set train.iterations=100 (repeatable)")
+    add_set_flag(p, "added to every training command, e.g. --set train.iterations=100 train.lr=1e-4 (repeatable)")
     return p
 
 

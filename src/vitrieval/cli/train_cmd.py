@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vitrieval.cli import add_set_flag
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an encoder (IRT_L / IRT_R)",
@@ -14,8 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--config", help="a YAML config file")
     p.add_argument("--data-root", help="dataset folder (sets data.root)")
     p.add_argument("--output", "-o", required=True, help="output folder (model, checkpoints, logs, metrics)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.iterations=500 (repeatable)")
+    add_set_flag(p, "override config values, e.g. --set train.iterations=500 train.lr=1e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -167,7 +167,7 @@ def check_dataset(name: str, root: str | Path, verify_images: bool = True, progr
         else:
             present.append(path)
     if verify_images and present:
-        from tqdm.auto import tqdm
+        from vitrieval.progress import tqdm
 
         n_workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
         with ThreadPoolExecutor(n_workers) as pool:

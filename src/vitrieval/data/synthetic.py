@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vitrieval.progress import bars_on
+
 GENERATOR_VERSION = 1
 """Bumped whenever the rendering changes, so stale generated folders are regenerated, not reused."""
 
@@ -451,7 +453,7 @@ def generate_products(out_dir: str | Path, num_classes: int, images_per_class: i
     skipped = num_classes - len(jobs)
 
     def report(done: int) -> None:
-        if progress and (done % 200 == 0 or done == len(jobs)):
+        if progress and bars_on() and (done % 200 == 0 or done == len(jobs)):  # \r-lines on a terminal only
             dt = time.perf_counter() - t0
             rate = written / dt if dt > 0 else 0.0
             print(f"\rsynthetic products: {done}/{len(jobs)} classes rendered ({skipped} already present), "

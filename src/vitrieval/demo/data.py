@@ -20,11 +20,14 @@ log = logging.getLogger(__package__)
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """How much of the built-in "products" data a demo generates: identities (train + unseen test) x views."""
+    """How much of the built-in "products" data a demo generates: identities (train + unseen test) x views, and
+    the separate pretraining set (the demo's ImageNet stand-in): ``pretrain_classes`` x ``pretrain_views``."""
 
     train_classes: int
     test_classes: int
     views: int
+    pretrain_classes: int
+    pretrain_views: int
 
     @property
     def num_classes(self) -> int:
@@ -32,17 +35,17 @@ class SyntheticSpec:
 
 
 SYNTHETIC: dict[str, SyntheticSpec] = {
-    DEMO_PRESET: SyntheticSpec(train_classes=300, test_classes=100, views=6),
-    QUICK_PRESET: SyntheticSpec(train_classes=120, test_classes=30, views=6),
+    DEMO_PRESET: SyntheticSpec(train_classes=300, test_classes=100, views=6, pretrain_classes=200, pretrain_views=12),
+    QUICK_PRESET: SyntheticSpec(train_classes=120, test_classes=30, views=6, pretrain_classes=60, pretrain_views=10),
 }
 """Generated data per preset (images at the preset's ``model.image_size``). The test identities are the last ones."""
 
-
-SYNTHETIC: dict[str, SyntheticSpec] = {
-    DEMO_PRESET: SyntheticSpec(train_classes=300, test_classes=100, views=6),
-    QUICK_PRESET: SyntheticSpec(train_classes=120, test_classes=30, views=6),
-}
-"""Generated data per preset (images at the preset's ``model.image_size``). The test identities are the last ones."""
+PRODUCTS_SEED = 0
+"""Generator seed of the products the demo fine-tunes and tests on."""
+PRETRAIN_SEED = 1
+"""Generator seed of the pretraining identities. Every identity is drawn from ``SeedSequence([seed, 0, identity])``
+(:mod:`vitrieval.data.synthetic`), so no pretraining identity is one of the fine-tuning or test identities: the two
+sets are independent draws (``tests/test_demo_data.py`` checks that no rendered object is shared)."""
 
 
 def folder_table(root: str | Path, train_fraction: float) -> ImageTable:
@@ -64,14 +67,38 @@ def synthetic_table(root: Path, spec: SyntheticSpec, size: int, progress: bool) 
     """Generate (or reuse) the products dataset under ``root``; the last ``spec.test_classes`` are the test split."""
     from vitrieval.data.synthetic import generate_products
 
-    workers = 2 if (os.cpu_count() or 1) >= 2 and spec.num_classes >= 200 else 1
-    generate_products(root, spec.num_classes, spec.views, size=size, seed=0, progress=progress, workers=workers)
+    workers = _workers(spec.num_classes * spec.views)
+    generate_products(root, spec.num_classes, spec.views, size=size, seed=PRODUCTS_SEED, progress=progress,
+                      workers=workers)
     table = read_folder(root, train_fraction=spec.train_classes / spec.num_classes)
     n_train = len({r.label for r in table if r.split == "train"})
     if n_train != spec.train_classes:  # int() rounding of the fraction: pin the exact split
         table = ImageTable([Record(r.path, r.label, "train" if r.label < spec.train_classes else "test")
                             for r in table], table.name, table.extras)
     return table
+
+
+def _workers(images: int) -> int:
+    """Rendering processes: two on a machine with two cores or more, for a set worth the start-up (~1,000 images)."""
+    return 2 if (os.cpu_count() or 1) >= 2 and images >= 1200 else 1
+
+
+def pretrain_data(data_dir: Path, preset: str, size: int, progress: bool) -> tuple[ImageTable, str]:
+    """The pretraining set (the demo's ImageNet stand-in): ``spec.pretrain_classes`` generated identities x
+    ``spec.pretrain_views`` views drawn with :data:`PRETRAIN_SEED` (none of them is a fine-tuning or test identity),
+    all in the train split, written to ``data_dir/pretrain_table.csv``; and its description."""
+    from vitrieval.data.synthetic import generate_products
+
+    spec = SYNTHETIC[preset]
+    root = data_dir / "pretrain"
+    generate_products(root, spec.pretrain_classes, spec.pretrain_views, size=size, seed=PRETRAIN_SEED,
+                      progress=progress, workers=_workers(spec.pretrain_classes * spec.pretrain_views))
+    table = read_folder(root)  # classes in identity order; every one is a training class here
+    table = ImageTable([Record(r.path, r.label, "train") for r in table], "demo-pretrain", table.extras)
+    table.to_csv(data_dir / "pretrain_table.csv")
+    source = (f"{spec.pretrain_classes} generated identities x {spec.pretrain_views} views ({size} px, generator "
+              f"seed {PRETRAIN_SEED}: none of them is a fine-tuning or test identity)")
+    return table, source
 
 
 def prepare_data(data_dir: Path, data: str | Path | None, preset: str, cfg: Config,

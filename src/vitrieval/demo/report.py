@@ -14,7 +14,7 @@ from vitrieval.demo.variants import KOLEO_WEIGHT, LABELS, VARIANTS
 
 GRID_QUERIES = 6
 GRID_NEIGHBOURS = 8
-CURVE_SMOOTHING = 5
+CURVE_SMOOTHING = 3
 """Training-curve loss terms: moving average over this many logged values (one every ``train.log_every`` steps)."""
 ALL_PAIRS_LIMIT = 2_000_000
 """Similarity histograms use every pair of test images up to this many pairs (else a sample of 200,000)."""
@@ -30,6 +30,20 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"{LABELS[v]:<{width}}  " + "  ".join(
             f"{100 * rec[k]:6.1f}" if k in rec else f"{'-':>6}" for k in ks))
     return "\n".join(lines)
+
+
+def koleo_verdict(results: dict[str, Any]) -> str:
+    """One sentence on whether KoLeo helped in this run: IRT_R's R@1 against IRT_L's, said plainly either way."""
+    r_l, r_r = (100 * results[v]["recall_at_k"]["1"] for v in ("IRT_L", "IRT_R"))
+    diff = r_r - r_l
+    if diff > 0:
+        verdict = f"KoLeo helped in this run: IRT_R's R@1 is {diff:.1f} points above IRT_L's"
+    elif diff < 0:
+        verdict = f"KoLeo did not help in this run: IRT_R's R@1 is {-diff:.1f} points below IRT_L's"
+    else:
+        verdict = "KoLeo made no difference to R@1 in this run"
+    return (f"{verdict} ({r_r:.1f}% vs {r_l:.1f}%); one seed: compare with the spread over seeds "
+            "(benchmarks/demo_seeds.py, in the README) before reading anything into it.")
 
 
 def _grid_queries(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -79,7 +93,7 @@ def write_demo_report(out: Path, results: dict[str, Any], descriptors: dict[str,
     """``OUT/report.html``: the Recall@K table, retrieval grids IRT_O vs IRT_R, histograms, PCA energy, curves."""
     from vitrieval.report import pair_similarities, pca_energy, similarity_histograms, training_curves, write_report
 
-    info = results["data"]
+    info, pre = results["data"], results["pretrained"]
     table = {LABELS[v]: results[v]["recall_at_k"] for v in VARIANTS}
     queries = _grid_queries(labels, GRID_QUERIES, seed)
     trained = ("IRT_O", "IRT_L", "IRT_R")
@@ -88,12 +102,12 @@ def write_demo_report(out: Path, results: dict[str, Any], descriptors: dict[str,
     max_pairs = ALL_PAIRS_LIMIT if n * (n - 1) // 2 <= ALL_PAIRS_LIMIT else 200_000
     pairs = {LABELS[v]: pair_similarities(descriptors[v], labels, max_pairs=max_pairs, seed=seed) for v in trained}
     sections = [
-        (f"Retrieval with IRT_O, the untrained encoder (R@1 {r1['IRT_O']:.1f}%)",
+        (f"Retrieval with IRT_O, the pretrained encoder as is (R@1 {r1['IRT_O']:.1f}%)",
          f"{len(queries)} test queries (blue) of unseen classes and their top {GRID_NEIGHBOURS} neighbours among the "
          "other test images (cosine); green = same class, red = another class.",
-         _grid(descriptors["IRT_O"], labels, paths, queries, "IRT_O (untrained encoder)")),
+         _grid(descriptors["IRT_O"], labels, paths, queries, "IRT_O (pretrained encoder)")),
         (f"Retrieval with IRT_R (R@1 {r1['IRT_R']:.1f}%)",
-         "The same queries, after training with the contrastive loss, the cross-batch memory and KoLeo "
+         "The same queries, after fine-tuning with the contrastive loss, the cross-batch memory and KoLeo "
          f"(λ = {KOLEO_WEIGHT:g}).",
          _grid(descriptors["IRT_R"], labels, paths, queries, f"IRT_R (λ = {KOLEO_WEIGHT:g})")),
         ("Similarity of positive and negative pairs (paper Fig. 5)",
@@ -114,7 +128,7 @@ def write_demo_report(out: Path, results: dict[str, Any], descriptors: dict[str,
          training_curves({LABELS[v]: _curve_rows(rows, cfg, CURVE_SMOOTHING) for v, rows in metrics.items()})),
     ]
     m, t, mem = cfg.model, cfg.train, cfg.memory
-    arch = (f"{m.name} family from random init, {m.depth or 'all'} blocks x {m.embed_dim or 'default'} wide "
+    arch = (f"{m.name} family, {m.depth or 'all'} blocks x {m.embed_dim or 'default'} wide "
             f"({m.num_heads or 'default'} heads), {m.image_size} px images in {m.patch_size or 16}-px patches, "
             f"{m.pooling} token; batch {t.batch_size} ({t.batch_size // cfg.data.images_per_class} classes x "
             f"{cfg.data.images_per_class} images), AdamW lr {t.lr:g}, {t.iterations} iterations; cross-batch memory "
@@ -127,9 +141,14 @@ def write_demo_report(out: Path, results: dict[str, Any], descriptors: dict[str,
         f"Raw-pixel baseline: Recall@1 = {r1['raw_pixels']:.1f}% ({results['raw_pixels']['descriptor']}), "
         f"against {r1['IRT_R']:.1f}% for IRT_R and {r1['IRT_L']:.1f}% for IRT_L.",
         f"Model and training ({results['preset']} preset): {arch}.",
-        f"IRT_O is that encoder before training (the same initial weights as IRT_L and IRT_R, seed {seed}); "
-        f"IRT_L: λ = 0, IRT_R: λ = {KOLEO_WEIGHT:g}; {results['IRT_L'].get('iterations', '?')} iterations each.",
-        f"Time: {results['seconds']:.0f} s so far when this report was written (training IRT_L "
+        f"Pretraining (the demo's stand-in for ImageNet): {pre['objective']} of {pre['data']}, from random "
+        f"weights, {pre['iterations']} iterations of {pre['batch_size']} images (lr {pre['lr']:g}), seed {seed}; "
+        f"the backbone's weights are saved as {pre['weights']} and loaded through model.pretrained_file.",
+        f"IRT_O is that pretrained encoder as is (the initial weights of IRT_L and IRT_R); IRT_L: λ = 0, IRT_R: "
+        f"λ = {KOLEO_WEIGHT:g}; {results['IRT_L'].get('iterations', '?')} fine-tuning iterations each.",
+        koleo_verdict(results),
+        f"Time: {results['seconds']:.0f} s so far when this report was written (pretraining "
+        f"{pre['train_seconds']:.0f} s, training IRT_L "
         f"{results['IRT_L'].get('train_seconds', 0):.0f} s, IRT_R {results['IRT_R'].get('train_seconds', 0):.0f} s).",
         f"Search the test images with the trained model: vitrieval search --index {results['index']} IMAGE; "
         f"browse them: vitrieval serve --index {results['index']}",

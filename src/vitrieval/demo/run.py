@@ -1,6 +1,7 @@
-"""``vitrieval demo``, the orchestration (:func:`run_demo`): data, the raw-pixel and untrained-encoder (IRT_O)
-baselines, training IRT_L and IRT_R from the same initial weights, their evaluation on the unseen test classes, the
-index of the test images and the report. The output folder is described in :mod:`vitrieval.demo`.
+"""``vitrieval demo``, the orchestration (:func:`run_demo`): data, pretraining the encoder on separate identities,
+the raw-pixel and pretrained-encoder (IRT_O) baselines, fine-tuning IRT_L and IRT_R from those weights, their
+evaluation on the unseen test classes, the index of the test images and the report.
+The output folder is described in :mod:`vitrieval.demo`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy as np
 from vitrieval.config import Config
 from vitrieval.data.table import ImageTable
 from vitrieval.demo.baseline import description, raw_pixels
-from vitrieval.demo.data import prepare_data
+from vitrieval.demo.data import prepare_data, pretrain_data
+from vitrieval.demo.pretrain import WEIGHTS_FILE, pretrain
 from vitrieval.demo.report import write_demo_report
-from vitrieval.demo.variants import DEMO_PRESET, KOLEO_WEIGHT, QUICK_PRESET, demo_config
+from vitrieval.demo.variants import DEMO_PRESET, KOLEO_WEIGHT, QUICK_PRESET, finetune_config
 
 if TYPE_CHECKING:
     from vitrieval.model import Encoder
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__package__)
 
 
-DEMO_FOLDERS: tuple[str, ...] = ("irt_o", "irt_l", "irt_r", "index")
+DEMO_FOLDERS: tuple[str, ...] = ("pretrain", "irt_o", "irt_l", "irt_r", "index")
 """The folders a demo run replaces (checked before any work starts)."""
 MARKER = ".vitrieval-demo.json"
 """The file in OUT recording the folders the demo created: ``{"folders": {name: {"complete", "files"}}}``."""
@@ -114,6 +116,12 @@ def _recall(desc: np.ndarray, labels: np.ndarray, ks: Sequence[int]) -> dict[str
     return {str(k): float(v) for k, v in recall_at_k(desc, labels, list(ks)).items()}
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the data-loading and rendering workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, quick: bool = False, seed: int = 0,
              progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Run the demo into ``output`` and return what ``results.json`` holds (plus ``output``/``report`` paths).
@@ -130,7 +138,7 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
     from vitrieval.training import seed_everything, train
     from vitrieval.training.run_log import attach_file_log
 
-    started = time.time()
+    started, cpu_started = time.time(), _cpu_seconds()
     out = Path(output).expanduser().resolve()
     for folder in DEMO_FOLDERS:  # refuse a folder the demo did not write before any work
         _check_dir(out / folder)
@@ -144,49 +152,60 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
     try:
         preset = QUICK_PRESET if quick else DEMO_PRESET
         csv_path = out / "data" / "table.csv"
-        base = demo_config(preset, csv_path, seed, 0.0, "demo")
+        weights = out / "pretrain" / WEIGHTS_FILE
+        base = finetune_config(preset, csv_path, seed, 0.0, "demo", weights)
         log.info("vitrieval demo: preset %s, seed %d, output %s, %d torch thread(s)", preset, seed, out,
                  torch.get_num_threads())
 
-        # 1. data -----------------------------------------------------------------------------------------------
+        # 1. data: the products to fine-tune and test on, and the separate pretraining identities ----------------
         t0 = time.time()
         table, info = prepare_data(out / "data", data, preset, base, progress)
+        _, pretrain_source = pretrain_data(out / "data", preset, base.model.image_size, progress)
         test = table.split("test")
         timings["data"] = time.time() - t0
         labels = test.labels
         paths = test.paths
         ks = [k for k in base.train.eval_ks if k < len(test)]
 
-        # 2. baselines: raw pixels and the untrained encoder (IRT_O) ------------------------------------------------
+        # 2. pretraining: classification of the pretraining identities (the demo's ImageNet) -------------------------
+        _fresh_dir(out / "pretrain")
+        pretrained = pretrain(out / "pretrain", out / "data" / "pretrain_table.csv", preset, seed, pretrain_source,
+                              progress)
+        _seal_dir(out / "pretrain")
+        timings["pretrain"] = pretrained["train_seconds"]
+
+        # 3. baselines: raw pixels and the pretrained encoder as is (IRT_O) -------------------------------------------
         t0 = time.time()
         raw = raw_pixels(paths)
         results: dict[str, Any] = {"raw_pixels": {
             "recall_at_k": _recall(raw, labels, ks),
             "descriptor": description(raw.shape[1])}}
         seed_everything(base.train.seed)  # what the trainer does right before it builds the encoder
-        untrained = Encoder(base.model)
+        irt_o = Encoder(base.model)  # the pretrained weights, through model.pretrained_file
         _fresh_dir(out / "irt_o")
-        untrained.save(out / "irt_o" / "model", extra={"trained_iterations": 0, "run": "demo IRT_O (untrained)"})
+        irt_o.save(out / "irt_o" / "model", extra={"trained_iterations": 0, "run": "demo IRT_O (pretrained)",
+                                                   "pretrained_on": pretrained["data"]})
         _seal_dir(out / "irt_o")
-        descriptors = {"IRT_O": _embed(untrained, test, base)}
+        descriptors = {"IRT_O": _embed(irt_o, test, base)}
         results["IRT_O"] = {"recall_at_k": _recall(descriptors["IRT_O"], labels, ks),
                             "model": str(out / "irt_o" / "model")}
-        del untrained
+        del irt_o
         timings["baselines"] = time.time() - t0
-        log.info("raw pixels R@1 %.1f%%, IRT_O R@1 %.1f%%", 100 * results["raw_pixels"]["recall_at_k"]["1"],
-                 100 * results["IRT_O"]["recall_at_k"]["1"])
+        log.info("raw pixels R@1 %.1f%%, IRT_O (pretrained) R@1 %.1f%%",
+                 100 * results["raw_pixels"]["recall_at_k"]["1"], 100 * results["IRT_O"]["recall_at_k"]["1"])
 
-        # 3. training: IRT_L (λ = 0) and IRT_R (λ = 0.7) from the same initial weights --------------------------
+        # 4. fine-tuning: IRT_L (λ = 0) and IRT_R (λ = 0.7), both from the pretrained weights ------------------------
         from vitrieval.model import load
+        from vitrieval.training.run_log import read_metrics
 
         runs = {"IRT_L": ("irt_l", 0.0), "IRT_R": ("irt_r", KOLEO_WEIGHT)}
         metrics: dict[str, list[dict[str, Any]]] = {}
         for variant, (folder, weight) in runs.items():
-            cfg = demo_config(preset, csv_path, seed, weight, f"demo-{folder.replace('_', '-')}")
+            cfg = finetune_config(preset, csv_path, seed, weight, f"demo-{folder.replace('_', '-')}", weights)
             run_dir = out / folder
             _fresh_dir(run_dir)
-            log.info("training %s (λ = %g): %d iterations of %d images", variant, weight, cfg.train.iterations,
-                     cfg.train.batch_size)
+            log.info("fine-tuning %s (λ = %g) from the pretrained weights: %d iterations of %d images", variant,
+                     weight, cfg.train.iterations, cfg.train.batch_size)
             result = train(cfg, run_dir, progress=progress)
             _seal_dir(run_dir)
             timings[f"train_{variant}"] = result.seconds
@@ -196,14 +215,13 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
             timings[f"evaluate_{variant}"] = time.time() - t0
             results[variant] = {"recall_at_k": _recall(descriptors[variant], labels, ks),
                                 "model": str(run_dir / "model"), "iterations": result.iterations,
-                                "koleo_weight": weight, "train_seconds": round(result.seconds, 1)}
-            from vitrieval.training.run_log import read_metrics
-
+                                "koleo_weight": weight, "train_seconds": round(result.seconds, 1),
+                                "log_every": cfg.train.log_every}
             metrics[variant] = read_metrics(run_dir / "metrics.jsonl")
             log.info("%s: R@1 %.1f%% on the unseen classes (%.0f s of training)", variant,
                      100 * results[variant]["recall_at_k"]["1"], result.seconds)
 
-        # 4. index of the test images, embedded by IRT_R --------------------------------------------------------
+        # 5. index of the test images, embedded by IRT_R --------------------------------------------------------
         from vitrieval.index import Index
 
         t0 = time.time()
@@ -214,11 +232,12 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
         _seal_dir(out / "index")
         timings["index"] = time.time() - t0
 
-        # 5. report -----------------------------------------------------------------------------------------------
+        # 6. report -----------------------------------------------------------------------------------------------
         t0 = time.time()
         results["seconds"] = round(time.time() - started, 1)
         results["data"] = info
-        results.update({"preset": preset, "seed": seed, "model": dataclasses.asdict(base.model),
+        results.update({"preset": preset, "seed": seed, "pretrained": pretrained,
+                        "model": dataclasses.asdict(base.model),
                         "koleo_weight": KOLEO_WEIGHT, "index": str(out / "index"),
                         "trained_model": str(out / "irt_r" / "model"), "report": str(out / "report.html"),
                         "results": str(out / "results.json"),
@@ -227,10 +246,12 @@ def run_demo(output: str | Path = "runs/demo", data: str | Path | None = None, q
         timings["report"] = time.time() - t0
         results["timings"] = {k: round(v, 1) for k, v in timings.items()}
         results["seconds"] = round(time.time() - started, 1)
+        results["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 1)
         from vitrieval.io_utils import atomic_write_json
 
         atomic_write_json(out / "results.json", results)
-        log.info("demo done in %.0f s: report %s", results["seconds"], out / "report.html")
+        log.info("demo done in %.0f s (%.0f s of CPU time): report %s", results["seconds"], results["cpu_seconds"],
+                 out / "report.html")
         return results
     finally:
         logging.getLogger("vitrieval").removeHandler(handler)

@@ -246,8 +246,7 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
                   ctx: DistContext, embedder: Embedder | None = None) -> tuple[list[Chunk], list[str]]:
     """Embed the shards in ``todo`` (all ranks; with ``embedder`` rank 0 alone), write them and gather every
     shard's chunk (rank 0)."""
-    from tqdm.auto import tqdm
-
+    from vitrieval.progress import tqdm
     from vitrieval.runtime.table_embed import embed_table
 
     chunks: list[Chunk] = []

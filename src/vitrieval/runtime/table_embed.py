@@ -25,7 +25,7 @@ def embed_table(embedder: Embedder, table: ImageTable, batch_size: int = 64, pro
                 desc: str = "embedding") -> TableEmbedding:
     """Embed every readable image of ``table`` (cropped to its bbox, as :class:`vitrieval.data.dataset.
     TableDataset` does), ``batch_size`` at a time; unreadable ones are skipped and listed in ``bad_paths``."""
-    from tqdm.auto import tqdm
+    from vitrieval.progress import tqdm
 
     chunks: list[np.ndarray] = []
     indices: list[int] = []

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
 from vitrieval.analyze.gradient_noise import GRADIENT_NOISE_KEY, gradient_noise
@@ -31,6 +30,7 @@ from vitrieval.data.dataset import SeededTableDataset, collate_skip_bad
 from vitrieval.data.loading import close_loader, loader_options, resolve_num_workers
 from vitrieval.data.sampler import ClassBalancedBatchSampler, SpanningBatchSampler
 from vitrieval.data.transforms import train_transform
+from vitrieval.progress import tqdm
 from vitrieval.training.lifecycle import RunLifecycle, TrainResult
 from vitrieval.training.momentum import MomentumEncoder
 from vitrieval.training.objectives import Objective, make_objective

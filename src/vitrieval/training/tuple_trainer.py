@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from vitrieval.amp import autocast_context
 from vitrieval.data.loading import close_loader, loader_options, resolve_num_workers
 from vitrieval.data.transforms import train_transform
 from vitrieval.data.tuples import EpochTupleBatches, EpochTuples, TupleImages, collate_tuples, epoch_base_seed
+from vitrieval.progress import tqdm
 from vitrieval.training.lifecycle import RunLifecycle, TrainResult
 from vitrieval.training.mining import mine_epoch_tuples
 from vitrieval.training.objectives import TupleObjective
