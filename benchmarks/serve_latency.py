@@ -4,6 +4,7 @@ to a durable acknowledgement of ``POST /images``.
     python benchmarks/serve_latency.py                                 # DeiT-Small at 224 px, 10k index, 1,8,32
     python benchmarks/serve_latency.py --model deit_tiny --concurrency 1,8 --requests 120
     python benchmarks/serve_latency.py --max-batch 1,8,16 --max-wait-ms 0,2,5   # to choose the defaults
+    python benchmarks/serve_latency.py --model deit_tiny --runtime torch,onnx  # onnxruntime too (exported here)
 
 The index: ``--real`` generated images (coloured shapes drawn with Pillow, 160 px) embedded by the model, plus
 random unit descriptors up to ``--size`` entries (they point at the generated files, so thumbnails work), built
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--runtime", type=lambda t: [r.strip() for r in t.split(",") if r.strip()],
+                        default=["torch"], help="runtimes to serve with, e.g. torch,onnx (onnx: the model is "
+                                                "exported first; every ratio is to the unbatched torch service)")
     args = parser.parse_args(argv)
 
     import torch
@@ -230,41 +234,48 @@ def main(argv: list[str] | None = None) -> int:
           f"descriptors), {index.factory}, {index.descriptor_dim}-d, model {spec['name']} at {spec['image_size']} px "
           f"on {device}; prepared in {time.perf_counter() - t:.1f} s; torch threads {torch.get_num_threads()}",
           flush=True)
+    if "onnx" in args.runtime:
+        from vitrieval.onnx_export import export_onnx
+        from vitrieval.runtime.onnx_file import default_onnx_path
+
+        report = export_onnx(load(model_dir), default_onnx_path(model_dir))
+        print(f"exported {default_onnx_path(model_dir)} (max abs difference {report.max_abs_diff:.1e})", flush=True)
     payloads = [(p.name, p.read_bytes()) for p in images]
     batch_sizes = args.max_batch or [1, DEFAULT_MAX_BATCH]
     waits = args.max_wait_ms or [DEFAULT_MAX_WAIT_MS]
-    settings = [(b, w) for b in batch_sizes for w in (waits if b > 1 else [0.0])]
-    best: dict[tuple[int, int, float], tuple] = {}
+    settings = [(r, b, w) for r in args.runtime for b in batch_sizes for w in (waits if b > 1 else [0.0])]
+    best: dict[tuple[int, str, int, float], tuple] = {}
     failed = 0
     for round_ in range(args.rounds):
         for concurrency in args.concurrency:
-            for max_batch, max_wait in settings:
-                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait)
+            for runtime, max_batch, max_wait in settings:
+                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait, runtime=runtime)
                 with Served(app) as served:
                     wall, latencies, errors = _load(served.port, payloads, args.requests, concurrency, args.warmup)
                 failed += len(errors)
                 batcher = app.state.batcher
                 mean_batch = batcher.images / max(batcher.batches, 1)
                 p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"),) * 2
-                row = (concurrency, max_batch, max_wait, args.requests / wall, p50, p99, mean_batch, len(errors))
-                key = (concurrency, max_batch, max_wait)
-                if key not in best or row[3] > best[key][3]:
+                row = (concurrency, runtime, max_batch, max_wait, args.requests / wall, p50, p99, mean_batch,
+                       len(errors))
+                key = (concurrency, runtime, max_batch, max_wait)
+                if key not in best or row[4] > best[key][4]:
                     best[key] = row
-                print(f"  round {round_ + 1}: concurrency {concurrency}, max_batch {max_batch}, max_wait "
+                print(f"  round {round_ + 1}: concurrency {concurrency}, {runtime}, max_batch {max_batch}, max_wait "
                       f"{max_wait:g} ms: {args.requests / wall:.1f} req/s", flush=True)
-    rows = [best[(c, b, w)] for c in args.concurrency for b, w in settings]
-    print("\n| clients | max_batch | max_wait ms | req/s | x unbatched | p50 ms | p99 ms | p99 bound 1.3c/tput ms "
-          "| mean batch | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for concurrency, max_batch, max_wait, tput, p50, p99, mean_batch, errors in rows:
-        base = next(r[3] for r in rows if r[0] == concurrency and r[1] == 1) if 1 in batch_sizes else float("nan")
+    rows = [best[(c, r, b, w)] for c in args.concurrency for r, b, w in settings]
+    print("\n| clients | runtime | max_batch | max_wait ms | req/s | x unbatched torch | p50 ms | p99 ms "
+          "| p99 bound 1.3c/tput ms | mean batch | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for concurrency, runtime, max_batch, max_wait, tput, p50, p99, mean_batch, errors in rows:
+        base = next((r[4] for r in rows if r[0] == concurrency and r[1] == "torch" and r[2] == 1), float("nan"))
         bound = 1.3 * concurrency / tput * 1000
-        print(f"| {concurrency} | {max_batch} | {max_wait:g} | {tput:.1f} | {tput / base:.2f} | {p50:.0f} | {p99:.0f} "
-              f"| {bound:.0f}{'' if p99 <= bound else ' (over)'} | {mean_batch:.1f} | {errors} |")
+        print(f"| {concurrency} | {runtime} | {max_batch} | {max_wait:g} | {tput:.1f} | {tput / base:.2f} | {p50:.0f} "
+              f"| {p99:.0f} | {bound:.0f}{'' if p99 <= bound else ' (over)'} | {mean_batch:.1f} | {errors} |")
     if args.adds:
         token = "benchmark-write-token-0123456789"
         print("\n| POST /images clients | images/s | ack p50 ms | ack p99 ms |\n|---:|---:|---:|---:|")
         for concurrency in sorted({1, max(args.concurrency)}):
-            live = Index.load(work / "bench.idx", device=args.device)
+            live = Index.load(work / "bench.idx", device=args.device, runtime=args.runtime[0])
             rate, acks = _adds(create_app(live, write_token=token), payloads, args.adds, concurrency, token)
             a50, a99 = np.percentile(acks, [50, 99])
             print(f"| {concurrency} | {rate:.1f} | {a50:.1f} | {a99:.1f} |")
