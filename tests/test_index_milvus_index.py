@@ -65,6 +65,18 @@ def test_flat_top_k_is_faiss_flat_top_k(world: dict) -> None:
     assert milvus.search(images[0], k=1)[0][0].path == str(images[0])
 
 
+def test_query_expansion_over_milvus_is_the_faiss_flat_one(world: dict) -> None:
+    """αQE at query time reads the neighbours' stored vectors back from Milvus (``_stored_vectors``)."""
+    faiss_index, milvus = world["index"], world["milvus"]
+    ids = np.array([4, 0, 17])
+    np.testing.assert_allclose(milvus._stored_vectors(ids), faiss_index._stored_vectors(ids), atol=1e-6)
+    queries = np.random.default_rng(1).normal(size=(6, milvus.descriptor_dim)).astype(np.float32)
+    f_ids, f_scores = _ids_scores(faiss_index.search(queries, k=8, rerank="aqe"))
+    m_ids, m_scores = _ids_scores(milvus.search(queries, k=8, rerank="aqe"))
+    assert m_ids == f_ids and m_ids != _ids_scores(milvus.search(queries, k=8))[0]
+    np.testing.assert_allclose(m_scores, f_scores, atol=1e-4)
+
+
 def test_manifest_and_rows_in_milvus(world: dict) -> None:
     info = json.loads((world["root"] / "milvus.idx" / INFO_FILE).read_text())
     assert info["backend"] == "milvus" and info["count"] == 30 and info["descriptor_dim"] == 192
