@@ -49,6 +49,7 @@ class QueryEmbedding:
         self.threads = threads
         self._encoder: Encoder | None = None
         self._embedder: Embedder | None = None
+        self._multi_scale: Any = None  # the encoder's MultiScaleEncoder at the index's scales, made once
 
     @property
     def fingerprint(self) -> str:
@@ -99,12 +100,15 @@ class QueryEmbedding:
         return amp_mode(next(encoder.parameters()).device, mode, for_index=True)
 
     def _embedding_model(self, encoder: Encoder) -> Any:
-        """``encoder``, or (multi-scale index) a :class:`~vitrieval.multiscale.MultiScaleEncoder` of it."""
+        """``encoder``, or (multi-scale index) a :class:`~vitrieval.multiscale.MultiScaleEncoder` of it, kept so
+        that queries and adds share its resized copies."""
         if self.scales == (1.0,):
             return encoder
-        from vitrieval.multiscale import MultiScaleEncoder
+        if self._multi_scale is None or self._multi_scale.encoder is not encoder:
+            from vitrieval.multiscale import MultiScaleEncoder
 
-        return MultiScaleEncoder(encoder, self.scales)
+            self._multi_scale = MultiScaleEncoder(encoder, self.scales)
+        return self._multi_scale
 
     # -- the runtime ------------------------------------------------------------------------------------------
     @property
