@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search import build, clustered, recall
+from search import best_of, build, clustered, recall
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without installing
 
@@ -44,15 +44,6 @@ class Row:
     qps: float
     recall_at_k: float
     speedup: float = 1.0
-
-
-def best_of(repeats: int, search) -> tuple[float, np.ndarray]:
-    best, ids = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        ids = search()
-        best = min(best, time.perf_counter() - t)
-    return best, ids
 
 
 def faiss_rows(xb: np.ndarray, xq: np.ndarray, k: int, repeats: int, nlist: int) -> tuple[list[Row], np.ndarray]:

@@ -57,14 +57,14 @@ def make_descriptors(n: int, dim: int, n_classes: int, noise: float, seed: int) 
 # ---------------------------------------------------------------------------------------------- memory
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         return True
@@ -72,7 +72,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process
     return usage.ru_utime + usage.ru_stime
 
@@ -137,15 +137,15 @@ def worker(args: argparse.Namespace) -> None:
     labels = np.load(data / "labels.npy")
     ks = [int(k) for k in args.ks.split(",")]
     fn = {"vitrieval": run_vitrieval, "pml": run_pml, "full": run_full}[args.worker]
-    reset = _reset_peak()
-    rss0, hwm0 = _status_kib("VmRSS"), _status_kib("VmHWM")
+    reset = reset_peak()
+    rss0, hwm0 = status_kib("VmRSS"), status_kib("VmHWM")
     base = rss0 if reset else hwm0
-    cpu0 = _cpu_seconds()
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     recalls = fn(x, labels, ks, args)
     wall = time.perf_counter() - t0
-    cpu = _cpu_seconds() - cpu0
-    hwm = _status_kib("VmHWM")
+    cpu = cpu_seconds() - cpu0
+    hwm = status_kib("VmHWM")
     result = {
         "method": args.worker,
         "wall_s": wall,

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -49,31 +48,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_knn import cpu_seconds, reset_peak, status_kib  # the sibling benchmark's memory / CPU probes
 from search import clustered  # the sibling benchmark's generator
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _cpu() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
 def measure(name: str, fn, rows: list[dict]) -> object:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kib("VmRSS")
-    except OSError:
-        base = _status_kib("VmHWM")
-    c0, t0 = _cpu(), time.perf_counter()
+    base = status_kib("VmRSS" if reset_peak() else "VmHWM")
+    c0, t0 = cpu_seconds(), time.perf_counter()
     out = fn()
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
-    rows.append({"row": name, "wall_s": wall, "cpu_s": cpu, "peak_increase_mib": (_status_kib("VmHWM") - base) / 1024})
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    rows.append({"row": name, "wall_s": wall, "cpu_s": cpu, "peak_increase_mib": (status_kib("VmHWM") - base) / 1024})
     print(f"{name:<16} {wall:9.2f} s wall {cpu:9.2f} s CPU  peak +{rows[-1]['peak_increase_mib']:8.1f} MiB",
           flush=True)
     return out
