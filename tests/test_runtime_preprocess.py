@@ -55,3 +55,15 @@ def test_batch_and_bad_mode() -> None:
     assert prep.batch([]).shape == (0, 3, 32, 32)
     with pytest.raises(ValueError, match="'shorter' or 'square', got 'crop'"):
         EvalPreprocess.from_data_config(DATA_CONFIG, "crop")
+
+
+@pytest.mark.parametrize(("size", "crop_pct"), [(32, 0.9), (224, 0.875), (56, 0.95), (64, 1.0), (384, 1.0)])
+@pytest.mark.parametrize("resize", ["shorter", "square"])
+def test_min_side_is_the_eval_transforms(size: int, crop_pct: float, resize: str) -> None:
+    """Fast decoding: the torch-free preprocessing asks for the decode size the torch eval transform does."""
+    config = {**DATA_CONFIG, "image_size": size, "crop_pct": crop_pct}
+    fast = EvalPreprocess.from_data_config(config, resize, fast_decode=True)
+    assert fast.min_side == eval_transform(config, resize, fast_decode=True).min_side
+    assert fast.min_side == (size if resize == "square" else max(size, int(size / crop_pct)))
+    assert EvalPreprocess.from_data_config(config, resize).min_side is None
+    assert eval_transform(config, resize).min_side is None

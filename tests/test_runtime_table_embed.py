@@ -45,3 +45,28 @@ def test_rows_bboxes_and_skipped_files(tmp_path: Path) -> None:
     assert np.allclose(out.descriptors[0], [0, 100, 0]) and np.allclose(out.descriptors[4], [20, 100, 0])
     empty = embed_table(embedder, ImageTable([Record(str(bad), 0)], "t"))
     assert empty.descriptors.shape == (0, 3) and empty.indices.shape == (0,)
+
+
+def test_min_side_decodes_large_jpegs_as_load_image_does(tmp_path: Path) -> None:
+    """Fast decoding in the onnx build path: the pixels of ``load_image(min_side=, bbox=)``, the torch dataset's."""
+    from vitrieval.data.images import load_image
+
+    rng = np.random.default_rng(0)
+    p = tmp_path / "big.jpg"
+    Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((640, 480)).save(p, quality=90)
+    box = (40.0, 20.0, 600.0, 460.0)
+    records = [Record(str(p), 0), Record(str(p), 1, bbox=box)]
+    seen: list[tuple[int, int]] = []
+
+    class Sizes(MeanColour):
+        def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+            seen.extend(im.size for im in images)
+            return super().embed(images, batch_size)
+
+    out = embed_table(Sizes(), ImageTable(records, "t"), min_side=35)
+    assert seen == [(80, 60), (140, 110)]  # 1/8 whole; the box (560 x 440) keeps 2 x 35: 1/4
+    for row, (rec, bbox) in enumerate(((records[0], None), (records[1], box))):
+        expected = np.asarray(load_image(rec.path, min_side=35, bbox=bbox), dtype=np.float32).reshape(-1, 3).mean(0)
+        assert np.allclose(out.descriptors[row], expected)
+    full = embed_table(Sizes(), ImageTable(records[:1], "t"))
+    assert full.indices.tolist() == [0] and seen[-1] == (640, 480)

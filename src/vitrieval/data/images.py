@@ -116,9 +116,11 @@ def _swaps_axes(img: Image.Image) -> bool:
         return False
 
 
-def _draft(img: Image.Image, min_side: int | None, bbox: Box | None) -> int:
+def draft_reduced(img: Image.Image, min_side: int | None, bbox: Box | None = None) -> int:
     """Ask a JPEG's decoder for the reduced scale 1/a of :func:`dct_reduction` and return a (1 for other formats,
-    or when no reduction keeps ``min_side``). ``bbox`` is in the oriented (displayed) image's frame."""
+    or when no reduction keeps ``min_side``). ``bbox`` is in the oriented (displayed) image's frame. Nothing is
+    decoded yet: ``img`` is one just opened (the service's uploads, :mod:`vitrieval.serve.uploads`, call it too so
+    that an uploaded JPEG gets the pixels :func:`load_image` gives the same file)."""
     if min_side is None or img.format != "JPEG":
         return 1
     width, height = img.size
@@ -178,7 +180,7 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
             raise ImageDecodeError(label, f"{width}x{height} = {width * height} pixels exceeds the limit of "
                                           f"{max_pixels} (possible decompression bomb)")
         full_size = (height, width) if bbox is not None and _swaps_axes(img) else (width, height)
-        reduction = _draft(img, min_side, bbox)
+        reduction = draft_reduced(img, min_side, bbox)
         img.load()
     try:  # in place: without an orientation tag there is then no full-resolution copy of the pixels
         ImageOps.exif_transpose(img, in_place=True)

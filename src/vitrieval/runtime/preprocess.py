@@ -12,6 +12,11 @@
   operations), channels first.
 
 Since ``s >= size`` the crop never needs padding.
+
+``fast_decode`` (``data.fast_decode``, an index's ``preprocessing.fast_decode``): :attr:`EvalPreprocess.min_side` is
+then the ``min_side`` of ``eval_transform(data_config, resize, fast_decode=True)`` (``s`` for ``shorter``, ``size``
+for ``square``), the shorter side a JPEG may be decoded down to
+(:func:`vitrieval.data.images.load_image`); ``None`` without it (decode at full size).
 """
 
 from __future__ import annotations
@@ -43,17 +48,28 @@ class EvalPreprocess:
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
     resize: str = "shorter"
+    fast_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"eval resize must be 'shorter' or 'square', got {self.resize!r}")
 
     @classmethod
-    def from_data_config(cls, data_config: dict[str, Any], resize: str = "shorter") -> EvalPreprocess:
+    def from_data_config(cls, data_config: dict[str, Any], resize: str = "shorter",
+                         fast_decode: bool = False) -> EvalPreprocess:
         """From a model's ``data_config`` (``Encoder.data_config``, ``index.json``, the ONNX sidecar)."""
         return cls(int(data_config["image_size"]), tuple(float(v) for v in data_config["mean"]),
                    tuple(float(v) for v in data_config["std"]), str(data_config.get("interpolation", "bicubic")),
-                   float(data_config.get("crop_pct", 0.875)), resize)
+                   float(data_config.get("crop_pct", 0.875)), resize, bool(fast_decode))
+
+    @property
+    def min_side(self) -> int | None:
+        """The decoded shorter side the first resize needs (``eval_transform(...).min_side``): with
+        :attr:`fast_decode` ``size`` (``square``) or ``max(size, int(size / crop_pct))`` (``shorter``); ``None``
+        without it."""
+        if not self.fast_decode:
+            return None
+        return self.size if self.resize == "square" else shorter_side_target(self.size, self.crop_pct)
 
     def resized(self, image: Image.Image) -> Image.Image:
         """The image resized and cropped to ``size × size`` (still 8-bit RGB)."""

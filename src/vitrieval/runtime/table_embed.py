@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vitrieval.data.images import ImageDecodeError, crop_bbox, load_image
+from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.data.table import ImageTable
 from vitrieval.runtime.embedder import Embedder
 
@@ -22,9 +22,13 @@ class TableEmbedding:
 
 
 def embed_table(embedder: Embedder, table: ImageTable, batch_size: int = 64, progress: bool = False,
-                desc: str = "embedding") -> TableEmbedding:
+                desc: str = "embedding", min_side: int | None = None) -> TableEmbedding:
     """Embed every readable image of ``table`` (cropped to its bbox, as :class:`vitrieval.data.dataset.
-    TableDataset` does), ``batch_size`` at a time; unreadable ones are skipped and listed in ``bad_paths``."""
+    TableDataset` does), ``batch_size`` at a time; unreadable ones are skipped and listed in ``bad_paths``.
+
+    ``min_side``: large JPEGs decoded at a reduced DCT scale keeping that shorter side (fast decoding, the
+    ``min_side`` of the eval transform: :attr:`vitrieval.runtime.preprocess.EvalPreprocess.min_side`), exactly as
+    the torch extraction decodes them; ``None`` decodes at full size."""
     from vitrieval.progress import tqdm
 
     chunks: list[np.ndarray] = []
@@ -41,9 +45,7 @@ def embed_table(embedder: Embedder, table: ImageTable, batch_size: int = 64, pro
 
     for i, rec in enumerate(tqdm(table.records, desc=desc, unit="img", disable=not progress, leave=False)):
         try:
-            img = load_image(rec.path)
-            if rec.bbox is not None:
-                img = crop_bbox(img, rec.bbox)
+            img = load_image(rec.path, min_side=min_side, bbox=rec.bbox)
         except (ImageDecodeError, ValueError):
             bad.append(rec.path)
             continue
