@@ -30,7 +30,7 @@ def test_build_writes_complete_index_and_lists_the_corrupt_file(world: dict) -> 
     assert info["checkpoint"] == str(world["model"].resolve()) and Path(info["checkpoint"]).is_absolute()
     assert info["fingerprint"] == load(world["model"]).fingerprint() == index.fingerprint
     assert info["data_config"]["image_size"] == 32 and info["skipped"] == corrupt
-    assert info["preprocessing"] == {"resize": "shorter", "amp": "off"}
+    assert info["preprocessing"] == {"resize": "shorter", "amp": "off", "fast_decode": True}
     assert info["generation"] == 1 and sorted(p.name for p in d.iterdir()) == ["g000001", "index.json", "shards"]
     data = generation_dir(d)
     rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]

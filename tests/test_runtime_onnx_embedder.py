@@ -112,7 +112,8 @@ def test_an_index_built_with_onnx_holds_torchs_descriptors(world: dict, tmp_path
     built = Index.build(world["model"], world["root"] / "images", tmp_path / "onnx.idx", factory="Flat",
                         num_workers=0, progress=False, runtime="onnx", batch_size=7)
     reference = Index.load(world["index_dir"])
-    assert built.info["preprocessing"] == {"resize": "shorter", "amp": "off", "runtime": "onnx"}
+    assert built.info["preprocessing"] == {"resize": "shorter", "amp": "off", "fast_decode": True,
+                                           "runtime": "onnx"}
     assert built.runtime == "onnx" and len(built) == len(reference) == 30
     assert [e.path for e in built.entries()] == [e.path for e in reference.entries()]
     assert built.skipped == reference.skipped and built.skipped[0].endswith("img_corrupt0.jpg")

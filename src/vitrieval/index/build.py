@@ -17,6 +17,14 @@ The steps of :func:`build_index`:
    (:class:`~vitrieval.distributed.RankZero`) and get ``None``. An error of rank 0's part is raised on every rank.
 
 This module makes the parts of an index (:class:`Built`); :class:`vitrieval.index.Index` turns them into itself.
+
+Fast decoding (:attr:`BuildOptions.fast_decode`, ``data.fast_decode``; on by default, ``vitrieval index
+--full-decode`` turns it off): large JPEGs are decoded at a reduced DCT scale that still covers the eval resize
+(:mod:`vitrieval.data.images`), by either runtime. ``index.json`` records it as ``preprocessing.fast_decode`` (true
+or false), so queries, ``add`` and the service decode their images the same way (an index.json without the key was
+built before it was recorded, with full decodes: its queries decode at full size). The shard keys hash the
+pre-processing, so shards embedded with and without it are never mixed; an older build's shard cache (no key) is
+embedded once again by the first rebuild.
 """
 
 from __future__ import annotations
@@ -88,6 +96,7 @@ class BuildOptions:
     dba: RerankOptions | tuple[int, float] | None = None
     apply_pca: bool = True  # False: the descriptors before the model's PCA (index/descriptor_cache.py)
     runtime: str = "torch"  # "onnx": embed with <model>/model.onnx (vitrieval.runtime), in one process
+    fast_decode: bool | None = True  # large JPEGs at a reduced DCT scale; None: not recorded (from_descriptors)
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
@@ -110,7 +119,15 @@ class BuildOptions:
                                 "amp": amp_mode(next(encoder.parameters()).device, self.amp, for_index=True)}
         if self.multi_scale:
             prep["scales"] = [float(s) for s in self.scales]
+        if self.fast_decode is not None:
+            prep["fast_decode"] = bool(self.fast_decode)
         return prep
+
+    def decode_min_side(self, data_config: dict[str, Any]) -> int | None:
+        """The ``min_side`` images are decoded with (:attr:`fast_decode`; ``None``: full size)."""
+        from vitrieval.runtime.preprocess import EvalPreprocess
+
+        return EvalPreprocess.from_data_config(data_config, self.resize, bool(self.fast_decode)).min_side
 
     def embedding_model(self, encoder: Encoder) -> Any:
         """``encoder``, or its :class:`~vitrieval.multiscale.MultiScaleEncoder` at :attr:`scales`."""
@@ -257,11 +274,13 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
         if s in todo:
             sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
             if embedder is not None:
-                ex = embed_table(embedder, sub, options.batch_size, options.progress, f"shard {s + 1}/{n_shards}")
+                ex = embed_table(embedder, sub, options.batch_size, options.progress, f"shard {s + 1}/{n_shards}",
+                                 min_side=options.decode_min_side(encoder.data_config))
             else:
                 ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
                              resize=options.resize, skip_bad=True, apply_pca=options.apply_pca,
-                             progress=options.progress, desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
+                             progress=options.progress, desc=f"shard {s + 1}/{n_shards}", distributed=ctx,
+                             fast_decode=bool(options.fast_decode))
             descriptors = ex.descriptors
             kept = [records[i] for i in ex.indices.tolist()]
             bad = list(ex.bad_paths)

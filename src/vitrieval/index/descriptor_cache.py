@@ -82,10 +82,10 @@ def cached_descriptors(model: Any, fingerprint: str, images: ImagesArg, cache_ro
     """Descriptors of ``images`` by ``model`` (an encoder, or a wrapper of one such as a ``MultiScaleEncoder``),
     from the cache folder of ``fingerprint`` and ``preprocessing`` (module docstring), embedding what is missing.
 
-    ``preprocessing`` must name everything besides the model's weights that changes the descriptors (``resize``
-    and ``amp`` are passed to the extraction; image size, scales, PCA or not...); ``apply_pca=False`` caches the
-    descriptors before the model's PCA. Every rank of a process group must call it with the same arguments; every
-    rank gets the result once rank 0 has written the folder.
+    ``preprocessing`` must name everything besides the model's weights that changes the descriptors (``resize``,
+    ``amp`` and ``fast_decode`` (default true) are passed to the extraction; image size, scales, PCA or not...);
+    ``apply_pca=False`` caches the descriptors before the model's PCA. Every rank of a process group must call it
+    with the same arguments; every rank gets the result once rank 0 has written the folder.
     """
     ctx = resolve_distributed(distributed)
     table = collection_table(images)
@@ -93,7 +93,7 @@ def cached_descriptors(model: Any, fingerprint: str, images: ImagesArg, cache_ro
     folder = cache_folder(cache_root, fingerprint, preprocessing, str(collection))
     options = BuildOptions(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
                            resize=str(preprocessing.get("resize", "shorter")), progress=progress,
-                           apply_pca=apply_pca)
+                           apply_pca=apply_pca, fast_decode=bool(preprocessing.get("fast_decode", True)))
     plan = _Plan.make(table, folder, shard_size, fingerprint, preprocessing)
     with RankZero(ctx) as rank0:
         rank0.check_same(plan.digest, f"the ranks see different distractor images or models ({len(table)} here)")

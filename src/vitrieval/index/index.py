@@ -124,7 +124,8 @@ class Index(QueryEmbedding, LiveWrites):
               resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
               k_factor: int | None = None, progress: bool = True,
               distributed: bool | DistContext | None = None, scales: Sequence[float] | None = None,
-              dba: RerankOptions | tuple[int, float] | None = None, runtime: str = "torch") -> Index | None:
+              dba: RerankOptions | tuple[int, float] | None = None, runtime: str = "torch",
+              fast_decode: bool = True) -> Index | None:
         """Embed ``images`` with the model in ``checkpoint_dir`` and index them (saved to ``out_dir`` if given).
 
         ``images``: a folder (recursively), a ``.csv`` table (``path[,label,...]``), a list of paths or an
@@ -152,12 +153,14 @@ class Index(QueryEmbedding, LiveWrites):
         (:func:`vitrieval.rerank.database_side_augmentation`, recorded as ``index.json`` ``dba``); the shards keep
         the plain descriptors, so a rebuild with other DBA settings embeds nothing again.
         ``runtime="onnx"`` embeds with the model's ``model.onnx`` (``vitrieval export``), in one process; the
-        index then also queries with it.
+        index then also queries with it. ``fast_decode`` (``data.fast_decode``): large JPEGs decoded at a reduced
+        DCT scale that still covers the eval resize; recorded (``preprocessing.fast_decode``), and queries, adds
+        and the service's uploads decode the same way (:mod:`vitrieval.index.build`).
         """
         options = BuildOptions(factory=factory, batch_size=batch_size, num_workers=num_workers,
                                shard_size=shard_size, device=device, amp=amp, resize=resize, nprobe=nprobe,
                                ef_search=ef_search, k_factor=k_factor, progress=progress, scales=scales, dba=dba,
-                               runtime=check_runtime(runtime))
+                               runtime=check_runtime(runtime), fast_decode=bool(fast_decode))
         return build_index(checkpoint_dir, images, out_dir, options, distributed, cls._from_built)
 
     @classmethod
@@ -165,15 +168,17 @@ class Index(QueryEmbedding, LiveWrites):
                          labels: Sequence[int] | None = None, out_dir: str | Path | None = None,
                          factory: str = "auto", *, device: str = "auto", resize: str = "shorter",
                          amp: str = "auto", nprobe: int | None = None, ef_search: int | None = None,
-                         k_factor: int | None = None) -> Index:
+                         k_factor: int | None = None, fast_decode: bool | None = None) -> Index:
         """Index descriptors computed elsewhere by the model in ``checkpoint_dir`` (e.g. by ``embed.extract``).
 
         ``descriptors[i]`` belongs to ``paths[i]``; the model is loaded for its fingerprint and preprocessing,
-        and its descriptor dimension must match. ``resize`` / ``amp`` must be what the descriptors were made
-        with, so that queries are embedded the same way.
+        and its descriptor dimension must match. ``resize`` / ``amp`` / ``fast_decode`` must be what the
+        descriptors were made with, so that queries are embedded the same way (``embed.extract`` fast-decodes by
+        default: pass ``fast_decode=True`` for its descriptors); ``fast_decode=None`` records nothing and queries
+        decode at full size.
         """
         options = BuildOptions(factory=factory, device=device, amp=amp, resize=resize, nprobe=nprobe,
-                               ef_search=ef_search, k_factor=k_factor)
+                               ef_search=ef_search, k_factor=k_factor, fast_decode=fast_decode)
         return cls._from_built(from_descriptors(checkpoint_dir, descriptors, paths, labels, out_dir, options))
 
     @classmethod
@@ -385,7 +390,7 @@ class Index(QueryEmbedding, LiveWrites):
             model = self._embedding_model(encoder)  # multi-scale when the index is
             ex = extract(model, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
                          amp=self._amp(encoder), resize=prep.get("resize", "shorter"), skip_bad=True,
-                         progress=progress, desc="adding", distributed=ctx)
+                         progress=progress, desc="adding", distributed=ctx, fast_decode=self.fast_decode)
         for path in ex.bad_paths if ctx.is_main else ():
             log.warning("skipped unreadable image: %s", path)
         kept = [IndexEntry.from_record(-1, fresh[i]) for i in ex.indices.tolist()]

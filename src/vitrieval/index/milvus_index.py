@@ -134,14 +134,15 @@ class MilvusIndex(Index):
               amp: str = "auto", resize: str = "shorter", nprobe: int | None = None, ef_search: int | None = None,
               k_factor: int | None = None, progress: bool = True,
               distributed: bool | DistContext | None = None,
-              scales: Sequence[float] | None = None) -> MilvusIndex | None:
+              scales: Sequence[float] | None = None, fast_decode: bool = True) -> MilvusIndex | None:
         """:meth:`Index.build` into the Milvus of ``milvus`` (required, as is ``out_dir``: the manifest);
         ``factory`` and ``k_factor`` are faiss's and are ignored. A rerun resumes (embedding and insertion)."""
         if milvus is None or out_dir is None:
             raise ValueError("a Milvus-backed index needs milvus=MilvusOptions(uri=...) and an out_dir for its "
                              "manifest")
         options = BuildOptions(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
-                               device=device, amp=amp, resize=resize, progress=progress, scales=scales)
+                               device=device, amp=amp, resize=resize, progress=progress, scales=scales,
+                               fast_decode=bool(fast_decode))
         finish = partial(cls._store_built, milvus, {"nprobe": nprobe, "ef_search": ef_search})
         return build_index(checkpoint_dir, images, out_dir, options, distributed, finish, assembler=collect)
 
@@ -150,12 +151,13 @@ class MilvusIndex(Index):
                          labels: Sequence[int] | None = None, out_dir: str | Path | None = None,
                          factory: str = "auto", *, milvus: MilvusOptions | None = None, device: str = "auto",
                          resize: str = "shorter", amp: str = "auto", nprobe: int | None = None,
-                         ef_search: int | None = None, k_factor: int | None = None) -> MilvusIndex:
+                         ef_search: int | None = None, k_factor: int | None = None,
+                         fast_decode: bool | None = None) -> MilvusIndex:
         """:meth:`Index.from_descriptors` into the Milvus of ``milvus`` (required, as is ``out_dir``)."""
         if milvus is None or out_dir is None:
             raise ValueError("a Milvus-backed index needs milvus=MilvusOptions(uri=...) and an out_dir for its "
                              "manifest")
-        options = BuildOptions(device=device, amp=amp, resize=resize)
+        options = BuildOptions(device=device, amp=amp, resize=resize, fast_decode=fast_decode)
         built = from_descriptors(checkpoint_dir, descriptors, paths, labels, out_dir, options, assembler=collect)
         return cls._store_built(milvus, {"nprobe": nprobe, "ef_search": ef_search}, built)
 

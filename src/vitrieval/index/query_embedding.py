@@ -7,6 +7,12 @@ the index's fingerprint and dimension when it is first used, and a query goes th
 the service's batcher (:mod:`vitrieval.serve.batching`) calls separately: :meth:`QueryEmbedding.prepare` (decoded
 image -> the model's input array, per request) and :meth:`QueryEmbedding.embed_prepared` (a list of them -> one
 forward pass).
+
+Decoding follows the index's ``preprocessing.fast_decode`` (:mod:`vitrieval.index.build`): a query path or file's
+bytes is decoded by :func:`~vitrieval.data.images.load_image` with the eval transform's ``min_side``
+(:attr:`QueryEmbedding.decode_min_side`), so a JPEG of the collection gives the pixels, hence the descriptor, it
+got in the build; an index without the key (built before it was recorded) decodes queries at full size, as then.
+A query already decoded (a PIL image, e.g. the service's uploads) is used as it is.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ if TYPE_CHECKING:
 ImageLike = str | Path | bytes | Image.Image
 
 
-def as_rgb(image: ImageLike) -> Image.Image:
-    """A query as an RGB PIL image (paths and bytes decoded; an unreadable one raises ``ImageDecodeError``)."""
-    return image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+def as_rgb(image: ImageLike, min_side: int | None = None) -> Image.Image:
+    """A query as an RGB PIL image (paths and bytes decoded, with ``min_side`` as :func:`load_image`'s; an
+    unreadable one raises ``ImageDecodeError``)."""
+    return image.convert("RGB") if isinstance(image, Image.Image) else load_image(image, min_side=min_side)
 
 
 class QueryEmbedding:
@@ -64,6 +71,23 @@ class QueryEmbedding:
     def scales(self) -> tuple[float, ...]:
         """The input scales of the index's descriptors (``(1.0,)``: single-scale); queries are embedded at them."""
         return tuple(float(s) for s in self.info.get("preprocessing", {}).get("scales", (1.0,)))
+
+    @property
+    def fast_decode(self) -> bool:
+        """Whether the index's images were fast-decoded (``preprocessing.fast_decode``; missing: an older build,
+        full decodes)."""
+        return bool(self.info.get("preprocessing", {}).get("fast_decode", False))
+
+    @property
+    def decode_min_side(self) -> int | None:
+        """The ``min_side`` queries are decoded with: the eval transform's with :attr:`fast_decode`, else
+        ``None`` (full size)."""
+        if not self.fast_decode:
+            return None
+        from vitrieval.runtime.preprocess import EvalPreprocess
+
+        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
+        return EvalPreprocess.from_data_config(self.info["data_config"], resize, fast_decode=True).min_side
 
     # -- the model --------------------------------------------------------------------------------------------
     @property
@@ -152,7 +176,7 @@ class QueryEmbedding:
         """One query image (path, file bytes or PIL image) as the model's input ``(3, H, W)`` (a torch tensor or a
         numpy array, by runtime): the index's eval preprocessing. An unreadable image raises
         :class:`vitrieval.data.images.ImageDecodeError` naming it."""
-        return self.embedder.prepare(as_rgb(image))
+        return self.embedder.prepare(as_rgb(image, self.decode_min_side))
 
     def embed_prepared(self, batch: Sequence[Any]) -> np.ndarray:
         """Descriptors of images made by :meth:`prepare`: one forward pass (the model is used by one thread)."""
@@ -165,7 +189,8 @@ class QueryEmbedding:
 
         An unreadable image raises :class:`vitrieval.data.images.ImageDecodeError` naming it.
         """
-        pil = [as_rgb(im) for im in images]
+        min_side = self.decode_min_side
+        pil = [as_rgb(im, min_side) for im in images]
         embedder = self.embedder
         with self._lock:
             return embedder.embed(pil, batch_size=batch_size)
