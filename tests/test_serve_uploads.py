@@ -32,11 +32,14 @@ PAGE = 4096
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The tiny test index of tests/test_serve.py (32 px model: the eval resize target is 35 px)."""
+    """The tiny test index of tests/test_serve.py (32 px model: the eval resize target is 35 px), built without
+    fast decoding: its uploads follow the memory-bound rule these tests pin (a fast-decode index's JPEGs:
+    ``test_a_fast_decode_index_decodes_a_jpeg_as_load_image`` and tests/test_index_fast_decode.py)."""
     root = tmp_path_factory.mktemp("uploads")
     model = make_model(root / "model")
     images = make_images(root / "images", COLOURS[:6])
-    index = Index.build(model, root / "images", root / "cat.idx", factory="Flat", num_workers=0, progress=False)
+    index = Index.build(model, root / "images", root / "cat.idx", factory="Flat", num_workers=0, progress=False,
+                        fast_decode=False)
     return {"index": index, "images": images, "app": create_app(index)}
 
 
@@ -238,6 +241,39 @@ def test_a_large_jpeg_is_decoded_with_draft(world: dict, monkeypatch: pytest.Mon
     monkeypatch.undo()
     reduced = uploads.DecodePool(uploads.UploadLimits(), uploads.ResizeTarget(35)).decode_now(data, "big.jpg")
     assert _cosine(index, reduced, load_image(data)) > 0.999  # same descriptor as a full decode
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_fast_decode_index_decodes_a_jpeg_as_load_image(progressive: bool) -> None:
+    """``fast_decode`` target: the draft scale of ``dct_reduction`` and no reduce(), the pixels of
+    ``load_image(min_side=35)``; other formats keep the memory-bound rule."""
+    from vitrieval.data.images import dct_reduction
+
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((1024, 768), Image.Resampling.BICUBIC)
+    data = encode(big, "JPEG", quality=90, progressive=progressive)
+    target = uploads.ResizeTarget(35, fast_decode=True)
+    a = dct_reduction(768, 35)
+    assert a == 8
+    plan = uploads.plan_decode(uploads.open_upload(data, "q.jpg"), "q.jpg", uploads.UploadLimits(), target)
+    assert plan.decode_size == (1024 // a, 768 // a) == (128, 96) and plan.reduce_factor == 1
+    assert plan.cost == (1024 * 768 * 6 if progressive else 0) + 128 * 96 * 4 + 3 * 128 * 96 * 4
+    old = uploads.plan_decode(uploads.open_upload(data, "q.jpg"), "q.jpg", uploads.UploadLimits(),
+                              uploads.ResizeTarget(35))
+    assert old.decode_size == (128, 96) and old.reduce_factor == 1  # 1/8 here too: 96 < 4 x 35
+    smaller = encode(big.resize((512, 384)), "JPEG", quality=90, progressive=progressive)
+    old = uploads.plan_decode(uploads.open_upload(smaller, "q.jpg"), "q.jpg", uploads.UploadLimits(),
+                              uploads.ResizeTarget(35))
+    new = uploads.plan_decode(uploads.open_upload(smaller, "q.jpg"), "q.jpg", uploads.UploadLimits(), target)
+    assert (old.decode_size, old.reduce_factor) == ((128, 96), 1)  # the 2 x 35 rule: 1/4
+    assert (new.decode_size, new.reduce_factor) == ((64, 48), 1)  # dct_reduction(384, 35) = 8
+    pool = uploads.DecodePool(uploads.UploadLimits(), target)
+    for blob in (data, smaller):
+        decoded = pool.decode_now(blob, "q.jpg")
+        assert np.array_equal(np.asarray(decoded), np.asarray(load_image(blob, min_side=35)))
+    png = encode(big)
+    plan = uploads.plan_decode(uploads.open_upload(png, "q.png"), "q.png", uploads.UploadLimits(), target)
+    assert plan.decode_size == (1024, 768) and plan.reduce_factor == 10  # 768 // 70: the memory-bound rule
 
 
 def test_other_formats_are_reduced_before_the_transform(world: dict, monkeypatch: pytest.MonkeyPatch) -> None:

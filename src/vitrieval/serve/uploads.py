@@ -13,6 +13,14 @@ the aspect ratio (2 x 400,000 becomes 73 x 14.6 M pixels for a 64 px model: 4 GB
    so the full-size image never exists), any other format decoded and then ``reduce()``d by an integer factor.
    Both keep at least :data:`REDUCING_GAP` times the resize target (Pillow's own ``thumbnail`` rule), so the final
    resize of the eval transform, and hence the descriptor, is practically unchanged;
+   For an index built with fast decoding (``preprocessing.fast_decode: true``, :mod:`vitrieval.index.build`) a
+   JPEG is instead decoded exactly as :func:`vitrieval.data.images.load_image` with the eval transform's
+   ``min_side`` (``ResizeTarget.short``) decodes it, the build's and ``vitrieval search``'s decode: the draft
+   scale of :func:`~vitrieval.data.images.dct_reduction` (the largest 1/2, 1/4, 1/8 keeping ``min_side``) and no
+   ``reduce()``, so an uploaded JPEG gets the descriptor the same file has in the index. That is still bounded:
+   the header limits of step 1 hold, and a draft that stays at full size leaves a shorter side under
+   2 ``min_side``. Other formats (MPO too: ``load_image`` does not draft it), and every upload to an index without
+   fast decoding (or built before it was recorded), keep the memory-bound rule above;
 3. in a :class:`DecodePool`: at most ``max_concurrent_decodes`` decodes at once (its own threads, not the web
    server's), which together hold at most ``decode_memory_budget`` bytes of estimated decode memory, served in
    arrival order (a decode estimated above the whole budget runs alone).
@@ -38,7 +46,7 @@ from typing import Any
 
 from PIL import Image
 
-from vitrieval.data.images import ImageDecodeError, decoding, rgb_or_error
+from vitrieval.data.images import ImageDecodeError, decoding, draft_reduced, rgb_or_error
 
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 """Largest pixel count of an upload, read from its header (7000 x 7000 is 49 M)."""
@@ -101,19 +109,23 @@ class ResizeTarget:
     """What the index's eval transform resizes an image to (mirrors ``vitrieval.data.transforms.eval_transform``).
 
     ``square=False``: the shorter side becomes ``short`` (``max(size, int(size / crop_pct))``), the longer side
-    ``int(short * long / shorter)``; ``square=True``: ``short`` x ``short``.
+    ``int(short * long / shorter)``; ``square=True``: ``short`` x ``short``. ``short`` is also the eval transform's
+    ``min_side``; ``fast_decode``: the index's JPEGs were decoded with it (module docstring, step 2).
     """
 
     short: int
     square: bool = False
+    fast_decode: bool = False
 
     @classmethod
     def from_index_info(cls, info: dict[str, Any]) -> ResizeTarget:
         data_config = info.get("data_config") or {}
         size = int(data_config.get("image_size", 224))
-        if (info.get("preprocessing") or {}).get("resize", "shorter") == "square":
-            return cls(size, square=True)
-        return cls(max(size, int(size / float(data_config.get("crop_pct", 0.875)))))
+        preprocessing = info.get("preprocessing") or {}
+        fast = bool(preprocessing.get("fast_decode", False))  # missing: an older index, decoded at full size
+        if preprocessing.get("resize", "shorter") == "square":
+            return cls(size, square=True, fast_decode=fast)
+        return cls(max(size, int(size / float(data_config.get("crop_pct", 0.875)))), fast_decode=fast)
 
     def resized(self, width: int, height: int) -> tuple[int, int]:
         if self.square:
@@ -176,14 +188,20 @@ def plan_decode(img: Image.Image, name: str, limits: UploadLimits, target: Resiz
                                  f"{target.describe()} for the model it would be {rw}x{rh} = {rw * rh} pixels, "
                                  f"over the limit of {limits.max_resized_pixels} (max_resized_pixels)")
     wanted = REDUCING_GAP * target.short  # the decoded shorter side is kept at least this long
+    fmt = getattr(img, "format", None)
+    drafted = short > wanted and fmt in ("JPEG", "MPO")  # MPO: phone cameras' JPEG
     full_cost = 0
-    if short > wanted and getattr(img, "format", None) in ("JPEG", "MPO"):  # MPO: phone cameras' JPEG
-        scale = wanted / short
-        if img.info.get("progressive") or img.info.get("progression"):
-            full_cost = pixels * 6  # libjpeg keeps a progressive file's DCT coefficients at full size
-        img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    if drafted and (img.info.get("progressive") or img.info.get("progression")):
+        full_cost = pixels * 6  # libjpeg keeps a progressive file's DCT coefficients at full size
+    if target.fast_decode and fmt == "JPEG":  # load_image(min_side=short)'s decode: the build's pixels
+        draft_reduced(img, target.short)
+        factor = 1
+    else:
+        if drafted:
+            scale = wanted / short
+            img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+        factor = max(1, int(min(img.size) // wanted))
     dw, dh = img.size
-    factor = max(1, int(min(dw, dh) // wanted))
     mode = img.mode
     decoded = dw * dh * _stored_bytes(mode)
     if factor > 1 and mode in _CONVERT_BEFORE_REDUCE:
