@@ -78,3 +78,29 @@ def test_epoch_tuples_rows_and_state_round_trip():
     back = EpochTuples.from_state(t.state_dict())
     np.testing.assert_array_equal(back.negatives, t.negatives)
     assert back.negative_distance == 0.75
+
+
+@pytest.mark.parametrize("fast_decode", [True, False])
+def test_mining_extracts_with_the_configs_fast_decode(monkeypatch: pytest.MonkeyPatch, fast_decode: bool) -> None:
+    """``data.fast_decode`` reaches both extractions of an epoch (queries and pool)."""
+    from vitrieval.data.table import ImageTable, Record
+    from vitrieval.embed import Extraction
+    from vitrieval.training import mining
+
+    calls: list[dict] = []
+
+    def fake_extract(encoder, table, **kwargs):
+        calls.append(kwargs)
+        rng = np.random.default_rng(len(calls))
+        return Extraction(_unit(rng.normal(size=(len(table), 4)).astype(np.float32)), np.arange(len(table)))
+
+    monkeypatch.setattr(mining, "extract", fake_extract)
+    table = ImageTable([Record(f"/x/{i}.jpg", i // 2) for i in range(12)], "t")
+    pairs = np.asarray([[2 * c, 2 * c + 1] for c in range(6)])
+    tuples = mining.mine_epoch_tuples(None, table, pairs, 0, 0, query_size=4, pool_size=12, negatives=2,
+                                      progress=False, fast_decode=fast_decode)
+    assert len(tuples) == 4 and tuples.negatives.shape == (4, 2)
+    assert [c["fast_decode"] for c in calls] == [fast_decode, fast_decode]
+    calls.clear()
+    mining.mine_epoch_tuples(None, table, pairs, 0, 0, query_size=4, pool_size=12, negatives=2, progress=False)
+    assert [c["fast_decode"] for c in calls] == [True, True]  # the default: data.fast_decode's

@@ -208,3 +208,21 @@ def test_to_sfm120k_converts_a_folder_and_the_cpu_preset_trains_on_it(tmp_path, 
                  "--set", "data.num_workers=0"]) == 0
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["iterations"] == 2
     assert main(["datasets", "to-sfm120k", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("fast", ["true", "false"])
+def test_mining_follows_data_fast_decode(sfm_root, tmp_path, monkeypatch, fast):
+    """The trainer hands ``data.fast_decode`` to the epoch's mining (its extractions decode as training does)."""
+    import vitrieval.training.tuple_trainer as tuple_trainer
+    from vitrieval.data.tuples import EpochTuples
+
+    seen = {}
+
+    def fake_mine(*args, **kwargs):
+        seen.update(kwargs)
+        return EpochTuples(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros((1, 0), np.int64))
+
+    monkeypatch.setattr(tuple_trainer, "mine_epoch_tuples", fake_mine)
+    trainer = TupleTrainer(_config(sfm_root, f"data.fast_decode={fast}"), tmp_path / "run", progress=False)
+    trainer.mine()
+    assert seen["fast_decode"] is (fast == "true")

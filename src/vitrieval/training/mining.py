@@ -20,7 +20,7 @@ import torch
 
 from vitrieval.data.table import ImageTable
 from vitrieval.data.tuples import EpochTuples
-from vitrieval.embed import extract
+from vitrieval.embed import FAST_DECODE, extract
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,11 @@ def _pick(order: np.ndarray, clusters: np.ndarray, query_cluster: int, k: int) -
 def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.ndarray, epoch: int, seed: int, *,
                       query_size: int, pool_size: int, negatives: int, batch_size: int = 32,
                       num_workers: int | str = "auto", amp: str = "auto", resize: str = "square",
-                      skip_bad: bool = False, progress: bool = True) -> EpochTuples:
+                      skip_bad: bool = False, progress: bool = True,
+                      fast_decode: bool = FAST_DECODE) -> EpochTuples:
     """Draw and mine the tuples of ``epoch`` (see the module docstring); ``pairs`` is ``(m, 2)`` table rows.
+
+    ``fast_decode`` (``data.fast_decode``): large JPEGs decoded at a reduced DCT scale, as training decodes them.
 
     Unreadable images (with ``skip_bad``) are left out: a query that cannot be read drops its tuple, a pool image
     cannot be chosen. Under torchrun every rank calls this with the same arguments and gets the same tuples.
@@ -100,7 +103,7 @@ def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.nda
         return EpochTuples(chosen[:, 0], chosen[:, 1], np.zeros((len(chosen), 0), np.int64))
     pool_rows = rng.permutation(len(table))[:min(pool_size, len(table))].astype(np.int64)
     options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize, skip_bad=skip_bad,
-                   apply_pca=False, progress=progress)
+                   apply_pca=False, progress=progress, fast_decode=fast_decode)
     q_table = ImageTable([table[int(i)] for i in chosen[:, 0]], f"{table.name}/epoch-{epoch}-queries")
     p_table = ImageTable([table[int(i)] for i in pool_rows], f"{table.name}/epoch-{epoch}-pool")
     q_ext = extract(encoder, q_table, desc=f"epoch {epoch}: embedding {len(q_table)} queries", **options)

@@ -123,7 +123,8 @@ class TupleTrainer(RunLifecycle):
             self.encoder, self.train_table, self.pairs, self.epoch, self.cfg.train.seed, query_size=tc.query_size,
             pool_size=tc.pool_size, negatives=tc.negatives, batch_size=tc.mining_batch_size,
             num_workers=self.num_workers, amp=self.cfg.train.amp, resize=data.eval_resize,
-            skip_bad=data.on_bad_image == "skip", progress=self.progress and self.dist.is_main)
+            skip_bad=data.on_bad_image == "skip", progress=self.progress and self.dist.is_main,
+            fast_decode=data.fast_decode)
         row = {"iteration": self.iteration, "epoch": self.epoch, "mining_seconds": time.time() - start,
                "tuples": len(tuples), "negative_distance": tuples.negative_distance}
         self.metrics.write(row)
