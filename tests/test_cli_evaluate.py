@@ -315,3 +315,34 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
     assert _run(base + ["--json", str(tmp_path / "b.json")]) == 0
     assert calls == [] and json.loads((tmp_path / "b.json").read_text()) == payload
 
+
+
+def test_cli_full_decode_turns_fast_decoding_off(model_dir: Path, folder_root: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--full-decode``: the extraction decodes every JPEG at full size (default: fast decoding, as training), and
+    the distractor cache keys on it."""
+    from types import SimpleNamespace
+
+    import vitrieval.evaluation.protocol as protocol
+    import vitrieval.index.descriptor_cache as descriptor_cache
+    from vitrieval.cli import evaluate_cmd
+
+    seen: list[bool] = []
+    real = protocol.evaluate_model
+    monkeypatch.setattr(protocol, "evaluate_model",
+                        lambda *a, **k: seen.append(k["extraction"].fast_decode) or real(*a, **k))
+    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+            "--workers", "0", "--no-progress", "--device", "cpu"]
+    assert _run(base + ["--json", str(tmp_path / "fast.json")]) == 0
+    assert _run(base + ["--full-decode", "--json", str(tmp_path / "full.json")]) == 0
+    assert seen == [True, False]
+
+    keys: list[dict] = []
+    monkeypatch.setattr(descriptor_cache, "cached_descriptors", lambda *a, **k: keys.append(a[4]) or SimpleNamespace(
+        descriptors=[], directory=tmp_path, embedded=False, skipped=[]))
+    encoder = vitrieval.load(model_dir)
+    for flag in (False, True):
+        args = SimpleNamespace(amp="off", distractors=str(tmp_path), distractor_cache=str(tmp_path), batch_size=8,
+                               workers=0, distractor_shard_size=10, progress=False, full_decode=flag)
+        evaluate_cmd.distractor_folder_features(args, encoder, None)(encoder, "square")
+    assert [k["fast_decode"] for k in keys] == [True, False] and keys[0]["resize"] == "square"

@@ -127,3 +127,21 @@ def test_cli_serve_takes_writes_with_a_token_file(world: dict, tmp_path: Path, m
     token.write_text("short")
     with pytest.raises(CLIError, match="at least 16 characters"):
         _cli(serve_cmd, ["serve", "--index", str(out), "--port", "8124", "--write-token-file", str(token)])
+
+
+def test_cli_index_full_decode_is_recorded(world: dict, tmp_path: Path) -> None:
+    """``--full-decode`` builds record ``fast_decode: false`` (the default records true); ``--add`` follows the
+    index's own and refuses the flag."""
+    from vitrieval.cli import CLIError, index_cmd
+
+    common = ["--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "--factory", "Flat",
+              "--num-workers", "0", "--no-progress"]
+    assert _cli(index_cmd, ["index", *common, "-o", str(tmp_path / "fast.idx")]) == 0
+    assert _cli(index_cmd, ["index", *common, "-o", str(tmp_path / "full.idx"), "--full-decode"]) == 0
+    for name, expected in (("fast.idx", True), ("full.idx", False)):
+        info = json.loads((tmp_path / name / "index.json").read_text())
+        assert info["preprocessing"]["fast_decode"] is expected
+        assert Index.load(tmp_path / name).fast_decode is expected
+    with pytest.raises(CLIError, match="--full-decode are set when an index is built"):
+        _cli(index_cmd, ["index", "--images", str(world["root"] / "images"), "-o", str(tmp_path / "fast.idx"),
+                         "--add", "--full-decode"])

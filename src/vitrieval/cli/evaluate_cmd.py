@@ -20,12 +20,14 @@ and, for a checkpoint, stores it beside the model so that index and serve apply 
 ``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (stored with
 the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
 database-side augmentation (the table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of
-several input scales.
+several input scales. Large JPEGs are decoded at a reduced DCT scale that still covers the model's first resize
+(``data.fast_decode``, as in training); ``--full-decode`` decodes every image at full resolution.
 
 ``--distractors DIR`` (roxford5k / rparis6k) embeds a folder of distractor images (e.g. revisitop's R1M) with the
 evaluated model, shard by shard like ``vitrieval index`` (an interrupted run resumes; under torchrun the ranks
 share it), into ``--distractor-cache`` under a folder named by the model's fingerprint and preprocessing (image
-size, resize, scales, autocast): a later evaluation of the same model reuses them, another model never does.
+size, resize, scales, autocast, fast decoding): a later evaluation of the same model reuses them, another model
+never does.
 ``--distractors FILE.npy`` takes descriptors already computed (the final ones, after any PCA).
 """
 
@@ -35,7 +37,12 @@ import argparse
 from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, check_output_file, num_workers_arg
-from vitrieval.cli.retrieval_options import add_rerank_arguments, add_scales_argument, rerank_from_args
+from vitrieval.cli.retrieval_options import (
+    add_full_decode_argument,
+    add_rerank_arguments,
+    add_scales_argument,
+    rerank_from_args,
+)
 from vitrieval.config import POOLINGS
 
 if TYPE_CHECKING:
@@ -93,7 +100,8 @@ def distractor_folder_features(args: argparse.Namespace, encoder: Encoder, dist)
         device = next(model.parameters()).device
         preprocessing = {"resize": resize, "amp": args.amp, "device": device.type, "pca": "before",
                          "image_size": int(model.data_config["image_size"]),
-                         "scales": [float(s) for s in getattr(model, "scales", (1.0,))]}
+                         "scales": [float(s) for s in getattr(model, "scales", (1.0,))],
+                         "fast_decode": not args.full_decode}
         found = cached_descriptors(model, features_fingerprint(encoder), args.distractors, args.distractor_cache,
                                    preprocessing, batch_size=args.batch_size, num_workers=args.workers,
                                    shard_size=args.distractor_shard_size, apply_pca=False, progress=args.progress,
@@ -132,6 +140,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
                         help="do not store the fitted PCA beside the checkpoint's model")
     add_scales_argument(parser)
+    add_full_decode_argument(parser)
     add_rerank_arguments(parser, what="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
                                       "database-side augmentation (aqe,dba: both rows, DBA then aQE)")
     parser.add_argument("--distractors", metavar="DIR|DESCRIPTORS.npy",
@@ -259,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
                      fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
                      save=args.save_pca and dist.is_main)
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
-                                   progress=args.progress)
+                                   progress=args.progress, fast_decode=not args.full_decode)
     distractors, distractor_features = None, None
     if args.distractors is not None and Path(args.distractors).expanduser().is_dir():
         distractor_features = distractor_folder_features(args, encoder, dist)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, is_user_error, num_workers_arg, report_error
-from vitrieval.cli.retrieval_options import add_scales_argument, dba_arg
+from vitrieval.cli.retrieval_options import add_full_decode_argument, add_scales_argument, dba_arg
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
@@ -63,6 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_scales_argument(parser, "; recorded in the index, queries and --add follow it")
+    add_full_decode_argument(parser, "; recorded in the index, queries, --add and serve follow it")
     parser.add_argument("--dba", type=dba_arg, metavar="N[,ALPHA]",
                         help="database-side augmentation of the indexed vectors over their N nearest others, weight "
                              "similarity^ALPHA (default ALPHA 3); recorded in the index, which then refuses --add")
@@ -92,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{'--images' if args.images is not None else '--table'} {images} does not exist")
     if args.batch_size < 1 or args.shard_size < 1:
         raise CLIError("--batch-size and --shard-size must be >= 1")
-    if args.add and (args.scales is not None or args.dba is not None):
-        raise CLIError("--scales / --dba are set when an index is built; --add follows the index's own")
+    if args.add and (args.scales is not None or args.dba is not None or args.full_decode):
+        raise CLIError("--scales / --dba / --full-decode are set when an index is built; --add follows the "
+                       "index's own")
     if not args.add and not args.checkpoint:
         raise CLIError("--checkpoint is required to build an index (only --add can reuse the index's model)")
     if not args.add and not args.overwrite:
@@ -199,7 +201,7 @@ def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | N
 
     common = {"batch_size": args.batch_size, "num_workers": args.num_workers, "shard_size": args.shard_size,
               "device": args.device, "nprobe": args.nprobe, "ef_search": args.ef_search, "progress": args.progress,
-              "distributed": ctx}
+              "distributed": ctx, "fast_decode": not args.full_decode}
     if args.backend == "milvus":
         milvus = MilvusOptions(args.milvus_uri, collection=args.collection, index_type=args.milvus_index,
                                overwrite=args.overwrite)

@@ -1,5 +1,6 @@
 """The landmark-retrieval flags several commands share: ``--scales``, ``--rerank`` / ``--rerank-n`` /
-``--rerank-alpha`` (``evaluate``, ``search``) and ``--dba N[,ALPHA]`` (``index``); one parse of each.
+``--rerank-alpha`` (``evaluate``, ``search``), ``--dba N[,ALPHA]`` (``index``) and ``--full-decode``
+(``evaluate``, ``index``); one parse of each.
 
 Cheap to import (no torch): the parsers of :mod:`vitrieval.multiscale` are imported when a flag is parsed.
 """
@@ -12,8 +13,8 @@ from collections.abc import Sequence
 from vitrieval.cli import CLIError
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, RerankOptions, parse_methods
 
-__all__ = ["add_rerank_arguments", "add_scales_argument", "dba_arg", "methods_arg", "rerank_from_args",
-           "scales_arg"]
+__all__ = ["add_full_decode_argument", "add_rerank_arguments", "add_scales_argument", "dba_arg", "methods_arg",
+           "rerank_from_args", "scales_arg"]
 
 
 def scales_arg(text: str) -> tuple[float, ...]:
@@ -55,6 +56,14 @@ def add_scales_argument(parser: argparse.ArgumentParser, extra_help: str = "") -
     parser.add_argument("--scales", type=scales_arg, metavar="S1,S2,..",
                         help="multi-scale descriptors: the L2-normalised mean over these input scales, e.g. "
                              f"1,0.707,0.5 (cirtorch's; default: one scale){extra_help}")
+
+
+def add_full_decode_argument(parser: argparse.ArgumentParser, extra_help: str = "") -> None:
+    """``--full-decode``: no fast decoding (``args.full_decode``; the extraction's ``fast_decode`` is its
+    negation)."""
+    parser.add_argument("--full-decode", action="store_true",
+                        help="decode every JPEG at full resolution (default: large JPEGs at a reduced DCT scale that "
+                             f"still covers the model's first resize, data.fast_decode){extra_help}")
 
 
 def add_rerank_arguments(parser: argparse.ArgumentParser, methods: str = "aqe[,dba]", what: str = "") -> None:

@@ -153,12 +153,13 @@ def landmark_metrics(database: np.ndarray, queries: np.ndarray, gnd: Sequence[di
 # -- extraction ---------------------------------------------------------------------------------------------------
 
 def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int | str, amp: str,
-                resize: str, progress: bool, desc: str) -> Extraction:
+                resize: str, progress: bool, desc: str, fast_decode: bool = FAST_DECODE) -> Extraction:
     """``extract`` with ``skip_bad=False`` of the pooled vectors (before PCA and L2): every row, or the
     :class:`~vitrieval.data.images.ImageDecodeError` of the first unreadable file (raised where it was decoded,
     also inside a DataLoader worker)."""
     ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                  skip_bad=False, apply_pca=False, progress=progress, desc=desc, pooled=True)
+                  skip_bad=False, apply_pca=False, progress=progress, desc=desc, pooled=True,
+                  fast_decode=fast_decode)
     if len(ext.indices) != len(table) or not np.array_equal(ext.indices, np.arange(len(table))):
         raise RuntimeError(f"extraction returned {len(ext.indices)} of {len(table)} rows of {table.name}")
     return ext
@@ -174,12 +175,14 @@ def default_ks(dataset: str) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class ExtractionOptions:
     """How images are embedded: ``batch_size`` images per forward pass, ``num_workers`` decoding workers, the
-    autocast policy ``amp`` (:func:`vitrieval.amp.autocast_context`) and a progress bar."""
+    autocast policy ``amp`` (:func:`vitrieval.amp.autocast_context`), a progress bar, and ``fast_decode``
+    (``data.fast_decode``: large JPEGs decoded at a reduced DCT scale that still covers the eval resize)."""
 
     batch_size: int = 64
     num_workers: int | str = "auto"
     amp: str = "auto"
     progress: bool = True
+    fast_decode: bool = FAST_DECODE
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.num_workers != "auto" and self.num_workers < 0):
@@ -231,7 +234,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     def embed(rows: ImageTable, what: str) -> np.ndarray:
         return extract_all(model, rows, batch_size=ext_options.batch_size, num_workers=ext_options.num_workers,
                            amp=ext_options.amp, resize=resize, progress=ext_options.progress,
-                           desc=f"embedding {what}").descriptors
+                           desc=f"embedding {what}", fast_decode=ext_options.fast_decode).descriptors
 
     test = table.split("test")
     if len(test) == 0:
