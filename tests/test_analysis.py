@@ -114,6 +114,30 @@ def test_cli_analyze_two_models_on_a_folder(products_32: Path, tmp_path: Path) -
     assert page.count("data:image/png;base64,") == 2 and "<script" not in page
 
 
+
+def test_cli_analyze_full_decode_reaches_the_extraction(products_32: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``analyze --full-decode`` embeds with ``fast_decode=False`` (default: fast decoding, as evaluate)."""
+    import torch
+
+    import vitrieval.analyze.models as models
+    from vitrieval.cli import main
+    from vitrieval.config import ModelConfig
+    from vitrieval.model import Encoder
+
+    torch.manual_seed(0)
+    Encoder(ModelConfig(name="deit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8,
+                        depth=1, embed_dim=64, num_heads=2)).save(tmp_path / "m")
+    seen: list[bool] = []
+    real = models.extract_all
+    monkeypatch.setattr(models, "extract_all", lambda *a, **k: seen.append(k["fast_decode"]) or real(*a, **k))
+    base = ["analyze", "--checkpoint", str(tmp_path / "m"), "--dataset", "folder", "--data-root", str(products_32),
+            "--workers", "0", "--no-progress"]
+    assert main([*base, "--output", str(tmp_path / "fast")]) == 0
+    assert main([*base, "--output", str(tmp_path / "full"), "--full-decode"]) == 0
+    assert seen == [True, False]
+
+
 def test_cost_counts_parameters_and_flops_by_hand(tmp_path: Path) -> None:
     from vitrieval.analyze.cost import measure
     from vitrieval.config import ModelConfig

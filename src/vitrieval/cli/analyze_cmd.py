@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 
 from vitrieval.cli import CLIError, num_workers_arg
+from vitrieval.cli.retrieval_options import add_full_decode_argument
 from vitrieval.config import POOLINGS
 
 
@@ -61,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast policy")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_full_decode_argument(p)
     return p
 
 
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     device = resolve_device(args.device)
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
-                                   progress=args.progress)
+                                   progress=args.progress, fast_decode=not args.full_decode)
     descriptors, protocols, records = {}, {}, {}
     for i, (kind, value) in enumerate(sources):
         name = args.label[i] if args.label else (f"IRT_O ({value})" if kind == "model" else Path(value).name)
