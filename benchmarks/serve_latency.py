@@ -13,9 +13,14 @@ For each ``--max-batch`` x ``--max-wait-ms`` setting (``max_batch=1`` is the unb
 own forward pass) and each ``--concurrency``, the service (``vitrieval.serve.create_app``) runs under uvicorn on a
 loopback port and ``--requests`` uploads of the generated images (PNG) go to ``POST /search?k=10`` from that many
 client threads: multipart upload, bounded decode, preprocessing, a (batched) forward pass, faiss search, JSON.
-Throughput is requests / wall time; p50 / p99 are client round trips (httpx). The table gives each setting's
-throughput as a ratio to the unbatched service at the same concurrency (measured in the same run), and the
-issue's no-starvation bound p99 <= 1.3 x concurrency / throughput. Then ``--adds`` images are added through
+Throughput is requests / wall time; p50 / p99 are client round trips (one keep-alive ``http.client`` connection
+per client thread, request bodies encoded beforehand, so the load generator takes little of the CPU). The clients
+run in a process of their own (as remote clients would: they share the cores but not the server's interpreter lock;
+``--client-threads`` puts them in the server's process). The table gives each setting's throughput as a ratio to
+the unbatched service at the same concurrency (measured in the same run), the issue's no-starvation bound
+p99 <= 1.3 x concurrency / throughput, and the ceiling: the runtime's own forward pass on prepared inputs, alone
+(``Index.embed_prepared``, img/s at batch 1 and at ``--ceiling-batch``), measured in the same run, so a row's
+"x model" says how much of the model's speed the service delivers. Then ``--adds`` images are added through
 ``POST /images`` (write token on): images per second and the time to the durable 201 (upload, decode, embed,
 fsync of the stored file and of the journal record). The model has random weights (nothing can be downloaded):
 a trained model of the same architecture takes the same time.
@@ -31,7 +36,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -116,24 +121,46 @@ class Served:
         self.app.state.close()
 
 
+def multipart_body(name: str, data: bytes, boundary: str = "vitrieval-bench-boundary") -> tuple[bytes, str]:
+    """The ``multipart/form-data`` body of one upload in the field ``file`` and its Content-Type."""
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
 def _load(port: int, payloads: list[tuple[str, bytes]], requests: int, concurrency: int,
           warmup: int) -> tuple[float, list[float], list[str]]:
-    """``requests`` searches from ``concurrency`` client threads: (wall s, client ms, errors)."""
-    import httpx
+    """``requests`` searches from ``concurrency`` client threads: (wall s, client ms, errors).
 
+    Each thread keeps one keep-alive connection (``http.client``) and sends request bodies encoded beforehand, so
+    the load generator takes as little of the machine's CPU as it can (the server is what is measured)."""
+    import http.client
+    import json
+
+    bodies = [multipart_body(name, data) for name, data in payloads]
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) for _ in range(concurrency)]
+    local = threading.local()
+    connections: list[http.client.HTTPConnection] = []
 
     def one(i: int, record: bool = True) -> None:
-        name, data = payloads[i % len(payloads)]
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            local.conn.connect()
+            local.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with lock:
+                connections.append(local.conn)
+        name = payloads[i % len(payloads)][0]
+        body, content_type = bodies[i % len(bodies)]
         started = time.perf_counter()
-        r = clients[i % concurrency].post("/search?k=10", files={"file": (name, data, "image/png")})
+        local.conn.request("POST", "/search?k=10", body, {"Content-Type": content_type})
+        response = local.conn.getresponse()
+        text = response.read()
         elapsed = (time.perf_counter() - started) * 1000
         with lock:
-            if r.status_code != 200 or r.json()["results"][0]["path"] != name:
-                errors.append(f"{i}: {r.status_code} {r.text[:120]}")
+            if response.status != 200 or json.loads(text)["results"][0]["path"] != name:
+                errors.append(f"{i}: {response.status} {text[:120]!r}")
             elif record:
                 latencies.append(elapsed)
 
@@ -144,9 +171,36 @@ def _load(port: int, payloads: list[tuple[str, bytes]], requests: int, concurren
             list(pool.map(one, range(requests)))
             wall = time.perf_counter() - started
     finally:
-        for c in clients:
+        for c in connections:
             c.close()
     return wall, latencies, errors
+
+
+def _load_elsewhere(pool: Any, port: int, payloads: list[tuple[str, bytes]], requests: int, concurrency: int,
+                    warmup: int) -> tuple[float, list[float], list[str]]:
+    """:func:`_load` in the client process ``pool`` (a one-worker ``ProcessPoolExecutor``), or here without one."""
+    if pool is None:
+        return _load(port, payloads, requests, concurrency, warmup)
+    return pool.submit(_load, port, payloads, requests, concurrency, warmup).result()
+
+
+def model_ceiling(index: Any, runtime: str, payloads: list[tuple[str, bytes]], batch: int,
+                  seconds: float = 3.0) -> dict[int, float]:
+    """img/s of the runtime's forward pass alone (``Index.embed_prepared`` on inputs prepared beforehand) at batch
+    1 and ``batch``, each timed for about ``seconds`` after one warm-up pass."""
+    index.use_runtime(runtime)
+    prepared = [index.prepare(data) for _, data in payloads[:batch]]
+    while len(prepared) < batch:
+        prepared += prepared[:batch - len(prepared)]
+    rates = {}
+    for b in sorted({1, batch}):
+        index.embed_prepared(prepared[:b])
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            index.embed_prepared(prepared[:b])
+            done += b
+        rates[b] = done / (time.perf_counter() - started)
+    return rates
 
 
 def _adds(app: FastAPI, payloads: list[tuple[str, bytes]], count: int, concurrency: int,
@@ -195,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--client-threads", action="store_true",
+                        help="run the clients as threads of the server's process (default: a process of their own)")
+    parser.add_argument("--ceiling-batch", type=int, default=8,
+                        help="batch size of the model-alone ceiling beside batch 1 (default 8)")
     parser.add_argument("--runtime", type=lambda t: [r.strip() for r in t.split(",") if r.strip()],
                         default=["torch"], help="runtimes to serve with, e.g. torch,onnx (onnx: the model is "
                                                 "exported first; every ratio is to the unbatched torch service)")
@@ -245,13 +303,24 @@ def main(argv: list[str] | None = None) -> int:
     waits = args.max_wait_ms or [DEFAULT_MAX_WAIT_MS]
     settings = [(r, b, w) for r in args.runtime for b in batch_sizes for w in (waits if b > 1 else [0.0])]
     best: dict[tuple[int, str, int, float], tuple] = {}
+    ceilings: dict[str, dict[int, float]] = {}
     failed = 0
+    clients = None
+    if not args.client_threads:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        clients = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     for round_ in range(args.rounds):
+        for runtime in args.runtime:  # the model alone, interleaved with the service like every other figure
+            for b, rate in model_ceiling(index, runtime, payloads, args.ceiling_batch).items():
+                ceilings.setdefault(runtime, {})[b] = max(ceilings.get(runtime, {}).get(b, 0.0), rate)
         for concurrency in args.concurrency:
             for runtime, max_batch, max_wait in settings:
                 app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait, runtime=runtime)
                 with Served(app) as served:
-                    wall, latencies, errors = _load(served.port, payloads, args.requests, concurrency, args.warmup)
+                    wall, latencies, errors = _load_elsewhere(clients, served.port, payloads, args.requests,
+                                                              concurrency, args.warmup)
                 failed += len(errors)
                 batcher = app.state.batcher
                 mean_batch = batcher.images / max(batcher.batches, 1)
@@ -263,14 +332,22 @@ def main(argv: list[str] | None = None) -> int:
                     best[key] = row
                 print(f"  round {round_ + 1}: concurrency {concurrency}, {runtime}, max_batch {max_batch}, max_wait "
                       f"{max_wait:g} ms: {args.requests / wall:.1f} req/s", flush=True)
+    if clients is not None:
+        clients.shutdown()
     rows = [best[(c, r, b, w)] for c in args.concurrency for r, b, w in settings]
-    print("\n| clients | runtime | max_batch | max_wait ms | req/s | x unbatched torch | p50 ms | p99 ms "
-          "| p99 bound 1.3c/tput ms | mean batch | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\nclients in {'the server process' if args.client_threads else 'a process of their own'}; the model "
+          "alone (img/s): " + "; ".join(f"{r} " + ", ".join(f"batch {b} {v:.1f}" for b, v in c.items())
+                                        for r, c in ceilings.items()))
+    print("\n| clients | runtime | max_batch | max_wait ms | req/s | x unbatched torch | x model | p50 ms | p99 ms "
+          "| p99 bound 1.3c/tput ms | mean batch | errors |\n"
+          "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for concurrency, runtime, max_batch, max_wait, tput, p50, p99, mean_batch, errors in rows:
         base = next((r[4] for r in rows if r[0] == concurrency and r[1] == "torch" and r[2] == 1), float("nan"))
         bound = 1.3 * concurrency / tput * 1000
-        print(f"| {concurrency} | {runtime} | {max_batch} | {max_wait:g} | {tput:.1f} | {tput / base:.2f} | {p50:.0f} "
-              f"| {p99:.0f} | {bound:.0f}{'' if p99 <= bound else ' (over)'} | {mean_batch:.1f} | {errors} |")
+        ceiling = ceilings[runtime][1 if max_batch == 1 or concurrency == 1 else args.ceiling_batch]
+        print(f"| {concurrency} | {runtime} | {max_batch} | {max_wait:g} | {tput:.1f} | {tput / base:.2f} "
+              f"| {tput / ceiling:.2f} | {p50:.0f} | {p99:.0f} | {bound:.0f}{'' if p99 <= bound else ' (over)'} "
+              f"| {mean_batch:.1f} | {errors} |")
     if args.adds:
         token = "benchmark-write-token-0123456789"
         print("\n| POST /images clients | images/s | ack p50 ms | ack p99 ms |\n|---:|---:|---:|---:|")
