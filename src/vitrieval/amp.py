@@ -33,6 +33,9 @@ from vitrieval.lazy import LazyModule
 
 torch = LazyModule("torch")
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+"""Every mode of the table above."""
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> ``cuda`` when available (``cuda:LOCAL_RANK`` under torchrun), else ``cpu``."""

@@ -9,7 +9,8 @@ Searches need no authentication: keep the default loopback host unless it sits b
 Writes are off unless a write token is given (``--write-token-file`` or the environment variable
 ``VITRIEVAL_WRITE_TOKEN``); then ``POST /images`` and ``DELETE /images/{id}`` need ``Authorization: Bearer
 <token>``, are durable (journalled, fsynced) before they are answered, and are compacted into the index folder in
-the background. Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``).
+the background. Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``), under the index's
+own mixed precision unless ``--query-amp`` says otherwise (:mod:`vitrieval.index.query_embedding`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                         help="what embeds the queries: torch (default) or onnx (the model's model.onnx from "
                              "`vitrieval export`, run by onnxruntime)")
+    parser.add_argument("--query-amp", choices=["index", "auto", "bf16", "off"], default="index",
+                        help="autocast of the queries' forward pass (torch runtime): index (default: the mode the "
+                             "index's descriptors were made with), auto, bf16 (about 2x faster on a CPU with native "
+                             "bf16, descriptors within ~1e-4 in cosine), off; added images keep the index's mode")
     return parser
 
 
@@ -80,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
     if (args.max_batch is not None and args.max_batch < 1) or (args.max_wait_ms is not None and args.max_wait_ms < 0):
         raise CLIError(f"--max-batch must be >= 1 and --max-wait-ms >= 0, got {args.max_batch}, {args.max_wait_ms}")
+    if args.query_amp != "index" and args.runtime == "onnx":
+        raise CLIError(f"--query-amp {args.query_amp} needs --runtime torch (the onnx runtime runs in float32)")
     batching = {name: value for name, value in (("max_batch", args.max_batch), ("max_wait_ms", args.max_wait_ms))
                 if value is not None}
     from vitrieval.serve.auth import read_write_token
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime,
                        threads=args.threads)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k,
-                     write_token=token, **batching)
+                     write_token=token, query_amp=None if args.query_amp == "index" else args.query_amp, **batching)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: searches need no authentication", args.host)
     writes = "writes on (bearer token)" if token else "read-only"

@@ -10,8 +10,8 @@ Endpoints
 - ``GET /images/{id}?size=256``: a JPEG thumbnail (longest side <= size) of an indexed image, made on the fly and
   kept in an in-memory LRU cache. Only ids of the index resolve to files, so no path can be traversed.
 - ``GET /healthz``: count, generation, pending journal length (``pending_writes``), whether writes are on, model
-  fingerprint, descriptor dimension, factory, batching (``max_batch``, ``max_wait_ms``), limits (``max_k``,
-  ``max_upload_bytes``, ``max_upload_pixels``, ``max_aspect_ratio``, ``max_resized_pixels``,
+  fingerprint, descriptor dimension, factory, batching (``max_batch``, ``max_wait_ms``), ``query_amp``, limits
+  (``max_k``, ``max_upload_bytes``, ``max_upload_pixels``, ``max_aspect_ratio``, ``max_resized_pixels``,
   ``max_concurrent_decodes``, ``decode_memory_budget``).
 - ``POST /images`` (multipart ``file``, optional ``label``) -> 201 ``{"id"}``; ``DELETE /images/{id}`` -> 204: writes,
   with ``Authorization: Bearer <token>`` when the app has a ``write_token`` (else read-only: 403), durable before
@@ -125,6 +125,7 @@ class Health(BaseModel):
     writable: bool = Field(description="whether POST /images and DELETE /images/{id} are on")
     max_batch: int
     max_wait_ms: float
+    query_amp: str = Field(description="autocast of the queries' forward pass (the index's own unless overridden)")
     fingerprint: str
     descriptor_dim: int
     factory: str
@@ -257,7 +258,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET, write_token: str | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                compact_every: int = DEFAULT_MAX_PENDING, compact_interval_s: float = DEFAULT_INTERVAL_S,
-               runtime: str | None = None) -> FastAPI:
+               runtime: str | None = None, query_amp: str | None = None) -> FastAPI:
     """The search service for ``index`` (an :class:`Index` or an index folder).
 
     ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
@@ -269,6 +270,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     lifespan). ``app.state.close()`` stops the app's threads and releases the folder's write lock.
     ``runtime`` (``torch`` / ``onnx``, see :mod:`vitrieval.runtime`) is what embeds the queries; ``None`` keeps the
     index's (``torch`` for a folder). With ``onnx`` the service imports no torch.
+    ``query_amp``: the autocast of the queries' forward pass (``None``: the index's own;
+    :meth:`~vitrieval.index.query_embedding.QueryEmbedding.use_query_amp`); added images keep the index's mode.
     """
     if max_upload_bytes <= 0 or max_k <= 0:
         raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
@@ -281,6 +284,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     idx = index if isinstance(index, Index) else Index.load(index, runtime=runtime or "torch")
     if runtime is not None:
         idx.use_runtime(runtime)
+    idx.use_query_amp(query_amp)
     if preload_model:
         _ = idx.embedder
     decoder = DecodePool(limits, ResizeTarget.from_index_info(idx.info))
@@ -321,8 +325,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     app.state.compactor = compactor
     app.state.close = close
 
-    async def descriptor_of(data: bytes, name: str) -> Any:
-        """Decode (bounded pool), preprocess (threadpool) and embed (batched) one upload; HTTP errors for bad ones."""
+    async def descriptor_of(data: bytes, name: str, stored: bool = False) -> Any:
+        """Decode (bounded pool), preprocess (threadpool) and embed (batched) one upload; HTTP errors for bad ones.
+        ``stored``: an image to add, embedded under the index's own mode when queries use another (unbatched)."""
         try:
             with batcher.incoming():
                 image = await decoder.decode(data, name)
@@ -331,6 +336,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
             raise HTTPException(exc.status, exc.detail) from None
         except ImageDecodeError as exc:
             raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
+        if stored and idx.query_amp_differs:
+            return (await run_in_threadpool(idx.embed_prepared, [tensor], True))[0]
         return await batcher.embed(tensor)
 
     @app.middleware("http")
@@ -347,6 +354,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     def healthz() -> Health:
         return Health(status="ok", count=len(idx), generation=idx.generation, pending_writes=idx.pending_writes,
                       writable=auth.writable, max_batch=batcher.max_batch, max_wait_ms=batcher.max_wait_ms,
+                      query_amp=idx.query_amp or str(idx.info.get("preprocessing", {}).get("amp", "off")),
                       fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
                       factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes,
                       max_upload_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,
@@ -419,7 +427,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         auth.check(request.headers.get("authorization"))
         data, name, fields = await _read_upload(request, max_upload_bytes, max_mb)
         label = parse_label(fields)
-        descriptor = await descriptor_of(data, name)
+        descriptor = await descriptor_of(data, name, stored=True)
         assert store is not None and compactor is not None
         image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label)
         compactor.notify()
