@@ -5,6 +5,7 @@ to a durable acknowledgement of ``POST /images``.
     python benchmarks/serve_latency.py --model deit_tiny --concurrency 1,8 --requests 120
     python benchmarks/serve_latency.py --max-batch 1,8,16 --max-wait-ms 0,2,5   # to choose the defaults
     python benchmarks/serve_latency.py --model deit_tiny --runtime torch,onnx  # onnxruntime too (exported here)
+    python benchmarks/serve_latency.py --runtime torch,torch+bf16         # + queries under bf16 autocast
 
 The index: ``--real`` generated images (coloured shapes drawn with Pillow, 160 px) embedded by the model, plus
 random unit descriptors up to ``--size`` entries (they point at the generated files, so thumbnails work), built
@@ -184,11 +185,20 @@ def _load_elsewhere(pool: Any, port: int, payloads: list[tuple[str, bytes]], req
     return pool.submit(_load, port, payloads, requests, concurrency, warmup).result()
 
 
-def model_ceiling(index: Any, runtime: str, payloads: list[tuple[str, bytes]], batch: int,
+def split_runtime(spec: str) -> tuple[str, str | None]:
+    """``torch`` / ``onnx`` / ``torch+bf16`` (queries under that autocast: ``serve --query-amp``) -> (runtime,
+    query amp or None)."""
+    runtime, _, amp = spec.partition("+")
+    return runtime, amp or None
+
+
+def model_ceiling(index: Any, spec: str, payloads: list[tuple[str, bytes]], batch: int,
                   seconds: float = 3.0) -> dict[int, float]:
     """img/s of the runtime's forward pass alone (``Index.embed_prepared`` on inputs prepared beforehand) at batch
     1 and ``batch``, each timed for about ``seconds`` after one warm-up pass."""
+    runtime, query_amp = split_runtime(spec)
     index.use_runtime(runtime)
+    index.use_query_amp(query_amp)
     prepared = [index.prepare(data) for _, data in payloads[:batch]]
     while len(prepared) < batch:
         prepared += prepared[:batch - len(prepared)]
@@ -254,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-batch", type=int, default=8,
                         help="batch size of the model-alone ceiling beside batch 1 (default 8)")
     parser.add_argument("--runtime", type=lambda t: [r.strip() for r in t.split(",") if r.strip()],
-                        default=["torch"], help="runtimes to serve with, e.g. torch,onnx (onnx: the model is "
-                                                "exported first; every ratio is to the unbatched torch service)")
+                        default=["torch"], help="runtimes to serve with, e.g. torch,onnx,torch+bf16 (onnx: the model "
+                                                "is exported first; +bf16: queries under bf16 autocast, serve "
+                                                "--query-amp; every ratio is to the unbatched torch service)")
     args = parser.parse_args(argv)
 
     import torch
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
           f"descriptors), {index.factory}, {index.descriptor_dim}-d, model {spec['name']} at {spec['image_size']} px "
           f"on {device}; prepared in {time.perf_counter() - t:.1f} s; torch threads {torch.get_num_threads()}",
           flush=True)
-    if "onnx" in args.runtime:
+    if "onnx" in [split_runtime(r)[0] for r in args.runtime]:
         from vitrieval.onnx_export import export_onnx
         from vitrieval.runtime.onnx_file import default_onnx_path
 
@@ -317,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 ceilings.setdefault(runtime, {})[b] = max(ceilings.get(runtime, {}).get(b, 0.0), rate)
         for concurrency in args.concurrency:
             for runtime, max_batch, max_wait in settings:
-                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait, runtime=runtime)
+                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait, runtime=split_runtime(runtime)[0],
+                                 query_amp=split_runtime(runtime)[1])
                 with Served(app) as served:
                     wall, latencies, errors = _load_elsewhere(clients, served.port, payloads, args.requests,
                                                               concurrency, args.warmup)
@@ -352,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         token = "benchmark-write-token-0123456789"
         print("\n| POST /images clients | images/s | ack p50 ms | ack p99 ms |\n|---:|---:|---:|---:|")
         for concurrency in sorted({1, max(args.concurrency)}):
-            live = Index.load(work / "bench.idx", device=args.device, runtime=args.runtime[0])
+            live = Index.load(work / "bench.idx", device=args.device, runtime=split_runtime(args.runtime[0])[0])
             rate, acks = _adds(create_app(live, write_token=token), payloads, args.adds, concurrency, token)
             a50, a99 = np.percentile(acks, [50, 99])
             print(f"| {concurrency} | {rate:.1f} | {a50:.1f} | {a99:.1f} |")
