@@ -197,6 +197,7 @@ def model_ceiling(index: Any, spec: str, payloads: list[tuple[str, bytes]], batc
     """img/s of the runtime's forward pass alone (``Index.embed_prepared`` on inputs prepared beforehand) at batch
     1 and ``batch``, each timed for about ``seconds`` after one warm-up pass."""
     runtime, query_amp = split_runtime(spec)
+    index.use_query_amp(None)
     index.use_runtime(runtime)
     index.use_query_amp(query_amp)
     prepared = [index.prepare(data) for _, data in payloads[:batch]]

@@ -88,6 +88,11 @@ def test_the_onnx_runtime_refuses_a_query_amp(world: dict) -> None:
     with pytest.raises(ValueError, match="torch runtime"):
         index.use_query_amp("bf16")
     index.use_query_amp("off")  # float32 is what it runs anyway
+    torch_index = Index.load(world["index_dir"])
+    torch_index.use_query_amp("bf16")
+    with pytest.raises(ValueError, match="float32"):
+        torch_index.use_runtime("onnx")
+    assert torch_index.runtime == "torch"
 
 
 def test_cli_serve_refuses_query_amp_with_onnx(world: dict, capsys: pytest.CaptureFixture) -> None:

@@ -155,6 +155,9 @@ class QueryEmbedding:
 
     def use_runtime(self, runtime: str, threads: int | None = None) -> None:
         """Embed queries with ``runtime`` from now on (the embedder is made again on next use when it changes)."""
+        if check_runtime(runtime) == "onnx" and self.query_amp not in (None, "off"):
+            raise ValueError(f"the onnx runtime runs the exported graph in float32: drop query amp "
+                             f"{self.query_amp!r} first (use_query_amp(None))")
         with self._lock:
             if check_runtime(runtime) != self.runtime or (threads is not None and threads != self.threads):
                 self.runtime, self._embedder = runtime, None

@@ -283,6 +283,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     limits = UploadLimits(**limit_args)
     idx = index if isinstance(index, Index) else Index.load(index, runtime=runtime or "torch")
     if runtime is not None:
+        idx.use_query_amp(None)  # a query amp left by an earlier app must not block a switch to onnx
         idx.use_runtime(runtime)
     idx.use_query_amp(query_amp)
     if preload_model:
