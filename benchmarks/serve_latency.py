@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                 ceilings.setdefault(runtime, {})[b] = max(ceilings.get(runtime, {}).get(b, 0.0), rate)
         for concurrency in args.concurrency:
             for runtime, max_batch, max_wait in settings:
-                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait, runtime=split_runtime(runtime)[0],
-                                 query_amp=split_runtime(runtime)[1])
+                name, query_amp = split_runtime(runtime)
+                app = create_app(index, max_batch=max_batch, max_wait_ms=max_wait, runtime=name, query_amp=query_amp)
                 with Served(app) as served:
                     wall, latencies, errors = _load_elsewhere(clients, served.port, payloads, args.requests,
                                                               concurrency, args.warmup)

@@ -177,9 +177,14 @@ class QueryEmbedding:
                 self.query_amp, self._embedder, self._stored_embedder = mode, None, None
 
     @property
+    def index_amp(self) -> str:
+        """The autocast mode recorded for the index's descriptors (``preprocessing.amp``)."""
+        return str(self.info.get("preprocessing", {}).get("amp", "off"))
+
+    @property
     def query_amp_differs(self) -> bool:
         """Whether queries are embedded under another mode than the index's descriptors (:meth:`use_query_amp`)."""
-        return self.query_amp is not None and self.query_amp != self.info.get("preprocessing", {}).get("amp", "off")
+        return self.query_amp is not None and self.query_amp != self.index_amp
 
     def _load_embedder(self, stored: bool = False) -> Embedder:
         resize = self.info.get("preprocessing", {}).get("resize", "shorter")

@@ -355,7 +355,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     def healthz() -> Health:
         return Health(status="ok", count=len(idx), generation=idx.generation, pending_writes=idx.pending_writes,
                       writable=auth.writable, max_batch=batcher.max_batch, max_wait_ms=batcher.max_wait_ms,
-                      query_amp=idx.query_amp or str(idx.info.get("preprocessing", {}).get("amp", "off")),
+                      query_amp=idx.query_amp or idx.index_amp,
                       fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
                       factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes,
                       max_upload_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,

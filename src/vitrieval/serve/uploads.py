@@ -47,6 +47,7 @@ from typing import Any
 from PIL import Image
 
 from vitrieval.data.images import ImageDecodeError, decoding, draft_reduced, rgb_or_error
+from vitrieval.runtime.preprocess import shorter_side_target
 
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 """Largest pixel count of an upload, read from its header (7000 x 7000 is 49 M)."""
@@ -125,7 +126,7 @@ class ResizeTarget:
         fast = bool(preprocessing.get("fast_decode", False))  # missing: an older index, decoded at full size
         if preprocessing.get("resize", "shorter") == "square":
             return cls(size, square=True, fast_decode=fast)
-        return cls(max(size, int(size / float(data_config.get("crop_pct", 0.875)))), fast_decode=fast)
+        return cls(shorter_side_target(size, float(data_config.get("crop_pct", 0.875))), fast_decode=fast)
 
     def resized(self, width: int, height: int) -> tuple[int, int]:
         if self.square:
