@@ -151,10 +151,15 @@ def _quiet_logging() -> Callable[[], None]:
     """Errors only from this rank's loggers (rank 0 logs for everyone); returns what undoes it."""
     import logging
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    return lambda: root.setLevel(level)
+    loggers = [logging.getLogger(), logging.getLogger("vitrieval")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+
+    def undo() -> None:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    return undo
 
 
 def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
