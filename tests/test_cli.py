@@ -64,7 +64,7 @@ def test_main_and_rank_zero_print_the_same_one_line_error(tmp_path, capsys, monk
 
 
 def test_decode_worker_flags_take_auto_or_a_count() -> None:
-    """``--workers`` / ``--num-workers`` default to auto (data/loading.py's rule), take a count, refuse the rest."""
+    """``--workers`` (``index --num-workers``, hidden) defaults to auto (data/loading.py's rule), take a count, refuse the rest."""
     import argparse
 
     from vitrieval.cli import build_parser, num_workers_arg
@@ -76,9 +76,11 @@ def test_decode_worker_flags_take_auto_or_a_count() -> None:
     parser = build_parser()
     evaluate = parser.parse_args(["evaluate", "--checkpoint", "r", "--dataset", "sop", "--data-root", "d"])
     assert evaluate.workers == "auto"
-    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o"]).num_workers == "auto"
-    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o",
-                              "--num-workers", "2"]).num_workers == 2
+    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o"]).workers == "auto"
+    for flag in ("--workers", "--num-workers"):  # one spelling across commands; index's old one still works, hidden
+        assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o", flag, "2"]).workers == 2
+    index_help = parser._subparsers._group_actions[0].choices["index"].format_help()
+    assert "--workers" in index_help and "--num-workers" not in index_help
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -127,7 +127,7 @@ def _worker(work: Path) -> None:
     rows: list = []
     _instrument(work / "marks", ctx.rank, rows)
     common = ["--checkpoint", str(work / "model"), "--batch-size", str(BATCH), "--shard-size", str(SHARD),
-              "--num-workers", "0", "--device", "cpu", "--no-progress"]
+              "--workers", "0", "--device", "cpu", "--no-progress"]
     result: dict = {"world": ctx.world_size}
 
     # 1. the command builds
@@ -166,7 +166,7 @@ def _worker(work: Path) -> None:
         shutil.copytree(out / "cli.idx", out / "add.idx")
     ctx.barrier()
     code = _command(["index", "--table", str(work / "add.csv"), "-o", str(out / "add.idx"), "--add",
-                     "--batch-size", str(BATCH), "--num-workers", "0", "--device", "cpu", "--no-progress"])
+                     "--batch-size", str(BATCH), "--workers", "0", "--device", "cpu", "--no-progress"])
     result["add"] = {"code": code, "rows": rows[:]}
 
     (work / f"result.rank{ctx.rank}.json").write_text(json.dumps(result))
