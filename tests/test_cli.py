@@ -64,7 +64,8 @@ def test_main_and_rank_zero_print_the_same_one_line_error(tmp_path, capsys, monk
 
 
 def test_decode_worker_flags_take_auto_or_a_count() -> None:
-    """``--workers`` (``index --num-workers``, hidden) defaults to auto (data/loading.py's rule), take a count, refuse the rest."""
+    """``--workers`` (``index --num-workers``, hidden) defaults to auto (data/loading.py's rule), takes a count,
+    refuses the rest."""
     import argparse
 
     from vitrieval.cli import build_parser, num_workers_arg
