@@ -44,6 +44,7 @@ from vitrieval.data.collection import ImagesArg, collection_root, collection_tab
 from vitrieval.data.table import ImageTable, Record
 from vitrieval.distributed import DistContext, RankZero
 from vitrieval.index.faiss_utils import (
+    check_factory,
     default_search_params,
     make_faiss_index,
     normalized,
@@ -211,6 +212,8 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     table = collection_table(images)
     checkpoint = Path(checkpoint_dir).expanduser().resolve()
     encoder = load(checkpoint, device=resolve_device(options.device))
+    if assembler is None:  # a faiss index: a factory faiss refuses is named before any image is embedded
+        check_factory(options.factory, encoder.descriptor_dim, len(table))
     preprocessing = options.preprocessing(encoder)
     embedder = _onnx_embedder(encoder, checkpoint, options, ctx, preprocessing) if options.runtime == "onnx" \
         else None
