@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"vitrieval {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say how to continue: KeyboardInterrupt("the hint")
+        hint = f"; {exc.args[0]}" if exc.args else ""
+        print(f"vitrieval {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.verbose or not is_user_error(exc):
