@@ -87,6 +87,12 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def emulated_bf16(device: torch.device | str, mode: str | None) -> bool:
+    """Whether ``mode`` asks for bf16 on a CPU without native bf16 kernels: emulated there, and slower than
+    float32 (2-3x for queries), so the caller warns."""
+    return mode == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16()
+
+
 def autocast_context(device: torch.device, mode: str | None = "auto") -> AbstractContextManager:
     """Autocast for ``mode`` on ``device`` (a no-op context for full precision)."""
     dtype = amp_dtype(torch.device(device), amp_mode(device, mode))
