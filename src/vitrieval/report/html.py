@@ -89,7 +89,8 @@ def png_data_uri(png: bytes) -> str:
 
 
 def render_report(title: str, recall_table: Mapping[str, Mapping[str, float]],
-                  sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None) -> str:
+                  sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None,
+                  recall_tables: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     from vitrieval import __version__
 
@@ -99,6 +100,9 @@ def render_report(title: str, recall_table: Mapping[str, Mapping[str, float]],
              f"<style>{_CSS}</style>", "</head>", "<body>", "<main>", f"<h1>{t}</h1>"]
     if recall_table:
         parts += ["<h2>Recall@K (%)</h2>", recall_table_html(recall_table)]
+    for heading, table in (recall_tables or {}).items():
+        if table:
+            parts += [f"<h2>Recall@K (%) {html.escape(heading)}</h2>", recall_table_html(table)]
     if notes:
         parts.append('<ul class="notes">')
         parts += [f"<li>{html.escape(n)}</li>" for n in notes]
@@ -115,13 +119,16 @@ def render_report(title: str, recall_table: Mapping[str, Mapping[str, float]],
 
 
 def write_report(path: str | Path, title: str, recall_table: Mapping[str, Mapping[str, float]],
-                 sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None) -> Path:
+                 sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None,
+                 recall_tables: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> Path:
     """Write a self-contained HTML report to ``path`` (atomically) and return the path.
 
     ``recall_table`` maps variant -> {K (as a string, e.g. ``"1"``): recall}; see :func:`recall_table_html`.
     ``sections`` are ``(heading, caption, png_bytes)``, each shown as a heading, the embedded image and its
-    caption; ``notes`` are plain-text bullet points under the table. All text is HTML-escaped.
+    caption; ``notes`` are plain-text bullet points under the table. ``recall_tables`` are further tables, each
+    under its heading (``Recall@K (%) HEADING``): numbers that must not share a table, e.g. runs on different data.
+    All text is HTML-escaped.
     """
     path = Path(path)
-    atomic_write_text(path, render_report(title, recall_table, sections, notes))
+    atomic_write_text(path, render_report(title, recall_table, sections, notes, recall_tables))
     return path
