@@ -148,3 +148,18 @@ def test_an_unreadable_training_image_names_the_skip_setting_and_leaves_no_half_
     assert not out.exists()  # a fresh run that stopped before its first checkpoint leaves no folder
     assert main(_argv(root, out, "data.on_bad_image=skip")) == 0
     assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_an_unreadable_held_out_image_is_named_as_one(products_32, tmp_path, capsys):
+    """data.on_bad_image=skip does not apply to the held-out Recall: the message does not suggest it."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(products_32, root)
+    held_out = sorted(p for p in root.iterdir() if p.is_dir())[-1]
+    bad = sorted(held_out.iterdir())[0]
+    bad.write_bytes(b"not an image")
+    assert main(_argv(root, tmp_path / "run", "data.on_bad_image=skip")) == 2
+    assert capsys.readouterr().err == (
+        f"vitrieval train: error: cannot read image {bad}: not a recognised image format (a held-out image, embedded "
+        "for the held-out Recall whatever data.on_bad_image says: replace or remove it)\n")

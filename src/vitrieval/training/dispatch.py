@@ -40,6 +40,13 @@ def train(config: Config, output_dir: str | Path, resume: bool = False, progress
             trainer.metrics.close()
             discard_unstarted_run(out)
         if isinstance(exc, ImageDecodeError):
-            raise ImageDecodeError(exc.path, f"{exc.reason} (--set data.on_bad_image=skip trains on without the "
-                                             "unreadable images, counting them in train.log)") from None
+            raise ImageDecodeError(exc.path, f"{exc.reason} ({_bad_image_hint(trainer, exc.path)})") from None
         raise
+
+
+def _bad_image_hint(trainer: Trainer | TupleTrainer, path: str) -> str:
+    """How to go on past an unreadable image: skipping it in training, or replacing it for the held-out Recall
+    (which embeds every held-out image)."""
+    if any(r.path == path for r in trainer.train_table.records):
+        return "--set data.on_bad_image=skip trains on without the unreadable images, counting them in train.log"
+    return "a held-out image, embedded for the held-out Recall whatever data.on_bad_image says: replace or remove it"
