@@ -88,9 +88,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def emulated_bf16(device: torch.device | str, mode: str | None) -> bool:
-    """Whether ``mode`` asks for bf16 on a CPU without native bf16 kernels: emulated there, and slower than
-    float32 (2-3x for queries), so the caller warns."""
-    return mode == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16()
+    """Whether ``mode`` asks for bf16 on ``device`` (a name such as ``auto``, resolved here) when it is a CPU
+    without native bf16 kernels: emulated there, and slower than float32 (2-3x for queries), so the caller warns.
+    Any other mode is answered without importing torch."""
+    if mode != "bf16":
+        return False
+    resolved = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    return resolved.type == "cpu" and not cpu_has_native_bf16()
 
 
 def autocast_context(device: torch.device, mode: str | None = "auto") -> AbstractContextManager:

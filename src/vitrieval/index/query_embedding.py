@@ -175,7 +175,7 @@ class QueryEmbedding:
         if mode not in (None, "off") and self.runtime == "onnx":
             raise ValueError(f"query amp {mode!r} needs the torch runtime: the onnx runtime runs the exported graph "
                              "in float32")
-        if emulated_bf16(resolve_device(self.device), mode):
+        if emulated_bf16(self.device, mode):
             log.warning("queries under bf16 autocast: this CPU has no native bf16 kernels (AVX512-BF16 / AMX), so "
                         "bf16 is emulated and queries run 2-3x slower than in float32; use query amp auto or off "
                         "(serve --query-amp auto)")
