@@ -98,13 +98,15 @@ def parse_training_needs(factory: str) -> tuple[int, str]:
     return need, why
 
 
-def check_training_count(factory: str, count: int) -> None:
-    """Refuse ``factory`` when ``count`` descriptors are too few to train it (:func:`parse_training_needs`)."""
+def check_training_count(factory: str, count: int, what: str = "descriptors") -> None:
+    """Refuse ``factory`` when ``count`` descriptors (or images, before they are embedded) are too few to train it
+    (:func:`parse_training_needs`)."""
     need, why = parse_training_needs(factory)
     if count < max(need, 1):
         suggestion = max(1, count // 39)
         raise ValueError(f"index {factory!r} needs at least {need} descriptors to train ({why}), the collection "
-                         f"has {count}; use fewer lists (e.g. IVF{suggestion}), fewer PQ bits, or 'Flat'")
+                         f"has {count}{'' if what == 'descriptors' else f' {what}'}; use fewer lists (e.g. "
+                         f"IVF{suggestion}), fewer PQ bits, or 'Flat'")
 
 
 def check_factory(factory: str, dim: int, count: int) -> str:
@@ -112,7 +114,7 @@ def check_factory(factory: str, dim: int, count: int) -> str:
     descriptors and ``count`` are enough to train it (a ``ValueError`` naming the fix otherwise)."""
     resolved = resolve_factory(factory, count)
     if not make_faiss_index(resolved, dim).is_trained:
-        check_training_count(resolved, count)
+        check_training_count(resolved, count, "images")
     return resolved
 
 
