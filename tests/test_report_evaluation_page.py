@@ -12,7 +12,7 @@ import torch
 
 import test_evaluation_protocol as _protocol_fixtures
 import vitrieval
-from evaluation_fixtures import direct, tiny_encoder, write_shapes_folder
+from evaluation_fixtures import COLOURS, SHAPES, direct, draw, tiny_encoder
 from vitrieval.cli import main
 from vitrieval.data.readers import read_dataset
 
@@ -21,7 +21,17 @@ roxford_root = _protocol_fixtures.roxford_root
 
 @pytest.fixture(scope="module")
 def folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_shapes_folder(tmp_path_factory.mktemp("page") / "shapes")
+    """``ROOT/<class>/<image>``: 8 classes x 4 images (4 test classes) whose colours and shapes are drawn at
+    random, not by class: the first correct neighbour comes at many different ranks."""
+    root = tmp_path_factory.mktemp("page") / "mixed"
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        for i in range(4):
+            p = root / f"class{c}" / f"img{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            draw(COLOURS[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))],
+                 dark=bool(rng.integers(2))).save(p)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +70,7 @@ def test_page_shows_the_worst_query_and_per_class_recall(model_dir: Path, folder
     firsts = np.array([int(np.flatnonzero(y[np.argsort(-s[i], kind="stable")[:-1]] == y[i])[0])
                        for i in range(len(y))])
     worst = int(np.argmax(firsts))  # largest first-correct rank, lowest row on ties
+    assert firsts[worst] > 0 and len(set(firsts.tolist())) > 2  # the fixture has failures to show
     headings = re.findall(r"<h2>(\d+)\. (.*?)</h2>", text)
     assert len(headings) == 4
     assert headings[0][1].startswith(f"{Path(test[worst].path).name}, class {y[worst]}: ")

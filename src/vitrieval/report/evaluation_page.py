@@ -112,10 +112,9 @@ def evaluation_report(path: str | Path, result: dict[str, Any], evaluated: Evalu
     failures = worst_queries(evaluated, worst, k, ranks=ranks)
     order = ("lowest AP under the Medium protocol (positives: easy and hard images; junk counts as wrong here)"
              if evaluated.gnd is not None else "latest first correct neighbour")
+    notes.append(f"Below: the {len(failures)} worst queries by {order}, each with its top {k} (green: correct, "
+                 "red: wrong; the cosine score under each).")
     sections = [_failure_section(evaluated, i, f) for i, f in enumerate(failures)]
-    if sections:
-        h, c, png = sections[0]
-        sections[0] = (h, f"Worst queries by {order}; green: correct, red: wrong, with the cosine score. {c}", png)
     pos, neg = pair_similarity_sets(evaluated)
     sections.append(("Similarity of positive and negative pairs", (
         f"Cosine similarity of {len(pos):,} positive and {len(neg):,} negative pairs (dashed: the means). "
