@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from evaluation_fixtures import COLOURS, SHAPES, draw, tiny_encoder
 
