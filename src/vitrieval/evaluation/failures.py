@@ -73,13 +73,12 @@ def query_first_ranks(evaluated: EvaluatedSet) -> tuple[np.ndarray, np.ndarray]:
 
 def per_class_recall(labels: np.ndarray, ranks: np.ndarray, ks: Sequence[int]) -> list[ClassRecall]:
     """Recall@K per query label from the first-correct ranks, worst class first (module docstring)."""
-    labels = np.asarray(labels)
-    ranks = np.asarray(ranks)
     k_list = sorted({int(k) for k in ks})
-    out = []
-    for label in np.unique(labels):
-        r = ranks[labels == label]
-        out.append(ClassRecall(int(label), len(r), {k: float(np.count_nonzero(r < k)) / len(r) for k in k_list}))
+    classes, inverse, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    ranks = np.asarray(ranks)
+    hits = {k: np.bincount(inverse, weights=ranks < k, minlength=len(classes)) for k in k_list}
+    out = [ClassRecall(int(c), int(n), {k: float(hits[k][i]) / int(n) for k in k_list})
+           for i, (c, n) in enumerate(zip(classes, counts))]
     out.sort(key=lambda c: ([c.recall[k] for k in k_list], c.label))
     return out
 

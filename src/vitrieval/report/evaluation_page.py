@@ -69,15 +69,15 @@ def pair_similarity_sets(evaluated: EvaluatedSet, max_pairs: int = 200_000) -> t
         return pair_similarities(evaluated.descriptors, evaluated.test.labels, max_pairs=max_pairs)
     q_rows, g_rows = np.flatnonzero(evaluated.is_query), np.flatnonzero(evaluated.is_gallery)
     s = evaluated.descriptors[q_rows] @ evaluated.descriptors[g_rows].T
-    pos, neg = [], []
-    for i, entry in enumerate(evaluated.gnd):
-        ok = medium_positives(entry)
-        listed = np.zeros(len(g_rows), dtype=bool)
-        listed[ok] = True
-        listed[np.asarray(entry.get("junk", []), dtype=np.int64).reshape(-1)] = True
-        pos.append(s[i, ok])
-        neg.append(s[i, ~listed])
-    return np.concatenate(pos), np.concatenate(neg)
+
+    def mask(lists: list[np.ndarray]) -> np.ndarray:
+        m = np.zeros(s.shape, dtype=bool)
+        m[np.repeat(np.arange(len(lists)), [len(x) for x in lists]), np.concatenate(lists)] = True
+        return m
+
+    positive = mask([medium_positives(e) for e in evaluated.gnd])
+    junk = mask([np.asarray(e.get("junk", []), dtype=np.int64).reshape(-1) for e in evaluated.gnd])
+    return s[positive], s[~positive & ~junk]
 
 
 def _landmark_table(result: dict[str, Any]) -> str:
