@@ -73,13 +73,16 @@ def test_page_shows_the_worst_query_and_per_class_recall(model_dir: Path, folder
     assert firsts[worst] > 0 and len(set(firsts.tolist())) > 2  # the fixture has failures to show
     headings = re.findall(r"<h2>(\d+)\. (.*?)</h2>", text)
     assert len(headings) == 4
-    assert headings[0][1].startswith(f"{Path(test[worst].path).name}, class {y[worst]}: ")
+    path = Path(test[worst].path)
+    assert headings[0][1].startswith(f"{path.parent.name}/{path.name}, class {y[worst]}: ")
     assert f"first correct neighbour at rank {firsts[worst] + 1}" in headings[0][1]
 
     table = text.split("Recall@K per class (%), worst first</h2>")[1].split("</table>")[0]
-    rows = re.findall(r'<tr><td class="variant">(-?\d+)</td><td>(\d+)</td>((?:<td>[\d.]+</td>)+)</tr>', table)
+    rows = re.findall(r'<tr><td class="variant">(-?\d+)</td><td>(\w+)</td><td>(\d+)</td>((?:<td>[\d.]+</td>)+)</tr>',
+                      table)
     assert sorted(int(r[0]) for r in rows) == sorted(set(y.tolist()))
-    for label, count, cells in rows:
+    for label, folder, count, cells in rows:
+        assert folder == Path(test[int(np.flatnonzero(y == int(label))[0])].path).parent.name
         mine = firsts[y == int(label)]
         assert int(count) == len(mine)
         shown = [float(v) for v in re.findall(r"<td>([\d.]+)</td>", cells)]

@@ -40,6 +40,12 @@ def _image(evaluated: EvaluatedSet, row: int) -> Image.Image | str:
         return im.convert("RGB").crop(tuple(int(round(v)) for v in record.bbox))
 
 
+def _short(path: str) -> str:
+    """``folder/file``: the file name with its folder, which is often the class."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def _failure_section(evaluated: EvaluatedSet, i: int, f: FailedQuery) -> tuple[str, str, bytes]:
     record = evaluated.test[f.row]
     if f.ap is not None:
@@ -51,10 +57,10 @@ def _failure_section(evaluated: EvaluatedSet, i: int, f: FailedQuery) -> tuple[s
         how = f"first correct neighbour at rank {f.first_correct_rank + 1}"
     png = retrieval_grid([_image(evaluated, f.row)], [[evaluated.test[int(r)].path for r in f.neighbours]],
                          f.correct[None, :], f.scores[None, :])
-    names = ", ".join(f"#{j + 1} {Path(evaluated.test[int(r)].path).name}{'' if ok else ' (wrong)'}"
+    names = ", ".join(f"#{j + 1} {_short(evaluated.test[int(r)].path)}{'' if ok else ' (wrong)'}"
                       for j, (r, ok) in enumerate(zip(f.neighbours, f.correct)))
     label = "" if evaluated.gnd is not None else f", class {record.label}"
-    return (f"{i + 1}. {Path(record.path).name}{label}: {how}",
+    return (f"{i + 1}. {_short(record.path)}{label}: {how}",
             f"{record.path}. Top {len(f.neighbours)}: {names}.", png)
 
 
@@ -103,10 +109,13 @@ def evaluation_report(path: str | Path, result: dict[str, Any], evaluated: Evalu
         ks = [int(k_) for k_ in result["recall_at_k"]]
         classes = per_class_recall(evaluated.test.labels[ranks[0]], ranks[1], ks)
         shown = classes[:MAX_CLASSES]
-        rows = [[c.label, c.num_queries, *(100 * c.recall[k_] for k_ in ks)] for c in shown]
+        folder = {}  # label -> the folder of its first image (a class-per-folder set's class name)
+        for r in evaluated.test:
+            folder.setdefault(r.label, Path(r.path).parent.name)
+        rows = [[c.label, folder[c.label], c.num_queries, *(100 * c.recall[k_] for k_ in ks)] for c in shown]
         heading = (f"Recall@K per class (%), worst first ({len(shown)} of {len(classes)} classes)"
                    if len(shown) < len(classes) else "Recall@K per class (%), worst first")
-        tables.append((heading, table_html(["class", "queries", *(f"R@{k_}" for k_ in ks)], rows)))
+        tables.append((heading, table_html(["class", "folder", "queries", *(f"R@{k_}" for k_ in ks)], rows)))
     else:
         tables.append(("mAP and mP@k (%), revisited protocol", _landmark_table(result)))
     failures = worst_queries(evaluated, worst, k, ranks=ranks)
