@@ -15,7 +15,7 @@ import yaml
 from vitrieval.analyze.gradient_noise import GRADIENT_NOISE_KEY
 from vitrieval.report.figures import metric_curves, training_curves
 from vitrieval.report.gradient_noise import RunGamma, gamma_vs_margin, run_gammas
-from vitrieval.report.html import write_report
+from vitrieval.report.html import recall_table_html, write_report
 from vitrieval.training.run_log import read_metrics
 
 
@@ -122,7 +122,8 @@ def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Seq
     if len(recall) > 1:
         notes.insert(0, f"The runs were trained and evaluated on {len(recall)} different data sets: one Recall table "
                         "per data set (numbers on different data are not comparable).")
-    return write_report(output, title, {}, sections, notes, recall_tables=recall)
+    tables = [(f"Recall@K (%) {data_name}", recall_table_html(table)) for data_name, table in recall.items()]
+    return write_report(output, title, {}, sections, notes, tables=tables)
 
 
 def gradient_noise_sections(rows: dict[str, list[dict[str, Any]]], gammas: Sequence[RunGamma]
