@@ -21,9 +21,12 @@ Endpoints
 Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
 a client that disconnects mid-upload -> 400 (an INFO line, no traceback), an id that is not one of the index's
 (any length) -> 404, an upload over the limit -> 413 (checked on Content-Length and again while the body streams
-in), ``k`` out of range -> 422. Queries are decoded and preprocessed concurrently, then embedded in batches, one
-forward pass per batch (:mod:`vitrieval.serve.batching`, ``max_batch`` / ``max_wait_ms``); searches share the
-index's readers-writer lock, which a write takes alone (a search never sees half of one).
+in), ``k`` out of range -> 422, a body that does not arrive within ``request_timeout_s`` -> 408 and the
+connection closed (:mod:`vitrieval.serve.timeouts`). ``HEAD`` is answered wherever ``GET`` is.
+
+Queries are decoded and preprocessed concurrently, then embedded in batches, one forward pass per batch
+(:mod:`vitrieval.serve.batching`, ``max_batch`` / ``max_wait_ms``); searches share the index's readers-writer lock,
+which a write takes alone (a search never sees half of one).
 
 A small file can hold a huge image, so the decoded size is bounded too (:mod:`vitrieval.serve.uploads`): from the
 header alone, an image over ``max_upload_pixels`` -> 413, of an aspect ratio over ``max_aspect_ratio`` -> 422,
@@ -62,6 +65,8 @@ from vitrieval.index.store import display_path
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, RerankOptions
 from vitrieval.serve.auth import WriteAuth
 from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Batcher
+from vitrieval.serve.head import HeadAsGet
+from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S, BodyDeadline
 from vitrieval.serve.uploads import (
     DEFAULT_DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -136,6 +141,7 @@ class Health(BaseModel):
     max_resized_pixels: int
     max_concurrent_decodes: int
     decode_memory_budget: int
+    request_timeout_s: float = Field(description="seconds a client has for a request head, then for its body")
     version: str
 
 
@@ -223,9 +229,11 @@ async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
     return await Request(request.scope, receive).form(max_files=1, max_fields=8)
 
 
-async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str) -> tuple[bytes, str, dict[str, Any]]:
-    """The image part ``file`` of a multipart upload (its bytes and name) and the other form fields; the HTTP
-    error for anything else (415 not multipart / not an image, 413 too large, 400 missing or empty)."""
+async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str
+                       ) -> tuple[bytes, str, dict[str, list[Any]]]:
+    """The image part ``file`` of a multipart upload (its bytes and name) and the other form fields (every value of
+    each, in order); the HTTP error for anything else (415 not multipart / not an image, 413 too large, 400
+    missing or empty)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data in the field 'file' "
@@ -240,7 +248,10 @@ async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str) -> 
             raise HTTPException(415, f"'file' must be an image, got Content-Type {part_type!r}")
         data = await upload.read(max_upload_bytes + 1)
         name = upload.filename or "upload"
-        fields = {key: value for key, value in form.items() if key != "file"}
+        fields: dict[str, list[Any]] = {}
+        for key, value in form.multi_items():
+            if key != "file":
+                fields.setdefault(key, []).append(value)
     finally:
         await form.close()
     if len(data) > max_upload_bytes:
@@ -258,7 +269,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET, write_token: str | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                compact_every: int = DEFAULT_MAX_PENDING, compact_interval_s: float = DEFAULT_INTERVAL_S,
-               runtime: str | None = None, query_amp: str | None = None) -> FastAPI:
+               runtime: str | None = None, query_amp: str | None = None,
+               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> FastAPI:
     """The search service for ``index`` (an :class:`Index` or an index folder).
 
     ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
@@ -272,9 +284,13 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     index's (``torch`` for a folder). With ``onnx`` the service imports no torch.
     ``query_amp``: the autocast of the queries' forward pass (``None``: the index's own;
     :meth:`~vitrieval.index.query_embedding.QueryEmbedding.use_query_amp`); added images keep the index's mode.
+    ``request_timeout_s``: a request's body must arrive within it of its head, else 408
+    (:class:`~vitrieval.serve.timeouts.BodyDeadline`; the head's deadline is uvicorn's side,
+    :func:`~vitrieval.serve.timeouts.uvicorn_options`). ``HEAD`` is answered wherever ``GET`` is.
     """
-    if max_upload_bytes <= 0 or max_k <= 0:
-        raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
+    if max_upload_bytes <= 0 or max_k <= 0 or request_timeout_s <= 0:
+        raise ValueError(f"max_upload_bytes, max_k and request_timeout_s must be > 0, got {max_upload_bytes}, "
+                         f"{max_k}, {request_timeout_s}")
     limit_args: dict[str, Any] = {"max_pixels": max_upload_pixels, "max_aspect_ratio": max_aspect_ratio,
                                   "max_resized_pixels": max_resized_pixels,
                                   "decode_memory_budget": decode_memory_budget}
@@ -361,7 +377,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                       max_upload_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,
                       max_resized_pixels=limits.max_resized_pixels,
                       max_concurrent_decodes=limits.max_concurrent_decodes,
-                      decode_memory_budget=limits.decode_memory_budget, version=__version__)
+                      decode_memory_budget=limits.decode_memory_budget, request_timeout_s=request_timeout_s,
+                      version=__version__)
 
     @app.post("/search", response_model=SearchResponse, summary="Find the indexed images most similar to an upload",
               openapi_extra=_UPLOAD_BODY,
@@ -447,4 +464,6 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         compactor.notify()
         return Response(status_code=204)
 
+    app.add_middleware(BodyDeadline, timeout_s=request_timeout_s)
+    app.add_middleware(HeadAsGet)
     return app

@@ -1,7 +1,8 @@
 """Writes over HTTP: ``POST /images`` (add an uploaded image) and ``DELETE /images/{id}`` (remove one).
 
 - ``POST /images``: multipart ``file`` (the limits of ``/search`` apply: bytes, pixels, aspect ratio) and an
-  optional form field ``label`` (an integer) -> 201 ``{"id": n}``. The upload is stored under the index folder
+  optional form field ``label`` (an integer from 0 to
+  :data:`MAX_LABEL`, given once) -> 201 ``{"id": n}``. The upload is stored under the index folder
   (``<index>/uploads/<random>.<ext>``, written atomically and fsynced), embedded through the same
   :class:`~vitrieval.serve.batching.Batcher` as the queries, journalled (fsynced) and applied: the answer comes once
   the write is durable, and the next search finds the image.
@@ -61,14 +62,24 @@ class UploadStore:
             Path(path).unlink(missing_ok=True)
 
 
-def parse_label(fields: dict[str, Any]) -> int | None:
-    """The optional ``label`` form field as a non-negative integer (422 otherwise)."""
-    raw = fields.get("label")
+MAX_LABEL = 999_999_999
+"""Largest ``label`` a write may give (9 digits: every label fits an int32 and a JSON number exactly)."""
+
+
+def parse_label(fields: dict[str, list[Any]]) -> int | None:
+    """The optional ``label`` form field (``fields``: every value of each field, in order) as an integer from 0 to
+    :data:`MAX_LABEL`; 422 naming the limit otherwise, and for a second ``label`` field (never a silent winner)."""
+    values = fields.get("label", [])
+    if len(values) > 1:
+        raise HTTPException(422, f"send one label field, got {len(values)}")
+    raw = values[0] if values else None
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    if not isinstance(raw, str) or not raw.strip().isascii() or not raw.strip().isdigit() or len(raw.strip()) > 9:
-        raise HTTPException(422, f"label must be a non-negative integer, got {str(raw)[:40]!r}")
-    return int(raw.strip())
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_LABEL)) or int(text) > MAX_LABEL:
+        shown = repr(raw[:40]) if isinstance(raw, str) else "a file"
+        raise HTTPException(422, f"label must be an integer from 0 to {MAX_LABEL}, got {shown}")
+    return int(text)
 
 
 def add_upload(index: Index, store: UploadStore, data: bytes, descriptor: Any, label: int | None) -> int:
