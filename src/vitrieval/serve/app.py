@@ -59,6 +59,7 @@ from starlette.requests import ClientDisconnect
 
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
+from vitrieval.disk_errors import NotWritable
 from vitrieval.index import Index
 from vitrieval.index.compaction import DEFAULT_INTERVAL_S, DEFAULT_MAX_PENDING, Compactor
 from vitrieval.index.store import display_path
@@ -77,7 +78,7 @@ from vitrieval.serve.uploads import (
     UploadLimits,
     UploadRefused,
 )
-from vitrieval.serve.writes import UploadStore, add_upload, parse_label, remove_image
+from vitrieval.serve.writes import UploadStore, WriteHealth, add_upload, parse_label, remove_image
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,10 @@ class Health(BaseModel):
     count: int
     generation: int | None = Field(description="the index folder's generation last compacted into")
     pending_writes: int = Field(description="journalled writes not yet compacted into a generation")
-    writable: bool = Field(description="whether POST /images and DELETE /images/{id} are on")
+    writable: bool = Field(description="whether POST /images and DELETE /images/{id} are on and can write the index "
+                                       "folder now (checked at start; false after a write the disk refused)")
+    write_error: str | None = Field(description="why the last write failed on the disk (full, read-only, not "
+                                                "this user's); null since the last write that succeeded")
     max_batch: int
     max_wait_ms: float
     query_amp: str = Field(description="autocast of the queries' forward pass (the index's own unless overridden)")
@@ -312,10 +316,14 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     auth = WriteAuth(write_token)
     compactor: Compactor | None = None
     store: UploadStore | None = None
+    health = WriteHealth(idx.directory if auth.writable else None)
     if auth.writable:
         if idx.directory is None:
             raise ValueError("writes need an index folder: give create_app the folder, or an Index loaded from one")
-        idx.hold_writer()  # JournalLocked if another process writes the folder
+        try:  # JournalLocked if another process writes the folder; NotWritable if this one cannot
+            idx.hold_writer()
+        except NotWritable as exc:  # refused now, in one line, rather than a 500 at the first write
+            raise NotWritable(f"writes are on but {exc}; or serve it read-only (no write token)") from None
         compactor = Compactor(idx, compact_every, compact_interval_s)
         store = UploadStore(idx.directory)
     batcher = Batcher(idx.embed_prepared, max_batch, max_wait_ms)
@@ -370,7 +378,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     @app.get("/healthz", response_model=Health, summary="Liveness and what is indexed")
     def healthz() -> Health:
         return Health(status="ok", count=len(idx), generation=idx.generation, pending_writes=idx.pending_writes,
-                      writable=auth.writable, max_batch=batcher.max_batch, max_wait_ms=batcher.max_wait_ms,
+                      writable=health.writable, write_error=health.last_error, max_batch=batcher.max_batch,
+                      max_wait_ms=batcher.max_wait_ms,
                       query_amp=idx.query_amp or idx.index_amp,
                       fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
                       factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes,
@@ -434,7 +443,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         raise HTTPException(404, "no such image")
 
     _WRITE_ERRORS = {401: {"description": "no bearer token"},
-                     403: {"description": "a wrong token, or a read-only service"}}
+                     403: {"description": "a wrong token, or a read-only service"},
+                     503: {"description": "the index folder became read-only or not this user's"},
+                     507: {"description": "the disk of the index folder is full"}}
 
     @app.post("/images", status_code=201, response_model=Added, summary="Add an uploaded image to the index",
               openapi_extra=_UPLOAD_BODY,
@@ -447,7 +458,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         label = parse_label(fields)
         descriptor = await descriptor_of(data, name, stored=True)
         assert store is not None and compactor is not None
-        image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label)
+        image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label, health)
         compactor.notify()
         return Added(id=image_id)
 
@@ -458,7 +469,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > MAX_ID_DIGITS:
             raise HTTPException(404, "no such image")
         assert store is not None and compactor is not None
-        if not await run_in_threadpool(remove_image, idx, store, int(image_id)):
+        if not await run_in_threadpool(remove_image, idx, store, int(image_id), health):
             raise HTTPException(404, f"no image with id {image_id}")
         cache.forget(int(image_id))
         compactor.notify()

@@ -9,6 +9,9 @@
 - ``DELETE /images/{id}`` -> 204; the image is gone from search and from ``/images/{id}``, the thumbnail cache
   forgets it, and a file that came from ``POST /images`` is deleted (files of the indexed collection never are).
 
+A write the disk refuses (full: 507; read-only or not this user's: 503) is answered with one line naming the path
+and the fix, logged as one WARNING line (no traceback), and kept by :class:`WriteHealth` for ``/healthz``.
+
 Both need ``Authorization: Bearer <token>`` (:mod:`vitrieval.serve.auth`) and are compacted into the index folder
 in the background (:class:`~vitrieval.index.compaction.Compactor`).
 """
@@ -16,19 +19,25 @@ in the background (:class:`~vitrieval.index.compaction.Compactor`).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
 from PIL import Image
 
+from vitrieval.disk_errors import FULL, describe, is_disk_error
 from vitrieval.index.store import fsync_dir
 from vitrieval.io_utils import atomic_write_bytes
 
 if TYPE_CHECKING:
     from vitrieval.index import Index
+
+log = logging.getLogger(__name__)
 
 UPLOADS_DIR = "uploads"
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
@@ -82,23 +91,56 @@ def parse_label(fields: dict[str, list[Any]]) -> int | None:
     return int(text)
 
 
-def add_upload(index: Index, store: UploadStore, data: bytes, descriptor: Any, label: int | None) -> int:
+class WriteHealth:
+    """Whether the service's writes reach its index folder, as ``/healthz`` tells it: the folder was checked at start
+    (:func:`vitrieval.disk_errors.check_writable`, by ``create_app``), the last write did not fail on the disk (a
+    full disk clears once a write succeeds again), and the folder is still writable for this process (one
+    ``access`` call, so a folder remounted read-only or made immutable meanwhile shows)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.last_error: str | None = None
+        """The one-line message of the last write the disk refused (``None``: none since the last success)."""
+
+    @property
+    def writable(self) -> bool:
+        return self.directory is not None and self.last_error is None and os.access(
+            self.directory, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Run one write: a disk error becomes its HTTP answer (507 full, else 503) and a WARNING line."""
+        try:
+            yield
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise
+            self.last_error = f"cannot write {describe(exc, self.directory)}"
+            log.warning("a write was refused by the disk: %s", self.last_error)
+            raise HTTPException(507 if exc.errno in FULL else 503, self.last_error) from None
+        self.last_error = None
+
+
+def add_upload(index: Index, store: UploadStore, data: bytes, descriptor: Any, label: int | None,
+               health: WriteHealth) -> int:
     """Store the upload, then journal and apply its descriptor; returns its id (on a thread: both fsync)."""
-    path = store.save(data)
-    try:
-        return int(index.add_descriptors(descriptor[None], [(str(path), label)])[0])
-    except BaseException:
-        os.unlink(path)
-        raise
+    with health.writing():
+        path = store.save(data)
+        try:
+            return int(index.add_descriptors(descriptor[None], [(str(path), label)])[0])
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
 
-def remove_image(index: Index, store: UploadStore, image_id: int) -> bool:
+def remove_image(index: Index, store: UploadStore, image_id: int, health: WriteHealth) -> bool:
     """Journal and apply the removal, then delete the file if it was uploaded; whether the id was there."""
     try:
         path = index.entry(image_id).path
     except KeyError:
         return False
-    if not index.remove([image_id], save=False):
-        return False
-    store.discard(path)
+    with health.writing():
+        if not index.remove([image_id], save=False):
+            return False
+        store.discard(path)
     return True
