@@ -59,3 +59,21 @@ def test_a_read_only_mount_is_not_writable(tmp_path):
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
         f"vitrieval.disk_errors.NotWritable: cannot write {mount}: Read-only file system (EROFS); the file system "
         "is mounted read-only: use a folder on a writable one")
+
+
+def test_an_immutable_file_in_the_folder_makes_it_unwritable(tmp_path):
+    """``chattr +i`` on ``index.json``: the folder itself takes a new file, but the first swap would fail."""
+    import shutil
+    import subprocess
+
+    from vitrieval.disk_errors import NotWritable
+
+    held = tmp_path / "index.json"
+    held.write_text("{}")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(held)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not permitted here (needs CAP_LINUX_IMMUTABLE and a file system that has it)")
+    try:
+        with pytest.raises(NotWritable, match=f"cannot write {held}: Permission denied"):
+            check_writable(tmp_path)
+    finally:
+        subprocess.run(["chattr", "-i", str(held)], check=True)
