@@ -9,8 +9,9 @@
 - ``DELETE /images/{id}`` -> 204; the image is gone from search and from ``/images/{id}``, the thumbnail cache
   forgets it, and a file that came from ``POST /images`` is deleted (files of the indexed collection never are).
 
-A write the disk refuses (full: 507; read-only or not this user's: 503) is answered with one line naming the path
-and the fix, logged as one WARNING line (no traceback), and kept by :class:`WriteHealth` for ``/healthz``.
+A write the disk refuses (full: 507; read-only or not this user's: 503) is answered with one line naming the file
+(relative to the index folder: no server path is shown to clients), the cause and the fix, logged as one WARNING
+line with the full path (no traceback), and kept by :class:`WriteHealth` for ``/healthz``.
 
 Both need ``Authorization: Bearer <token>`` (:mod:`vitrieval.serve.auth`) and are compacted into the index folder
 in the background (:class:`~vitrieval.index.compaction.Compactor`).
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import HTTPException
 from PIL import Image
 
-from vitrieval.disk_errors import FULL, describe, is_disk_error
+from vitrieval.disk_errors import FULL, describe, is_disk_error, naming
 from vitrieval.index.store import fsync_dir
 from vitrieval.io_utils import atomic_write_bytes
 
@@ -58,7 +59,8 @@ class UploadStore:
             fmt = None
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{uuid.uuid4().hex}{_EXTENSIONS.get(fmt or '', '.img')}"
-        atomic_write_bytes(path, data)  # fsynced before the rename
+        with naming(path):  # a failed write of the temporary file names none
+            atomic_write_bytes(path, data)  # fsynced before the rename
         fsync_dir(self.directory)
         return path
 
@@ -115,10 +117,22 @@ class WriteHealth:
         except OSError as exc:
             if not is_disk_error(exc):
                 raise
-            self.last_error = f"cannot write {describe(exc, self.directory)}"
-            log.warning("a write was refused by the disk: %s", self.last_error)
+            log.warning("a write was refused by the disk: cannot write %s", describe(exc, self.directory))
+            self.last_error = f"cannot write {describe(self._relative(exc))}"  # no server path to clients
             raise HTTPException(507 if exc.errno in FULL else 503, self.last_error) from None
         self.last_error = None
+
+    def _relative(self, exc: OSError) -> OSError:
+        """``exc`` naming its file relative to the index folder (``the index folder's uploads/...``)."""
+        where = "the index folder"
+        if exc.filename is not None and self.directory is not None:
+            try:
+                relative = Path(exc.filename).relative_to(self.directory)
+            except ValueError:
+                relative = Path(Path(exc.filename).name)
+            if str(relative) != ".":
+                where = f"{where}'s {relative}"
+        return OSError(exc.errno, exc.strerror, where)
 
 
 def add_upload(index: Index, store: UploadStore, data: bytes, descriptor: Any, label: int | None,
