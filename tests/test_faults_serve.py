@@ -182,3 +182,19 @@ def test_healthz_of_a_writing_service_says_writable_and_a_read_only_one_does_not
         app.state.close()
     health = TestClient(create_app(Index.load(folder))).get("/healthz").json()
     assert health["writable"] is False and health["write_error"] is None
+
+
+def test_the_request_timeout_flag_reaches_uvicorn_and_healthz(world, monkeypatch, capsys):
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    assert main(["serve", "--index", str(world["index_dir"]), "--port", str(_free_port()),
+                 "--request-timeout-s", "5"]) == 0
+    assert issubclass(seen["http"], H11Protocol) and seen["http"].__name__.endswith("_5s")
+    assert TestClient(seen["app"]).get("/healthz").json()["request_timeout_s"] == 5.0
+    assert main(["serve", "--index", str(world["index_dir"]), "--port", str(_free_port()),
+                 "--request-timeout-s", "0"]) == 2
+    assert capsys.readouterr().err == "vitrieval serve: error: --request-timeout-s must be > 0, got 0.0\n"
