@@ -194,3 +194,26 @@ def test_a_body_that_stops_coming_is_408_at_the_asgi_level_and_the_endpoint_sees
 def test_a_deadline_must_be_positive(timeout_s):
     with pytest.raises(ValueError, match="must be > 0"):
         uvicorn_options(timeout_s)
+
+
+def test_an_endpoint_that_gives_up_without_answering_still_gets_its_client_a_408():
+    async def silent_app(scope, receive, send):
+        while (await receive())["type"] == "http.request":
+            pass
+
+    first = True
+
+    async def receive():
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"ab", "more_body": True}
+        await asyncio.Event().wait()
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(BodyDeadline(silent_app, 0.05)({"type": "http", "method": "POST"}, receive, send))
+    assert [m.get("status") for m in sent] == [408, None] and sent[1]["more_body"] is False

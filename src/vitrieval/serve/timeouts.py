@@ -127,12 +127,15 @@ class BodyDeadline:
         deadline = loop.time() + self.timeout_s
         body_done = False
         timed_out = False
-        answered = False
+        started = False  # the endpoint began its own answer (before the deadline: it is let through)
+        answered = False  # the 408 went out instead of the endpoint's answer
 
         async def timed_receive() -> Message:
             nonlocal body_done, timed_out
-            if body_done or timed_out:
-                return await receive() if not timed_out else {"type": "http.disconnect"}
+            if timed_out:
+                return {"type": "http.disconnect"}
+            if body_done:
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
             except TimeoutError:
@@ -143,13 +146,8 @@ class BodyDeadline:
                 body_done = True
             return message
 
-        async def guarded_send(message: Message) -> None:
+        async def send_408() -> None:
             nonlocal answered
-            if not timed_out:
-                await send(message)
-                return
-            if answered:
-                return  # the rest of the endpoint's own answer, replaced by the 408
             answered = True
             body = timeout_message(self.timeout_s, "body")
             await send({"type": "http.response.start", "status": 408,
@@ -157,5 +155,14 @@ class BodyDeadline:
                                     (b"connection", b"close")]})
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
-        await self.app(scope, timed_receive, guarded_send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if not timed_out or started:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+            elif not answered:
+                await send_408()  # in place of the endpoint's answer (the rest of which is dropped)
 
+        await self.app(scope, timed_receive, guarded_send)
+        if timed_out and not started and not answered:  # the endpoint gave up without answering
+            await send_408()
