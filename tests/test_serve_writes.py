@@ -118,6 +118,9 @@ def test_bad_uploads_are_refused_and_change_nothing(served):
     r = client.post("/images", files=[("file", ("new.png", _png(), "image/png")), ("label", (None, "1")),
                                       ("label", (None, "2"))], headers=AUTH)
     assert r.status_code == 422 and r.json()["detail"] == "send one label field, got 2"  # never a silent winner
+    r = client.post("/images", files=[("file", ("new.png", _png(), "image/png")),
+                                      ("file", ("two.png", _png(), "image/png"))], headers=AUTH)
+    assert r.status_code == 400 and r.json()["detail"] == "Too many files. Maximum number of files is 1."
     tall = io.BytesIO()
     Image.new("RGB", (2, 400)).save(tall, format="PNG")
     assert _add(client, tall.getvalue()).status_code == 422  # aspect ratio over the limit of /search

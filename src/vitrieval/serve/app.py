@@ -233,17 +233,19 @@ async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
     return await Request(request.scope, receive).form(max_files=1, max_fields=8)
 
 
-async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str
-                       ) -> tuple[bytes, str, dict[str, list[Any]]]:
-    """The image part ``file`` of a multipart upload (its bytes and name) and the other form fields (every value of
-    each, in order); the HTTP error for anything else (415 not multipart / not an image, 413 too large, 400
-    missing or empty)."""
+async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str) -> tuple[bytes, str, dict[str, Any]]:
+    """The image part ``file`` of a multipart upload (its bytes and name) and the other form fields; the HTTP
+    error for anything else (415 not multipart / not an image, 413 too large, 400 missing or empty, 422 a field
+    given twice: never a silent winner)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data in the field 'file' "
                                  f"(got Content-Type {content_type or 'none'!r})")
     form = await _read_form(request, max_upload_bytes + MULTIPART_OVERHEAD, max_mb)
     try:
+        for key in dict.fromkeys(form.keys()):
+            if len(given := form.getlist(key)) > 1:
+                raise HTTPException(422, f"send one {key} field, got {len(given)}")
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, "the multipart field 'file' with an image is missing")
@@ -252,10 +254,7 @@ async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str
             raise HTTPException(415, f"'file' must be an image, got Content-Type {part_type!r}")
         data = await upload.read(max_upload_bytes + 1)
         name = upload.filename or "upload"
-        fields: dict[str, list[Any]] = {}
-        for key, value in form.multi_items():
-            if key != "file":
-                fields.setdefault(key, []).append(value)
+        fields = {key: value for key, value in form.items() if key != "file"}
     finally:
         await form.close()
     if len(data) > max_upload_bytes:

@@ -77,13 +77,10 @@ MAX_LABEL = 999_999_999
 """Largest ``label`` a write may give (9 digits: every label fits an int32 and a JSON number exactly)."""
 
 
-def parse_label(fields: dict[str, list[Any]]) -> int | None:
-    """The optional ``label`` form field (``fields``: every value of each field, in order) as an integer from 0 to
-    :data:`MAX_LABEL`; 422 naming the limit otherwise, and for a second ``label`` field (never a silent winner)."""
-    values = fields.get("label", [])
-    if len(values) > 1:
-        raise HTTPException(422, f"send one label field, got {len(values)}")
-    raw = values[0] if values else None
+def parse_label(fields: dict[str, Any]) -> int | None:
+    """The optional ``label`` form field as an integer from 0 to :data:`MAX_LABEL`; 422 naming the limit otherwise
+    (a second ``label`` field is refused with the upload, ``app._read_upload``)."""
+    raw = fields.get("label")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
     text = raw.strip() if isinstance(raw, str) else ""
