@@ -57,8 +57,12 @@ def add_set_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`)."""
-    if isinstance(exc, USER_ERRORS):
+    """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`, and a write the
+    machine refused: a full disk, a read-only file system, a folder not this user's,
+    :func:`vitrieval.disk_errors.is_disk_error`)."""
+    from vitrieval.disk_errors import is_disk_error
+
+    if isinstance(exc, USER_ERRORS) or is_disk_error(exc):
         return True
     for module_name, class_name in LAZY_USER_ERRORS:
         module = sys.modules.get(module_name)
@@ -87,7 +91,12 @@ def report_error(command: str, exc: BaseException) -> int:
     The one error path of the CLI: :func:`main` uses it, and so does rank 0 under torchrun for an error raised on
     every rank (``vitrieval index``), so both print the same line.
     """
+    from vitrieval.disk_errors import describe, is_disk_error
+
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    if is_disk_error(exc):
+        assert isinstance(exc, OSError)
+        msg = describe(exc)  # the path: the error's own, or the one a command named (disk_errors.naming)
     print(f"vitrieval {command}: error: {msg}", file=sys.stderr, flush=True)
     return 2
 

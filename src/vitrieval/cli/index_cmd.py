@@ -17,6 +17,10 @@ is that of one process) and rank 0 alone writes the index folder, prints and log
 ``--add`` and ``--remove`` are journalled writes, compacted into a new generation before the command returns
 (:mod:`vitrieval.index.live`, the mechanism ``vitrieval serve --write-token-file`` uses too): killed at any moment,
 the index loads as before or as after, and a write that was journalled is replayed at the next load.
+
+A folder that another process writes (a ``vitrieval serve --write-token-file``, another ``index``) is refused before
+anything is embedded or written: a build (``--overwrite`` too) and ``--add`` take its write lock first. A write the
+machine refuses (a full disk, a read-only or foreign folder) is one line naming the path, exit 2.
 """
 
 from __future__ import annotations
@@ -86,10 +90,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Build (or extend) the index; prints a one-line summary and the skipped files."""
+    from vitrieval.disk_errors import naming
     from vitrieval.distributed import DistContext
 
     if args.remove is not None:
-        return _remove(args)
+        with naming(args.output):  # a full disk, a read-only folder: one line naming it (cli.report_error)
+            return _remove(args)
     images = args.images if args.images is not None else args.table
     if not Path(images).exists():
         raise CLIError(f"{'--images' if args.images is not None else '--table'} {images} does not exist")
@@ -112,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     created = created and ctx.enabled
     quiet = _quiet_logging() if not ctx.is_main else None
     try:
-        return _run(args, images, ctx)
+        with naming(args.output):
+            return _run(args, images, ctx)
     except Exception as exc:
         if (not is_user_error(exc) or getattr(exc, "raised_on_rank", None) != 0
                 or getattr(args, "verbose", False)):

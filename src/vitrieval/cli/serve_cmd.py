@@ -9,8 +9,13 @@ Searches need no authentication: keep the default loopback host unless it sits b
 Writes are off unless a write token is given (``--write-token-file`` or the environment variable
 ``VITRIEVAL_WRITE_TOKEN``); then ``POST /images`` and ``DELETE /images/{id}`` need ``Authorization: Bearer
 <token>``, are durable (journalled, fsynced) before they are answered, and are compacted into the index folder in
-the background. Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``), under the index's
-own mixed precision unless ``--query-amp`` says otherwise (:mod:`vitrieval.index.query_embedding`).
+the background. With writes on, a folder this process cannot write (read-only, another user's, immutable) or that
+another process writes is refused at start, in one line (exit 2): serve it without a token to search it read-only.
+A write the disk refuses later is a 507 (full) or 503 in one line, and ``/healthz`` says ``writable: false``.
+Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``), under the index's own mixed
+precision unless ``--query-amp`` says otherwise (:mod:`vitrieval.index.query_embedding`). A client that does not
+send its request head, or then its body, within ``--request-timeout-s`` is answered 408 and disconnected
+(:mod:`vitrieval.serve.timeouts`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="autocast of the queries' forward pass (torch runtime): index (default: the mode the "
                              "index's descriptors were made with), auto, bf16 (about 2x faster on a CPU with native "
                              "bf16, descriptors within ~1e-4 in cosine), off; added images keep the index's mode")
+    parser.add_argument("--request-timeout-s", type=float, default=None,
+                        help="seconds a client has to send a request head, and then its body, before the connection "
+                             "is closed (408); default: vitrieval.serve.timeouts.DEFAULT_REQUEST_TIMEOUT_S (30), "
+                             "measured by benchmarks/serve_connections.py")
     return parser
 
 
@@ -86,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise CLIError(f"--max-batch must be >= 1 and --max-wait-ms >= 0, got {args.max_batch}, {args.max_wait_ms}")
+    from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S, uvicorn_options
+
+    timeout_s = DEFAULT_REQUEST_TIMEOUT_S if args.request_timeout_s is None else args.request_timeout_s
+    if not timeout_s > 0:
+        raise CLIError(f"--request-timeout-s must be > 0, got {args.request_timeout_s}")
     if args.query_amp != "index" and args.runtime == "onnx":
         raise CLIError(f"--query-amp {args.query_amp} needs --runtime torch (the onnx runtime runs in float32)")
     batching = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
@@ -103,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime,
                        threads=args.threads)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k,
-                     write_token=token, query_amp=None if args.query_amp == "index" else args.query_amp, **batching)
+                     write_token=token, query_amp=None if args.query_amp == "index" else args.query_amp,
+                     request_timeout_s=timeout_s, **batching)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: searches need no authentication", args.host)
     writes = "writes on (bearer token)" if token else "read-only"
     print(f"serving {len(index)} images from {args.index} at http://{args.host}:{args.port}/ (docs: /docs; "
           f"{writes})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **uvicorn_options(timeout_s))
     return 0
