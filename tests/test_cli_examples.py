@@ -98,3 +98,5 @@ def test_help_examples_stand_one_per_line_without_developer_paths(command: str) 
         if line.lstrip().startswith("vitrieval "):  # two shell lines run together leave a gap before a flag
             assert not re.search(r"\S {3,}--?[a-z]", line), f"vitrieval {command} --help: lines run together: {line}"
     assert not re.search(r"/work/|shared/data|\.\./shared", text), f"vitrieval {command} --help names a developer path"
+    shown = re.findall(r"\bDEFAULT_[A-Z_]+|\bvitrieval(?:\.\w+)+\.[A-Z][A-Z0-9_]+", text)
+    assert not shown, f"vitrieval {command} --help shows a constant's name instead of its value: {shown}"

@@ -26,6 +26,7 @@ import logging
 
 from vitrieval.cli import CLIError
 from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
+from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="autocast of the queries' forward pass (torch runtime): index (default: the mode the "
                              "index's descriptors were made with), auto, bf16 (about 2x faster on a CPU with native "
                              "bf16, descriptors within ~1e-4 in cosine), off; added images keep the index's mode")
-    parser.add_argument("--request-timeout-s", type=float, default=None,
+    parser.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                         help="seconds a client has to send a request head, and then its body, before the connection "
-                             "is closed (408); default: vitrieval.serve.timeouts.DEFAULT_REQUEST_TIMEOUT_S (30), "
-                             "measured by benchmarks/serve_connections.py")
+                             "is closed (408); default %(default)g, measured by benchmarks/serve_connections.py")
     return parser
 
 
@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise CLIError(f"--max-batch must be >= 1 and --max-wait-ms >= 0, got {args.max_batch}, {args.max_wait_ms}")
-    from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S, uvicorn_options
+    from vitrieval.serve.timeouts import uvicorn_options
 
-    timeout_s = DEFAULT_REQUEST_TIMEOUT_S if args.request_timeout_s is None else args.request_timeout_s
+    timeout_s = args.request_timeout_s
     if not timeout_s > 0:
         raise CLIError(f"--request-timeout-s must be > 0, got {args.request_timeout_s}")
     if args.query_amp != "index" and args.runtime == "onnx":
