@@ -33,13 +33,13 @@ def test_cli_index_add_and_search(world: dict, tmp_path: Path, capsys: pytest.Ca
     images = tmp_path / "images"
     shutil.copytree(world["root"] / "images", images)
     assert _cli(index_cmd, ["index", "--checkpoint", str(world["model"]), "--images", str(images), "-o", str(out),
-                            "--factory", "Flat", "--num-workers", "0", "--no-progress"]) == 0
+                            "--factory", "Flat", "--workers", "0", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "indexed 30 image(s)" in text and "1 unreadable skipped" in text and "img_corrupt0.jpg" in text
 
     make_images(tmp_path / "more", COLOURS[7:8], prefix="more")
     assert _cli(index_cmd, ["index", "--images", str(tmp_path / "more"), "-o", str(out), "--add",
-                            "--num-workers", "0", "--no-progress"]) == 0
+                            "--workers", "0", "--no-progress"]) == 0
     assert "30 -> 35" in capsys.readouterr().out
     assert len(Index.load(out)) == 35
 
@@ -135,7 +135,7 @@ def test_cli_index_full_decode_is_recorded(world: dict, tmp_path: Path) -> None:
     from vitrieval.cli import CLIError, index_cmd
 
     common = ["--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "--factory", "Flat",
-              "--num-workers", "0", "--no-progress"]
+              "--workers", "0", "--no-progress"]
     assert _cli(index_cmd, ["index", *common, "-o", str(tmp_path / "fast.idx")]) == 0
     assert _cli(index_cmd, ["index", *common, "-o", str(tmp_path / "full.idx"), "--full-decode"]) == 0
     for name, expected in (("fast.idx", True), ("full.idx", False)):

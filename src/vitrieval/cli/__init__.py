@@ -101,6 +101,20 @@ def report_error(command: str, exc: BaseException) -> int:
     return 2
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool) -> None:
+    """The one logging set-up of the command line: logs for people.
+
+    vitrieval's own loggers at INFO (DEBUG with ``-v``); every other library's (onnx, onnxscript, onnx_ir, timm,
+    faiss, torch, httpx...) at WARNING unless ``-v``: the root logger's level, which their loggers inherit.
+    """
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("vitrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitrieval",
@@ -119,22 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(args.verbose)
     try:  # a file name that is not UTF-8 prints as its own bytes, whatever the locale's error handler
         sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     except (AttributeError, ValueError):  # not a TextIOWrapper (a test's capture), or a closed stream
         pass
-    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO,
-        for chatty in ("faiss.loader", "timm.models"):  # timm two lines per weights file it loads
-            logging.getLogger(chatty).setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"vitrieval {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say how to continue: KeyboardInterrupt("the hint")
+        hint = f"; {exc.args[0]}" if exc.args else ""
+        print(f"vitrieval {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.verbose or not is_user_error(exc):

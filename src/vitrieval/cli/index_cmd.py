@@ -1,9 +1,9 @@
 """``vitrieval index``: embed a collection with a trained model and write a searchable index folder.
 
-    vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx
-    vitrieval index --checkpoint runs/sop/last --table catalog.csv -o catalog.idx --factory HNSW32
+    vitrieval index --checkpoint runs/sop --images ./catalog -o catalog.idx
+    vitrieval index --checkpoint runs/sop --table catalog.csv -o catalog.idx --factory HNSW32
     vitrieval index --images ./new_photos -o catalog.idx --add        # append (same model)
-    vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx \
+    vitrieval index --checkpoint runs/sop --images ./catalog -o catalog.idx \\
         --backend milvus --milvus-uri catalog.db --milvus-index HNSW      # vectors in Milvus (docs/SCALING.md)
     vitrieval index -o catalog.idx --remove 17 42                      # remove images by id
 
@@ -58,8 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an index already at -o that another model built (refused without it)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--num-workers", type=num_workers_arg, default="auto",
+    parser.add_argument("--workers", type=num_workers_arg, default="auto",
                         help="image-decoding workers: auto (cores beside the model's threads) or a number")
+    parser.add_argument("--num-workers", dest="workers", type=num_workers_arg, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # the old spelling, kept working
     parser.add_argument("--shard-size", type=int, default=10_000,
                         help="images per resumable descriptor shard (default 10000)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -158,10 +160,15 @@ def _quiet_logging() -> Callable[[], None]:
     """Errors only from this rank's loggers (rank 0 logs for everyone); returns what undoes it."""
     import logging
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    return lambda: root.setLevel(level)
+    loggers = [logging.getLogger(), logging.getLogger("vitrieval")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+
+    def undo() -> None:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    return undo
 
 
 def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
@@ -175,7 +182,7 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
             raise CLIError(f"--add: {args.output} is not an index folder (no {INFO_FILE}); build it first")
         index = Index.load(args.output, checkpoint=args.checkpoint, device=args.device)
         before = len(index)
-        report = index.add(images, batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress,
+        report = index.add(images, batch_size=args.batch_size, num_workers=args.workers, progress=args.progress,
                            distributed=ctx)
         if args.nprobe or args.ef_search:
             apply_search_params(index, args)
@@ -206,7 +213,7 @@ def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | N
     """Build the index of ``images`` with faiss, or into Milvus with the ``--milvus-*`` options."""
     from vitrieval.index import Index, MilvusIndex, MilvusOptions
 
-    common = {"batch_size": args.batch_size, "num_workers": args.num_workers, "shard_size": args.shard_size,
+    common = {"batch_size": args.batch_size, "num_workers": args.workers, "shard_size": args.shard_size,
               "device": args.device, "nprobe": args.nprobe, "ef_search": args.ef_search, "progress": args.progress,
               "distributed": ctx, "fast_decode": not args.full_decode}
     if args.backend == "milvus":

@@ -46,6 +46,7 @@ from vitrieval.data.collection import ImagesArg, collection_root, collection_tab
 from vitrieval.data.table import ImageTable, Record
 from vitrieval.distributed import DistContext, RankZero
 from vitrieval.index.faiss_utils import (
+    check_factory,
     default_search_params,
     make_faiss_index,
     normalized,
@@ -230,6 +231,14 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         with RankZero(ctx) as rank0:
             rank0.check_same(plan.digest,
                              f"the ranks see different images to index or models ({len(table)} images here)")
+            if assembler is None:  # a faiss index: a factory faiss refuses is named before any image is embedded
+                refusal = None
+                if ctx.is_main:
+                    try:
+                        check_factory(options.factory, encoder.descriptor_dim, len(table))
+                    except ValueError as exc:
+                        refusal = exc
+                rank0.share(None, refusal)  # raised on every rank, reported by rank 0
             todo = plan.shards_to_embed(ctx, rank0)
             started = time.time()
             chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo, options,

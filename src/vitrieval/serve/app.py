@@ -16,7 +16,9 @@ Endpoints
 - ``POST /images`` (multipart ``file``, optional ``label``) -> 201 ``{"id"}``; ``DELETE /images/{id}`` -> 204: writes,
   with ``Authorization: Bearer <token>`` when the app has a ``write_token`` (else read-only: 403), durable before
   they are answered (:mod:`vitrieval.serve.writes`, :mod:`vitrieval.serve.auth`).
-- ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs``: OpenAPI.
+- ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs`` (Swagger UI) and
+  ``/redoc``: the OpenAPI pages, their scripts and styles served by the app itself from ``fastapi-offline``'s copy
+  (``/static-offline-docs``), so they work without internet access.
 
 Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
 a client that disconnects mid-upload -> 400 (an INFO line, no traceback), an id that is not one of the index's
@@ -52,6 +54,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
@@ -340,8 +343,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         if compactor is not None and idx.pending_writes:  # at shutdown: fold the journal into a generation
             await run_in_threadpool(compactor.compact)
 
-    app = FastAPI(title="vitrieval image search", version=__version__, lifespan=lifespan,
-                  description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).")
+    app = FastAPIOffline(title="vitrieval image search", version=__version__, lifespan=lifespan,
+                         description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).",
+                         swagger_ui_parameters={"validatorUrl": None})  # Swagger's validator badge is remote
     app.state.index = idx
     app.state.thumbnails = cache
     app.state.decoder = decoder
