@@ -114,7 +114,8 @@ class TrainConfig:
     sampler: str = "classes"  # classes (P x K batches, Eq. 1 + memory) | tuples (mined tuples, see the tuples section)
     iterations: int = 35000  # optimizer steps (sampler=classes; with tuples the length is tuples.epochs)
     batch_size: int = 64
-    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, cirtorch)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, cirtorch) | sgd (L2 penalty)
+    sgd_momentum: float = 0.9  # train.optimizer=sgd only: heavy-ball momentum (0 = plain SGD)
     lr: float = 3e-5
     weight_decay: float = 5e-4
     weight_decay_exempt: bool = True  # no decay on 1-d (norm, bias) params, pos_embed, cls/dist tokens (timm, DeiT)
@@ -163,7 +164,7 @@ class Config:
             "data.train_resize": (self.data.train_resize, ("crop", "square")),
             "train.sampler": (self.train.sampler, ("classes", "tuples")),
             "loss.objective": (self.loss.objective, ("contrastive", "nsoftmax", "snca")),
-            "train.optimizer": (self.train.optimizer, ("adamw", "adam")),
+            "train.optimizer": (self.train.optimizer, ("adamw", "adam", "sgd")),
             "train.batchnorm": (self.train.batchnorm, ("train", "frozen")),
             "data.on_bad_image": (self.data.on_bad_image, ("stop", "skip")),
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "off")),
@@ -211,6 +212,7 @@ class Config:
         ranges = {  # key: (value, ok, the allowed range)
             "data.train_fraction": (d.train_fraction, 0.0 < d.train_fraction < 1.0, "in (0, 1)"),
             "memory.momentum": (mem.momentum, 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
+            "train.sgd_momentum": (tr.sgd_momentum, 0.0 <= tr.sgd_momentum < 1.0, "in [0, 1)"),
             "loss.snca_momentum": (lo.snca_momentum, 0.0 <= lo.snca_momentum < 1.0, "in [0, 1)"),
             "model.drop_path_rate": (m.drop_path_rate, 0.0 <= m.drop_path_rate < 1.0, "in [0, 1)"),
             "data.train_resize_ratio": (d.train_resize_ratio, d.train_resize_ratio >= 1.0,
