@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None) is not None:  # the one check of every command's --device
+            from vitrieval.amp import check_device
+
+            check_device(args.device)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print(f"vitrieval {args.command}: interrupted", file=sys.stderr)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, check_output_file, num_workers_arg
 from vitrieval.cli.retrieval_options import (
+    add_device_argument,
     add_full_decode_argument,
     add_rerank_arguments,
     add_scales_argument,
@@ -158,7 +159,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--workers", type=num_workers_arg, default="auto",
                         help="image-decoding workers: auto (cores beside the model's threads) or a number")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="autocast: auto (bf16 where native), bf16, fp16 (CUDA), off")
     parser.add_argument("--use-bbox", action="store_true",

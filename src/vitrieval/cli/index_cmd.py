@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, is_user_error, num_workers_arg, report_error
-from vitrieval.cli.retrieval_options import add_full_decode_argument, add_scales_argument, dba_arg
+from vitrieval.cli.retrieval_options import (
+    add_device_argument,
+    add_full_decode_argument,
+    add_scales_argument,
+    dba_arg,
+)
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
@@ -58,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="image-decoding workers: auto (cores beside the model's threads) or a number")
     parser.add_argument("--shard-size", type=int, default=10_000,
                         help="images per resumable descriptor shard (default 10000)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

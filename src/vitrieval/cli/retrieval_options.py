@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from vitrieval.cli import CLIError
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, RerankOptions, parse_methods
 
-__all__ = ["add_full_decode_argument", "add_rerank_arguments", "add_scales_argument", "dba_arg", "methods_arg",
-           "rerank_from_args", "scales_arg"]
+__all__ = ["add_device_argument", "add_full_decode_argument", "add_rerank_arguments", "add_scales_argument",
+           "dba_arg", "methods_arg", "rerank_from_args", "scales_arg"]
 
 
 def scales_arg(text: str) -> tuple[float, ...]:
@@ -56,6 +56,14 @@ def add_scales_argument(parser: argparse.ArgumentParser, extra_help: str = "") -
     parser.add_argument("--scales", type=scales_arg, metavar="S1,S2,..",
                         help="multi-scale descriptors: the L2-normalised mean over these input scales, e.g. "
                              f"1,0.707,0.5 (cirtorch's; default: one scale){extra_help}")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (every command that runs a model): checked once for all of them by :func:`vitrieval.cli.main`
+    through :func:`vitrieval.amp.check_device` (one line, exit 2, naming the choices)."""
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N "
+                             "(mps where torch has it)")
 
 
 def add_full_decode_argument(parser: argparse.ArgumentParser, extra_help: str = "") -> None:

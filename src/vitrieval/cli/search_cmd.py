@@ -18,7 +18,12 @@ import json
 
 from vitrieval.cli import CLIError
 from vitrieval.cli.index_cmd import apply_search_params
-from vitrieval.cli.retrieval_options import add_rerank_arguments, add_scales_argument, rerank_from_args
+from vitrieval.cli.retrieval_options import (
+    add_device_argument,
+    add_rerank_arguments,
+    add_scales_argument,
+    rerank_from_args,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--checkpoint", help="the index's model, if it moved since the index was built")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
     add_rerank_arguments(parser, methods="aqe",

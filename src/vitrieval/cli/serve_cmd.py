@@ -20,6 +20,7 @@ import errno
 import logging
 
 from vitrieval.cli import CLIError
+from vitrieval.cli.retrieval_options import add_device_argument
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10)")
     parser.add_argument("--max-k", type=int, default=100, help="largest k a query may ask for (default 100)")
     parser.add_argument("--checkpoint", help="the index's model, if it moved since the index was built")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--write-token-file", help="file holding the bearer token that writes need (default: the "
                                                    "environment variable VITRIEVAL_WRITE_TOKEN; neither: read-only)")
     parser.add_argument("--max-batch", type=int,
