@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
     try:
         pca = PCAOptions(dim=args.pca, fit_dataset=args.pca_fit_dataset, fit_root=args.pca_fit_root,
-                         fit_max_images=args.pca_fit_max_images, save=False)
+                         fit_max_images=args.pca_fit_max_images)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     device = resolve_device(args.device)

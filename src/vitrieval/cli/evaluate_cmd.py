@@ -15,10 +15,11 @@ SIZE x SIZE, queries cropped to their box; mAP Easy / Medium / Hard and mP@1/5/1
 
 ``--model`` without ``--checkpoint`` evaluates off-the-shelf ImageNet features (IRT_O). ``--pca D`` fits a PCA on
 the training split (landmarks: on ``--pca-fit-dataset/--pca-fit-root``, else on the database, as the JSON says)
-and, for a checkpoint, stores it beside the model so that index and serve apply the same reduction.
+for this evaluation only: evaluate never changes a model folder. ``--save-pca DIR`` also writes a new model folder
+(the model plus that PCA, its own fingerprint) that index and serve take like any model.
 
-``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (stored with
-the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
+``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (saved with
+``--save-pca`` like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
 database-side augmentation (the table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of
 several input scales. Large JPEGs are decoded at a reduced DCT scale that still covers the model's first resize
 (``data.fast_decode``, as in training); ``--full-decode`` decodes every image at full resolution.
@@ -138,8 +139,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--pca-fit-root", help="data root of --pca-fit-dataset")
     parser.add_argument("--pca-fit-max-images", type=int, default=0, metavar="N",
                         help="fit the PCA on at most N images (an even subsample; default 0 = all)")
-    parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
-                        help="do not store the fitted PCA beside the checkpoint's model")
+    parser.add_argument("--save-pca", metavar="DIR",
+                        help="also write a new model folder DIR: the model plus the fitted PCA (its own "
+                             "fingerprint), to index or serve; the evaluated model is never changed")
+    parser.add_argument("--no-save-pca", action="store_true", help=argparse.SUPPRESS)  # old scripts: a no-op now
     add_scales_argument(parser)
     add_full_decode_argument(parser)
     add_rerank_arguments(parser, what="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
@@ -209,6 +212,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--data-root {args.data_root} does not exist")
     if args.pretrained_file and not args.model:
         raise CLIError("--pretrained-file goes with --model (a checkpoint carries its own weights)")
+    if args.save_pca is not None:
+        if args.pca is None and args.whiten != "learned":
+            raise CLIError("--save-pca DIR goes with --pca DIM (or --whiten learned): it writes the model plus the "
+                           "fitted PCA")
+        if any((Path(args.save_pca).expanduser() / sub / "config.json").exists() for sub in (".", "model")):
+            raise CLIError(f"--save-pca {args.save_pca}: a model folder is already there; give a new folder")
     if args.pca is not None and args.pca < 1:
         raise CLIError(f"--pca must be a positive dimension, got {args.pca}")
     if args.pca_fit_max_images < 0:
@@ -256,18 +265,15 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.evaluation.protocol import ExtractionOptions, evaluate_model
     from vitrieval.io_utils import atomic_write_json
-    from vitrieval.model import resolve_model_dir
 
     dist = DistContext.from_env()  # under torchrun: each rank embeds its shard, every rank gets all descriptors
     device = resolve_device(args.device)
     encoder = encoder_from_args(args).to(device).eval()
-    model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
-    pca_before = encoder.pca
     pca = PCAOptions(dim=args.pca, whiten=args.whiten is not None, method="learned" if learned else "pca",
                      fit_dataset=args.pca_fit_dataset,
                      fit_root=args.pca_fit_root, fit_max_images=args.pca_fit_max_images,
                      fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
-                     save=args.save_pca and dist.is_main)
+                     save_to=args.save_pca if dist.is_main else None)
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
                                    progress=args.progress, fast_decode=not args.full_decode)
     distractors, distractor_features = None, None
@@ -278,14 +284,14 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(
         encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
-        model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
+        model_name=str(args.checkpoint) if args.checkpoint else args.model,
         rerank=rerank, scales=args.scales,
         distractors=distractors, distractor_features=distractor_features)
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
     print(format_results(result))
-    if model_dir is not None and encoder.pca is not pca_before:
-        print(f"PCA {encoder.pca.out_dim}-d stored beside the model: {model_dir / 'pca.safetensors'}")
+    if "saved_model" in result:
+        print(f"the model with its {result['descriptor_dim']}-d PCA written to {result['saved_model']}")
     if args.json:
         atomic_write_json(args.json, result)
         print(f"results written to {args.json}")

@@ -21,10 +21,9 @@ PCA (``PCAOptions.dim``; :mod:`vitrieval.evaluation.pca_fit`):
     evaluated dataset, or of ``PCAOptions.fit_dataset`` when given; landmark datasets have no training split, so
     without a fit dataset it is fitted on their database (and the JSON says so in ``pca_fitted_on``). It is fitted on
     and applied to the pooled vectors, then the result is L2-normalised (pool → PCA → L2, the paper's §3.2).
-    With ``model_dir`` (the model folder) it is attached to the model and
-    stored through :meth:`vitrieval.model.Encoder.save` (``pca.safetensors``, ``config.json`` updated, its other
-    keys kept) so that ``vitrieval.load`` -- and hence index / serve -- uses the same reduction. A model that
-    already carries a PCA is evaluated through it when no PCA dimension is given.
+    It is used for that evaluation only (the model and its folder are never edited); ``PCAOptions.save_to``
+    writes a new model folder, the model plus its PCA (:func:`save_with_pca`), which index / serve then load
+    like any model. A model that already carries a PCA is evaluated through it when no PCA dimension is given.
 
 Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
 
@@ -54,6 +53,8 @@ applied to those. Re-ranking (``rerank``): αQE / DBA on the final descriptors (
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -69,7 +70,7 @@ from vitrieval.embed import FAST_DECODE, Extraction, extract
 from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca, normalize_rows
 from vitrieval.evaluation.rerank_variants import RerankOptions, category_rerank, reranked_results
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
-from vitrieval.model import Encoder, at_image_size, resolve_model_dir
+from vitrieval.model import Encoder, at_image_size
 from vitrieval.multiscale import MultiScaleEncoder, parse_scales
 from vitrieval.pca import PCAReduction
 
@@ -193,7 +194,7 @@ class ExtractionOptions:
 def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks: Sequence[int] | None = None,
                    pca: PCAOptions | None = None, extraction: ExtractionOptions | None = None,
                    image_size: int | None = None, resize: str | None = None,
-                   reader_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
+                   reader_options: dict[str, Any] | None = None,
                    model_name: str | None = None, rerank: RerankOptions | None = None,
                    scales: Sequence[float] | None = None,
                    distractors: np.ndarray | None = None,
@@ -204,10 +205,11 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder,
     :func:`vitrieval.model.at_image_size`); ``resize`` overrides the protocol's eval resize (``shorter``
     category-level, ``square`` landmarks); ``reader_options`` go to the dataset reader. ``pca`` (default: none
-    fitted) fits a PCA on the fit set :func:`vitrieval.evaluation.pca_fit.fit_pca` chooses. ``model_dir`` is the folder
-    ``encoder`` was loaded from (a run folder or its ``model/``): with ``pca.save`` the fitted PCA is attached and
-    the model saved there (only when the evaluation ran at the model's own image size, so that what is stored is
-    what index / serve will compute). A PCA the model already carries is applied when ``pca.dim`` is not given and
+    fitted) fits a PCA on the fit set :func:`vitrieval.evaluation.pca_fit.fit_pca` chooses, for this evaluation
+    only: ``encoder`` and its folder are never changed. With ``pca.save_to`` a *new* model folder is written there:
+    a copy of the model with the PCA attached, its own fingerprint (only when the evaluation ran at the model's own
+    image size and one scale, so that what is written is what index / serve will compute; the result then names it
+    under ``"saved_model"``). A PCA the model already carries is applied when ``pca.dim`` is not given and
     reported with the ``fitted_on`` its folder recorded (:attr:`vitrieval.model.Encoder.pca_info`).
     Unreadable images stop the evaluation with the :class:`~vitrieval.data.images.ImageDecodeError` naming the
     file. ``scales`` (e.g. ``(1, 0.707, 0.5)``) gives multi-scale descriptors (a PCA fitted on them is not stored:
@@ -305,19 +307,32 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         result["pca"] = pca_info
         if "rerank" in result:
             result["rerank"] = result.pop("rerank")  # after "pca": the documented order
-    # Stored only once the metrics are computed: a failed evaluation leaves the model folder as it was.
-    if pca_options.fits and reduction is not None and model_dir is not None and pca_options.save:
+    # Written only once the metrics are computed, and only to a new folder: the evaluated model is never edited.
+    if pca_options.fits and reduction is not None and pca_options.save_to is not None:
         if model is encoder:
-            encoder.set_pca(reduction.to(next(encoder.parameters()).device), pca_info)
-            path = encoder.save(resolve_model_dir(model_dir))
-            log.info("PCA %d-d stored beside the model in %s", reduction.out_dim, path)
+            path = save_with_pca(encoder, reduction, pca_info, pca_options.save_to)
+            log.info("the model with its %d-d PCA written to %s (fingerprint %s)", reduction.out_dim, path,
+                     json.loads((path / "config.json").read_text())["fingerprint"])
+            result["saved_model"] = str(path)
         elif multi != (1.0,):
-            log.warning("PCA not stored in %s: it was fitted on multi-scale descriptors (scales %s); index and "
-                        "serve extract at one scale", model_dir, ",".join(f"{s:g}" for s in multi))
+            log.warning("PCA not saved to %s: it was fitted on multi-scale descriptors (scales %s); index and "
+                        "serve extract at one scale", pca_options.save_to, ",".join(f"{s:g}" for s in multi))
         else:
-            log.warning("PCA not stored in %s: it was fitted at %d px, not at the model's own %d px",
-                        model_dir, size, encoder.data_config["image_size"])
+            log.warning("PCA not saved to %s: it was fitted at %d px, not at the model's own %d px",
+                        pca_options.save_to, size, encoder.data_config["image_size"])
     return result
+
+
+def save_with_pca(encoder: Encoder, reduction: PCAReduction, pca_info: dict[str, Any] | None,
+                  directory: str | Path) -> Path:
+    """Write a new model folder at ``directory``: a copy of ``encoder`` with ``reduction`` attached (its own
+    fingerprint); ``encoder`` itself is left as it was. Refuses a folder that already holds a model."""
+    target = Path(directory).expanduser()
+    if (target / "config.json").exists() or (target / "model" / "config.json").exists():
+        raise ValueError(f"--save-pca {directory}: a model folder is already there; give a new folder")
+    derived = copy.deepcopy(encoder)
+    derived.set_pca(reduction.to(next(derived.parameters()).device), pca_info)
+    return derived.save(target, extra={"derived_from": encoder.fingerprint()})
 
 
 def _category_result(test: ImageTable, leave_one_out: bool, descriptors: np.ndarray, dataset: str,
