@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 from vitrieval.config import ModelConfig
+from vitrieval.data.preprocessing import DEFAULT_CROP_PCT, Preprocessing
 from vitrieval.pca import PCAReduction
 from vitrieval.pooling import FEATURE_MAP_POOLINGS, FeatureMapPooling, TokenPooling
 
@@ -213,7 +214,7 @@ class Encoder(nn.Module):
         dc = timm.data.resolve_model_data_config(self.backbone)
         return {"mean": [float(v) for v in dc["mean"]], "std": [float(v) for v in dc["std"]],
                 "interpolation": str(dc.get("interpolation", "bicubic")),
-                "crop_pct": float(dc.get("crop_pct", 0.875)), "image_size": self.config.image_size}
+                "crop_pct": float(dc.get("crop_pct", DEFAULT_CROP_PCT)), "image_size": self.config.image_size}
 
     #: ``train.batchnorm=frozen``: BatchNorm layers stay in eval mode (ImageNet statistics) when training.
     batchnorm_frozen: bool = False
@@ -259,10 +260,15 @@ class Encoder(nn.Module):
         ``L2(pooled)`` (pool → PCA → L2)."""
         return self.pca(pooled) if self.pca is not None else F.normalize(pooled.float(), dim=-1)
 
+    def preprocessing(self, resize: str = "shorter", fast_decode: bool = False) -> Preprocessing:
+        """The model's pre-processing (:class:`~vitrieval.data.preprocessing.Preprocessing`): its timm data config
+        with the eval ``resize`` and decode policy."""
+        return Preprocessing.from_data_config(self.data_config, resize, fast_decode)
+
     def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         from vitrieval.data.transforms import eval_transform
 
-        return eval_transform(self.data_config)
+        return eval_transform(self.preprocessing())
 
     @torch.no_grad()
     def embed(self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,

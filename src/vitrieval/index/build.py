@@ -125,9 +125,9 @@ class BuildOptions:
 
     def decode_min_side(self, data_config: dict[str, Any]) -> int | None:
         """The ``min_side`` images are decoded with (:attr:`fast_decode`; ``None``: full size)."""
-        from vitrieval.runtime.preprocess import EvalPreprocess
+        from vitrieval.data.preprocessing import Preprocessing
 
-        return EvalPreprocess.from_data_config(data_config, self.resize, bool(self.fast_decode)).min_side
+        return Preprocessing.from_data_config(data_config, self.resize, bool(self.fast_decode)).min_side
 
     def embedding_model(self, encoder: Encoder) -> Any:
         """``encoder``, or its :class:`~vitrieval.multiscale.MultiScaleEncoder` at :attr:`scales`."""

@@ -34,6 +34,7 @@ from PIL import Image
 
 from vitrieval.amp import AMP_MODES, amp_mode, resolve_device
 from vitrieval.data.images import load_image
+from vitrieval.data.preprocessing import Preprocessing
 from vitrieval.index.store import ModelMismatchError
 from vitrieval.runtime.embedder import Embedder, check_runtime, torch_missing
 
@@ -88,15 +89,16 @@ class QueryEmbedding:
         return bool(self.info.get("preprocessing", {}).get("fast_decode", False))
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """The pre-processing the index recorded (``data_config`` + ``preprocessing``): queries, adds and uploads
+        follow it."""
+        return Preprocessing.from_record(self.info["data_config"], self.info.get("preprocessing"))
+
+    @property
     def decode_min_side(self) -> int | None:
         """The ``min_side`` queries are decoded with: the eval transform's with :attr:`fast_decode`, else
         ``None`` (full size)."""
-        if not self.fast_decode:
-            return None
-        from vitrieval.runtime.preprocess import EvalPreprocess
-
-        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
-        return EvalPreprocess.from_data_config(self.info["data_config"], resize, fast_decode=True).min_side
+        return self.preprocessing.min_side
 
     # -- the model --------------------------------------------------------------------------------------------
     @property

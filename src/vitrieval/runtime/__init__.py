@@ -14,9 +14,9 @@ module                 one idea
 Nothing here imports torch at module level; ``torch_embedder`` imports it when used.
 """
 
+from vitrieval.data.preprocessing import Preprocessing
 from vitrieval.runtime.embedder import RUNTIMES, Embedder, RuntimeUnavailableError, check_runtime
 from vitrieval.runtime.onnx_file import ONNX_FILE, OnnxModelError, OnnxModelInfo, default_onnx_path
-from vitrieval.runtime.preprocess import EvalPreprocess
 
-__all__ = ["ONNX_FILE", "RUNTIMES", "Embedder", "EvalPreprocess", "OnnxModelError", "OnnxModelInfo",
+__all__ = ["ONNX_FILE", "RUNTIMES", "Embedder", "Preprocessing", "OnnxModelError", "OnnxModelInfo",
            "RuntimeUnavailableError", "check_runtime", "default_onnx_path"]

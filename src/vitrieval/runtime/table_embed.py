@@ -27,7 +27,7 @@ def embed_table(embedder: Embedder, table: ImageTable, batch_size: int = 64, pro
     TableDataset` does), ``batch_size`` at a time; unreadable ones are skipped and listed in ``bad_paths``.
 
     ``min_side``: large JPEGs decoded at a reduced DCT scale keeping that shorter side (fast decoding, the
-    ``min_side`` of the eval transform: :attr:`vitrieval.runtime.preprocess.EvalPreprocess.min_side`), exactly as
+    ``min_side`` of the eval transform: :attr:`vitrieval.data.preprocessing.Preprocessing.min_side`), exactly as
     the torch extraction decodes them; ``None`` decodes at full size."""
     from vitrieval.progress import tqdm
 
