@@ -5,7 +5,8 @@ Protocols
 Category-level (``sop``, ``cub``, ``inshop``, ``folder``, ``csv``):
     Images of the **test** split are embedded (eval resize ``shorter`` of
     :class:`~vitrieval.data.preprocessing.Preprocessing`, centre crop ``size``). *Leave-one-out* (SOP, CUB,
-    folder, csv where every test image is query and gallery): every test image queries all the *other* test images. *Query-gallery* (In-Shop): queries search a separate gallery.
+    folder, csv where every test image is query and gallery): every test image queries all the *other* test
+    images. *Query-gallery* (In-Shop): queries search a separate gallery.
     Recall@K = fraction of queries with a same-label item among their K nearest neighbours (cosine); MAP@R as in
     Musgrave et al. (2020). Default K: SOP 1, 10, 100, 1000; CUB 1, 2, 4, 8; In-Shop 1, 10, 20, 30; folder / csv
     1, 2, 4, 8 (default Ks larger than what a query can retrieve are dropped, with a warning; explicit ones are
