@@ -133,7 +133,8 @@ def test_folder_leave_one_out_matches_the_metrics(encoder: Encoder, folder_root:
     assert result["pca"] is None
     json.loads(json.dumps(result, allow_nan=False))
     # the trainer's helper agrees
-    assert recall_on_table(encoder, read_dataset("folder", folder_root), [1, 2, 4, 8], **OPTS) == expected
+    table = read_dataset("folder", folder_root)
+    assert recall_on_table(encoder, table, [1, 2, 4, 8], ExtractionOptions(**OPTS)) == expected
 
 
 def test_explicit_ks_and_too_large_k(encoder: Encoder, folder_root: Path) -> None:
@@ -250,7 +251,7 @@ def test_revisited_protocol(encoder: Encoder, roxford_root: Path, monkeypatch: p
     real_extract = ev.extract
 
     def spy(*args, **kwargs):
-        resizes.append(kwargs["resize"])
+        resizes.append(args[2].resize)
         return real_extract(*args, **kwargs)
 
     monkeypatch.setattr(ev, "extract", spy)

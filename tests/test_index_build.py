@@ -65,11 +65,11 @@ def test_resume_reuses_finished_shards(world: dict, tmp_path: Path, monkeypatch:
     real_extract = index_module.extract
     calls: list[int] = []
 
-    def failing_on_third(encoder, table, **kwargs):
+    def failing_on_third(encoder, table, *args, **kwargs):
         calls.append(len(table))
         if len(calls) == 3:
             raise KeyboardInterrupt("simulated interruption")
-        return real_extract(encoder, table, **kwargs)
+        return real_extract(encoder, table, *args, **kwargs)
 
     d = tmp_path / "resume.idx"
     monkeypatch.setattr(index_module, "extract", failing_on_third)
@@ -81,8 +81,8 @@ def test_resume_reuses_finished_shards(world: dict, tmp_path: Path, monkeypatch:
     mtimes = {p.name: p.stat().st_mtime_ns for p in (d / "shards").iterdir()}
 
     calls.clear()
-    monkeypatch.setattr(index_module, "extract", lambda encoder, table, **kw: (calls.append(len(table)),
-                                                                               real_extract(encoder, table, **kw))[1])
+    monkeypatch.setattr(index_module, "extract", lambda encoder, table, *a, **kw: (
+        calls.append(len(table)), real_extract(encoder, table, *a, **kw))[1])
     index = Index.build(world["model"], world["images"], d, factory="Flat", num_workers=0, shard_size=10,
                         progress=False)
     assert calls == [10, 1]  # shards 2 and 3 (the corrupt file is the 31st path) embedded, 0 and 1 reused

@@ -270,30 +270,18 @@ class Encoder(nn.Module):
 
         return eval_transform(self.preprocessing())
 
-    @torch.no_grad()
     def embed(self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
               amp: str = "auto") -> np.ndarray:
-        """Descriptors (after PCA, if any) of PIL images or a pre-processed batch, as float32 numpy."""
-        from vitrieval.amp import autocast_context
+        """Descriptors (after PCA, if any) of PIL images or a pre-processed batch, as float32 numpy: the model's
+        :class:`~vitrieval.runtime.torch_embedder.TorchEmbedder` (the one forward), ``batch_size`` per pass."""
+        from vitrieval.runtime.embedder import embed_images
+        from vitrieval.runtime.torch_embedder import TorchEmbedder
 
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        if isinstance(images, torch.Tensor):
-            batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-        else:
-            tf = self.eval_transform()
-            batches = [torch.stack([tf(im) for im in images[i:i + batch_size]])
-                       for i in range(0, len(images), batch_size)]
-        out = []
-        for x in batches:
-            with autocast_context(device, amp):
-                pooled = self.pooled(x.to(device))
-            out.append(self.reduce(pooled.float()).cpu())
-        self.train(was_training)
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return torch.cat(out).numpy().astype(np.float32, copy=False)
+        embedder = TorchEmbedder(self, self.preprocessing(), amp=amp)
+        if not isinstance(images, torch.Tensor):
+            return embed_images(embedder, images, batch_size)
+        out = [embedder.embed_prepared(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.descriptor_dim), dtype=np.float32)
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -59,7 +59,6 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ import numpy as np
 import torch
 
 from vitrieval.data.table import ImageTable
-from vitrieval.embed import FAST_DECODE, Extraction, extract
+from vitrieval.embed import Extraction, ExtractionOptions, extract
 from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca, normalize_rows
 from vitrieval.evaluation.rerank_variants import RerankOptions, category_rerank, reranked_results
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
@@ -92,19 +91,17 @@ LANDMARK_KAPPAS: tuple[int, ...] = (1, 5, 10)
 _PROTOCOLS = ("easy", "medium", "hard")
 
 
-# -- the trainer's held-out evaluation (unchanged signature) ---------------------------------------------------------
+# -- the trainer's held-out evaluation ------------------------------------------------------------------------------
 
-def recall_on_table(encoder: torch.nn.Module, table: ImageTable, ks: list[int], batch_size: int = 64,
-                    num_workers: int | str = "auto", amp: str = "auto", resize: str = "shorter",
-                    progress: bool = True, fast_decode: bool = FAST_DECODE) -> dict[int, float]:
-    """Recall@K of ``encoder`` on the test split of ``table``.
+def recall_on_table(encoder: torch.nn.Module, table: ImageTable, ks: list[int],
+                    options: ExtractionOptions | None = None) -> dict[int, float]:
+    """Recall@K of ``encoder`` on the test split of ``table``, embedded with ``options``.
 
     Leave-one-out (every test image queries all the *other* test images) when every test image is both query and
     gallery (SOP, CUB, folder datasets); queries against a separate gallery otherwise (In-Shop).
     """
     test = table.split("test") if any(r.split == "train" for r in table) else table
-    ext = extract(encoder, test, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                  progress=progress, desc="embedding test images", fast_decode=fast_decode)
+    ext = extract(encoder, test, options, desc="embedding test images")
     labels = test.labels[ext.indices]
     if test.is_leave_one_out():
         return recall_at_k(ext.descriptors, labels, ks)
@@ -154,14 +151,11 @@ def landmark_metrics(database: np.ndarray, queries: np.ndarray, gnd: Sequence[di
 
 # -- extraction ---------------------------------------------------------------------------------------------------
 
-def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int | str, amp: str,
-                resize: str, progress: bool, desc: str, fast_decode: bool = FAST_DECODE) -> Extraction:
-    """``extract`` with ``skip_bad=False`` of the pooled vectors (before PCA and L2): every row, or the
-    :class:`~vitrieval.data.images.ImageDecodeError` of the first unreadable file (raised where it was decoded,
+def extract_all(model: torch.nn.Module, table: ImageTable, options: ExtractionOptions, desc: str) -> Extraction:
+    """:func:`~vitrieval.embed.extract` of the pooled vectors (before PCA and L2) of every row, stopping at the
+    first unreadable file with its :class:`~vitrieval.data.images.ImageDecodeError` (raised where it was decoded,
     also inside a DataLoader worker)."""
-    ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                  skip_bad=False, apply_pca=False, progress=progress, desc=desc, pooled=True,
-                  fast_decode=fast_decode)
+    ext = extract(model, table, ExtractionOptions.of(options, skip_bad=False, output="pooled"), desc=desc)
     if len(ext.indices) != len(table) or not np.array_equal(ext.indices, np.arange(len(table))):
         raise RuntimeError(f"extraction returned {len(ext.indices)} of {len(table)} rows of {table.name}")
     return ext
@@ -172,24 +166,6 @@ def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int,
 def default_ks(dataset: str) -> tuple[int, ...]:
     """The paper's Recall@K values for ``dataset`` (1, 2, 4, 8 for unknown category-level datasets)."""
     return DEFAULT_KS.get(dataset, (1, 2, 4, 8))
-
-
-@dataclass(frozen=True)
-class ExtractionOptions:
-    """How images are embedded: ``batch_size`` images per forward pass, ``num_workers`` decoding workers, the
-    autocast policy ``amp`` (:func:`vitrieval.amp.autocast_context`), a progress bar, and ``fast_decode``
-    (``data.fast_decode``: large JPEGs decoded at a reduced DCT scale that still covers the eval resize)."""
-
-    batch_size: int = 64
-    num_workers: int | str = "auto"
-    amp: str = "auto"
-    progress: bool = True
-    fast_decode: bool = FAST_DECODE
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or (self.num_workers != "auto" and self.num_workers < 0):
-            raise ValueError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} and "
-                             f"{self.num_workers}")
 
 
 def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks: Sequence[int] | None = None,
@@ -235,9 +211,8 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     rerank = rerank if rerank is not None and rerank.methods else None
 
     def embed(rows: ImageTable, what: str) -> np.ndarray:
-        return extract_all(model, rows, batch_size=ext_options.batch_size, num_workers=ext_options.num_workers,
-                           amp=ext_options.amp, resize=resize, progress=ext_options.progress,
-                           desc=f"embedding {what}", fast_decode=ext_options.fast_decode).descriptors
+        return extract_all(model, rows, ExtractionOptions.of(ext_options, resize=resize),
+                           desc=f"embedding {what}").descriptors
 
     test = table.split("test")
     if len(test) == 0:

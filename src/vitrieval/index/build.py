@@ -123,6 +123,16 @@ class BuildOptions:
             prep["fast_decode"] = bool(self.fast_decode)
         return prep
 
+    def extraction(self, amp: str) -> Any:
+        """The :class:`~vitrieval.embed.ExtractionOptions` of the build's torch extraction (under ``amp``, the mode
+        it records): unreadable images skipped and listed."""
+        from vitrieval.embed import ExtractionOptions
+
+        return ExtractionOptions(batch_size=self.batch_size, num_workers=self.num_workers, amp=amp,
+                                 resize=self.resize, skip_bad=True,
+                                 output="descriptor" if self.apply_pca else "normalized",
+                                 progress=self.progress, fast_decode=bool(self.fast_decode))
+
     def decode_min_side(self, data_config: dict[str, Any]) -> int | None:
         """The ``min_side`` images are decoded with (:attr:`fast_decode`; ``None``: full size)."""
         from vitrieval.data.preprocessing import Preprocessing
@@ -234,12 +244,12 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     return result
 
 
-def extract(encoder: Encoder, table: ImageTable, **kwargs: Any) -> Any:
+def extract(encoder: Encoder, table: ImageTable, *args: Any, **kwargs: Any) -> Any:
     """:func:`vitrieval.embed.extract`, imported when a build embeds (that module needs torch; an index opened
     for ``runtime="onnx"`` search imports this one without it)."""
     from vitrieval.embed import extract as torch_extract
 
-    return torch_extract(encoder, table, **kwargs)
+    return torch_extract(encoder, table, *args, **kwargs)
 
 
 def _onnx_embedder(encoder: Encoder, checkpoint: Path, options: BuildOptions, ctx: DistContext,
@@ -264,7 +274,7 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
     """Embed the shards in ``todo`` (all ranks; with ``embedder`` rank 0 alone), write them and gather every
     shard's chunk (rank 0)."""
     from vitrieval.progress import tqdm
-    from vitrieval.runtime.table_embed import embed_table
+    from vitrieval.runtime.extraction import embed_table
 
     chunks: list[Chunk] = []
     skipped: list[str] = []
@@ -274,13 +284,11 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
         if s in todo:
             sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
             if embedder is not None:
-                ex = embed_table(embedder, sub, options.batch_size, options.progress, f"shard {s + 1}/{n_shards}",
-                                 min_side=options.decode_min_side(encoder.data_config))
+                ex = embed_table(embedder, sub, options.batch_size, min_side=options.decode_min_side(
+                    encoder.data_config), progress=options.progress, desc=f"shard {s + 1}/{n_shards}")
             else:
-                ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
-                             resize=options.resize, skip_bad=True, apply_pca=options.apply_pca,
-                             progress=options.progress, desc=f"shard {s + 1}/{n_shards}", distributed=ctx,
-                             fast_decode=bool(options.fast_decode))
+                ex = extract(encoder, sub, options.extraction(amp), desc=f"shard {s + 1}/{n_shards}",
+                             distributed=ctx)
             descriptors = ex.descriptors
             kept = [records[i] for i in ex.indices.tolist()]
             bad = list(ex.bad_paths)

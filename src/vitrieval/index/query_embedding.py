@@ -36,7 +36,7 @@ from vitrieval.amp import AMP_MODES, amp_mode, resolve_device
 from vitrieval.data.images import load_image
 from vitrieval.data.preprocessing import Preprocessing
 from vitrieval.index.store import ModelMismatchError
-from vitrieval.runtime.embedder import Embedder, check_runtime, torch_missing
+from vitrieval.runtime.embedder import Embedder, check_runtime, embed_images, torch_missing
 
 if TYPE_CHECKING:
     from vitrieval.model import Encoder
@@ -207,7 +207,7 @@ class QueryEmbedding:
         except ImportError as exc:
             raise (torch_missing(exc) or exc) from None
         amp = self._amp(encoder) if stored or self.query_amp is None else self.query_amp
-        return TorchEmbedder(self._embedding_model(encoder), self.info["data_config"], resize, amp)
+        return TorchEmbedder(self._embedding_model(encoder), self.preprocessing, amp)
 
     # -- embedding ---------------------------------------------------------------------------------------------
     def prepare(self, image: ImageLike) -> Any:
@@ -236,4 +236,4 @@ class QueryEmbedding:
         pil = [as_rgb(im, min_side) for im in images]
         embedder = self.embedder
         with self._lock:
-            return embedder.embed(pil, batch_size=batch_size)
+            return embed_images(embedder, pil, batch_size)

@@ -65,13 +65,7 @@ class OnnxEmbedder:
     def prepare(self, image: Image.Image) -> np.ndarray:
         return self.preprocess(image)
 
-    def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    def embed_prepared(self, inputs: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         if not len(inputs):
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return self.run(np.stack(list(inputs)))
-
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        out = [self.run(self.preprocess.batch(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return np.concatenate(out)
+        return self.run(inputs if isinstance(inputs, np.ndarray) else np.stack(list(inputs)))

@@ -20,7 +20,7 @@ import torch
 
 from vitrieval.data.table import ImageTable
 from vitrieval.data.tuples import EpochTuples
-from vitrieval.embed import FAST_DECODE, extract
+from vitrieval.embed import FAST_DECODE, ExtractionOptions, extract
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,12 @@ def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.nda
     if negatives == 0:
         return EpochTuples(chosen[:, 0], chosen[:, 1], np.zeros((len(chosen), 0), np.int64))
     pool_rows = rng.permutation(len(table))[:min(pool_size, len(table))].astype(np.int64)
-    options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize, skip_bad=skip_bad,
-                   apply_pca=False, progress=progress, fast_decode=fast_decode)
+    options = ExtractionOptions(batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
+                                skip_bad=skip_bad, output="normalized", progress=progress, fast_decode=fast_decode)
     q_table = ImageTable([table[int(i)] for i in chosen[:, 0]], f"{table.name}/epoch-{epoch}-queries")
     p_table = ImageTable([table[int(i)] for i in pool_rows], f"{table.name}/epoch-{epoch}-pool")
-    q_ext = extract(encoder, q_table, desc=f"epoch {epoch}: embedding {len(q_table)} queries", **options)
-    p_ext = extract(encoder, p_table, desc=f"epoch {epoch}: embedding a pool of {len(p_table)}", **options)
+    q_ext = extract(encoder, q_table, options, desc=f"epoch {epoch}: embedding {len(q_table)} queries")
+    p_ext = extract(encoder, p_table, options, desc=f"epoch {epoch}: embedding a pool of {len(p_table)}")
     chosen = chosen[q_ext.indices]
     pool_rows = pool_rows[p_ext.indices]
     labels = table.labels
