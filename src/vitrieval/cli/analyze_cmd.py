@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{len(args.label)} --label for {len(sources)} models")
     from vitrieval.amp import resolve_device
     from vitrieval.analyze.models import benchmark_descriptors, write_analysis
-    from vitrieval.cli.evaluate_cmd import encoder_from_args
+    from vitrieval.cli.retrieval_options import encoder_from_args
     from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.evaluation.protocol import ExtractionOptions
 

@@ -41,11 +41,12 @@ from vitrieval.cli import CLIError, check_output_file, num_workers_arg
 from vitrieval.cli.retrieval_options import (
     add_device_argument,
     add_full_decode_argument,
+    add_model_arguments,
     add_rerank_arguments,
     add_scales_argument,
+    encoder_from_args,
     rerank_from_args,
 )
-from vitrieval.config import POOLINGS
 
 if TYPE_CHECKING:
     from vitrieval.model import Encoder
@@ -120,13 +121,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``evaluate``."""
     parser = subparsers.add_parser("evaluate", help="Recall@K / revisited mAP of a model on a benchmark",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="trained model folder (a run folder or its model/)")
-    source.add_argument("--model", help="timm model name: off-the-shelf pretrained features (IRT_O)")
-    parser.add_argument("--pretrained-file", help="with --model: timm weights file (.pth / .safetensors), offline")
-    parser.add_argument("--pooling", choices=POOLINGS,
-                        help="with --model: the descriptor's pooling (default cls for a ViT; a convnet needs one of "
-                             "mac, spoc, gem, rmac)")
+    add_model_arguments(parser, required=True)
     parser.add_argument("--dataset", required=True,
                         help="sop | cub | inshop | roxford5k | rparis6k | folder | csv")
     parser.add_argument("--data-root", required=True, help="the dataset folder")
@@ -156,7 +151,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "and preprocessing (default $XDG_CACHE_HOME/vitrieval/distractors)")
     parser.add_argument("--distractor-shard-size", type=int, default=10_000, metavar="N",
                         help="distractor images per resumable shard (default 10000)")
-    parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
@@ -171,35 +165,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def encoder_from_args(args: argparse.Namespace) -> Encoder:
-    """The model to evaluate: a trained folder, or timm's pretrained weights (IRT_O; also ``vitrieval analyze``)."""
-    from vitrieval.config import ModelConfig
-    from vitrieval.model import Encoder, PretrainedWeightsError, load
-
-    if args.checkpoint:
-        if args.pooling:
-            raise CLIError("--pooling goes with --model; a trained model keeps the pooling it was trained with")
-        try:
-            return load(args.checkpoint)
-        except PretrainedWeightsError as exc:
-            raise CLIError(str(exc)) from None
-    cfg = ModelConfig(name=args.model, pretrained=True, pretrained_file=args.pretrained_file,
-                      image_size=args.image_size or 224, pooling=args.pooling or "cls")
-    try:
-        return Encoder(cfg)
-    except PretrainedWeightsError as exc:
-        raise CLIError(str(exc)) from None
-    except ValueError as exc:  # the pooling of the other backbone family
-        raise CLIError(f"{exc} (pass --pooling)") from None
-    except Exception as exc:  # noqa: BLE001 - timm / hub failures (offline, unknown name) become one clear line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        if "Unknown model" in first:
-            raise CLIError(f"--model {args.model}: unknown timm model ({first})") from None
-        raise CLIError(f"--model {args.model}: could not get its pretrained weights ({type(exc).__name__}: "
-                       f"{first}). Without network access pass --pretrained-file PATH (timm weights, "
-                       ".pth or .safetensors)") from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the paper-style line, optionally write the JSON; returns the exit code."""
     from pathlib import Path
@@ -210,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown dataset {args.dataset!r}; known: {', '.join(READERS)}")
     if not Path(args.data_root).expanduser().exists():
         raise CLIError(f"--data-root {args.data_root} does not exist")
-    if args.pretrained_file and not args.model:
-        raise CLIError("--pretrained-file goes with --model (a checkpoint carries its own weights)")
     if args.save_pca is not None:
         if args.pca is None and args.whiten != "learned":
             raise CLIError("--save-pca DIR goes with --pca DIM (or --whiten learned): it writes the model plus the "

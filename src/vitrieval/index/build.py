@@ -372,6 +372,17 @@ def _augmented(chunks: list[Chunk], dba: RerankOptions) -> list[Chunk]:
     return [(augmented[a:b], k) for (_, k), a, b in zip(kept, bounds[:-1], bounds[1:])]
 
 
+def recorded_checkpoint(checkpoint: Path, directory: Path | None) -> str:
+    """How ``index.json`` names the model folder: relative to the index when it lies inside it (``index --model``
+    writes ``OUT/model``: the folder then moves as a whole), else its absolute path."""
+    if directory is not None:
+        try:
+            return str(Path(checkpoint).resolve().relative_to(Path(directory).expanduser().resolve()))
+        except ValueError:
+            pass
+    return str(checkpoint)
+
+
 def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
              options: BuildOptions, preprocessing: dict[str, Any], skipped: list[str], started: float) -> Built:
     """Train (if needed) and fill the faiss index from descriptor chunks; ids are consecutive from 0."""
@@ -397,8 +408,8 @@ def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory:
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     info = {
         "format": FORMAT, "version": FORMAT_VERSION,
-        "checkpoint": str(checkpoint), "fingerprint": encoder.fingerprint(), "descriptor_dim": dim,
-        "factory": resolved, "requested_factory": options.factory, "metric": "inner_product",
+        "checkpoint": recorded_checkpoint(checkpoint, directory), "fingerprint": encoder.fingerprint(),
+        "descriptor_dim": dim, "factory": resolved, "requested_factory": options.factory, "metric": "inner_product",
         "data_config": encoder.data_config, "preprocessing": preprocessing,
         "count": count, "next_id": next_id, "created": now, "updated": now,
         "build_seconds": round(time.time() - started, 3), "skipped": list(skipped),

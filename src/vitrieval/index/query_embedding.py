@@ -69,6 +69,14 @@ class QueryEmbedding:
         self._multi_scale: Any = None  # the encoder's MultiScaleEncoder at the index's scales, made once
 
     @property
+    def model_dir(self) -> Path:
+        """The model folder ``info["checkpoint"]`` names (a relative one lies inside the index folder: ``vitrieval
+        index --model`` writes it there)."""
+        path = Path(self.info["checkpoint"])
+        directory = getattr(self, "directory", None)
+        return directory / path if not path.is_absolute() and directory is not None else path
+
+    @property
     def fingerprint(self) -> str:
         """Fingerprint of the model that embedded the collection."""
         return str(self.info["fingerprint"])
@@ -113,7 +121,7 @@ class QueryEmbedding:
     def _load_encoder(self) -> Encoder:
         from vitrieval.model import load
 
-        checkpoint = Path(self.info["checkpoint"])
+        checkpoint = self.model_dir
         if not checkpoint.exists():
             raise FileNotFoundError(f"the index's model {checkpoint} is gone; pass checkpoint= to Index.load "
                                     f"(--checkpoint) with the folder of the model that built it")
@@ -128,6 +136,16 @@ class QueryEmbedding:
             raise ModelMismatchError(f"the model at {checkpoint} gives {encoder.descriptor_dim}-d descriptors, "
                                      f"the index holds {self.descriptor_dim}-d ones")
         return encoder
+
+    def use_encoder(self, encoder: Encoder) -> None:
+        """Embed with ``encoder`` (e.g. ``--model NAME --pretrained-file F`` made again) instead of loading the
+        index's model folder; refused unless it is the index's model (fingerprint and dimension)."""
+        if encoder.fingerprint() != self.fingerprint or encoder.descriptor_dim != self.descriptor_dim:
+            raise ModelMismatchError(f"this model (fingerprint {encoder.fingerprint()}, {encoder.descriptor_dim}-d) "
+                                     f"is not the one the index was built with ({self.fingerprint}, "
+                                     f"{self.descriptor_dim}-d): its descriptors are not comparable")
+        with self._lock:
+            self._encoder, self._embedder, self._stored_embedder = encoder, None, None
 
     def _amp(self, encoder: Encoder) -> str:
         """The mixed precision the index's descriptors were made with (see :func:`vitrieval.amp.amp_mode`)."""
@@ -197,7 +215,7 @@ class QueryEmbedding:
             if self.scales != (1.0,):
                 raise OnnxModelError(f"this index holds multi-scale descriptors (scales {self.scales}); the exported "
                                      "graph runs one scale: query it with runtime torch")
-            embedder = OnnxEmbedder(default_onnx_path(self.info["checkpoint"]), resize=resize, threads=self.threads)
+            embedder = OnnxEmbedder(default_onnx_path(self.model_dir), resize=resize, threads=self.threads)
             check_same_model(embedder.info, embedder.path, self.fingerprint, self.descriptor_dim)
             return embedder
         from vitrieval.runtime.torch_embedder import TorchEmbedder
