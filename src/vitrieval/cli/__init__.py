@@ -13,8 +13,8 @@ import sys
 
 from vitrieval import __version__
 
-COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "export", "demo",
-                             "report", "reproduce", "analyze")
+COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "embed", "index", "search", "serve", "export",
+                             "demo", "report", "reproduce", "analyze")
 
 
 class CLIError(Exception):

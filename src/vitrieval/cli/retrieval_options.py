@@ -92,10 +92,13 @@ def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
     too when ``HF_HUB_OFFLINE`` is set."""
     import os
     import socket
+    import sys
     import threading
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    constants = sys.modules.get("huggingface_hub.constants")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") \
+            or getattr(constants, "HF_HUB_OFFLINE", False):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
