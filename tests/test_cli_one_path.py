@@ -97,7 +97,7 @@ def test_the_same_image_gets_the_same_descriptor_on_every_path(world: dict, monk
     seen: list[np.ndarray] = []
     real = index.embed_prepared
 
-    def spy(batch, stored=False):  # noqa: ANN001, ANN202
+    def spy(batch, stored=False):
         out = real(batch, stored=stored)
         seen.append(out)
         return out
