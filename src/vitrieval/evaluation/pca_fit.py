@@ -13,7 +13,7 @@ on the query–positive pairs of ``fit_dataset`` (SfM-120k: ``table.extras["pair
 training split), from the descriptors of the images those pairs use; ``fit_max_images`` then caps the number of
 *pairs* (an even subsample). ``dim`` keeps the first components (default: all). Its record adds
 ``"method": "learned"`` (``{"dim", "whiten": true, "fitted_on": "sfm120k/train", "method": "learned"}``); it is
-stored with the model like a PCA.
+saved with the model like a PCA (``save_to``).
 """
 
 from __future__ import annotations
