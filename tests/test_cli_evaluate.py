@@ -156,6 +156,7 @@ def test_cli_model_offline_without_weights_names_pretrained_file(main, folder_ro
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # restored afterwards: the command sets it for its process
     code = main(["evaluate", "--model", "deit_tiny_patch16_224", "--dataset", "folder", "--data-root",
                  str(folder_root), "--image-size", "32", "--workers", "0", "--no-progress"])
     assert code == 2

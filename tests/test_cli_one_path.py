@@ -177,6 +177,9 @@ def test_offline_without_a_weights_file_fails_in_one_line(world: dict, tmp_path:
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
     """No network and no weights file: one line naming --pretrained-file, exit 2, nothing written."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", huggingface_hub.constants.HF_HUB_OFFLINE)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     assert main(["index", "--model", MODEL, "--images", str(world["images"][0].parent), "-o",

@@ -104,8 +104,11 @@ def test_hub_reachable_is_false_offline_or_without_an_answer(monkeypatch: pytest
     that refuses (a closed local port) or does not answer within the probe's timeout, count as offline."""
     import socket
 
+    import huggingface_hub.constants
+
     from vitrieval.cli.retrieval_options import hub_reachable
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not hub_reachable()
     monkeypatch.delenv("HF_HUB_OFFLINE")
