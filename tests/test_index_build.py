@@ -38,7 +38,7 @@ def test_build_writes_complete_index_and_lists_the_corrupt_file(world: dict) -> 
     assert {r["path"] for r in rows} == {str(p.resolve()) for p in good_images(world)}
     assert all(r["label"] is None for r in rows)
     assert (data / "index.faiss").stat().st_size > 30 * 192 * 4
-    assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.json", "00000.npy"]
+    assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.csv", "00000.json", "00000.npy"]
 
 
 def test_too_few_descriptors_for_the_factory_is_a_clear_error(world: dict, tmp_path: Path) -> None:
@@ -76,7 +76,8 @@ def test_resume_reuses_finished_shards(world: dict, tmp_path: Path, monkeypatch:
     with pytest.raises(KeyboardInterrupt):
         Index.build(world["model"], world["images"], d, factory="Flat", num_workers=0, shard_size=10, progress=False)
     assert calls == [10, 10, 10]
-    assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.json", "00000.npy", "00001.json", "00001.npy"]
+    assert sorted(p.name for p in (d / "shards").iterdir()) == [f"0000{s}.{x}" for s in (0, 1)
+                                                                for x in ("csv", "json", "npy")]
     assert not (d / "index.json").exists()
     mtimes = {p.name: p.stat().st_mtime_ns for p in (d / "shards").iterdir()}
 
