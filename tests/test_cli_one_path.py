@@ -48,7 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     images.append(big)
     model_flags = ["--model", MODEL, "--pretrained-file", str(weights), "--image-size", "32"]
     assert main(["index", *model_flags, "--images", str(root / "images"), "-o", str(root / "idx"),
-                 "--num-workers", "0", "--no-progress"]) == 0
+                 "--workers", "0", "--no-progress"]) == 0
     return {"root": root, "weights": weights, "images": images, "flags": model_flags, "idx": root / "idx"}
 
 
@@ -157,7 +157,7 @@ def test_embed_writes_the_index_descriptors_as_shards(world: dict, tmp_path: Pat
     assert main(argv) == 0  # resumed: every shard reused
     assert f"embedded {len(world['images'])} image(s)" in capsys.readouterr().out
     assert main(["index", "--checkpoint", str(out / "model"), "--table", str(table), "-o", str(out),
-                 "--shard-size", "5", "--num-workers", "0", "--no-progress"]) == 0
+                 "--shard-size", "5", "--workers", "0", "--no-progress"]) == 0
     built = Index.load(out)
     np.testing.assert_allclose(stored(built, world["images"][1]), stored(index, world["images"][1]), atol=1e-6)
 

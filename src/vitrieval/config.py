@@ -9,6 +9,7 @@ the CLI stops with one line and exit 2 before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -317,6 +318,26 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def unknown_key_hint(key: str, keys: list[str]) -> str:
+    """What to say about an unknown dotted ``key``: the closest valid keys (difflib) in its section (or anywhere,
+    for a wrong section), else the keys of its section, else the sections: a short line, never all ~80 keys."""
+    section, _, last = key.rpartition(".")
+    in_section = [k[len(section) + 1:] for k in keys if section and k.startswith(section + ".")]
+    if in_section:
+        close = [f"{section}.{n}" for n in difflib.get_close_matches(last, in_section, n=3, cutoff=0.6)]
+        if close:
+            return f"did you mean {' or '.join(close)}?"
+        return f"the keys of {section}: {', '.join(in_section)}"
+    by_last = {k.rpartition(".")[2]: k for k in keys}
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    close += [by_last[n] for n in difflib.get_close_matches(last, list(by_last), n=3, cutoff=0.75)
+              if by_last[n] not in close]
+    if close:
+        return f"did you mean {' or '.join(close[:3])}?"
+    sections = list(dict.fromkeys(k.split(".", 1)[0] for k in keys if "." in k))
+    return f"keys are SECTION.NAME with SECTION one of {', '.join(sections)} (vitrieval presets NAME shows them all)"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -373,8 +394,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
     hints = _field_types(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
-        keys = ", ".join(f"{prefix}{k}" for k in unknown)
-        raise KeyError(f"{source}: unknown config key(s) {keys}; valid keys: {', '.join(valid_keys(cls, prefix))}")
+        keys = [f"{prefix}{k}" for k in unknown]
+        hints_ = "; ".join(f"{k}: {unknown_key_hint(k, valid_keys(Config))}" for k in keys)
+        raise KeyError(f"{source}: unknown config key(s) {', '.join(keys)} ({hints_})")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -437,7 +459,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         path, value = parse_override(text)
         dotted = ".".join(path)
         if dotted not in all_keys:
-            raise KeyError(f"unknown config key {dotted!r}; valid keys: {', '.join(all_keys)}")
+            raise KeyError(f"unknown config key {dotted!r}; {unknown_key_hint(dotted, all_keys)}")
         if _is_string_field(path) and isinstance(value, (bool, int, float)):
             value = text.split("=", 1)[1].strip()  # --set train.amp=off means the string "off", not false
         node = data

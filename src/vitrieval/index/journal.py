@@ -19,8 +19,10 @@ before its fsync returned: it is ignored (and cut off before the next append). A
 it cannot come from a crash: :class:`JournalError` names the file and the byte offset.
 
 One process writes a folder at a time: the writer holds an exclusive ``flock`` on the index folder itself (a second
-one, say ``vitrieval index --add`` beside a ``vitrieval serve`` taking writes, is refused with a clear error). An
-emptied journal is removed, so a compacted folder holds no journal at all.
+one, say ``vitrieval index --add`` beside a ``vitrieval serve`` taking writes, is refused with a clear error), and
+a folder it cannot write (read-only, another user's, immutable) is refused when the lock is taken
+(:func:`vitrieval.disk_errors.check_writable`). An emptied journal is removed, so a compacted folder holds no
+journal at all.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from vitrieval.disk_errors import NotWritable, check_writable
 from vitrieval.index.store import IndexFormatError, fsync_dir
 from vitrieval.io_utils import atomic_path
 
@@ -131,6 +134,11 @@ class JournalWriter:
             os.close(self._lock_fd)
             raise JournalLocked(f"{directory} is being written by another process (a `vitrieval serve` taking "
                                 "writes, or another `vitrieval index --add/--remove`): stop it first") from None
+        try:
+            check_writable(directory)  # NotWritable now, in one line, rather than at the first append
+        except NotWritable:
+            os.close(self._lock_fd)
+            raise
         records, intact = read_journal(directory)
         self.last_seq = records[-1].seq if records else 0
         """The sequence number of the last record in the journal (0: none)."""
@@ -167,7 +175,10 @@ class JournalWriter:
         fsync_dir(self.directory)
 
     def close(self) -> None:
+        """Close the journal and release the lock (a second call does nothing)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        os.close(self._lock_fd)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
