@@ -180,7 +180,7 @@ def main() -> None:
     from vitrieval.config import ModelConfig
     from vitrieval.index import Index
     from vitrieval.model import Encoder
-    from vitrieval.serve.uploads import ResizeTarget, UploadLimits
+    from vitrieval.serve.uploads import UploadLimits
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_memory_"))
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def main() -> None:
         Image.new("RGB", (96, 96), (30 * i, 200 - 20 * i, 90)).save(tmp / "images" / f"{i}.png")
     index = Index.build(model, tmp / "images", tmp / "index", factory="Flat", num_workers=0, progress=False)
     warm = tmp / "images" / "0.png"
-    target = ResizeTarget.from_index_info(index.info)
+    target = index.preprocessing
     files = {row: make_file(row, tmp) for row in args.rows}
     limits = UploadLimits()
     print(f"model {args.model} ({spec['image_size']} px: the eval resize target is a shorter side of "

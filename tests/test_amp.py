@@ -58,3 +58,30 @@ def test_autocast_context_applies_the_policy(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
     with autocast_context(CPU, "auto"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_check_device_takes_the_device_names(name: str) -> None:
+    from vitrieval.amp import check_device
+
+    assert check_device(name) == name
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:", "cuda:x", "CPU", "", "cuda:0,1"])
+def test_check_device_refuses_anything_else_naming_the_choices(name: str) -> None:
+    from vitrieval.amp import check_device
+
+    with pytest.raises(ValueError, match=r"auto, cpu, cuda, cuda:N") as err:
+        check_device(name)
+    assert len(str(err.value).splitlines()) == 1 and repr(name) in str(err.value)
+
+
+def test_resolve_device_refuses_what_this_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vitrieval.amp import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == torch.device("cpu")

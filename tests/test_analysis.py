@@ -130,7 +130,7 @@ def test_cli_analyze_full_decode_reaches_the_extraction(products_32: Path, tmp_p
                         depth=1, embed_dim=64, num_heads=2)).save(tmp_path / "m")
     seen: list[bool] = []
     real = models.extract_all
-    monkeypatch.setattr(models, "extract_all", lambda *a, **k: seen.append(k["fast_decode"]) or real(*a, **k))
+    monkeypatch.setattr(models, "extract_all", lambda *a, **k: seen.append(a[2].fast_decode) or real(*a, **k))
     base = ["analyze", "--checkpoint", str(tmp_path / "m"), "--dataset", "folder", "--data-root", str(products_32),
             "--workers", "0", "--no-progress"]
     assert main([*base, "--output", str(tmp_path / "fast")]) == 0

@@ -93,23 +93,38 @@ def test_cli_checkpoint_json(main, model_dir: Path, folder_root: Path, tmp_path:
     assert "results written to" in captured.err
 
 
-def test_cli_pca_is_stored_with_the_checkpoint(model_dir: Path, folder_root: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_cli_pca_never_edits_the_model_and_save_pca_writes_a_new_one(model_dir: Path, folder_root: Path,
+                                                                       tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """``evaluate --pca``: RUN/model byte-identical afterwards; ``--save-pca DIR``: a new model folder to index."""
     import shutil
 
     run_dir = tmp_path / "run"
     shutil.copytree(model_dir, run_dir / "model")
+    before = {f.name: f.read_bytes() for f in (run_dir / "model").iterdir()}
     assert _run(["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-root", str(folder_root),
                  "--pca", "8", "--workers", "0", "--no-progress", "-o", str(tmp_path / "r.json")]) == 0
-    assert "stored beside the model" in capsys.readouterr().out
-    assert vitrieval.load(run_dir).descriptor_dim == 8
+    assert {f.name: f.read_bytes() for f in (run_dir / "model").iterdir()} == before
     assert json.loads((tmp_path / "r.json").read_text())["pca"]["fitted_on"] == "folder/train"
-    # --no-save-pca leaves the folder alone
-    other = tmp_path / "other"
-    shutil.copytree(model_dir, other)
-    assert _run(["evaluate", "--checkpoint", str(other), "--dataset", "folder", "--data-root", str(folder_root),
-                 "--pca", "8", "--no-save-pca", "--workers", "0", "--no-progress"]) == 0
-    assert not (other / "pca.safetensors").exists()
+    assert _run(["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-root", str(folder_root),
+                 "--pca", "8", "--save-pca", str(tmp_path / "pca8"), "--workers", "0", "--no-progress"]) == 0
+    assert f"written to {tmp_path / 'pca8'}" in capsys.readouterr().out
+    assert {f.name: f.read_bytes() for f in (run_dir / "model").iterdir()} == before
+    saved = vitrieval.load(tmp_path / "pca8")
+    assert saved.descriptor_dim == 8 and saved.fingerprint() != vitrieval.load(run_dir).fingerprint()
+    # a plain evaluate afterwards still reports the model's own 192-d descriptors
+    assert _run(["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-root", str(folder_root),
+                 "--workers", "0", "--no-progress", "-o", str(tmp_path / "plain.json")]) == 0
+    assert json.loads((tmp_path / "plain.json").read_text())["descriptor_dim"] == 192
+    # --save-pca never over an existing model, nor without a PCA
+    from vitrieval.cli import CLIError
+
+    with pytest.raises(CLIError, match="already there"):
+        _run(["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-root", str(folder_root),
+              "--pca", "8", "--save-pca", str(tmp_path / "pca8"), "--workers", "0", "--no-progress"])
+    with pytest.raises(CLIError, match="goes with --pca"):
+        _run(["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-root", str(folder_root),
+              "--save-pca", str(tmp_path / "x"), "--workers", "0", "--no-progress"])
 
 
 def test_cli_user_errors_exit_2(main, model_dir: Path, folder_root: Path, tmp_path: Path,
@@ -148,6 +163,7 @@ def test_cli_model_offline_without_weights_names_pretrained_file(main, folder_ro
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # restored afterwards: the command sets it for its process
     code = main(["evaluate", "--model", "deit_tiny_patch16_224", "--dataset", "folder", "--data-root",
                  str(folder_root), "--image-size", "32", "--workers", "0", "--no-progress"])
     assert code == 2
@@ -303,7 +319,7 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
     write_shapes_folder(distractor_dir)
     cache = tmp_path / "cache"
     base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "roxford5k", "--data-root", str(roxford),
-            "--scales", "1,0.5", "--pca", "4", "--no-save-pca", "--workers", "0", "--no-progress",
+            "--scales", "1,0.5", "--pca", "4", "--workers", "0", "--no-progress",
             "--distractors", str(distractor_dir), "--distractor-cache", str(cache), "--distractor-shard-size", "7"]
     assert _run(base + ["-o", str(tmp_path / "a.json")]) == 0
     payload = json.loads((tmp_path / "a.json").read_text())
@@ -312,7 +328,7 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
     encoder = vitrieval.load(model_dir)
     features = extract(MultiScaleEncoder(encoder, (1.0, 0.5)), read("folder", distractor_dir), resize="square",
                        apply_pca=False, batch_size=64, num_workers=0, progress=False).descriptors
-    expected = evaluate_model(encoder, "roxford5k", roxford, scales=(1, 0.5), pca=PCAOptions(dim=4, save=False),
+    expected = evaluate_model(encoder, "roxford5k", roxford, scales=(1, 0.5), pca=PCAOptions(dim=4),
                               distractor_features=lambda model, resize: features, **EVAL)
     assert payload["distractors"] == json.loads(json.dumps(expected["distractors"]))
     assert payload["map"] == expected["map"] and payload["distractors"]["map"] != payload["map"]

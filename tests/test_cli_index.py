@@ -58,7 +58,7 @@ def test_cli_index_add_and_search(world: dict, tmp_path: Path, capsys: pytest.Ca
 
     with pytest.raises(CLIError, match="cannot read image"):
         _cli(search_cmd, ["search", "--index", str(out), str(images / "img_corrupt0.jpg")])
-    with pytest.raises(CLIError, match="--checkpoint is required"):
+    with pytest.raises(CLIError, match="--checkpoint or --model is required"):
         _cli(index_cmd, ["index", "--images", str(images), "-o", str(tmp_path / "x.idx")])
     with pytest.raises(CLIError, match="nprobe applies to IVF"):
         _cli(search_cmd, ["search", "--index", str(out), str(query), "--nprobe", "4"])

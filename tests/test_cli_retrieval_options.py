@@ -97,3 +97,28 @@ def test_index_add_refuses_new_scales_and_a_dba_index(built: dict, tmp_path: Pat
     with pytest.raises(ValueError, match="database-side augmented"):
         _cli(index_cmd, ["index", "--images", str(more), "-o", str(copy), "--add", "--workers", "0",
                          "--no-progress"])
+
+
+def test_hub_reachable_is_false_offline_or_without_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model`` without ``--pretrained-file`` asks timm's hub only when it answers: HF_HUB_OFFLINE, or an endpoint
+    that refuses (a closed local port) or does not answer within the probe's timeout, count as offline."""
+    import socket
+
+    import huggingface_hub.constants
+
+    from vitrieval.cli.retrieval_options import hub_reachable
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub_reachable()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with socket.socket() as s:  # a port nobody listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert not hub_reachable(timeout=2.0)
+    with socket.socket() as server:  # a listening one answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable(timeout=2.0)

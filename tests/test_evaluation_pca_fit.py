@@ -47,7 +47,7 @@ def _same_pca(a: PCAReduction, b: PCAReduction) -> bool:
 
 def test_options_refuse_what_the_command_refuses() -> None:
     assert PCAOptions() == PCAOptions(dim=None, whiten=False, fit_dataset=None, fit_root=None, fit_options=None,
-                                      fit_max_images=0, save=True)
+                                      fit_max_images=0, save_to=None)
     with pytest.raises(ValueError, match="give a PCA dimension \\(--pca\\) with --whiten"):
         PCAOptions(whiten=True)
     with pytest.raises(ValueError, match="both a dataset name and a root"):

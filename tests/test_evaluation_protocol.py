@@ -133,7 +133,8 @@ def test_folder_leave_one_out_matches_the_metrics(encoder: Encoder, folder_root:
     assert result["pca"] is None
     json.loads(json.dumps(result, allow_nan=False))
     # the trainer's helper agrees
-    assert recall_on_table(encoder, read_dataset("folder", folder_root), [1, 2, 4, 8], **OPTS) == expected
+    table = read_dataset("folder", folder_root)
+    assert recall_on_table(encoder, table, [1, 2, 4, 8], ExtractionOptions(**OPTS)) == expected
 
 
 def test_explicit_ks_and_too_large_k(encoder: Encoder, folder_root: Path) -> None:
@@ -163,16 +164,27 @@ def test_inshop_query_gallery_matches_the_metrics(encoder: Encoder, inshop_root:
 
 # -- PCA ---------------------------------------------------------------------------------------------------------
 
-def test_pca_is_fitted_on_the_train_split_and_stored_beside_the_model(folder_root: Path, tmp_path: Path) -> None:
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_pca_is_fitted_on_the_train_split_and_saved_as_a_new_model(folder_root: Path, tmp_path: Path) -> None:
+    """``PCAOptions(save_to=DIR)``: the evaluated model folder stays byte-identical; DIR is a new model folder (the
+    model plus the PCA, its own fingerprint) whose descriptors are the evaluation's."""
     model_dir = tiny_encoder(seed=1).save(tmp_path / "run" / "model", extra={"run": "r1", "trained_iterations": 7})
+    before = _tree_bytes(tmp_path / "run")
     enc = vitrieval.load(tmp_path / "run")
-    result = evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8), model_dir=tmp_path / "run", **EVAL)
+    fingerprint = enc.fingerprint()
+    saved = tmp_path / "run-pca8"
+    result = evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8, save_to=saved), **EVAL)
     assert result["pca"] == {"dim": 8, "whiten": False, "fitted_on": "folder/train"}
-    assert result["descriptor_dim"] == 8
+    assert result["descriptor_dim"] == 8 and result["saved_model"] == str(saved)
+    assert _tree_bytes(tmp_path / "run") == before  # RUN/model untouched
+    assert enc.pca is None and enc.fingerprint() == fingerprint
 
     table = read_dataset("folder", folder_root)
-    fresh = vitrieval.load(tmp_path / "run")  # a fresh load picks up pca.safetensors
-    assert fresh.descriptor_dim == 8 and fresh.feature_dim == 192
+    fresh = vitrieval.load(saved)
+    assert fresh.descriptor_dim == 8 and fresh.feature_dim == 192 and fresh.fingerprint() != fingerprint
     # fitted on the training split's pooled vectors (before PCA and L2: pool -> PCA -> L2), not on the test split's
     train_raw = _direct(fresh, table.split("train"), pooled=True)
     test_raw = _direct(fresh, table.split("test"), pooled=True)
@@ -180,21 +192,24 @@ def test_pca_is_fitted_on_the_train_split_and_stored_beside_the_model(folder_roo
     assert torch.allclose(fresh.pca.matrix, ref.matrix, atol=1e-6)
     assert torch.allclose(fresh.pca.bias, ref.bias, atol=1e-6)
     assert not torch.allclose(fresh.pca.matrix.abs(), PCAReduction.fit(test_raw, 8).matrix.abs(), atol=1e-3)
-    # the loaded model computes the evaluation's descriptors: PCA, then L2 again
+    # the saved model computes the evaluation's descriptors: PCA, then L2 again
     z = _direct(fresh, table.split("test"))
     assert z.shape == (15, 8)
     assert np.allclose(z, ref.apply_numpy(test_raw), atol=1e-5)
     assert np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
     assert result["recall_at_k"] == {str(k): v for k, v in recall_at_k(z, table.split("test").labels,
                                                                        [1, 2, 4, 8]).items()}
-    meta = json.loads((model_dir / "config.json").read_text())
+    meta = json.loads((saved / "config.json").read_text())
     assert meta["descriptor_dim"] == 8 and meta["pca"] == result["pca"]
-    assert (meta["run"], meta["trained_iterations"]) == ("r1", 7)
+    assert (meta["run"], meta["trained_iterations"], meta["derived_from"]) == ("r1", 7, fingerprint)
     assert meta["fingerprint"] == fresh.fingerprint()
+    assert json.loads((model_dir / "config.json").read_text())["descriptor_dim"] == 192
 
-    # evaluating the stored model again (no --pca) goes through its PCA and reports where it came from
-    again = evaluate_model(fresh, "folder", folder_root, model_dir=model_dir, **EVAL)
+    # evaluating the saved model again (no --pca) goes through its PCA and reports where it came from
+    again = evaluate_model(fresh, "folder", folder_root, **EVAL)
     assert again["pca"] == result["pca"] and again["recall_at_k"] == result["recall_at_k"]
+    with pytest.raises(ValueError, match="already there"):  # never over another model
+        evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8, save_to=saved), **EVAL)
 
 
 def test_whitened_pca_and_pca_errors(encoder: Encoder, folder_root: Path, roxford_root: Path) -> None:
@@ -215,15 +230,16 @@ def test_evaluating_at_another_size_does_not_store_the_pca(folder_root: Path, tm
     bigger = at_image_size(enc, 48)
     assert bigger is not enc and bigger.data_config["image_size"] == 48 and enc.data_config["image_size"] == 32
     assert bigger(torch.randn(2, 3, 48, 48)).shape == (2, 192)
-    result = evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8), image_size=48, model_dir=model_dir,
+    result = evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8, save_to=tmp_path / "s"), image_size=48,
                             **EVAL)
-    assert result["image_size"] == 48 and result["descriptor_dim"] == 8
-    assert not (model_dir / "pca.safetensors").exists() and enc.pca is None
+    assert result["image_size"] == 48 and result["descriptor_dim"] == 8 and "saved_model" not in result
+    assert not (tmp_path / "s").exists() and enc.pca is None
     assert at_image_size(enc, 32) is enc and at_image_size(enc, None) is enc
     # a failed evaluation leaves the model folder untouched
     with pytest.raises(ValueError, match="99"):
-        evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8), ks=[1, 99], model_dir=model_dir, **EVAL)
-    assert not (model_dir / "pca.safetensors").exists() and vitrieval.load(model_dir).descriptor_dim == 192
+        evaluate_model(enc, "folder", folder_root, pca=PCAOptions(dim=8, save_to=tmp_path / "s"), ks=[1, 99],
+                       **EVAL)
+    assert not (tmp_path / "s").exists() and vitrieval.load(model_dir).descriptor_dim == 192
 
 
 # -- revisited Oxford / Paris ----------------------------------------------------------------------------------------
@@ -235,7 +251,7 @@ def test_revisited_protocol(encoder: Encoder, roxford_root: Path, monkeypatch: p
     real_extract = ev.extract
 
     def spy(*args, **kwargs):
-        resizes.append(kwargs["resize"])
+        resizes.append(args[2].resize)
         return real_extract(*args, **kwargs)
 
     monkeypatch.setattr(ev, "extract", spy)

@@ -4,6 +4,7 @@ computed descriptors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -124,7 +125,9 @@ def test_learned_whitening_from_sfm120k_pairs_is_stored_with_the_model(roxford_r
     model_dir = tiny_encoder().save(tmp_path / "model")
     enc = vitrieval.load(model_dir)
     opts = PCAOptions(dim=8, method="learned", whiten=True, fit_dataset="sfm120k", fit_root=tmp_path / "sfm")
-    result = evaluate_model(enc, "roxford5k", roxford_root, pca=opts, model_dir=model_dir, **EVAL)
+    opts = dataclasses.replace(opts, save_to=tmp_path / "model-lw")
+    result = evaluate_model(enc, "roxford5k", roxford_root, pca=opts, **EVAL)
+    assert vitrieval.load(model_dir).pca is None  # the evaluated model is never edited
     assert result["pca"] == {"dim": 8, "whiten": True, "fitted_on": "sfm120k/train", "method": "learned"}
     assert result["descriptor_dim"] == 8 and "learned whitening 8-d" in format_results(result)
 
@@ -139,7 +142,7 @@ def test_learned_whitening_from_sfm120k_pairs_is_stored_with_the_model(roxford_r
     db = lw.apply_numpy(_direct(enc, table.gallery(), resize="square", pooled=True))
     qs = lw.apply_numpy(_direct(enc, table.queries(), resize="square", pooled=True))
     assert result["map"] == _maps(revisited_map_from_descriptors(db, qs, table.extras["gnd"]))
-    stored = vitrieval.load(model_dir)
+    stored = vitrieval.load(tmp_path / "model-lw")
     assert stored.pca is not None and stored.descriptor_dim == 8
     np.testing.assert_allclose(stored.pca.matrix.numpy(), lw.matrix.numpy(), atol=1e-5)
     again = evaluate_model(stored, "roxford5k", roxford_root, **EVAL)  # the carried Lw, reported as such

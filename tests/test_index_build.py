@@ -38,7 +38,7 @@ def test_build_writes_complete_index_and_lists_the_corrupt_file(world: dict) -> 
     assert {r["path"] for r in rows} == {str(p.resolve()) for p in good_images(world)}
     assert all(r["label"] is None for r in rows)
     assert (data / "index.faiss").stat().st_size > 30 * 192 * 4
-    assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.json", "00000.npy"]
+    assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.csv", "00000.json", "00000.npy"]
 
 
 def test_too_few_descriptors_for_the_factory_is_a_clear_error(world: dict, tmp_path: Path,
@@ -78,24 +78,25 @@ def test_resume_reuses_finished_shards(world: dict, tmp_path: Path, monkeypatch:
     real_extract = index_module.extract
     calls: list[int] = []
 
-    def failing_on_third(encoder, table, **kwargs):
+    def failing_on_third(encoder, table, *args, **kwargs):
         calls.append(len(table))
         if len(calls) == 3:
             raise KeyboardInterrupt("simulated interruption")
-        return real_extract(encoder, table, **kwargs)
+        return real_extract(encoder, table, *args, **kwargs)
 
     d = tmp_path / "resume.idx"
     monkeypatch.setattr(index_module, "extract", failing_on_third)
     with pytest.raises(KeyboardInterrupt):
         Index.build(world["model"], world["images"], d, factory="Flat", num_workers=0, shard_size=10, progress=False)
     assert calls == [10, 10, 10]
-    assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.json", "00000.npy", "00001.json", "00001.npy"]
+    assert sorted(p.name for p in (d / "shards").iterdir()) == [f"0000{s}.{x}" for s in (0, 1)
+                                                                for x in ("csv", "json", "npy")]
     assert not (d / "index.json").exists()
     mtimes = {p.name: p.stat().st_mtime_ns for p in (d / "shards").iterdir()}
 
     calls.clear()
-    monkeypatch.setattr(index_module, "extract", lambda encoder, table, **kw: (calls.append(len(table)),
-                                                                               real_extract(encoder, table, **kw))[1])
+    monkeypatch.setattr(index_module, "extract", lambda encoder, table, *a, **kw: (
+        calls.append(len(table)), real_extract(encoder, table, *a, **kw))[1])
     index = Index.build(world["model"], world["images"], d, factory="Flat", num_workers=0, shard_size=10,
                         progress=False)
     assert calls == [10, 1]  # shards 2 and 3 (the corrupt file is the 31st path) embedded, 0 and 1 reused

@@ -42,7 +42,10 @@ def test_a_written_shard_reads_back_only_for_its_key(tmp_path: Path) -> None:
     key = shard_key(RECORDS, "fp", PREP)
     descriptors = np.arange(4 * 6, dtype=np.float64).reshape(4, 6)
     write_shard(tmp_path, 3, key, descriptors, RECORDS[:4], ["/data/4.png"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00003.json", "00003.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00003.csv", "00003.json", "00003.npy"]
+    # the open-format table beside the descriptors: path,label of its rows, in order
+    assert (tmp_path / "00003.csv").read_text().splitlines() == ["path,label"] + [f"{r.path},{r.label}"
+                                                                                   for r in RECORDS[:4]]
     found = read_shard(tmp_path, 3, key)
     assert found is not None
     got, records, bad = found
@@ -55,9 +58,9 @@ def test_a_written_shard_reads_back_only_for_its_key(tmp_path: Path) -> None:
 
 
 def test_stale_shards_are_removed_and_nothing_else(tmp_path: Path) -> None:
-    names = [f"{s:05d}.{x}" for s in range(4) for x in ("json", "npy")] + ["notes.txt", "00003.npy.tmp"]
+    names = [f"{s:05d}.{x}" for s in range(4) for x in ("csv", "json", "npy")] + ["notes.txt", "00003.npy.tmp"]
     for name in names:
         (tmp_path / name).write_text("x")
     remove_stale_shards(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.json", "00000.npy", "00001.json", "00001.npy",
-                                                          "00003.npy.tmp", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.csv", "00000.json", "00000.npy", "00001.csv",
+                                                          "00001.json", "00001.npy", "00003.npy.tmp", "notes.txt"]

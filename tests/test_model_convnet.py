@@ -138,14 +138,14 @@ def test_convnet_end_to_end_train_evaluate_pca_index_search_serve(products_32, t
     bn = enc.backbone.layer4[1].bn2  # train.batchnorm=frozen: the initial statistics, untouched by 6 steps
     assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)) and int(bn.num_batches_tracked) == 0
 
-    res = evaluate_model(enc, "folder", products_32, ks=[1, 2], pca=PCAOptions(dim=16, save=True),
-                         extraction=ExtractionOptions(batch_size=16, num_workers=0, progress=False), model_dir=out)
+    res = evaluate_model(enc, "folder", products_32, ks=[1, 2], pca=PCAOptions(dim=16, save_to=tmp_path / "pca16"),
+                         extraction=ExtractionOptions(batch_size=16, num_workers=0, progress=False))
     assert res["descriptor_dim"] == 16 and 0.0 <= res["recall_at_k"]["1"] <= 1.0
-    reduced = vitrieval.load(out)
-    assert reduced.descriptor_dim == 16
+    reduced = vitrieval.load(tmp_path / "pca16")
+    assert reduced.descriptor_dim == 16 and vitrieval.load(out).descriptor_dim == 512
 
     images = sorted(products_32.rglob("*.png"))[:12]
-    index = Index.build(out, images, tmp_path / "idx", factory="Flat", num_workers=0, progress=False)
+    index = Index.build(tmp_path / "pca16", images, tmp_path / "idx", factory="Flat", num_workers=0, progress=False)
     hits = index.search([images[0]], k=3)[0]
     assert len(index) == 12 and hits[0].path == str(images[0]) and hits[0].score == pytest.approx(1.0, abs=1e-4)
 

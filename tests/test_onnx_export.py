@@ -15,6 +15,7 @@ from vitrieval.config import ModelConfig
 from vitrieval.data.transforms import eval_transform
 from vitrieval.model import Encoder, load
 from vitrieval.onnx_export import ExportParityError, export_onnx, parity_images
+from vitrieval.runtime.embedder import embed_images
 from vitrieval.runtime.onnx_embedder import OnnxEmbedder
 
 
@@ -70,7 +71,7 @@ def test_a_convnet_with_rmac_and_pca_exports(tmp_path: Path) -> None:
     images = parity_images()
     tf = eval_transform(encoder.data_config)
     expected = encoder.embed(torch.stack([tf(im) for im in images]), amp="off")
-    found = OnnxEmbedder(tmp_path / "m.onnx").embed(images)
+    found = embed_images(OnnxEmbedder(tmp_path / "m.onnx"), images)
     assert found.shape == (4, 32) and np.abs(found - expected).max() <= 1e-4
 
 

@@ -25,11 +25,18 @@ from PIL import Image
 
 from index_world import COLOURS, make_images, make_model
 from vitrieval.data.images import load_image
+from vitrieval.data.preprocessing import Preprocessing
 from vitrieval.index import Index
 from vitrieval.serve import create_app, uploads
 
 MB = 2 ** 20
 PAGE = 4096
+
+
+
+def _target(first_side: int, fast_decode: bool = False) -> Preprocessing:
+    """A pre-processing whose first resize gives a shorter side of ``first_side`` (crop_pct 1)."""
+    return Preprocessing(first_side, (0.5,) * 3, (0.5,) * 3, crop_pct=1.0, fast_decode=fast_decode)
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +165,17 @@ def test_extreme_aspect_ratios_are_refused_naming_the_limit(world: dict) -> None
 
 
 def test_the_resize_target_is_what_the_eval_transform_does(world: dict) -> None:
+    """The upload plan's first resize is the index's one :class:`Preprocessing` (no copy of the rule)."""
     from vitrieval.data.transforms import eval_transform
 
-    info = world["index"].info
-    target = uploads.ResizeTarget.from_index_info(info)
-    assert target == uploads.ResizeTarget(35)  # the 32 px model: 32 / crop_pct 0.9
-    resize = eval_transform(info["data_config"], "shorter").transforms[0]
+    index = world["index"]
+    target = index.preprocessing
+    assert target.first_side == 35  # the 32 px model: 32 / crop_pct 0.9
+    resize = eval_transform(target).transforms[0]
     for size in ((100, 20), (20, 100), (48, 48), (7, 131), (1000, 999), (3, 2)):
-        assert resize(Image.new("RGB", size)).size == target.resized(*size), size
-    square = uploads.ResizeTarget.from_index_info({**info, "preprocessing": {"resize": "square"}})
-    assert square.square and square.resized(100, 20) == (32, 32)
+        assert resize(Image.new("RGB", size)).size == target.resized_size(*size), size
+    square = Preprocessing.from_record(index.info["data_config"], {"resize": "square"})
+    assert square.resize == "square" and square.resized_size(100, 20) == (32, 32)
 
 
 def test_the_size_after_resizing_is_bounded_from_the_header(world: dict) -> None:
@@ -254,7 +262,7 @@ def test_a_large_jpeg_is_decoded_with_draft(world: dict, monkeypatch: pytest.Mon
     assert min(handed) >= uploads.REDUCING_GAP * 35
     assert r.json()["results"][0]["path"] == query.name
     monkeypatch.undo()
-    reduced = uploads.DecodePool(uploads.UploadLimits(), uploads.ResizeTarget(35)).decode_now(data, "big.jpg")
+    reduced = uploads.DecodePool(uploads.UploadLimits(), _target(35)).decode_now(data, "big.jpg")
     assert _cosine(index, reduced, load_image(data)) > 0.999  # same descriptor as a full decode
 
 
@@ -267,18 +275,18 @@ def test_a_fast_decode_index_decodes_a_jpeg_as_load_image(progressive: bool) -> 
     rng = np.random.default_rng(0)
     big = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((1024, 768), Image.Resampling.BICUBIC)
     data = encode(big, "JPEG", quality=90, progressive=progressive)
-    target = uploads.ResizeTarget(35, fast_decode=True)
+    target = _target(35, fast_decode=True)
     a = dct_reduction(768, 35)
     assert a == 8
     plan = uploads.plan_decode(uploads.open_upload(data, "q.jpg"), "q.jpg", uploads.UploadLimits(), target)
     assert plan.decode_size == (1024 // a, 768 // a) == (128, 96) and plan.reduce_factor == 1
     assert plan.cost == (1024 * 768 * 6 if progressive else 0) + 128 * 96 * 4 + 3 * 128 * 96 * 4
     old = uploads.plan_decode(uploads.open_upload(data, "q.jpg"), "q.jpg", uploads.UploadLimits(),
-                              uploads.ResizeTarget(35))
+                              _target(35))
     assert old.decode_size == (128, 96) and old.reduce_factor == 1  # 1/8 here too: 96 < 4 x 35
     smaller = encode(big.resize((512, 384)), "JPEG", quality=90, progressive=progressive)
     old = uploads.plan_decode(uploads.open_upload(smaller, "q.jpg"), "q.jpg", uploads.UploadLimits(),
-                              uploads.ResizeTarget(35))
+                              _target(35))
     new = uploads.plan_decode(uploads.open_upload(smaller, "q.jpg"), "q.jpg", uploads.UploadLimits(), target)
     assert (old.decode_size, old.reduce_factor) == ((128, 96), 1)  # the 2 x 35 rule: 1/4
     assert (new.decode_size, new.reduce_factor) == ((64, 48), 1)  # dct_reduction(384, 35) = 8
@@ -301,7 +309,7 @@ def test_other_formats_are_reduced_before_the_transform(world: dict, monkeypatch
     assert r.status_code == 200 and r.json()["results"][0]["path"] == query.name
     assert seen["decoded"] == [(1500, 1500)] and seen["handed"] == [(72, 72)]  # reduce(21): 2 x 35 px kept
     monkeypatch.undo()
-    reduced = uploads.DecodePool(uploads.UploadLimits(), uploads.ResizeTarget(35)).decode_now(data, "q.png")
+    reduced = uploads.DecodePool(uploads.UploadLimits(), _target(35)).decode_now(data, "q.png")
     assert _cosine(index, reduced, load_image(data)) > 0.999
 
 
@@ -320,7 +328,7 @@ def test_reduced_decodes_match_a_full_decode(mode: str) -> None:
     fmt = "TIFF" if mode in ("CMYK", "PA") else "PNG"
     data = encode(img, fmt)
     assert Image.open(io.BytesIO(data)).mode == mode
-    pool = uploads.DecodePool(uploads.UploadLimits(), uploads.ResizeTarget(36))
+    pool = uploads.DecodePool(uploads.UploadLimits(), _target(36))
     small = pool.decode_now(data, "q")
     full = load_image(data)
     assert small.mode == "RGB" and small.size == (100, 75)  # reduce(4)
@@ -334,7 +342,7 @@ def test_exif_orientation_survives_a_reduced_decode() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
     data = encode(img, "JPEG", quality=95, exif=exif.tobytes())
-    pool = uploads.DecodePool(uploads.UploadLimits(), uploads.ResizeTarget(36))
+    pool = uploads.DecodePool(uploads.UploadLimits(), _target(36))
     small = pool.decode_now(data, "q.jpg")
     full = load_image(data)
     assert full.size == (400, 800) and small.size[0] < small.size[1]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vitrieval.data.tuples import EpochTuples
+from vitrieval.embed import ExtractionOptions
 from vitrieval.training.mining import _pick, epoch_rng, hardest_negatives
 
 
@@ -89,8 +90,8 @@ def test_mining_extracts_with_the_configs_fast_decode(monkeypatch: pytest.Monkey
 
     calls: list[dict] = []
 
-    def fake_extract(encoder, table, **kwargs):
-        calls.append(kwargs)
+    def fake_extract(encoder, table, options, **kwargs):
+        calls.append(options)
         rng = np.random.default_rng(len(calls))
         return Extraction(_unit(rng.normal(size=(len(table), 4)).astype(np.float32)), np.arange(len(table)))
 
@@ -98,9 +99,9 @@ def test_mining_extracts_with_the_configs_fast_decode(monkeypatch: pytest.Monkey
     table = ImageTable([Record(f"/x/{i}.jpg", i // 2) for i in range(12)], "t")
     pairs = np.asarray([[2 * c, 2 * c + 1] for c in range(6)])
     tuples = mining.mine_epoch_tuples(None, table, pairs, 0, 0, query_size=4, pool_size=12, negatives=2,
-                                      progress=False, fast_decode=fast_decode)
+                                      extraction=ExtractionOptions(progress=False, fast_decode=fast_decode))
     assert len(tuples) == 4 and tuples.negatives.shape == (4, 2)
-    assert [c["fast_decode"] for c in calls] == [fast_decode, fast_decode]
+    assert [c.fast_decode for c in calls] == [fast_decode, fast_decode]
     calls.clear()
-    mining.mine_epoch_tuples(None, table, pairs, 0, 0, query_size=4, pool_size=12, negatives=2, progress=False)
-    assert [c["fast_decode"] for c in calls] == [True, True]  # the default: data.fast_decode's
+    mining.mine_epoch_tuples(None, table, pairs, 0, 0, query_size=4, pool_size=12, negatives=2)
+    assert [c.fast_decode for c in calls] == [True, True]  # the default: data.fast_decode's

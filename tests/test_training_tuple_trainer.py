@@ -225,4 +225,4 @@ def test_mining_follows_data_fast_decode(sfm_root, tmp_path, monkeypatch, fast):
     monkeypatch.setattr(tuple_trainer, "mine_epoch_tuples", fake_mine)
     trainer = TupleTrainer(_config(sfm_root, f"data.fast_decode={fast}"), tmp_path / "run", progress=False)
     trainer.mine()
-    assert seen["fast_decode"] is (fast == "true")
+    assert seen["extraction"].fast_decode is (fast == "true")

@@ -37,17 +37,56 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 """Every mode of the table above."""
 
 
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
+"""What a device may be named: every command's ``--device`` and ``train.device`` (:func:`check_device`)."""
+
+
+def device_choices() -> str:
+    """The device names, as a message lists them (``mps`` only where this torch build has it)."""
+    return f"auto, cpu, cuda, cuda:N (N = 0, 1, ...){', mps' if _has_mps() else ''}"
+
+
+def _has_mps() -> bool:
+    """Whether this torch build has Apple's MPS backend (torch is not imported for it: a torch-free process has
+    none to run)."""
+    import sys
+
+    loaded = sys.modules.get("torch")
+    mps = getattr(getattr(loaded, "backends", None), "mps", None)
+    return bool(mps is not None and mps.is_built())
+
+
+def check_device(name: str, what: str = "--device") -> str:
+    """``name`` if it names a device (:data:`DEVICE_PATTERN`), else a one-line ``ValueError`` naming ``what`` and the
+    choices (``mps`` listed where torch has it; a device this machine lacks is refused by :func:`resolve_device`).
+    The one parse of a device name: every command's ``--device`` (:func:`vitrieval.cli.main`) and ``train.device``
+    (:meth:`vitrieval.config.Config.validate`)."""
+    import re
+
+    name = str(name)
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ValueError(f"{what} {name!r} is not one of {device_choices()}")
+    return name
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available (``cuda:LOCAL_RANK`` under torchrun), else ``cpu``."""
+    """``auto`` -> ``cuda`` when available (``cuda:LOCAL_RANK`` under torchrun), else ``cpu``; a name that is not a
+    device (:func:`check_device`), or one this machine lacks, is a one-line ``ValueError``."""
     import os
 
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise ValueError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available here (use --device cpu or auto)")
     return device
 
 

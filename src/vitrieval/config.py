@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+from vitrieval.amp import check_device
 
 POOLINGS = ("cls", "avg", "max", "gem", "mac", "spoc", "rmac")
 """Every ``model.pooling``: ViT tokens take cls / avg / max / gem, convnet feature maps mac / spoc / gem / rmac
@@ -172,9 +173,7 @@ class Config:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"config key {key}: {value!r} is not one of {', '.join(allowed)}")
-        if not _DEVICE.fullmatch(str(self.train.device)):
-            raise ValueError(f"config key train.device: {self.train.device!r} is not one of auto, cpu, cuda, "
-                             f"cuda:N (N = 0, 1, ...), mps")
+        check_device(self.train.device, "config key train.device:")
         if self.train.amp == "fp16" and (self.train.device == "cpu" or self.train.device == "mps"):
             raise ValueError(f"config key train.amp: fp16 autocast needs a CUDA device, train.device is "
                              f"{self.train.device!r}; use train.amp=bf16 or off")
@@ -261,9 +260,6 @@ class Config:
             check_model_name(m.name)
         return self
 
-
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-"""What ``train.device`` may be (``vitrieval.amp.resolve_device`` takes these)."""
 
 _MODEL_SOURCES = ("hf-hub", "hf_hub", "local-dir")
 """timm's name prefixes for weights from elsewhere (``hf-hub:timm/...``): resolved by timm when the model is built."""

@@ -1,4 +1,5 @@
-"""Batched descriptor extraction over a table: DataLoader workers, autocast, progress bar, optional PCA.
+"""The torch extraction over a table: DataLoader workers, the one torch forward (``TorchEmbedder``), the one loop
+(:func:`vitrieval.runtime.extraction.collect`), sharded over ranks; its settings are one :class:`ExtractionOptions`.
 
 Under ``torch.distributed`` (a process group initialised, e.g. by ``DistContext.from_env()`` under torchrun) the
 table is split into the same batches one process would make, each rank embeds a contiguous run of whole batches
@@ -8,22 +9,25 @@ gathered on every rank in rank order: every rank gets exactly the one-process re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vitrieval.amp import autocast_context
 from vitrieval.config import DataConfig
 from vitrieval.data.dataset import TableDataset, collate_skip_bad
 from vitrieval.data.images import ImageDecodeError
 from vitrieval.data.loading import loader_options, resolve_num_workers
+from vitrieval.data.preprocessing import Preprocessing
 from vitrieval.data.table import ImageTable
-from vitrieval.data.transforms import eval_transform
 from vitrieval.distributed import DistContext
 from vitrieval.progress import tqdm
+from vitrieval.runtime.extraction import Extraction, PreparedBatch, collect
+from vitrieval.runtime.torch_embedder import OUTPUTS, TorchEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +35,40 @@ FAST_DECODE: bool = DataConfig.fast_decode
 """``extract``'s default for ``fast_decode``: the same as ``data.fast_decode``'s."""
 
 
-@dataclass
-class Extraction:
-    """Descriptors of the readable rows of a table (row i of ``descriptors`` is table item ``indices[i]``)."""
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """How images are embedded, one value for every extraction: ``batch_size`` images per forward pass,
+    ``num_workers`` decode processes (``"auto"``: the rule of :mod:`vitrieval.data.loading`), the autocast policy
+    ``amp`` (:func:`vitrieval.amp.autocast_context`), the eval ``resize``, ``skip_bad`` (list unreadable files
+    instead of stopping), ``output`` (``descriptor``: the final ones; ``normalized``: L2 before any PCA;
+    ``pooled``: what a PCA is fitted on; :class:`~vitrieval.runtime.torch_embedder.TorchEmbedder`), a progress
+    bar, and ``fast_decode`` (``data.fast_decode``: large JPEGs decoded at a reduced DCT scale that still covers
+    the eval resize)."""
 
-    descriptors: np.ndarray
-    indices: np.ndarray
-    bad_paths: list[str] = field(default_factory=list)
+    batch_size: int = 64
+    num_workers: int | str = "auto"
+    amp: str = "auto"
+    resize: str = "shorter"
+    skip_bad: bool = False
+    output: str = "descriptor"
+    progress: bool = True
+    fast_decode: bool = FAST_DECODE
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or (self.num_workers != "auto" and self.num_workers < 0):
+            raise ValueError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} and "
+                             f"{self.num_workers}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+
+    @classmethod
+    def of(cls, options: ExtractionOptions | None = None, **fields: Any) -> ExtractionOptions:
+        """``options`` (default ones when ``None``) with ``fields`` replaced; the older ``apply_pca=False`` and
+        ``pooled=True`` keywords name ``output``."""
+        pooled, apply_pca = fields.pop("pooled", False), fields.pop("apply_pca", True)
+        if pooled or not apply_pca:
+            fields["output"] = "pooled" if pooled else "normalized"
+        return dataclasses.replace(options or cls(), **fields)
 
 
 def shard_bounds(n_items: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -60,17 +91,16 @@ def resolve_distributed(distributed: bool | DistContext | None) -> DistContext:
     return ctx
 
 
-@torch.no_grad()
-def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, num_workers: int | str = "auto",
-            amp: str = "auto", resize: str = "shorter", skip_bad: bool = False, apply_pca: bool = True,
-            progress: bool = True, desc: str = "embedding",
-            distributed: bool | DistContext | None = None, pooled: bool = False,
-            fast_decode: bool = FAST_DECODE) -> Extraction:
-    """Embed every image of ``table`` with ``encoder`` (eval mode); rows come back in table order.
+def extract(model: torch.nn.Module, table: ImageTable, options: ExtractionOptions | None = None, *,
+            desc: str = "embedding", distributed: bool | DistContext | None = None, **fields: Any) -> Extraction:
+    """Embed every image of ``table`` with ``model`` (an encoder or its multi-scale wrapper, run in eval mode);
+    rows come back in table order. The one torch extraction: a ``DataLoader`` over the table, each batch through
+    :class:`~vitrieval.runtime.torch_embedder.TorchEmbedder` in the loop of :func:`vitrieval.runtime.extraction.
+    collect`.
 
-    The rows are the final descriptors (``encoder.reduce``: ``L2(PCA(pooled))``, or ``L2(pooled)`` without a PCA),
-    ``L2(pooled)`` with ``apply_pca=False``, or with ``pooled=True`` the pooled vectors themselves, before PCA and
-    normalisation (what a PCA is fitted on: :meth:`vitrieval.model.Encoder.pooled`).
+    ``options`` (:class:`ExtractionOptions`; ``fields`` replace some of them, :meth:`ExtractionOptions.of`): the
+    rows are the final descriptors (``output="descriptor"``: ``L2(PCA(pooled))``, or ``L2(pooled)`` without a PCA),
+    ``L2(pooled)`` (``normalized``), or the pooled vectors themselves (``pooled``, what a PCA is fitted on).
 
     ``skip_bad=True`` lists unreadable files in ``bad_paths`` (and logs them) instead of stopping; otherwise the
     first unreadable file raises its :class:`~vitrieval.data.images.ImageDecodeError` (``.path``, ``.reason``)
@@ -80,25 +110,23 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     never does (one process embeds everything), ``True`` also initialises the group from torchrun's environment,
     a :class:`~vitrieval.distributed.DistContext` names the group. Sharded, every rank must call ``extract`` with
     the same table and ``batch_size``, and every rank gets the whole result. Pass the plain encoder, not a
-    ``DistributedDataParallel`` wrapper. ``num_workers``: decode processes, or ``"auto"`` (the rule of
-    :mod:`vitrieval.data.loading`, the same as training's); pinned memory on CUDA. ``fast_decode``: large JPEGs
-    decoded at a reduced DCT scale that still covers the eval resize (``data.fast_decode``,
-    :mod:`vitrieval.data.images`).
+    ``DistributedDataParallel`` wrapper. Pinned memory on CUDA.
     """
+    opts = ExtractionOptions.of(options, **fields)
     ctx = resolve_distributed(distributed)
-    if isinstance(encoder, torch.nn.parallel.DistributedDataParallel):
-        encoder = encoder.module
-    num_workers = resolve_num_workers(num_workers, next(encoder.parameters()).device, ctx.world_size)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    num_workers = resolve_num_workers(opts.num_workers, next(model.parameters()).device, ctx.world_size)
     if not ctx.enabled:
-        ext, error = _extract_rows(encoder, table, range(len(table)), batch_size, num_workers, amp, resize,
-                                   skip_bad, apply_pca, progress, desc, pooled=pooled, fast_decode=fast_decode)
+        ext, error = _extract_rows(model, table, range(len(table)), opts, num_workers, opts.progress, desc)
         if error is not None:
             raise error
+        if ext.bad_paths:
+            log.warning("%d unreadable image(s) skipped, first: %s", len(ext.bad_paths), ext.bad_paths[0])
         return ext
-    start, stop = shard_bounds(len(table), batch_size, ctx.rank, ctx.world_size)
-    part, error = _extract_rows(encoder, table, range(start, stop), batch_size, num_workers, amp, resize, skip_bad,
-                                apply_pca, progress and ctx.is_main, desc, log_bad=False, pooled=pooled,
-                                fast_decode=fast_decode)
+    start, stop = shard_bounds(len(table), opts.batch_size, ctx.rank, ctx.world_size)
+    part, error = _extract_rows(model, table, range(start, stop), opts, num_workers, opts.progress and ctx.is_main,
+                                desc)
     # The error travels with the parts: a rank that stopped still joins the gather, and every rank raises.
     parts = ctx.all_gather_object((part.descriptors, part.indices, part.bad_paths, error))
     errors = [p[3] for p in parts if p[3] is not None]
@@ -112,46 +140,20 @@ def extract(encoder: torch.nn.Module, table: ImageTable, batch_size: int = 64, n
     return Extraction(descriptors, indices, bad_paths)
 
 
-def _extract_rows(encoder: torch.nn.Module, table: ImageTable, rows: range, batch_size: int, num_workers: int,
-                  amp: str, resize: str, skip_bad: bool, apply_pca: bool, progress: bool, desc: str,
-                  log_bad: bool = True, pooled: bool = False,
-                  fast_decode: bool = FAST_DECODE) -> tuple[Extraction, ImageDecodeError | None]:
+def _extract_rows(model: torch.nn.Module, table: ImageTable, rows: range, opts: ExtractionOptions,
+                  num_workers: int, progress: bool, desc: str) -> tuple[Extraction, ImageDecodeError | None]:
     """Embed the table rows ``rows`` (batches of ``batch_size`` from ``rows.start``); indices are table rows.
 
     Without ``skip_bad`` it stops at the first unreadable image and returns its error with the rows embedded so
     far; the loader is released before the caller raises it (no worker outlives the call).
     """
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    dataset = TableDataset(table, eval_transform(encoder.data_config, resize, fast_decode), skip_bad=skip_bad,
-                           carry_errors=not skip_bad)
+    device = next(model.parameters()).device
+    embedder = TorchEmbedder(model, Preprocessing.from_data_config(model.data_config, opts.resize, opts.fast_decode),
+                             amp=opts.amp, output=opts.output)
+    dataset = TableDataset(table, embedder.transform, skip_bad=opts.skip_bad, carry_errors=not opts.skip_bad)
     sampler = rows if (rows.start, rows.stop) != (0, len(table)) else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, collate_fn=collate_skip_bad,
-                        **loader_options(num_workers, device))
-    chunks: list[np.ndarray] = []
-    indices: list[np.ndarray] = []
-    bad: list[int] = []
-    error: ImageDecodeError | None = None
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        if batch["errors"]:
-            error = batch["errors"][0]
-            break
-        bad.extend(batch["bad"].tolist())
-        if len(batch["indices"]) == 0:
-            continue
-        with autocast_context(device, amp):
-            z = encoder.pooled(batch["images"].to(device, non_blocking=True))
-        z = z.float()
-        if not pooled:
-            z = encoder.reduce(z) if apply_pca else torch.nn.functional.normalize(z, dim=-1)
-        chunks.append(z.cpu().numpy())
-        indices.append(batch["indices"].numpy())
-    encoder.train(was_training)
-    bad_paths = [table[i].path for i in bad]
-    if bad_paths and log_bad:
-        log.warning("%d unreadable image(s) skipped, first: %s", len(bad_paths), bad_paths[0])
-    dim = encoder.descriptor_dim if apply_pca and not pooled else encoder.feature_dim
-    desc_arr = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, dim), np.float32)
-    idx_arr = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
-    return Extraction(desc_arr, idx_arr, bad_paths), error
+    loader = DataLoader(dataset, batch_size=opts.batch_size, shuffle=False, sampler=sampler,
+                        collate_fn=collate_skip_bad, **loader_options(num_workers, device))
+    batches = (PreparedBatch(b["images"], b["indices"].tolist(), b["bad"].tolist(), b["errors"])
+               for b in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False))
+    return collect(embedder.embed_prepared, batches, table, embedder.descriptor_dim)

@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 from vitrieval.config import ModelConfig
+from vitrieval.data.preprocessing import DEFAULT_CROP_PCT, Preprocessing
 from vitrieval.pca import PCAReduction
 from vitrieval.pooling import FEATURE_MAP_POOLINGS, FeatureMapPooling, TokenPooling
 
@@ -237,7 +238,7 @@ class Encoder(nn.Module):
         dc = timm.data.resolve_model_data_config(self.backbone)
         return {"mean": [float(v) for v in dc["mean"]], "std": [float(v) for v in dc["std"]],
                 "interpolation": str(dc.get("interpolation", "bicubic")),
-                "crop_pct": float(dc.get("crop_pct", 0.875)), "image_size": self.config.image_size}
+                "crop_pct": float(dc.get("crop_pct", DEFAULT_CROP_PCT)), "image_size": self.config.image_size}
 
     #: ``train.batchnorm=frozen``: BatchNorm layers stay in eval mode (ImageNet statistics) when training.
     batchnorm_frozen: bool = False
@@ -283,35 +284,28 @@ class Encoder(nn.Module):
         ``L2(pooled)`` (pool → PCA → L2)."""
         return self.pca(pooled) if self.pca is not None else F.normalize(pooled.float(), dim=-1)
 
+    def preprocessing(self, resize: str = "shorter", fast_decode: bool = False) -> Preprocessing:
+        """The model's pre-processing (:class:`~vitrieval.data.preprocessing.Preprocessing`): its timm data config
+        with the eval ``resize`` and decode policy."""
+        return Preprocessing.from_data_config(self.data_config, resize, fast_decode)
+
     def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         from vitrieval.data.transforms import eval_transform
 
-        return eval_transform(self.data_config)
+        return eval_transform(self.preprocessing())
 
-    @torch.no_grad()
     def embed(self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
               amp: str = "auto") -> np.ndarray:
-        """Descriptors (after PCA, if any) of PIL images or a pre-processed batch, as float32 numpy."""
-        from vitrieval.amp import autocast_context
+        """Descriptors (after PCA, if any) of PIL images or a pre-processed batch, as float32 numpy: the model's
+        :class:`~vitrieval.runtime.torch_embedder.TorchEmbedder` (the one forward), ``batch_size`` per pass."""
+        from vitrieval.runtime.embedder import embed_images
+        from vitrieval.runtime.torch_embedder import TorchEmbedder
 
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        if isinstance(images, torch.Tensor):
-            batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-        else:
-            tf = self.eval_transform()
-            batches = [torch.stack([tf(im) for im in images[i:i + batch_size]])
-                       for i in range(0, len(images), batch_size)]
-        out = []
-        for x in batches:
-            with autocast_context(device, amp):
-                pooled = self.pooled(x.to(device))
-            out.append(self.reduce(pooled.float()).cpu())
-        self.train(was_training)
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return torch.cat(out).numpy().astype(np.float32, copy=False)
+        embedder = TorchEmbedder(self, self.preprocessing(), amp=amp)
+        if not isinstance(images, torch.Tensor):
+            return embed_images(embedder, images, batch_size)
+        out = [embedder.embed_prepared(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.descriptor_dim), dtype=np.float32)
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -4,8 +4,9 @@
 
 cirtorch's multi-scale extraction with its default power 1 (a plain mean; Radenović et al. use
 ``S = {1, 1/√2, 1/2}``). :class:`MultiScaleEncoder` wraps an :class:`~vitrieval.model.Encoder` and behaves like one
-for :func:`vitrieval.embed.extract` (``data_config``, ``feature_dim``, ``descriptor_dim``, ``reduce``), so the
-extraction, its sharding and the PCA after it are unchanged: the PCA is applied to the multi-scale mean.
+for :class:`~vitrieval.runtime.torch_embedder.TorchEmbedder` (``data_config``, ``feature_dim``, ``descriptor_dim``,
+``pooled``, ``reduce``), so the extraction, its sharding and the PCA after it are unchanged: the PCA is applied to
+the multi-scale mean.
 
 ``resize_s`` resizes the pre-processed batch (``B × 3 × H × W``) to ``(round(sH), round(sW))`` (bilinear,
 antialiased). A ViT (a timm backbone with ``set_input_size``) gets a copy of the encoder per input size whose
@@ -20,7 +21,6 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,25 +84,6 @@ class MultiScaleEncoder(nn.Module):
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """The multi-scale descriptor (:meth:`forward`) is what a PCA of multi-scale descriptors takes."""
         return self.forward(images)
-
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor, batch_size: int = 64, amp: str = "auto") -> np.ndarray:
-        """Multi-scale descriptors (after the encoder's PCA, if any) of a pre-processed batch, as float32 numpy
-        (what :meth:`vitrieval.model.Encoder.embed` gives at one scale; the index embeds its queries with it)."""
-        from vitrieval.amp import autocast_context
-
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        out = []
-        for i in range(0, len(images), batch_size):
-            with autocast_context(device, amp):
-                z = self.forward(images[i:i + batch_size].to(device))
-            out.append(self.reduce(z.float()).cpu())
-        self.train(was_training)
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return torch.cat(out).numpy().astype(np.float32, copy=False)
 
     # -- the multi-scale forward -------------------------------------------------------------------------------
     def scaled_size(self, height: int, width: int, scale: float) -> tuple[int, int]:

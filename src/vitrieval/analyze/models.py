@@ -45,9 +45,8 @@ def benchmark_descriptors(encoder: Encoder, dataset: str, data_root: str | Path,
     resize = "square" if landmarks else "shorter"
 
     def embed(rows: Any, what: str) -> np.ndarray:
-        return extract_all(model, rows, batch_size=options.batch_size, num_workers=options.num_workers,
-                           amp=options.amp, resize=resize, progress=options.progress,
-                           desc=f"embedding {what}", fast_decode=options.fast_decode).descriptors
+        return extract_all(model, rows, ExtractionOptions.of(options, resize=resize),
+                           desc=f"embedding {what}").descriptors
 
     pooled = embed(test, f"{dataset} test images")
     reduction, info = None, None

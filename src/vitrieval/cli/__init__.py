@@ -13,8 +13,8 @@ import sys
 
 from vitrieval import __version__
 
-COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "index", "search", "serve", "export", "demo",
-                             "report", "reproduce", "analyze")
+COMMANDS: tuple[str, ...] = ("train", "evaluate", "presets", "datasets", "embed", "index", "search", "serve", "export",
+                             "demo", "report", "reproduce", "analyze")
 
 
 class CLIError(Exception):
@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None) is not None:  # the one check of every command's --device
+            from vitrieval.amp import check_device
+
+            check_device(args.device)
         return int(args._run(args) or 0)
     except KeyboardInterrupt as exc:  # a command may say how to continue: KeyboardInterrupt("the hint")
         hint = f"; {exc.args[0]}" if exc.args else ""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 
 from vitrieval.cli import CLIError, num_workers_arg
-from vitrieval.cli.retrieval_options import add_full_decode_argument
+from vitrieval.cli.retrieval_options import add_device_argument, add_full_decode_argument
 from vitrieval.config import POOLINGS
 
 
@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (--cost: default 8)")
     p.add_argument("--workers", type=num_workers_arg, default="auto",
                    help="image-decoding workers: auto (cores beside the model's threads) or a number")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(p)
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast policy")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_full_decode_argument(p)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{len(args.label)} --label for {len(sources)} models")
     from vitrieval.amp import resolve_device
     from vitrieval.analyze.models import benchmark_descriptors, write_analysis
-    from vitrieval.cli.evaluate_cmd import encoder_from_args
+    from vitrieval.cli.retrieval_options import encoder_from_args
     from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.evaluation.protocol import ExtractionOptions
 
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--pca-fit-root {args.pca_fit_root} does not exist")
     try:
         pca = PCAOptions(dim=args.pca, fit_dataset=args.pca_fit_dataset, fit_root=args.pca_fit_root,
-                         fit_max_images=args.pca_fit_max_images, save=False)
+                         fit_max_images=args.pca_fit_max_images)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     device = resolve_device(args.device)

@@ -16,10 +16,11 @@ SIZE x SIZE, queries cropped to their box; mAP Easy / Medium / Hard and mP@1/5/1
 
 ``--model`` without ``--checkpoint`` evaluates off-the-shelf ImageNet features (IRT_O). ``--pca D`` fits a PCA on
 the training split (landmarks: on ``--pca-fit-dataset/--pca-fit-root``, else on the database, as the JSON says)
-and, for a checkpoint, stores it beside the model so that index and serve apply the same reduction.
+for this evaluation only: evaluate never changes a model folder. ``--save-pca DIR`` also writes a new model folder
+(the model plus that PCA, its own fingerprint) that index and serve take like any model.
 
-``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (stored with
-the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
+``--whiten learned`` fits Radenovic et al.'s learned whitening on the SfM-120k query-positive pairs (saved with
+``--save-pca`` like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``--rerank aqe,dba`` also
 database-side augmentation (the table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of
 several input scales. Large JPEGs are decoded at a reduced DCT scale that still covers the model's first resize
 (``data.fast_decode``, as in training); ``--full-decode`` decodes every image at full resolution.
@@ -45,12 +46,14 @@ from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, check_output_file, num_workers_arg
 from vitrieval.cli.retrieval_options import (
+    add_device_argument,
     add_full_decode_argument,
+    add_model_arguments,
     add_rerank_arguments,
     add_scales_argument,
+    encoder_from_args,
     rerank_from_args,
 )
-from vitrieval.config import POOLINGS
 
 if TYPE_CHECKING:
     from vitrieval.model import Encoder
@@ -125,13 +128,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``evaluate``."""
     parser = subparsers.add_parser("evaluate", help="Recall@K / revisited mAP of a model on a benchmark",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="trained model folder (a run folder or its model/)")
-    source.add_argument("--model", help="timm model name: off-the-shelf pretrained features (IRT_O)")
-    parser.add_argument("--pretrained-file", help="with --model: timm weights file (.pth / .safetensors), offline")
-    parser.add_argument("--pooling", choices=POOLINGS,
-                        help="with --model: the descriptor's pooling (default cls for a ViT; a convnet needs one of "
-                             "mac, spoc, gem, rmac)")
+    add_model_arguments(parser, required=True)
     parser.add_argument("--dataset", required=True,
                         help="sop | cub | inshop | roxford5k | rparis6k | folder | csv")
     parser.add_argument("--data-root", required=True, help="the dataset folder")
@@ -144,8 +141,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--pca-fit-root", help="data root of --pca-fit-dataset")
     parser.add_argument("--pca-fit-max-images", type=int, default=0, metavar="N",
                         help="fit the PCA on at most N images (an even subsample; default 0 = all)")
-    parser.add_argument("--no-save-pca", dest="save_pca", action="store_false",
-                        help="do not store the fitted PCA beside the checkpoint's model")
+    parser.add_argument("--save-pca", metavar="DIR",
+                        help="also write a new model folder DIR: the model plus the fitted PCA (its own "
+                             "fingerprint), to index or serve; the evaluated model is never changed")
+    parser.add_argument("--no-save-pca", action="store_true", help=argparse.SUPPRESS)  # old scripts: a no-op now
     add_scales_argument(parser)
     add_full_decode_argument(parser)
     add_rerank_arguments(parser, what="also report re-ranked metrics: aqe = alpha-weighted query expansion, dba = "
@@ -159,7 +158,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "and preprocessing (default $XDG_CACHE_HOME/vitrieval/distractors)")
     parser.add_argument("--distractor-shard-size", type=int, default=10_000, metavar="N",
                         help="distractor images per resumable shard (default 10000)")
-    parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("-o", "--output", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--json", action="store_true",
@@ -174,42 +172,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--workers", type=num_workers_arg, default="auto",
                         help="image-decoding workers: auto (cores beside the model's threads) or a number")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="autocast: auto (bf16 where native), bf16, fp16 (CUDA), off")
     parser.add_argument("--use-bbox", action="store_true",
                         help="cub: crop images to their bounding boxes (landmark queries are always cropped)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
-
-
-def encoder_from_args(args: argparse.Namespace) -> Encoder:
-    """The model to evaluate: a trained folder, or timm's pretrained weights (IRT_O; also ``vitrieval analyze``)."""
-    from vitrieval.config import ModelConfig
-    from vitrieval.model import Encoder, PretrainedWeightsError, load
-
-    if args.checkpoint:
-        if args.pooling:
-            raise CLIError("--pooling goes with --model; a trained model keeps the pooling it was trained with")
-        try:
-            return load(args.checkpoint)
-        except PretrainedWeightsError as exc:
-            raise CLIError(str(exc)) from None
-    cfg = ModelConfig(name=args.model, pretrained=True, pretrained_file=args.pretrained_file,
-                      image_size=args.image_size or 224, pooling=args.pooling or "cls")
-    try:
-        return Encoder(cfg)
-    except PretrainedWeightsError as exc:
-        raise CLIError(str(exc)) from None
-    except ValueError as exc:  # the pooling of the other backbone family
-        raise CLIError(f"{exc} (pass --pooling)") from None
-    except Exception as exc:  # noqa: BLE001 - timm / hub failures (offline, unknown name) become one clear line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        if "Unknown model" in first:
-            raise CLIError(f"--model {args.model}: unknown timm model ({first})") from None
-        raise CLIError(f"--model {args.model}: could not get its pretrained weights ({type(exc).__name__}: "
-                       f"{first}). Without network access pass --pretrained-file PATH (timm weights, "
-                       ".pth or .safetensors)") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -222,8 +191,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown dataset {args.dataset!r}; known: {', '.join(READERS)}")
     if not Path(args.data_root).expanduser().exists():
         raise CLIError(f"--data-root {args.data_root} does not exist")
-    if args.pretrained_file and not args.model:
-        raise CLIError("--pretrained-file goes with --model (a checkpoint carries its own weights)")
+    if args.save_pca is not None:
+        if args.pca is None and args.whiten != "learned":
+            raise CLIError("--save-pca DIR goes with --pca DIM (or --whiten learned): it writes the model plus the "
+                           "fitted PCA")
+        if any((Path(args.save_pca).expanduser() / sub / "config.json").exists() for sub in (".", "model")):
+            raise CLIError(f"--save-pca {args.save_pca}: a model folder is already there; give a new folder")
     if args.pca is not None and args.pca < 1:
         raise CLIError(f"--pca must be a positive dimension, got {args.pca}")
     if args.pca_fit_max_images < 0:
@@ -276,18 +249,15 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.evaluation.protocol import ExtractionOptions, evaluate_model
     from vitrieval.io_utils import atomic_write_json
-    from vitrieval.model import resolve_model_dir
 
     dist = DistContext.from_env()  # under torchrun: each rank embeds its shard, every rank gets all descriptors
     device = resolve_device(args.device)
     encoder = encoder_from_args(args).to(device).eval()
-    model_dir = resolve_model_dir(args.checkpoint) if args.checkpoint else None
-    pca_before = encoder.pca
     pca = PCAOptions(dim=args.pca, whiten=args.whiten is not None, method="learned" if learned else "pca",
                      fit_dataset=args.pca_fit_dataset,
                      fit_root=args.pca_fit_root, fit_max_images=args.pca_fit_max_images,
                      fit_options={"use_bbox": True} if args.use_bbox and args.pca_fit_dataset == "cub" else None,
-                     save=args.save_pca and dist.is_main)
+                     save_to=args.save_pca if dist.is_main else None)
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
                                    progress=args.progress, fast_decode=not args.full_decode)
     distractors, distractor_features = None, None
@@ -299,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(
         encoder, args.dataset, args.data_root, ks=args.ks, pca=pca, extraction=extraction,
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
-        model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
+        model_name=str(args.checkpoint) if args.checkpoint else args.model,
         rerank=rerank, scales=args.scales,
         distractors=distractors, distractor_features=distractor_features,
         inspect=evaluated.append if args.report and dist.is_main else None)
@@ -307,8 +277,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     notes = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
     print(json.dumps(result, indent=2) if args.json else format_results(result))
-    if model_dir is not None and encoder.pca is not pca_before:
-        print(f"PCA {encoder.pca.out_dim}-d stored beside the model: {model_dir / 'pca.safetensors'}", file=notes)
+    if "saved_model" in result:
+        print(f"the model with its {result['descriptor_dim']}-d PCA written to {result['saved_model']}", file=notes)
     if args.output:
         atomic_write_json(args.output, result)
         print(f"results written to {args.output}", file=notes)

@@ -6,6 +6,11 @@
     vitrieval index --checkpoint runs/sop --images ./catalog -o catalog.idx \\
         --backend milvus --milvus-uri catalog.db --milvus-index HNSW      # vectors in Milvus (docs/SCALING.md)
     vitrieval index -o catalog.idx --remove 17 42                      # remove images by id
+    vitrieval index --model deit_small_patch16_224 --pretrained-file deit_s.pth --images ./catalog -o catalog.idx
+
+``--model NAME`` indexes with any timm backbone's pretrained features as they are (IRT_O; ``--pretrained-file``
+offline, ``--pooling``, ``--image-size`` as for ``vitrieval evaluate``): its model folder is written inside the
+index (``OUT/model``), so ``search``, ``serve`` and ``--add`` work from the index folder alone.
 
 ``--factory`` is a faiss factory string (exact ``Flat``, ``IVF4096,PQ32x4fs,RFlat``, ``HNSW32``...) or ``auto``
 (exact below 100k images, the benchmarked approximate index above). An interrupted build resumes: rerun the same
@@ -32,7 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, is_user_error, num_workers_arg, report_error
-from vitrieval.cli.retrieval_options import add_full_decode_argument, add_scales_argument, dba_arg
+from vitrieval.cli.retrieval_options import (
+    add_device_argument,
+    add_full_decode_argument,
+    add_model_arguments,
+    add_scales_argument,
+    dba_arg,
+)
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
@@ -43,8 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``index``."""
     parser = subparsers.add_parser("index", help="embed a collection of images into a faiss index",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="trained model folder (a run folder or its model/); with --add the "
-                                             "index's own model is used when left out")
+    add_model_arguments(parser, checkpoint_help="trained model folder (a run folder or its model/); with --add "
+                                                "the index's own model is used when left out")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images (searched recursively)")
     source.add_argument("--table", help="CSV table with a 'path' column (and optionally 'label')")
@@ -64,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=argparse.SUPPRESS)  # the old spelling, kept working
     parser.add_argument("--shard-size", type=int, default=10_000,
                         help="images per resumable descriptor shard (default 10000)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -104,9 +115,14 @@ def run(args: argparse.Namespace) -> int:
     if args.add and (args.scales is not None or args.dba is not None or args.full_decode):
         raise CLIError("--scales / --dba / --full-decode are set when an index is built; --add follows the "
                        "index's own")
-    if not args.add and not args.checkpoint:
-        raise CLIError("--checkpoint is required to build an index (only --add can reuse the index's model)")
-    if not args.add and not args.overwrite:
+    if args.add and args.model:
+        raise CLIError("--add embeds with the index's own model (its model folder); --model builds a new index")
+    if not args.add and not args.checkpoint and not args.model:
+        raise CLIError("--checkpoint or --model is required to build an index (only --add can reuse the index's "
+                       "model)")
+    if args.model:  # the timm model as it is, written into the index folder: search / serve / --add need nothing else
+        args.checkpoint = str(model_into_index(args))
+    elif not args.add and not args.overwrite:
         refuse_other_models_index(Path(args.output), Path(args.checkpoint))
     if (args.backend == "milvus") != bool(args.milvus_uri) and not args.add:
         raise CLIError("--backend milvus needs --milvus-uri (and --milvus-uri needs --backend milvus)")
@@ -135,9 +151,11 @@ def run(args: argparse.Namespace) -> int:
             ctx.shutdown()
 
 
-def refuse_other_models_index(output: Path, checkpoint: Path) -> None:
+def refuse_other_models_index(output: Path, checkpoint: Path | None, wanted: str | None = None,
+                              named: str | None = None) -> None:
     """Refuse to rebuild ``output`` when it holds a complete index another model built (``--overwrite`` replaces
-    it; a rebuild with the same model, or of an interrupted build, goes ahead)."""
+    it; a rebuild with the same model, or of an interrupted build, goes ahead). The model: the folder
+    ``checkpoint``, or its fingerprint ``wanted`` (``named`` as the user gave it)."""
     import json
 
     from vitrieval.index import INFO_FILE
@@ -147,13 +165,56 @@ def refuse_other_models_index(output: Path, checkpoint: Path) -> None:
         return
     try:
         held = json.loads((output / INFO_FILE).read_text())
-        wanted = json.loads((resolve_model_dir(checkpoint) / CONFIG_FILE).read_text()).get("fingerprint")
+        if wanted is None and checkpoint is not None:
+            wanted = json.loads((resolve_model_dir(checkpoint) / CONFIG_FILE).read_text()).get("fingerprint")
     except (OSError, ValueError):
         return  # a damaged index.json or model folder: the build names it
     if isinstance(held, dict) and wanted and held.get("fingerprint") not in (None, wanted):
         raise CLIError(f"{output} already holds an index of another model ({held.get('checkpoint')}, fingerprint "
-                       f"{held['fingerprint']}; --checkpoint {checkpoint} is {wanted}): pass --overwrite to "
-                       "replace it, use --add to extend it, or choose another -o")
+                       f"{held['fingerprint']}; {named or f'--checkpoint {checkpoint}'} is {wanted}): pass "
+                       "--overwrite to replace it, use --add to extend it, or choose another -o")
+
+
+def load_index_for_queries(args: argparse.Namespace, **options: object) -> Index:
+    """The index at ``--index`` for ``search`` / ``serve``: its own model folder, the one ``--checkpoint`` names (it
+    moved), or ``--model NAME [--pretrained-file F] ...`` made again (refused unless it is the index's model)."""
+    from vitrieval.cli.retrieval_options import encoder_from_args
+    from vitrieval.index import Index
+    from vitrieval.index.store import ModelMismatchError
+
+    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, **options)
+    if args.model:
+        from vitrieval.amp import resolve_device
+
+        try:
+            index.use_encoder(encoder_from_args(args).to(resolve_device(args.device)).eval())
+        except ModelMismatchError as exc:
+            raise CLIError(f"--model {args.model}: {exc}") from None
+    return index
+
+
+def model_into_index(args: argparse.Namespace) -> Path:
+    """``index --model NAME [--pretrained-file F] [--pooling P] [--image-size S]``: the timm model as a model folder
+    ``OUT/model`` (written unless the same model is already there; every torchrun rank writes the same bytes
+    atomically), after the check that ``OUT`` holds no other model's index."""
+    import json
+
+    from vitrieval.cli.retrieval_options import encoder_from_args
+    from vitrieval.model import CONFIG_FILE
+
+    output = Path(args.output)
+    encoder = encoder_from_args(args)
+    fingerprint = encoder.fingerprint()
+    if not args.overwrite:
+        refuse_other_models_index(output, None, fingerprint, f"--model {args.model}")
+    folder = output / "model"
+    try:
+        same = json.loads((folder / CONFIG_FILE).read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        encoder.save(folder, extra={"source": {"model": args.model, "pretrained_file": args.pretrained_file}})
+    return folder
 
 
 def _quiet_logging() -> Callable[[], None]:

@@ -17,8 +17,14 @@ import argparse
 import json
 
 from vitrieval.cli import CLIError
-from vitrieval.cli.index_cmd import apply_search_params
-from vitrieval.cli.retrieval_options import add_rerank_arguments, add_scales_argument, rerank_from_args
+from vitrieval.cli.index_cmd import apply_search_params, load_index_for_queries
+from vitrieval.cli.retrieval_options import (
+    add_device_argument,
+    add_model_arguments,
+    add_rerank_arguments,
+    add_scales_argument,
+    rerank_from_args,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,8 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
     parser.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--checkpoint", help="the index's model, if it moved since the index was built")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_model_arguments(parser, checkpoint_help="the index's model, if it moved since the index was built")
+    add_device_argument(parser)
     parser.add_argument("--nprobe", type=int, help="IVF: lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW: candidate list size per query")
     add_rerank_arguments(parser, methods="aqe",
@@ -55,12 +61,11 @@ def format_table(query: str, hits: list) -> str:
 def run(args: argparse.Namespace) -> int:
     """Embed the queries with the index's model and print their neighbours."""
     from vitrieval.data.images import ImageDecodeError
-    from vitrieval.index import Index
 
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     rerank = rerank_from_args(args, allowed=("aqe",), hint="; DBA is built into an index: vitrieval index --dba")
-    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime)
+    index = load_index_for_queries(args, runtime=args.runtime)
     if args.scales is not None and tuple(args.scales) != index.scales:
         raise CLIError(f"--scales {','.join(f'{s:g}' for s in args.scales)}: the index {args.index} was built at "
                        f"scales {','.join(f'{s:g}' for s in index.scales)} and queries are embedded at those "

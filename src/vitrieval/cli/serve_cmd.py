@@ -25,6 +25,8 @@ import errno
 import logging
 
 from vitrieval.cli import CLIError
+from vitrieval.cli.index_cmd import load_index_for_queries
+from vitrieval.cli.retrieval_options import add_device_argument, add_model_arguments
 from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S
 
@@ -40,8 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10)")
     parser.add_argument("--max-k", type=int, default=100, help="largest k a query may ask for (default 100)")
-    parser.add_argument("--checkpoint", help="the index's model, if it moved since the index was built")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_model_arguments(parser, checkpoint_help="the index's model, if it moved since the index was built")
+    add_device_argument(parser)
     parser.add_argument("--write-token-file", help="file holding the bearer token that writes need (default: the "
                                                    "environment variable VITRIEVAL_WRITE_TOKEN; neither: read-only)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
@@ -84,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     """Load the index and its model, then serve until interrupted."""
     import uvicorn
 
-    from vitrieval.index import Index
     from vitrieval.serve.app import create_app
 
     if not 0 < args.port < 65536:
@@ -114,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     check_can_listen(args.host, args.port)
-    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime,
-                       threads=args.threads)
+    index = load_index_for_queries(args, runtime=args.runtime, threads=args.threads)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k,
                      write_token=token, query_amp=None if args.query_amp == "index" else args.query_amp,
                      request_timeout_s=timeout_s, **batching)

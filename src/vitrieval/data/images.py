@@ -141,21 +141,55 @@ def _crop_reduced(img: Image.Image, bbox: Box, full_size: tuple[int, int], a: in
     return img.crop(crop_box((x1 / a, y1 / a, x2 / a, y2 / a), img.size))
 
 
-def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               name: str | None = None, min_side: int | None = None, bbox: Box | None = None) -> Image.Image:
-    """Decode ``source`` (a path or the file's bytes) into an RGB image with EXIF orientation applied.
+def load_image(source: str | Path | bytes | Image.Image, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               name: str | None = None, min_side: int | None = None, bbox: Box | None = None,
+               reduce: int = 1) -> Image.Image:
+    """Decode ``source`` (a path, the file's bytes, or an image just opened by ``Image.open``: header read, no pixel
+    decoded) into an RGB image with EXIF orientation applied (Pillow's ``ImageOps.exif_transpose``).
 
     ``bbox`` ``(x1, y1, x2, y2)`` (full-resolution pixels of the oriented image) crops to it (:func:`crop_bbox`;
     an empty box is an :class:`ImageDecodeError`). ``min_side``: a JPEG may be decoded at a reduced scale as long
     as the result (or its ``bbox`` region) keeps at least that many pixels on its shorter side (module docstring);
-    the box is scaled with it.
+    the box is scaled with it. ``reduce``: the decoded pixels are shrunk by this integer factor (``Image.reduce``)
+    before they are oriented and converted, so no full-size RGB copy is made: the service's bounded decode of an
+    upload, whose JPEG draft :func:`vitrieval.serve.uploads.plan_decode` has set on the opened image.
 
     Raises :class:`ImageDecodeError` for a missing, empty, truncated or non-image file, or one whose pixel count
     exceeds ``max_pixels`` (``None`` disables that check). Pillow's own process-wide guard still applies on top:
     above ``Image.MAX_IMAGE_PIXELS`` it warns, above twice that it refuses (also reported as
     :class:`ImageDecodeError`); set ``PIL.Image.MAX_IMAGE_PIXELS`` to lift it.
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "<uploaded bytes>")
+    if isinstance(source, Image.Image):
+        label = name or "<opened image>"
+        img = source
+    else:
+        label = name or (str(source) if not isinstance(source, bytes) else "<uploaded bytes>")
+        img = _open(source, label)
+    with decoding(label):
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageDecodeError(label, f"{width}x{height} = {width * height} pixels exceeds the limit of "
+                                          f"{max_pixels} (possible decompression bomb)")
+        full_size = (height, width) if bbox is not None and _swaps_axes(img) else (width, height)
+        reduction = draft_reduced(img, min_side, bbox)
+        img.load()
+    if reduce > 1:
+        img = _reduced(img, reduce)
+    try:  # in place: without an orientation tag there is then no full-resolution copy of the pixels
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost an image whose pixels decoded fine
+        pass
+    if bbox is not None:
+        try:
+            img = crop_bbox(img, bbox) if reduction == 1 else _crop_reduced(img, bbox, full_size, reduction)
+        except ValueError as exc:
+            raise ImageDecodeError(label, str(exc)) from None
+    return rgb_or_error(img, label)
+
+
+def _open(source: str | Path | bytes, label: str) -> Image.Image:
+    """``source`` opened lazily (``Image.open`` reads the header only), or an :class:`ImageDecodeError`. No
+    warnings-filter juggling (it is process-global, hence unsafe when several threads decode at once)."""
     if isinstance(source, bytes):
         data = source
     else:
@@ -175,26 +209,36 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     if not data:
         raise ImageDecodeError(label, "the file is empty")
     with decoding(label):
-        # Image.open reads only the header; the size is checked before any pixel is decoded. No warnings-filter
-        # juggling here (it is process-global, hence unsafe when several threads decode at once).
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageDecodeError(label, f"{width}x{height} = {width * height} pixels exceeds the limit of "
-                                          f"{max_pixels} (possible decompression bomb)")
-        full_size = (height, width) if bbox is not None and _swaps_axes(img) else (width, height)
-        reduction = draft_reduced(img, min_side, bbox)
-        img.load()
-    try:  # in place: without an orientation tag there is then no full-resolution copy of the pixels
-        ImageOps.exif_transpose(img, in_place=True)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost an image whose pixels decoded fine
-        pass
-    if bbox is not None:
-        try:
-            img = crop_bbox(img, bbox) if reduction == 1 else _crop_reduced(img, bbox, full_size, reduction)
-        except ValueError as exc:
-            raise ImageDecodeError(label, str(exc)) from None
-    return rgb_or_error(img, label)
+        return Image.open(io.BytesIO(data))
+
+
+_TWO_BYTE_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _reduced(img: Image.Image, factor: int) -> Image.Image:
+    """``img`` shrunk ``factor`` times by ``Image.reduce`` (box averages), keeping its EXIF for the orientation.
+    Modes ``reduce`` refuses, or whose values it must not average (palette indices), are converted first (1 -> L,
+    P / PA -> RGB(A), 16-bit -> I and back, so :func:`to_rgb` scales it as it would the original)."""
+    mode = img.mode
+    out = img
+    if mode == "1":
+        out = img.convert("L")
+    elif mode == "PA":
+        out = img.convert("RGBA")
+    elif mode == "P":
+        out = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in _TWO_BYTE_MODES:
+        out = img.convert("I")
+    out = out.reduce(factor)
+    if mode in _TWO_BYTE_MODES:
+        out = out.convert("I;16")
+    try:
+        exif = img.getexif()
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: nothing to orient by
+        return out
+    if exif:
+        out.info["exif"] = exif.tobytes()
+    return out
 
 
 def crop_bbox(img: Image.Image, bbox: Box | None) -> Image.Image:

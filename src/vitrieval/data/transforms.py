@@ -2,13 +2,13 @@
 
 - train ``crop``: square resize to ``size * train_resize_ratio`` (256 for 224), random crop ``size``, horizontal flip.
 - train ``square``: square resize to ``size`` (landmark tuples: the whole image, as at test time), optional flip.
-- eval ``shorter``: resize the shorter side to ``size / crop_pct`` (256 for 224), centre crop ``size``.
-- eval ``square``: square resize to ``size`` (landmark retrieval: the whole image is kept).
+- eval: the rule of :class:`vitrieval.data.preprocessing.Preprocessing` (``shorter``: shorter side to
+  ``max(size, int(size / crop_pct))``, centre crop ``size``; ``square``: the whole image to ``size × size``).
 
 Each transform is a :class:`Preprocess`: the ops, and with ``fast_decode`` the smallest shorter side the decoded
 image may have without the first resize ever enlarging it (``min_side``, passed to
 :func:`vitrieval.data.images.load_image`): ``size * train_resize_ratio`` for train ``crop`` (both sides are
-squashed to it, then cropped), ``size / crop_pct`` for eval ``shorter``, ``size`` for ``square``.
+squashed to it, then cropped), :attr:`Preprocessing.min_side` for eval.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 from torchvision.transforms import v2 as T
+
+from vitrieval.data.preprocessing import Preprocessing
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
@@ -70,14 +72,16 @@ def train_transform(data_config: dict[str, Any], resize_ratio: float = 256 / 224
     return Preprocess(T.Compose(ops + _to_tensor(data_config)), first if fast_decode else None)
 
 
-def eval_transform(data_config: dict[str, Any], resize: str = "shorter", fast_decode: bool = False) -> Preprocess:
-    size = int(data_config["image_size"])
-    if resize == "square":
-        first = size
-        ops: list = [T.Resize((size, size), interpolation=_interp(data_config), antialias=True)]
-    elif resize == "shorter":
-        first = max(size, int(size / float(data_config.get("crop_pct", 0.875))))
-        ops = [T.Resize(first, interpolation=_interp(data_config), antialias=True), T.CenterCrop(size)]
+def eval_transform(preprocessing: Preprocessing | dict[str, Any], resize: str = "shorter",
+                   fast_decode: bool = False) -> Preprocess:
+    """The torch eval transform of ``preprocessing`` (:class:`~vitrieval.data.preprocessing.Preprocessing`, the one
+    owner of the resize rule; a data config is made into one with ``resize`` and ``fast_decode``)."""
+    spec = preprocessing if isinstance(preprocessing, Preprocessing) else \
+        Preprocessing.from_data_config(preprocessing, resize, fast_decode)
+    size, first = spec.size, spec.first_side
+    interpolation = _INTERPOLATION.get(spec.interpolation, T.InterpolationMode.BICUBIC)
+    if spec.resize == "square":
+        ops: list = [T.Resize((size, size), interpolation=interpolation, antialias=True)]
     else:
-        raise ValueError(f"eval resize must be 'shorter' or 'square', got {resize!r}")
-    return Preprocess(T.Compose(ops + _to_tensor(data_config)), first if fast_decode else None)
+        ops = [T.Resize(first, interpolation=interpolation, antialias=True), T.CenterCrop(size)]
+    return Preprocess(T.Compose(ops + _to_tensor(spec.data_config)), spec.min_side)

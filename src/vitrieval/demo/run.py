@@ -101,10 +101,11 @@ def _seal_dir(path: Path) -> None:
 
 def _embed(encoder: Encoder, table: ImageTable, cfg: Config) -> np.ndarray:
     """Descriptors of every image of ``table`` (table order), as the trainer's evaluation computes them."""
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
 
-    ex = extract(encoder, table, batch_size=max(64, cfg.train.batch_size), num_workers=cfg.data.num_workers,
-                 amp=cfg.train.amp, resize=cfg.data.eval_resize, progress=False)
+    ex = extract(encoder, table, ExtractionOptions(batch_size=max(64, cfg.train.batch_size),
+                                                   num_workers=cfg.data.num_workers, amp=cfg.train.amp,
+                                                   resize=cfg.data.eval_resize, progress=False))
     if len(ex.indices) != len(table):
         raise ValueError(f"{len(table) - len(ex.indices)} test image(s) could not be read: {ex.bad_paths[:3]}")
     return ex.descriptors

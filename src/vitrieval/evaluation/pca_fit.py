@@ -13,7 +13,7 @@ on the query–positive pairs of ``fit_dataset`` (SfM-120k: ``table.extras["pair
 training split), from the descriptors of the images those pairs use; ``fit_max_images`` then caps the number of
 *pairs* (an even subsample). ``dim`` keeps the first components (default: all). Its record adds
 ``"method": "learned"`` (``{"dim", "whiten": true, "fitted_on": "sfm120k/train", "method": "learned"}``); it is
-stored with the model like a PCA.
+saved with the model like a PCA (``save_to``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class PCAOptions:
 
     ``whiten``: a whitened PCA. ``method``: ``"pca"`` or ``"learned"`` (Lw from ``fit_dataset``'s matching pairs;
     ``dim`` optional, whitening implied). ``fit_dataset`` read from ``fit_root`` (reader keyword arguments
-    ``fit_options``) replaces the default fit set; ``fit_max_images`` caps it (0 = all). ``save``: store the
-    fitted PCA in the model folder (:meth:`vitrieval.model.Encoder.save`) when one is given.
+    ``fit_options``) replaces the default fit set; ``fit_max_images`` caps it (0 = all). ``save_to``: a new folder
+    to write the model plus the fitted PCA to (``evaluate --save-pca DIR``); the evaluated model is never edited.
     """
 
     dim: int | None = None
@@ -53,7 +53,7 @@ class PCAOptions:
     fit_root: str | Path | None = None
     fit_options: dict[str, Any] | None = None
     fit_max_images: int = 0
-    save: bool = True
+    save_to: str | Path | None = None
     method: str = "pca"
 
     def __post_init__(self) -> None:

@@ -3,9 +3,10 @@
 Protocols
 ---------
 Category-level (``sop``, ``cub``, ``inshop``, ``folder``, ``csv``):
-    Images of the **test** split are embedded (eval resize ``shorter``: shorter side to ``size / crop_pct``, centre
-    crop ``size``). *Leave-one-out* (SOP, CUB, folder, csv where every test image is query and gallery): every test
-    image queries all the *other* test images. *Query-gallery* (In-Shop): queries search a separate gallery.
+    Images of the **test** split are embedded (eval resize ``shorter`` of
+    :class:`~vitrieval.data.preprocessing.Preprocessing`, centre crop ``size``). *Leave-one-out* (SOP, CUB,
+    folder, csv where every test image is query and gallery): every test image queries all the *other* test
+    images. *Query-gallery* (In-Shop): queries search a separate gallery.
     Recall@K = fraction of queries with a same-label item among their K nearest neighbours (cosine); MAP@R as in
     Musgrave et al. (2020). Default K: SOP 1, 10, 100, 1000; CUB 1, 2, 4, 8; In-Shop 1, 10, 20, 30; folder / csv
     1, 2, 4, 8 (default Ks larger than what a query can retrieve are dropped, with a warning; explicit ones are
@@ -21,10 +22,9 @@ PCA (``PCAOptions.dim``; :mod:`vitrieval.evaluation.pca_fit`):
     evaluated dataset, or of ``PCAOptions.fit_dataset`` when given; landmark datasets have no training split, so
     without a fit dataset it is fitted on their database (and the JSON says so in ``pca_fitted_on``). It is fitted on
     and applied to the pooled vectors, then the result is L2-normalised (pool → PCA → L2, the paper's §3.2).
-    With ``model_dir`` (the model folder) it is attached to the model and
-    stored through :meth:`vitrieval.model.Encoder.save` (``pca.safetensors``, ``config.json`` updated, its other
-    keys kept) so that ``vitrieval.load`` -- and hence index / serve -- uses the same reduction. A model that
-    already carries a PCA is evaluated through it when no PCA dimension is given.
+    It is used for that evaluation only (the model and its folder are never edited); ``PCAOptions.save_to``
+    writes a new model folder, the model plus its PCA (:func:`save_with_pca`), which index / serve then load
+    like any model. A model that already carries a PCA is evaluated through it when no PCA dimension is given.
 
 Result layout (stable; fractions in [0, 1], ``null`` for undefined means)::
 
@@ -54,6 +54,8 @@ applied to those. Re-ranking (``rerank``): αQE / DBA on the final descriptors (
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -65,11 +67,11 @@ import numpy as np
 import torch
 
 from vitrieval.data.table import ImageTable
-from vitrieval.embed import FAST_DECODE, Extraction, extract
+from vitrieval.embed import Extraction, ExtractionOptions, extract
 from vitrieval.evaluation.pca_fit import PCAOptions, apply_pca, carried_pca_info, fit_pca, normalize_rows
 from vitrieval.evaluation.rerank_variants import RerankOptions, category_rerank, reranked_results
 from vitrieval.metrics import map_at_r, recall_at_k, revisited_map_from_descriptors
-from vitrieval.model import Encoder, at_image_size, resolve_model_dir
+from vitrieval.model import Encoder, at_image_size
 from vitrieval.multiscale import MultiScaleEncoder, parse_scales
 from vitrieval.pca import PCAReduction
 
@@ -90,19 +92,17 @@ LANDMARK_KAPPAS: tuple[int, ...] = (1, 5, 10)
 _PROTOCOLS = ("easy", "medium", "hard")
 
 
-# -- the trainer's held-out evaluation (unchanged signature) ---------------------------------------------------------
+# -- the trainer's held-out evaluation ------------------------------------------------------------------------------
 
-def recall_on_table(encoder: torch.nn.Module, table: ImageTable, ks: list[int], batch_size: int = 64,
-                    num_workers: int | str = "auto", amp: str = "auto", resize: str = "shorter",
-                    progress: bool = True, fast_decode: bool = FAST_DECODE) -> dict[int, float]:
-    """Recall@K of ``encoder`` on the test split of ``table``.
+def recall_on_table(encoder: torch.nn.Module, table: ImageTable, ks: list[int],
+                    options: ExtractionOptions | None = None) -> dict[int, float]:
+    """Recall@K of ``encoder`` on the test split of ``table``, embedded with ``options``.
 
     Leave-one-out (every test image queries all the *other* test images) when every test image is both query and
     gallery (SOP, CUB, folder datasets); queries against a separate gallery otherwise (In-Shop).
     """
     test = table.split("test") if any(r.split == "train" for r in table) else table
-    ext = extract(encoder, test, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                  progress=progress, desc="embedding test images", fast_decode=fast_decode)
+    ext = extract(encoder, test, options, desc="embedding test images")
     labels = test.labels[ext.indices]
     if test.is_leave_one_out():
         return recall_at_k(ext.descriptors, labels, ks)
@@ -152,14 +152,11 @@ def landmark_metrics(database: np.ndarray, queries: np.ndarray, gnd: Sequence[di
 
 # -- extraction ---------------------------------------------------------------------------------------------------
 
-def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int, num_workers: int | str, amp: str,
-                resize: str, progress: bool, desc: str, fast_decode: bool = FAST_DECODE) -> Extraction:
-    """``extract`` with ``skip_bad=False`` of the pooled vectors (before PCA and L2): every row, or the
-    :class:`~vitrieval.data.images.ImageDecodeError` of the first unreadable file (raised where it was decoded,
+def extract_all(model: torch.nn.Module, table: ImageTable, options: ExtractionOptions, desc: str) -> Extraction:
+    """:func:`~vitrieval.embed.extract` of the pooled vectors (before PCA and L2) of every row, stopping at the
+    first unreadable file with its :class:`~vitrieval.data.images.ImageDecodeError` (raised where it was decoded,
     also inside a DataLoader worker)."""
-    ext = extract(encoder, table, batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize,
-                  skip_bad=False, apply_pca=False, progress=progress, desc=desc, pooled=True,
-                  fast_decode=fast_decode)
+    ext = extract(model, table, ExtractionOptions.of(options, skip_bad=False, output="pooled"), desc=desc)
     if len(ext.indices) != len(table) or not np.array_equal(ext.indices, np.arange(len(table))):
         raise RuntimeError(f"extraction returned {len(ext.indices)} of {len(table)} rows of {table.name}")
     return ext
@@ -170,24 +167,6 @@ def extract_all(encoder: torch.nn.Module, table: ImageTable, *, batch_size: int,
 def default_ks(dataset: str) -> tuple[int, ...]:
     """The paper's Recall@K values for ``dataset`` (1, 2, 4, 8 for unknown category-level datasets)."""
     return DEFAULT_KS.get(dataset, (1, 2, 4, 8))
-
-
-@dataclass(frozen=True)
-class ExtractionOptions:
-    """How images are embedded: ``batch_size`` images per forward pass, ``num_workers`` decoding workers, the
-    autocast policy ``amp`` (:func:`vitrieval.amp.autocast_context`), a progress bar, and ``fast_decode``
-    (``data.fast_decode``: large JPEGs decoded at a reduced DCT scale that still covers the eval resize)."""
-
-    batch_size: int = 64
-    num_workers: int | str = "auto"
-    amp: str = "auto"
-    progress: bool = True
-    fast_decode: bool = FAST_DECODE
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or (self.num_workers != "auto" and self.num_workers < 0):
-            raise ValueError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} and "
-                             f"{self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -207,7 +186,7 @@ class EvaluatedSet:
 def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks: Sequence[int] | None = None,
                    pca: PCAOptions | None = None, extraction: ExtractionOptions | None = None,
                    image_size: int | None = None, resize: str | None = None,
-                   reader_options: dict[str, Any] | None = None, model_dir: str | Path | None = None,
+                   reader_options: dict[str, Any] | None = None,
                    model_name: str | None = None, rerank: RerankOptions | None = None,
                    scales: Sequence[float] | None = None,
                    distractors: np.ndarray | None = None,
@@ -219,10 +198,11 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     ``image_size`` evaluates at another resolution (ViT position embeddings resampled on a copy of the encoder,
     :func:`vitrieval.model.at_image_size`); ``resize`` overrides the protocol's eval resize (``shorter``
     category-level, ``square`` landmarks); ``reader_options`` go to the dataset reader. ``pca`` (default: none
-    fitted) fits a PCA on the fit set :func:`vitrieval.evaluation.pca_fit.fit_pca` chooses. ``model_dir`` is the folder
-    ``encoder`` was loaded from (a run folder or its ``model/``): with ``pca.save`` the fitted PCA is attached and
-    the model saved there (only when the evaluation ran at the model's own image size, so that what is stored is
-    what index / serve will compute). A PCA the model already carries is applied when ``pca.dim`` is not given and
+    fitted) fits a PCA on the fit set :func:`vitrieval.evaluation.pca_fit.fit_pca` chooses, for this evaluation
+    only: ``encoder`` and its folder are never changed. With ``pca.save_to`` a *new* model folder is written there:
+    a copy of the model with the PCA attached, its own fingerprint (only when the evaluation ran at the model's own
+    image size and one scale, so that what is written is what index / serve will compute; the result then names it
+    under ``"saved_model"``). A PCA the model already carries is applied when ``pca.dim`` is not given and
     reported with the ``fitted_on`` its folder recorded (:attr:`vitrieval.model.Encoder.pca_info`).
     Unreadable images stop the evaluation with the :class:`~vitrieval.data.images.ImageDecodeError` naming the
     file. ``scales`` (e.g. ``(1, 0.707, 0.5)``) gives multi-scale descriptors (a PCA fitted on them is not stored:
@@ -248,9 +228,8 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     rerank = rerank if rerank is not None and rerank.methods else None
 
     def embed(rows: ImageTable, what: str) -> np.ndarray:
-        return extract_all(model, rows, batch_size=ext_options.batch_size, num_workers=ext_options.num_workers,
-                           amp=ext_options.amp, resize=resize, progress=ext_options.progress,
-                           desc=f"embedding {what}", fast_decode=ext_options.fast_decode).descriptors
+        return extract_all(model, rows, ExtractionOptions.of(ext_options, resize=resize),
+                           desc=f"embedding {what}").descriptors
 
     test = table.split("test")
     if len(test) == 0:
@@ -325,19 +304,32 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         inspect(EvaluatedSet(test, descriptors, np.asarray([r.is_query for r in test]),
                              np.asarray([r.is_gallery for r in test]), not landmarks and table.is_leave_one_out(),
                              table.extras["gnd"] if landmarks else None))
-    # Stored only once the metrics are computed: a failed evaluation leaves the model folder as it was.
-    if pca_options.fits and reduction is not None and model_dir is not None and pca_options.save:
+    # Written only once the metrics are computed, and only to a new folder: the evaluated model is never edited.
+    if pca_options.fits and reduction is not None and pca_options.save_to is not None:
         if model is encoder:
-            encoder.set_pca(reduction.to(next(encoder.parameters()).device), pca_info)
-            path = encoder.save(resolve_model_dir(model_dir))
-            log.info("PCA %d-d stored beside the model in %s", reduction.out_dim, path)
+            path = save_with_pca(encoder, reduction, pca_info, pca_options.save_to)
+            log.info("the model with its %d-d PCA written to %s (fingerprint %s)", reduction.out_dim, path,
+                     json.loads((path / "config.json").read_text())["fingerprint"])
+            result["saved_model"] = str(path)
         elif multi != (1.0,):
-            log.warning("PCA not stored in %s: it was fitted on multi-scale descriptors (scales %s); index and "
-                        "serve extract at one scale", model_dir, ",".join(f"{s:g}" for s in multi))
+            log.warning("PCA not saved to %s: it was fitted on multi-scale descriptors (scales %s); index and "
+                        "serve extract at one scale", pca_options.save_to, ",".join(f"{s:g}" for s in multi))
         else:
-            log.warning("PCA not stored in %s: it was fitted at %d px, not at the model's own %d px",
-                        model_dir, size, encoder.data_config["image_size"])
+            log.warning("PCA not saved to %s: it was fitted at %d px, not at the model's own %d px",
+                        pca_options.save_to, size, encoder.data_config["image_size"])
     return result
+
+
+def save_with_pca(encoder: Encoder, reduction: PCAReduction, pca_info: dict[str, Any] | None,
+                  directory: str | Path) -> Path:
+    """Write a new model folder at ``directory``: a copy of ``encoder`` with ``reduction`` attached (its own
+    fingerprint); ``encoder`` itself is left as it was. Refuses a folder that already holds a model."""
+    target = Path(directory).expanduser()
+    if (target / "config.json").exists() or (target / "model" / "config.json").exists():
+        raise ValueError(f"--save-pca {directory}: a model folder is already there; give a new folder")
+    derived = copy.deepcopy(encoder)
+    derived.set_pca(reduction.to(next(derived.parameters()).device), pca_info)
+    return derived.save(target, extra={"derived_from": encoder.fingerprint()})
 
 
 def _category_result(test: ImageTable, leave_one_out: bool, descriptors: np.ndarray, dataset: str,

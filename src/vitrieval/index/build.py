@@ -127,11 +127,21 @@ class BuildOptions:
             prep["fast_decode"] = bool(self.fast_decode)
         return prep
 
+    def extraction(self, amp: str) -> Any:
+        """The :class:`~vitrieval.embed.ExtractionOptions` of the build's torch extraction (under ``amp``, the mode
+        it records): unreadable images skipped and listed."""
+        from vitrieval.embed import ExtractionOptions
+
+        return ExtractionOptions(batch_size=self.batch_size, num_workers=self.num_workers, amp=amp,
+                                 resize=self.resize, skip_bad=True,
+                                 output="descriptor" if self.apply_pca else "normalized",
+                                 progress=self.progress, fast_decode=bool(self.fast_decode))
+
     def decode_min_side(self, data_config: dict[str, Any]) -> int | None:
         """The ``min_side`` images are decoded with (:attr:`fast_decode`; ``None``: full size)."""
-        from vitrieval.runtime.preprocess import EvalPreprocess
+        from vitrieval.data.preprocessing import Preprocessing
 
-        return EvalPreprocess.from_data_config(data_config, self.resize, bool(self.fast_decode)).min_side
+        return Preprocessing.from_data_config(data_config, self.resize, bool(self.fast_decode)).min_side
 
     def embedding_model(self, encoder: Encoder) -> Any:
         """``encoder``, or its :class:`~vitrieval.multiscale.MultiScaleEncoder` at :attr:`scales`."""
@@ -257,12 +267,12 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     return result
 
 
-def extract(encoder: Encoder, table: ImageTable, **kwargs: Any) -> Any:
+def extract(encoder: Encoder, table: ImageTable, *args: Any, **kwargs: Any) -> Any:
     """:func:`vitrieval.embed.extract`, imported when a build embeds (that module needs torch; an index opened
     for ``runtime="onnx"`` search imports this one without it)."""
     from vitrieval.embed import extract as torch_extract
 
-    return torch_extract(encoder, table, **kwargs)
+    return torch_extract(encoder, table, *args, **kwargs)
 
 
 def _onnx_embedder(encoder: Encoder, checkpoint: Path, options: BuildOptions, ctx: DistContext,
@@ -287,7 +297,7 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
     """Embed the shards in ``todo`` (all ranks; with ``embedder`` rank 0 alone), write them and gather every
     shard's chunk (rank 0)."""
     from vitrieval.progress import tqdm
-    from vitrieval.runtime.table_embed import embed_table
+    from vitrieval.runtime.extraction import embed_table
 
     chunks: list[Chunk] = []
     skipped: list[str] = []
@@ -297,13 +307,11 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
         if s in todo:
             sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
             if embedder is not None:
-                ex = embed_table(embedder, sub, options.batch_size, options.progress, f"shard {s + 1}/{n_shards}",
-                                 min_side=options.decode_min_side(encoder.data_config))
+                ex = embed_table(embedder, sub, options.batch_size, min_side=options.decode_min_side(
+                    encoder.data_config), progress=options.progress, desc=f"shard {s + 1}/{n_shards}")
             else:
-                ex = extract(encoder, sub, batch_size=options.batch_size, num_workers=options.num_workers, amp=amp,
-                             resize=options.resize, skip_bad=True, apply_pca=options.apply_pca,
-                             progress=options.progress, desc=f"shard {s + 1}/{n_shards}", distributed=ctx,
-                             fast_decode=bool(options.fast_decode))
+                ex = extract(encoder, sub, options.extraction(amp), desc=f"shard {s + 1}/{n_shards}",
+                             distributed=ctx)
             descriptors = ex.descriptors
             kept = [records[i] for i in ex.indices.tolist()]
             bad = list(ex.bad_paths)
@@ -388,6 +396,17 @@ def _augmented(chunks: list[Chunk], dba: RerankOptions) -> list[Chunk]:
     return [(augmented[a:b], k) for (_, k), a, b in zip(kept, bounds[:-1], bounds[1:])]
 
 
+def recorded_checkpoint(checkpoint: Path, directory: Path | None) -> str:
+    """How ``index.json`` names the model folder: relative to the index when it lies inside it (``index --model``
+    writes ``OUT/model``: the folder then moves as a whole), else its absolute path."""
+    if directory is not None:
+        try:
+            return str(Path(checkpoint).resolve().relative_to(Path(directory).expanduser().resolve()))
+        except ValueError:
+            pass
+    return str(checkpoint)
+
+
 def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
              options: BuildOptions, preprocessing: dict[str, Any], skipped: list[str], started: float) -> Built:
     """Train (if needed) and fill the faiss index from descriptor chunks; ids are consecutive from 0."""
@@ -413,8 +432,8 @@ def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory:
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     info = {
         "format": FORMAT, "version": FORMAT_VERSION,
-        "checkpoint": str(checkpoint), "fingerprint": encoder.fingerprint(), "descriptor_dim": dim,
-        "factory": resolved, "requested_factory": options.factory, "metric": "inner_product",
+        "checkpoint": recorded_checkpoint(checkpoint, directory), "fingerprint": encoder.fingerprint(),
+        "descriptor_dim": dim, "factory": resolved, "requested_factory": options.factory, "metric": "inner_product",
         "data_config": encoder.data_config, "preprocessing": preprocessing,
         "count": count, "next_id": next_id, "created": now, "updated": now,
         "build_seconds": round(time.time() - started, 3), "skipped": list(skipped),

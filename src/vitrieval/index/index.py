@@ -379,7 +379,7 @@ class Index(QueryEmbedding, LiveWrites):
             raise ValueError(f"this index's vectors are database-side augmented ({self.info['dba']}): added images "
                              "would not be, and the others' neighbourhoods would change; rebuild it with the new "
                              "images instead")
-        from vitrieval.embed import extract, resolve_distributed
+        from vitrieval.embed import ExtractionOptions, extract, resolve_distributed
 
         ctx = resolve_distributed(distributed)
         table = self._same_classes(collection_table(images))
@@ -394,9 +394,10 @@ class Index(QueryEmbedding, LiveWrites):
         with self._writer_held(ctx):
             with self._lock:
                 model = self._embedding_model(encoder)  # multi-scale when the index is
-                ex = extract(model, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
-                             amp=self._amp(encoder), resize=prep.get("resize", "shorter"), skip_bad=True,
-                             progress=progress, desc="adding", distributed=ctx, fast_decode=self.fast_decode)
+                options = ExtractionOptions(batch_size=batch_size, num_workers=num_workers,
+                                            amp=self._amp(encoder), resize=prep.get("resize", "shorter"),
+                                            skip_bad=True, progress=progress, fast_decode=self.fast_decode)
+                ex = extract(model, ImageTable(fresh, "add"), options, desc="adding", distributed=ctx)
             for path in ex.bad_paths if ctx.is_main else ():
                 log.warning("skipped unreadable image: %s", path)
             kept = [IndexEntry.from_record(-1, fresh[i]) for i in ex.indices.tolist()]

@@ -35,8 +35,9 @@ from PIL import Image
 
 from vitrieval.amp import AMP_MODES, amp_mode, emulated_bf16, resolve_device
 from vitrieval.data.images import load_image
+from vitrieval.data.preprocessing import Preprocessing
 from vitrieval.index.store import ModelMismatchError
-from vitrieval.runtime.embedder import Embedder, check_runtime, torch_missing
+from vitrieval.runtime.embedder import Embedder, check_runtime, embed_images, torch_missing
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,14 @@ class QueryEmbedding:
         self._multi_scale: Any = None  # the encoder's MultiScaleEncoder at the index's scales, made once
 
     @property
+    def model_dir(self) -> Path:
+        """The model folder ``info["checkpoint"]`` names (a relative one lies inside the index folder: ``vitrieval
+        index --model`` writes it there)."""
+        path = Path(self.info["checkpoint"])
+        directory = getattr(self, "directory", None)
+        return directory / path if not path.is_absolute() and directory is not None else path
+
+    @property
     def fingerprint(self) -> str:
         """Fingerprint of the model that embedded the collection."""
         return str(self.info["fingerprint"])
@@ -91,15 +100,16 @@ class QueryEmbedding:
         return bool(self.info.get("preprocessing", {}).get("fast_decode", False))
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """The pre-processing the index recorded (``data_config`` + ``preprocessing``): queries, adds and uploads
+        follow it."""
+        return Preprocessing.from_record(self.info["data_config"], self.info.get("preprocessing"))
+
+    @property
     def decode_min_side(self) -> int | None:
         """The ``min_side`` queries are decoded with: the eval transform's with :attr:`fast_decode`, else
         ``None`` (full size)."""
-        if not self.fast_decode:
-            return None
-        from vitrieval.runtime.preprocess import EvalPreprocess
-
-        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
-        return EvalPreprocess.from_data_config(self.info["data_config"], resize, fast_decode=True).min_side
+        return self.preprocessing.min_side
 
     # -- the model --------------------------------------------------------------------------------------------
     @property
@@ -114,7 +124,7 @@ class QueryEmbedding:
     def _load_encoder(self) -> Encoder:
         from vitrieval.model import load
 
-        checkpoint = Path(self.info["checkpoint"])
+        checkpoint = self.model_dir
         if not checkpoint.exists():
             raise FileNotFoundError(f"the index's model {checkpoint} is gone; pass checkpoint= to Index.load "
                                     f"(--checkpoint) with the folder of the model that built it")
@@ -129,6 +139,16 @@ class QueryEmbedding:
             raise ModelMismatchError(f"the model at {checkpoint} gives {encoder.descriptor_dim}-d descriptors, "
                                      f"the index holds {self.descriptor_dim}-d ones")
         return encoder
+
+    def use_encoder(self, encoder: Encoder) -> None:
+        """Embed with ``encoder`` (e.g. ``--model NAME --pretrained-file F`` made again) instead of loading the
+        index's model folder; refused unless it is the index's model (fingerprint and dimension)."""
+        if encoder.fingerprint() != self.fingerprint or encoder.descriptor_dim != self.descriptor_dim:
+            raise ModelMismatchError(f"this model (fingerprint {encoder.fingerprint()}, {encoder.descriptor_dim}-d) "
+                                     f"is not the one the index was built with ({self.fingerprint}, "
+                                     f"{self.descriptor_dim}-d): its descriptors are not comparable")
+        with self._lock:
+            self._encoder, self._embedder, self._stored_embedder = encoder, None, None
 
     def _amp(self, encoder: Encoder) -> str:
         """The mixed precision the index's descriptors were made with (see :func:`vitrieval.amp.amp_mode`)."""
@@ -202,7 +222,7 @@ class QueryEmbedding:
             if self.scales != (1.0,):
                 raise OnnxModelError(f"this index holds multi-scale descriptors (scales {self.scales}); the exported "
                                      "graph runs one scale: query it with runtime torch")
-            embedder = OnnxEmbedder(default_onnx_path(self.info["checkpoint"]), resize=resize, threads=self.threads)
+            embedder = OnnxEmbedder(default_onnx_path(self.model_dir), resize=resize, threads=self.threads)
             check_same_model(embedder.info, embedder.path, self.fingerprint, self.descriptor_dim)
             return embedder
         from vitrieval.runtime.torch_embedder import TorchEmbedder
@@ -212,7 +232,7 @@ class QueryEmbedding:
         except ImportError as exc:
             raise (torch_missing(exc) or exc) from None
         amp = self._amp(encoder) if stored or self.query_amp is None else self.query_amp
-        return TorchEmbedder(self._embedding_model(encoder), self.info["data_config"], resize, amp)
+        return TorchEmbedder(self._embedding_model(encoder), self.preprocessing, amp)
 
     # -- embedding ---------------------------------------------------------------------------------------------
     def prepare(self, image: ImageLike) -> Any:
@@ -241,4 +261,4 @@ class QueryEmbedding:
         pil = [as_rgb(im, min_side) for im in images]
         embedder = self.embedder
         with self._lock:
-            return embedder.embed(pil, batch_size=batch_size)
+            return embed_images(embedder, pil, batch_size)

@@ -1,16 +1,19 @@
 """The resumable shard cache of a build: descriptors written shard by shard, so a rerun embeds only what is missing.
 
 A build cuts its collection into shards of ``shard_size`` consecutive images and writes each finished one into
-``<index>/shards/`` as ``NNNNN.npy`` (float32 descriptors of the readable images) and ``NNNNN.json``::
+``<index>/shards/`` as ``NNNNN.npy`` (float32 descriptors of the readable images), ``NNNNN.csv`` (``path,label``
+of its rows, in order: the open-format side, for tools outside vitrieval) and ``NNNNN.json``::
 
     {"key": ..., "count": n, "dim": d, "rows": [[path, label], ...], "bad": [unreadable paths]}
 
+``vitrieval embed`` writes exactly these shards (and ``index`` over the same folder, images and model reuses them).
 The key (:func:`shard_key`) hashes the model fingerprint, the preprocessing and the shard's records, so a shard is
 reused only for exactly the same input. Both files are written atomically, the ``.json`` last.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -57,6 +60,11 @@ def shard_paths(shard_dir: Path, s: int) -> tuple[Path, Path]:
     return shard_dir / f"{s:05d}.npy", shard_dir / f"{s:05d}.json"
 
 
+def shard_csv(shard_dir: Path, s: int) -> Path:
+    """The ``path,label`` table beside shard ``s``'s descriptors."""
+    return shard_dir / f"{s:05d}.csv"
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     """``array`` as float32 ``.npy``, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -68,6 +76,11 @@ def write_shard(shard_dir: Path, s: int, key: str, descriptors: np.ndarray, kept
     """Write finished shard ``s``: its descriptors, then the metadata that makes it reusable."""
     npy, meta = shard_paths(shard_dir, s)
     save_npy(npy, descriptors)
+    with atomic_path(shard_csv(shard_dir, s)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                                            errors="surrogateescape") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        writer.writerows([r.path, r.label] for r in kept)
     atomic_write_json(meta, {"key": key, "count": len(kept), "dim": int(descriptors.shape[1]),
                              "rows": [[r.path, r.label] for r in kept], "bad": list(bad)})
 
@@ -105,6 +118,6 @@ def read_cached_shards(shard_dir: Path, keys: Sequence[str]) -> dict[int, Cached
 def remove_stale_shards(shard_dir: Path, n_shards: int) -> None:
     """Delete the shard files numbered ``n_shards`` and above (left by a former, larger build)."""
     for p in shard_dir.iterdir():
-        m = re.fullmatch(r"(\d{5})\.(npy|json)", p.name)
+        m = re.fullmatch(r"(\d{5})\.(npy|json|csv)", p.name)
         if m and int(m.group(1)) >= n_shards:
             p.unlink()

@@ -92,8 +92,9 @@ def check_out_dir(directory: Path) -> None:
         raise ValueError(f"index output {directory} exists and is not a folder")
     if directory.is_dir() and any(directory.iterdir()):
         ours = {INFO_FILE, INDEX_FILE, METADATA_FILE, SHARDS_DIR}
-        if not any((directory / name).exists() for name in ours) and not any(map(_is_generation,
-                                                                                    directory.iterdir())):
+        only_model = {p.name for p in directory.iterdir()} == {"model"}  # `index --model` wrote its model first
+        if not only_model and not any((directory / name).exists() for name in ours) \
+                and not any(map(_is_generation, directory.iterdir())):
             raise ValueError(f"index output {directory} is a non-empty folder that is not a vitrieval index; "
                              f"choose another -o")
 

@@ -12,8 +12,8 @@ A **row** (one line of a paper table) is made of **jobs**; a job is one run fold
 
 Sweeps are data: Table 5 is one base preset per backbone and ``--set loss.margin=β --set loss.koleo_weight=λ``,
 Table 6 the landmark preset with ``--set loss.koleo_weight=λ``, Table 9's In-Shop and landmark columns the CLS
-preset with ``--set model.pooling=...``. PCA rows evaluate the same run with ``--pca 128 --no-save-pca`` (the PCA
-is not stored beside the model, so that the full-size evaluation of the same run stays full size).
+preset with ``--set model.pooling=...``. PCA rows evaluate the same run with ``--pca 128`` (evaluate never edits
+the model, so the full-size evaluation of the same run stays full size).
 
 Placeholders: ``{out}`` (the output folder) and one data root per dataset, ``{sop}``, ``{cub}``, ``{inshop}``,
 ``{sfm120k}``, ``{roxford5k}``, ``{rparis6k}`` (``{folder}`` for the CPU grid).
@@ -154,7 +154,7 @@ def off_the_shelf(model: str) -> Job:
 def category(j: Job, dataset: str, ks: tuple[int, ...] | None = None, pca: int | None = None) -> dict[str, Source]:
     """``"<SET> R@K"`` sources for an evaluation of ``j`` on a category-level ``dataset`` (optionally PCA)."""
     name, default = _CATEGORY[dataset]
-    flags = ("--pca", str(pca), "--no-save-pca") if pca else ()
+    flags = ("--pca", str(pca)) if pca else ()
     ev = Evaluation(dataset, flags, f"{dataset}-pca{pca}" if pca else dataset)
     step = ev.step(j)
     return {f"{name} R@{k}": Source(j, step, ("recall_at_k", str(k))) for k in (ks or default)}
@@ -164,7 +164,7 @@ def landmarks(j: Job, size: int = 224, pca: int | None = None) -> dict[str, Sour
     """``ROxf M/H``, ``RPar M/H`` sources (revisited mAP) of ``j`` at ``size`` px, optionally PCA fitted on SfM-120k."""
     flags = ["--image-size", str(size)]
     if pca:
-        flags += ["--pca", str(pca), "--pca-fit-dataset", "sfm120k", "--pca-fit-root", "{sfm120k}", "--no-save-pca"]
+        flags += ["--pca", str(pca), "--pca-fit-dataset", "sfm120k", "--pca-fit-root", "{sfm120k}"]
     out: dict[str, Source] = {}
     for dataset, short in _LANDMARK_SETS:
         ev = Evaluation(dataset, tuple(flags), f"{dataset}-{size}" + (f"-pca{pca}" if pca else ""))

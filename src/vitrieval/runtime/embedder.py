@@ -14,22 +14,32 @@ RUNTIMES = ("torch", "onnx")
 
 
 class Embedder(Protocol):
-    """RGB images -> ``(n, D)`` float32 unit-norm descriptors (after PCA when the model has one)."""
+    """The one interface from images to descriptors: a batch of prepared images in, ``(n, D)`` float32 unit-norm
+    descriptors out (after PCA when the model has one). Implementations: :class:`~vitrieval.runtime.
+    torch_embedder.TorchEmbedder` (the encoder, or its multi-scale wrapper) and :class:`~vitrieval.runtime.
+    onnx_embedder.OnnxEmbedder`; every extraction loop (:mod:`vitrieval.runtime.extraction`) and every query
+    goes through one."""
 
     runtime: str
     descriptor_dim: int
 
     def prepare(self, image: Image.Image) -> Any:
-        """One RGB image as the model's input ``(3, H, W)`` (the eval preprocessing), for :meth:`embed_prepared`."""
+        """One RGB image as the model's input ``(3, H, W)`` (the pre-processing), for :meth:`embed_prepared`."""
         ...
 
-    def embed_prepared(self, inputs: Sequence[Any]) -> np.ndarray:
-        """Descriptors of inputs made by :meth:`prepare`, in order: one forward pass."""
+    def embed_prepared(self, inputs: Any) -> np.ndarray:
+        """Descriptors of inputs made by :meth:`prepare` (a sequence of them, or them stacked), in order: one
+        forward pass."""
         ...
 
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Descriptors of the images, in order, ``batch_size`` images per forward pass."""
-        ...
+
+def embed_images(embedder: Embedder, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+    """Descriptors of decoded images, in order, ``batch_size`` per forward pass of ``embedder``."""
+    out = [embedder.embed_prepared([embedder.prepare(im) for im in images[i:i + batch_size]])
+           for i in range(0, len(images), batch_size)]
+    if not out:
+        return np.zeros((0, embedder.descriptor_dim), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 class RuntimeUnavailableError(ValueError):

@@ -1,7 +1,7 @@
 """Query embedding with onnxruntime on the exported graph, with Pillow + numpy pre-processing: no torch.
 
 The graph (``vitrieval export``) is the whole encoder: backbone, pooling, projection, PCA, L2. The pixels it gets
-are :class:`~vitrieval.runtime.preprocess.EvalPreprocess`'s, identical to the torch eval transform's.
+are :class:`~vitrieval.data.preprocessing.Preprocessing`'s, identical to the torch eval transform's.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitrieval.data.preprocessing import Preprocessing
 from vitrieval.runtime.onnx_file import INPUT_NAME, OnnxModelError, OnnxModelInfo
-from vitrieval.runtime.preprocess import EvalPreprocess
 
 
 def inference_session(path: Path, threads: int = 0) -> Any:
@@ -51,7 +51,7 @@ class OnnxEmbedder:
         self.session = inference_session(self.path, threads)
         self.info = OnnxModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.descriptor_dim = self.info.descriptor_dim
-        self.preprocess = EvalPreprocess.from_data_config(self.info.data_config, resize or self.info.resize)
+        self.preprocess = Preprocessing.from_data_config(self.info.data_config, resize or self.info.resize)
 
     @property
     def fingerprint(self) -> str:
@@ -65,13 +65,7 @@ class OnnxEmbedder:
     def prepare(self, image: Image.Image) -> np.ndarray:
         return self.preprocess(image)
 
-    def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    def embed_prepared(self, inputs: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         if not len(inputs):
             return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return self.run(np.stack(list(inputs)))
-
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        out = [self.run(self.preprocess.batch(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return np.concatenate(out)
+        return self.run(inputs if isinstance(inputs, np.ndarray) else np.stack(list(inputs)))

@@ -77,7 +77,6 @@ from vitrieval.serve.uploads import (
     DEFAULT_MAX_RESIZED_PIXELS,
     DEFAULT_MAX_UPLOAD_PIXELS,
     DecodePool,
-    ResizeTarget,
     UploadLimits,
     UploadRefused,
 )
@@ -310,7 +309,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     idx.use_query_amp(query_amp)
     if preload_model:
         _ = idx.embedder
-    decoder = DecodePool(limits, ResizeTarget.from_index_info(idx.info))
+    decoder = DecodePool(limits, idx.preprocessing)
     root = idx.root
     cache = ThumbnailCache(thumbnail_cache_entries)
     max_mb = f"{max_upload_bytes / 2 ** 20:g}"

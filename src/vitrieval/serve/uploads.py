@@ -7,7 +7,7 @@ the aspect ratio (2 x 400,000 becomes 73 x 14.6 M pixels for a 64 px model: 4 GB
 1. opened lazily (``Image.open`` reads the header only) and refused when
    - its pixel count exceeds ``max_pixels`` (413),
    - its aspect ratio (long side / short side) exceeds ``max_aspect_ratio`` (422), or
-   - its size after the index's resize (shorter side to ``image_size / crop_pct``, or a square) exceeds
+   - its size after the index's first resize (:meth:`vitrieval.data.preprocessing.Preprocessing.resized_size`) exceeds
      ``max_resized_pixels`` (413);
 2. decoded near the size the model needs: a JPEG through ``draft()`` (libjpeg's DCT scaling by 1/2, 1/4 or 1/8,
    so the full-size image never exists), any other format decoded and then ``reduce()``d by an integer factor.
@@ -15,7 +15,7 @@ the aspect ratio (2 x 400,000 becomes 73 x 14.6 M pixels for a 64 px model: 4 GB
    resize of the eval transform, and hence the descriptor, is practically unchanged;
    For an index built with fast decoding (``preprocessing.fast_decode: true``, :mod:`vitrieval.index.build`) a
    JPEG is instead decoded exactly as :func:`vitrieval.data.images.load_image` with the eval transform's
-   ``min_side`` (``ResizeTarget.short``) decodes it, the build's and ``vitrieval search``'s decode: the draft
+   ``min_side`` (``Preprocessing.min_side``) decodes it, the build's and ``vitrieval search``'s decode: the draft
    scale of :func:`~vitrieval.data.images.dct_reduction` (the largest 1/2, 1/4, 1/8 keeping ``min_side``) and no
    ``reduce()``, so an uploaded JPEG gets the descriptor the same file has in the index. That is still bounded:
    the header limits of step 1 hold, and a draft that stays at full size leaves a shorter side under
@@ -42,12 +42,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from PIL import Image
 
-from vitrieval.data.images import ImageDecodeError, decoding, draft_reduced, rgb_or_error
-from vitrieval.runtime.preprocess import shorter_side_target
+from vitrieval.data.images import ImageDecodeError, decoding, draft_reduced, load_image
+from vitrieval.data.preprocessing import Preprocessing
 
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 """Largest pixel count of an upload, read from its header (7000 x 7000 is 49 M)."""
@@ -62,14 +61,10 @@ MAX_DEFAULT_DECODE_WORKERS = 4
 REDUCING_GAP = 2.0
 """Decode to at least this many times the resize target (then the eval transform resizes the rest of the way)."""
 
-_ORIENTATION = 0x0112
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
-              7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}  # as ImageOps.exif_transpose
 _ONE_BYTE_MODES = ("1", "L", "P")
 _TWO_BYTE_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _CONVERT_BEFORE_REDUCE = ("1", "P", "PA", *_TWO_BYTE_MODES)
-"""Modes reduce() refuses, or would average palette indices of: converted first (1 -> L, P/PA -> RGB(A), I;16 -> I)."""
+"""Modes ``load_image(reduce=...)`` converts before reducing (their copy is part of the memory plan)."""
 
 
 def default_decode_workers() -> int:
@@ -106,40 +101,6 @@ class UploadLimits:
 
 
 @dataclass(frozen=True)
-class ResizeTarget:
-    """What the index's eval transform resizes an image to (mirrors ``vitrieval.data.transforms.eval_transform``).
-
-    ``square=False``: the shorter side becomes ``short`` (``max(size, int(size / crop_pct))``), the longer side
-    ``int(short * long / shorter)``; ``square=True``: ``short`` x ``short``. ``short`` is also the eval transform's
-    ``min_side``; ``fast_decode``: the index's JPEGs were decoded with it (module docstring, step 2).
-    """
-
-    short: int
-    square: bool = False
-    fast_decode: bool = False
-
-    @classmethod
-    def from_index_info(cls, info: dict[str, Any]) -> ResizeTarget:
-        data_config = info.get("data_config") or {}
-        size = int(data_config.get("image_size", 224))
-        preprocessing = info.get("preprocessing") or {}
-        fast = bool(preprocessing.get("fast_decode", False))  # missing: an older index, decoded at full size
-        if preprocessing.get("resize", "shorter") == "square":
-            return cls(size, square=True, fast_decode=fast)
-        return cls(shorter_side_target(size, float(data_config.get("crop_pct", 0.875))), fast_decode=fast)
-
-    def resized(self, width: int, height: int) -> tuple[int, int]:
-        if self.square:
-            return self.short, self.short
-        if width <= height:
-            return self.short, int(self.short * height / width)
-        return int(self.short * width / height), self.short
-
-    def describe(self) -> str:
-        return f"a {self.short} x {self.short} square" if self.square else f"a shorter side of {self.short} px"
-
-
-@dataclass(frozen=True)
 class DecodePlan:
     """How one upload will be decoded, decided from its header alone."""
 
@@ -165,7 +126,7 @@ def open_upload(data: bytes, name: str) -> Image.Image:
         return Image.open(io.BytesIO(data))
 
 
-def plan_decode(img: Image.Image, name: str, limits: UploadLimits, target: ResizeTarget) -> DecodePlan:
+def plan_decode(img: Image.Image, name: str, limits: UploadLimits, target: Preprocessing) -> DecodePlan:
     """Check ``img``'s header against ``limits`` (:class:`UploadRefused` if over one) and plan a reduced decode.
 
     Sets up a JPEG's ``draft`` (on ``img`` itself: nothing is decoded yet).
@@ -183,19 +144,19 @@ def plan_decode(img: Image.Image, name: str, limits: UploadLimits, target: Resiz
         raise UploadRefused(422, f"the uploaded image {name!r} is {width}x{height}, an aspect ratio of "
                                  f"{ratio:.4g}:1, over the limit of {limits.max_aspect_ratio:g}:1 "
                                  f"(max_aspect_ratio); crop it to the object")
-    rw, rh = target.resized(width, height)
+    rw, rh = target.resized_size(width, height)
     if rw * rh > limits.max_resized_pixels:
         raise UploadRefused(413, f"the uploaded image {name!r} is {width}x{height}; resized to "
                                  f"{target.describe()} for the model it would be {rw}x{rh} = {rw * rh} pixels, "
                                  f"over the limit of {limits.max_resized_pixels} (max_resized_pixels)")
-    wanted = REDUCING_GAP * target.short  # the decoded shorter side is kept at least this long
+    wanted = REDUCING_GAP * target.first_side  # the decoded shorter side is kept at least this long
     fmt = getattr(img, "format", None)
     drafted = short > wanted and fmt in ("JPEG", "MPO")  # MPO: phone cameras' JPEG
     full_cost = 0
     if drafted and (img.info.get("progressive") or img.info.get("progression")):
         full_cost = pixels * 6  # libjpeg keeps a progressive file's DCT coefficients at full size
-    if target.fast_decode and fmt == "JPEG":  # load_image(min_side=short)'s decode: the build's pixels
-        draft_reduced(img, target.short)
+    if target.fast_decode and fmt == "JPEG":  # load_image(min_side=...)'s decode: the build's pixels
+        draft_reduced(img, target.min_side)
         factor = 1
     else:
         if drafted:
@@ -212,39 +173,10 @@ def plan_decode(img: Image.Image, name: str, limits: UploadLimits, target: Resiz
                       full_cost + decoded + 3 * small)  # reduced, transposed and RGB copies
 
 
-def _orientation(img: Image.Image) -> int:
-    try:
-        return int(img.getexif().get(_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost an image whose pixels decoded fine
-        return 1
-
-
 def decode_planned(img: Image.Image, plan: DecodePlan) -> Image.Image:
-    """Decode the lazily opened ``img`` as ``plan`` says: RGB, EXIF orientation applied, reduced near the target.
-
-    The same result as :func:`vitrieval.data.images.load_image` up to the reduction (and the same errors).
-    """
-    label = plan.name
-    with decoding(label):
-        img.load()
-    orientation = _orientation(img)
-    out = img
-    if plan.reduce_factor > 1:
-        mode = img.mode
-        if mode == "1":
-            out = img.convert("L")
-        elif mode == "PA":
-            out = img.convert("RGBA")
-        elif mode == "P":
-            out = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        elif mode in _TWO_BYTE_MODES:
-            out = img.convert("I")
-        out = out.reduce(plan.reduce_factor)
-        if mode in _TWO_BYTE_MODES:
-            out = out.convert("I;16")  # to_rgb scales a 16-bit image by 65535, as it would the original
-    if orientation in _TRANSPOSE:
-        out = out.transpose(_TRANSPOSE[orientation])
-    return rgb_or_error(out, label)
+    """Decode the lazily opened ``img`` as ``plan`` says: :func:`vitrieval.data.images.load_image` with the plan's
+    ``reduce`` factor (RGB, EXIF orientation applied, reduced near the target; the same errors)."""
+    return load_image(img, max_pixels=None, name=plan.name, reduce=plan.reduce_factor)
 
 
 class _Budget:
@@ -282,7 +214,7 @@ class DecodePool:
     their (size-limited) bytes.
     """
 
-    def __init__(self, limits: UploadLimits, target: ResizeTarget) -> None:
+    def __init__(self, limits: UploadLimits, target: Preprocessing) -> None:
         self.limits = limits
         self.target = target
         self._budget = _Budget(limits.decode_memory_budget)

@@ -7,7 +7,7 @@ import torch
 from vitrieval.config import Config
 from vitrieval.data.table import ImageTable
 from vitrieval.distributed import DistContext
-from vitrieval.embed import extract
+from vitrieval.embed import ExtractionOptions, extract
 from vitrieval.evaluation.protocol import recall_on_table
 
 
@@ -22,13 +22,13 @@ def held_out_recall(encoder: torch.nn.Module, table: ImageTable, config: Config,
         return {}
     table = table.evenly_subsampled(config.train.eval_max_images)
     ks = [k for k in config.train.eval_ks if k < len(table)]
-    options = dict(batch_size=max(64, config.train.batch_size), num_workers=config.data.num_workers,
-                   amp=config.train.amp, resize=config.data.eval_resize, progress=False,
-                   fast_decode=config.data.fast_decode)
+    options = ExtractionOptions(batch_size=max(64, config.train.batch_size), num_workers=config.data.num_workers,
+                                amp=config.train.amp, resize=config.data.eval_resize, progress=False,
+                                fast_decode=config.data.fast_decode)
     if not dist.is_main:  # the same sharded extraction as rank 0's recall_on_table, result unused
-        extract(encoder, table, distributed=dist, **options)
+        extract(encoder, table, options, distributed=dist)
         return {}
-    return recall_on_table(encoder, table, ks, **options)
+    return recall_on_table(encoder, table, ks, options)
 
 
 def format_recall(recall: dict) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from vitrieval.data.table import ImageTable
 from vitrieval.data.tuples import EpochTuples
-from vitrieval.embed import FAST_DECODE, extract
+from vitrieval.embed import ExtractionOptions, extract
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,21 @@ def _pick(order: np.ndarray, clusters: np.ndarray, query_cluster: int, k: int) -
     return None
 
 
+MINING_EXTRACTION = ExtractionOptions(batch_size=32, resize="square", output="normalized")
+"""The extraction settings mining starts from: L2-normalised descriptors before any PCA, whole images."""
+
+
 def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.ndarray, epoch: int, seed: int, *,
-                      query_size: int, pool_size: int, negatives: int, batch_size: int = 32,
-                      num_workers: int | str = "auto", amp: str = "auto", resize: str = "square",
-                      skip_bad: bool = False, progress: bool = True,
-                      fast_decode: bool = FAST_DECODE) -> EpochTuples:
+                      query_size: int, pool_size: int, negatives: int,
+                      extraction: ExtractionOptions = MINING_EXTRACTION) -> EpochTuples:
     """Draw and mine the tuples of ``epoch`` (see the module docstring); ``pairs`` is ``(m, 2)`` table rows.
 
-    ``fast_decode`` (``data.fast_decode``): large JPEGs decoded at a reduced DCT scale, as training decodes them.
+    ``extraction`` (:class:`~vitrieval.embed.ExtractionOptions`): how the queries and the pool are embedded (batch
+    size, workers, autocast, resize, ``skip_bad``, ``fast_decode``: large JPEGs decoded at a reduced DCT scale, as
+    training decodes them); the descriptors are always the normalised ones before any PCA.
 
-    Unreadable images (with ``skip_bad``) are left out: a query that cannot be read drops its tuple, a pool image
-    cannot be chosen. Under torchrun every rank calls this with the same arguments and gets the same tuples.
+    Unreadable images (with ``extraction.skip_bad``) are left out: a query that cannot be read drops its tuple, a
+    pool image cannot be chosen. Under torchrun every rank calls this with the same arguments and gets the same tuples.
     The two extractions start their decode workers afresh (once per epoch, not per batch): an epoch embeds
     ``query_size + pool_size`` images (22,000 in cirtorch's recipe), so the start-up is a small share of it.
     """
@@ -102,12 +106,11 @@ def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.nda
     if negatives == 0:
         return EpochTuples(chosen[:, 0], chosen[:, 1], np.zeros((len(chosen), 0), np.int64))
     pool_rows = rng.permutation(len(table))[:min(pool_size, len(table))].astype(np.int64)
-    options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, resize=resize, skip_bad=skip_bad,
-                   apply_pca=False, progress=progress, fast_decode=fast_decode)
+    options = ExtractionOptions.of(extraction, output="normalized")
     q_table = ImageTable([table[int(i)] for i in chosen[:, 0]], f"{table.name}/epoch-{epoch}-queries")
     p_table = ImageTable([table[int(i)] for i in pool_rows], f"{table.name}/epoch-{epoch}-pool")
-    q_ext = extract(encoder, q_table, desc=f"epoch {epoch}: embedding {len(q_table)} queries", **options)
-    p_ext = extract(encoder, p_table, desc=f"epoch {epoch}: embedding a pool of {len(p_table)}", **options)
+    q_ext = extract(encoder, q_table, options, desc=f"epoch {epoch}: embedding {len(q_table)} queries")
+    p_ext = extract(encoder, p_table, options, desc=f"epoch {epoch}: embedding a pool of {len(p_table)}")
     chosen = chosen[q_ext.indices]
     pool_rows = pool_rows[p_ext.indices]
     labels = table.labels

@@ -32,6 +32,7 @@ from vitrieval.amp import autocast_context
 from vitrieval.data.loading import close_loader, loader_options, resolve_num_workers
 from vitrieval.data.transforms import train_transform
 from vitrieval.data.tuples import EpochTupleBatches, EpochTuples, TupleImages, collate_tuples, epoch_base_seed
+from vitrieval.embed import ExtractionOptions
 from vitrieval.progress import tqdm
 from vitrieval.training.lifecycle import RunLifecycle, TrainResult
 from vitrieval.training.mining import mine_epoch_tuples
@@ -121,10 +122,12 @@ class TupleTrainer(RunLifecycle):
         start = time.time()
         tuples = mine_epoch_tuples(
             self.encoder, self.train_table, self.pairs, self.epoch, self.cfg.train.seed, query_size=tc.query_size,
-            pool_size=tc.pool_size, negatives=tc.negatives, batch_size=tc.mining_batch_size,
-            num_workers=self.num_workers, amp=self.cfg.train.amp, resize=data.eval_resize,
-            skip_bad=data.on_bad_image == "skip", progress=self.progress and self.dist.is_main,
-            fast_decode=data.fast_decode)
+            pool_size=tc.pool_size, negatives=tc.negatives,
+            extraction=ExtractionOptions(batch_size=tc.mining_batch_size, num_workers=self.num_workers,
+                                         amp=self.cfg.train.amp, resize=data.eval_resize,
+                                         skip_bad=data.on_bad_image == "skip", output="normalized",
+                                         progress=self.progress and self.dist.is_main,
+                                         fast_decode=data.fast_decode))
         row = {"iteration": self.iteration, "epoch": self.epoch, "mining_seconds": time.time() - start,
                "tuples": len(tuples), "negative_distance": tuples.negative_distance}
         self.metrics.write(row)

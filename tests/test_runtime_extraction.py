@@ -1,15 +1,15 @@
-"""vitrieval.runtime.table_embed: a table's readable images in order, bboxes applied, unreadable files named."""
+"""vitrieval.runtime.extraction: the one loop; a table's readable images in order, bboxes applied, unreadable files
+named (the torch-free batch source)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from vitrieval.data.table import ImageTable, Record
-from vitrieval.runtime.table_embed import embed_table
+from vitrieval.runtime.extraction import embed_table
 
 
 class MeanColour:
@@ -21,9 +21,12 @@ class MeanColour:
     def __init__(self) -> None:
         self.batches: list[int] = []
 
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        self.batches.append(len(images))
-        return np.stack([np.asarray(im, dtype=np.float32).reshape(-1, 3).mean(0) for im in images])
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(0)
+
+    def embed_prepared(self, inputs: np.ndarray) -> np.ndarray:
+        self.batches.append(len(inputs))
+        return np.asarray(inputs, dtype=np.float32)
 
 
 def test_rows_bboxes_and_skipped_files(tmp_path: Path) -> None:
@@ -40,7 +43,7 @@ def test_rows_bboxes_and_skipped_files(tmp_path: Path) -> None:
     embedder = MeanColour()
     out = embed_table(embedder, ImageTable(records, "t"), batch_size=2)
     assert out.indices.tolist() == [0, 1, 3, 4, 5] and out.bad_paths == [str(bad)]
-    assert embedder.batches == [2, 2, 1]
+    assert embedder.batches == [2, 2, 1]  # readable images per batch (the unreadable one left out)
     assert np.allclose(out.descriptors[3], [0, 200, 0])  # row 4 = image 3, cropped to its green box
     assert np.allclose(out.descriptors[0], [0, 100, 0]) and np.allclose(out.descriptors[4], [20, 100, 0])
     empty = embed_table(embedder, ImageTable([Record(str(bad), 0)], "t"))
@@ -59,9 +62,9 @@ def test_min_side_decodes_large_jpegs_as_load_image_does(tmp_path: Path) -> None
     seen: list[tuple[int, int]] = []
 
     class Sizes(MeanColour):
-        def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-            seen.extend(im.size for im in images)
-            return super().embed(images, batch_size)
+        def prepare(self, image: Image.Image) -> np.ndarray:
+            seen.append(image.size)
+            return super().prepare(image)
 
     out = embed_table(Sizes(), ImageTable(records, "t"), min_side=35)
     assert seen == [(80, 60), (140, 110)]  # 1/8 whole; the box (560 x 440) keeps 2 x 35: 1/4
