@@ -139,7 +139,7 @@ def _worker(work: Path) -> None:
     rows.clear()
     if ctx.is_main:
         (out / "api.idx" / "shards").mkdir(parents=True)
-        for suffix in ("npy", "json"):
+        for suffix in ("npy", "csv", "json"):  # a shard a previous build wrote
             shutil.copy(out / "cli.idx" / "shards" / f"00001.{suffix}", out / "api.idx" / "shards")
     ctx.barrier()
     index = Index.build(work / "model", work / "images", out / "api.idx", factory="Flat", batch_size=BATCH,
@@ -302,7 +302,7 @@ def test_only_rank_zero_writes_prints_and_logs(world):
         assert sorted(p.name for p in (world["out"] / built / names[0]).iterdir()) == ["index.faiss",
                                                                                         "metadata.jsonl"]
         shards = sorted(p.name for p in (world["out"] / built / "shards").iterdir())
-        assert shards == [f"{s:05d}.{x}" for s in range(3) for x in ("json", "npy")], (built, shards)
+        assert shards == [f"{s:05d}.{x}" for s in range(3) for x in ("csv", "json", "npy")], (built, shards)
     output = world["output"]
     assert output.count(f"indexed {N_GOOD} image(s) into") == 1
     assert output.count(f"added {N_NEW} image(s) to") == 1
