@@ -32,7 +32,7 @@ from vitrieval.cli.retrieval_options import add_full_decode_argument, add_scales
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
-    from vitrieval.index import Index
+    from vitrieval.index import BuildOptions, Index
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -132,18 +132,19 @@ def refuse_other_models_index(output: Path, checkpoint: Path) -> None:
     import json
 
     from vitrieval.index import INFO_FILE
+    from vitrieval.index.manifest import read_manifest
     from vitrieval.model import CONFIG_FILE, resolve_model_dir
 
     if not (output / INFO_FILE).is_file():
         return
     try:
-        held = json.loads((output / INFO_FILE).read_text())
+        held = read_manifest(output)[0]
         wanted = json.loads((resolve_model_dir(checkpoint) / CONFIG_FILE).read_text()).get("fingerprint")
     except (OSError, ValueError):
         return  # a damaged index.json or model folder: the build names it
-    if isinstance(held, dict) and wanted and held.get("fingerprint") not in (None, wanted):
-        raise CLIError(f"{output} already holds an index of another model ({held.get('checkpoint')}, fingerprint "
-                       f"{held['fingerprint']}; --checkpoint {checkpoint} is {wanted}): pass --overwrite to "
+    if wanted and held.fingerprint != wanted:
+        raise CLIError(f"{output} already holds an index of another model ({held.checkpoint}, fingerprint "
+                       f"{held.fingerprint}; --checkpoint {checkpoint} is {wanted}): pass --overwrite to "
                        "replace it, use --add to extend it, or choose another -o")
 
 
@@ -195,22 +196,28 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
     return 0
 
 
-def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | None:
-    """Build the index of ``images`` with faiss, or into Milvus with the ``--milvus-*`` options."""
-    from vitrieval.index import Index, MilvusIndex, MilvusOptions
+def build_options(args: argparse.Namespace) -> BuildOptions:
+    """The one :class:`~vitrieval.index.BuildOptions` of the command line (either store)."""
+    from vitrieval.index import BuildOptions, MilvusOptions
 
-    common = {"batch_size": args.batch_size, "num_workers": args.num_workers, "shard_size": args.shard_size,
-              "device": args.device, "nprobe": args.nprobe, "ef_search": args.ef_search, "progress": args.progress,
-              "distributed": ctx, "fast_decode": not args.full_decode}
+    milvus = None
     if args.backend == "milvus":
+        if args.dba or args.runtime != "torch" or args.factory != "auto":
+            raise CLIError("--factory, --dba and --runtime onnx apply to the faiss backend (a Milvus build embeds with "
+                           "torch and stores the vectors as they are extracted, in its --milvus-index)")
         milvus = MilvusOptions(args.milvus_uri, collection=args.collection, index_type=args.milvus_index,
                                overwrite=args.overwrite)
-        if args.dba or args.runtime != "torch":
-            raise CLIError("--dba and --runtime onnx apply to the faiss backend (a Milvus build embeds with torch and "
-                           "stores the vectors as they are extracted)")
-        return MilvusIndex.build(args.checkpoint, images, args.output, milvus=milvus, scales=args.scales, **common)
-    return Index.build(args.checkpoint, images, args.output, factory=args.factory, scales=args.scales, dba=args.dba,
-                       runtime=args.runtime, **common)
+    return BuildOptions(factory=args.factory, batch_size=args.batch_size, num_workers=args.num_workers,
+                        shard_size=args.shard_size, device=args.device, nprobe=args.nprobe, ef_search=args.ef_search,
+                        progress=args.progress, scales=args.scales, dba=args.dba, runtime=args.runtime,
+                        fast_decode=not args.full_decode, milvus=milvus)
+
+
+def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | None:
+    """Build the index of ``images`` with faiss, or into Milvus with the ``--milvus-*`` options."""
+    from vitrieval.index import Index
+
+    return Index.build(args.checkpoint, images, args.output, build_options(args), distributed=ctx)
 
 
 def _remove(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ embedded once again by the first rebuild.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -51,6 +52,7 @@ from vitrieval.index.faiss_utils import (
     set_search_params,
     train_faiss_index,
 )
+from vitrieval.index.milvus_store import MilvusOptions
 from vitrieval.index.shard_cache import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
@@ -79,7 +81,13 @@ Chunk = tuple[np.ndarray, list[Record]]
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """The settings of a build (the keywords of :meth:`vitrieval.index.Index.build`)."""
+    """The settings of a build, for either store: :meth:`vitrieval.index.Index.build` and
+    :meth:`~vitrieval.index.Index.from_descriptors` take one (or its fields as keywords).
+
+    ``milvus``: where a Milvus-backed index keeps its rows (:class:`~vitrieval.index.milvus_store.MilvusOptions`);
+    ``None`` (default): a faiss index in the folder. ``factory``, ``k_factor``, ``dba`` and ``runtime="onnx"`` are
+    the faiss store's and refused with ``milvus``; ``nprobe`` / ``ef_search`` apply to both.
+    """
 
     factory: str = "auto"
     batch_size: int = 64
@@ -97,10 +105,17 @@ class BuildOptions:
     apply_pca: bool = True  # False: the descriptors before the model's PCA (index/descriptor_cache.py)
     runtime: str = "torch"  # "onnx": embed with <model>/model.onnx (vitrieval.runtime), in one process
     fast_decode: bool | None = True  # large JPEGs at a reduced DCT scale; None: not recorded (from_descriptors)
+    milvus: MilvusOptions | None = None
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
             raise ValueError(f"shard_size must be > 0, got {self.shard_size}")
+        if self.runtime not in ("torch", "onnx"):
+            raise ValueError(f"runtime must be torch or onnx, got {self.runtime!r}")
+        if self.milvus is not None and (self.factory != "auto" or self.k_factor is not None or self.dba is not None
+                                        or self.runtime != "torch"):
+            raise ValueError("factory, k_factor, dba and runtime onnx apply to the faiss store (a Milvus build embeds "
+                             "with torch and stores the vectors as they are extracted, in its --milvus-index)")
         if self.scales is not None:
             from vitrieval.multiscale import parse_scales  # torch: only when asked for
 
@@ -153,7 +168,7 @@ class Built:
     info: dict[str, Any]
     encoder: Encoder
     directory: Path | None
-    device: str
+    options: BuildOptions
     pending: list[Chunk] = field(default_factory=list)
 
 
@@ -195,14 +210,13 @@ class _Plan:
 
 
 def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Path | None, options: BuildOptions,
-                distributed: bool | DistContext | None, finish: Callable[[Built], T],
-                assembler: Callable[..., Built] | None = None) -> T | None:
+                distributed: bool | DistContext | None, finish: Callable[[Built], T]) -> T | None:
     """Embed ``images`` with the model in ``checkpoint_dir`` and make the index (the module docstring's steps).
 
     ``finish`` turns the parts into the result (and saves it when ``out_dir`` is given); it runs on rank 0, inside
     the part whose errors reach every rank. Returns its result on rank 0, ``None`` on the other ranks once rank 0
-    is done. ``assembler`` (default :func:`assemble`, same arguments) makes the parts from the finished shards: a
-    backend that stores the vectors elsewhere hands them on in :attr:`Built.pending` (the Milvus backend).
+    is done. The parts are made by :func:`assemble` (a faiss index) or, for a Milvus build, :func:`collect` (the
+    descriptors handed on in :attr:`Built.pending`).
     """
     from vitrieval.embed import resolve_distributed
     from vitrieval.model import load
@@ -227,7 +241,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
             try:
                 result = finish(_finish_build(encoder, checkpoint, plan, chunks, skipped, started, options,
-                                              preprocessing, assembler or assemble))
+                                              preprocessing))
             except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
                 failure = exc
         rank0.share(None, failure)
@@ -300,8 +314,7 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
 
 
 def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[Chunk], skipped: list[str],
-                  started: float, options: BuildOptions, preprocessing: dict[str, Any],
-                  assembler: Callable[..., Built]) -> Built:
+                  started: float, options: BuildOptions, preprocessing: dict[str, Any]) -> Built:
     """Rank 0, after embedding: drop stale shards, refuse an empty collection, assemble the index."""
     if plan.shard_dir is not None:
         remove_stale_shards(plan.shard_dir, len(plan.shards))
@@ -310,16 +323,31 @@ def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[
                     plan.directory / INFO_FILE if plan.directory else "index.info['skipped']")
     if sum(len(k) for _, k in chunks) == 0:
         raise ValueError(f"none of the {len(plan.table)} images could be read (first: {skipped[0]})")
-    built = assembler(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
-    built.info.update(collection_info(plan.table))
+    built = _assembler(options)(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped,
+                                started)
+    return _with_collection(built, plan.table)
+
+
+def _assembler(options: BuildOptions) -> Callable[..., Built]:
+    return collect if options.milvus is not None else assemble
+
+
+def _with_collection(built: Built, table: ImageTable) -> Built:
+    """The build's manifest with the collection's ``root`` and ``classes``, its rows with their class names."""
+    info = collection_info(table)
+    built.info.update(info)
+    classes = info.get("classes")
+    if classes:
+        built.entries = [dataclasses.replace(e, class_name=classes[e.label]) if e.label is not None and
+                         e.label < len(classes) else e for e in built.entries]
     return built
 
 
 def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
                      labels: Sequence[int] | None, out_dir: str | Path | None, options: BuildOptions,
-                     assembler: Callable[..., Built] | None = None) -> Built:
-    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir`` (``assembler``
-    as in :func:`build_index`)."""
+                     classes: Sequence[str] | None = None) -> Built:
+    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir``; ``classes``:
+    the class names of the labels (label order), when known."""
     from vitrieval.model import load
 
     x = np.asarray(descriptors, dtype=np.float32)
@@ -338,10 +366,10 @@ def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths:
     if directory is not None:
         check_out_dir(directory)
     preprocessing = options.preprocessing(encoder)
-    built = (assembler or assemble)(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [],
-                                    time.time())
-    built.info.update(collection_info(ImageTable(records, "descriptors")))
-    return built
+    built = _assembler(options)(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [],
+                                time.time())
+    extras = {"classes": list(classes)} if classes else {}
+    return _with_collection(built, ImageTable(records, "descriptors", extras))
 
 
 def collection_info(table: ImageTable) -> dict[str, Any]:
@@ -362,6 +390,24 @@ def _augmented(chunks: list[Chunk], dba: RerankOptions) -> list[Chunk]:
     augmented = database_side_augmentation(normalized(np.concatenate([d for d, _ in kept])), dba.n, dba.alpha)
     bounds = np.cumsum([0] + [len(k) for _, k in kept])
     return [(augmented[a:b], k) for (_, k), a, b in zip(kept, bounds[:-1], bounds[1:])]
+
+
+def collect(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
+            options: BuildOptions, preprocessing: dict[str, Any], skipped: list[str], started: float) -> Built:
+    """The parts of a build whose store takes the descriptors itself (Milvus): the entries (ids consecutive from 0,
+    as :func:`assemble` numbers them) and the manifest; the descriptors are handed on in :attr:`Built.pending`."""
+    entries: list[IndexEntry] = []
+    for _, kept in chunks:
+        start = len(entries)
+        entries.extend(IndexEntry.from_record(start + j, r) for j, r in enumerate(kept))
+    dim = next(int(d.shape[1]) for d, k in chunks if len(k))
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    info = {"format": FORMAT, "version": FORMAT_VERSION, "backend": "milvus",
+            "checkpoint": str(checkpoint), "fingerprint": encoder.fingerprint(), "descriptor_dim": dim,
+            "factory": "milvus", "metric": "inner_product", "data_config": encoder.data_config,
+            "preprocessing": preprocessing, "count": len(entries), "next_id": len(entries), "created": now,
+            "updated": now, "build_seconds": round(time.time() - started, 3), "skipped": list(skipped)}
+    return Built(None, entries, info, encoder, directory, options, pending=chunks)
 
 
 def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
@@ -398,4 +444,4 @@ def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory:
     }
     if options.dba is not None:
         info["dba"] = {"n": int(options.dba.n), "alpha": float(options.dba.alpha)}
-    return Built(faiss_index, entries, info, encoder, directory, options.device)
+    return Built(faiss_index, entries, info, encoder, directory, options)

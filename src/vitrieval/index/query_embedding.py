@@ -38,6 +38,7 @@ from vitrieval.index.store import ModelMismatchError
 from vitrieval.runtime.embedder import Embedder, check_runtime, torch_missing
 
 if TYPE_CHECKING:
+    from vitrieval.index.manifest import Manifest
     from vitrieval.model import Encoder
 
 ImageLike = str | Path | bytes | Image.Image
@@ -51,10 +52,10 @@ def as_rgb(image: ImageLike, min_side: int | None = None) -> Image.Image:
 
 class QueryEmbedding:
     """The query side of an index: its model (:attr:`encoder`), what runs it (:attr:`embedder`) and the embedding
-    steps. Reads ``info`` (``checkpoint``, ``fingerprint``, ``descriptor_dim``, ``data_config``,
+    steps. Reads the ``manifest`` (``checkpoint``, ``fingerprint``, ``descriptor_dim``, ``data_config``,
     ``preprocessing``) and ``device``."""
 
-    info: dict[str, Any]
+    manifest: Manifest
     device: str
     _lock: threading.RLock
 
@@ -70,22 +71,22 @@ class QueryEmbedding:
     @property
     def fingerprint(self) -> str:
         """Fingerprint of the model that embedded the collection."""
-        return str(self.info["fingerprint"])
+        return self.manifest.fingerprint
 
     @property
     def descriptor_dim(self) -> int:
-        return int(self.info["descriptor_dim"])
+        return self.manifest.descriptor_dim
 
     @property
     def scales(self) -> tuple[float, ...]:
         """The input scales of the index's descriptors (``(1.0,)``: single-scale); queries are embedded at them."""
-        return tuple(float(s) for s in self.info.get("preprocessing", {}).get("scales", (1.0,)))
+        return tuple(float(s) for s in self.manifest.preprocessing.get("scales", (1.0,)))
 
     @property
     def fast_decode(self) -> bool:
         """Whether the index's images were fast-decoded (``preprocessing.fast_decode``; missing: an older build,
         full decodes)."""
-        return bool(self.info.get("preprocessing", {}).get("fast_decode", False))
+        return bool(self.manifest.preprocessing.get("fast_decode", False))
 
     @property
     def decode_min_side(self) -> int | None:
@@ -95,8 +96,8 @@ class QueryEmbedding:
             return None
         from vitrieval.runtime.preprocess import EvalPreprocess
 
-        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
-        return EvalPreprocess.from_data_config(self.info["data_config"], resize, fast_decode=True).min_side
+        resize = self.manifest.preprocessing.get("resize", "shorter")
+        return EvalPreprocess.from_data_config(self.manifest.data_config, resize, fast_decode=True).min_side
 
     # -- the model --------------------------------------------------------------------------------------------
     @property
@@ -111,7 +112,7 @@ class QueryEmbedding:
     def _load_encoder(self) -> Encoder:
         from vitrieval.model import load
 
-        checkpoint = Path(self.info["checkpoint"])
+        checkpoint = Path(self.manifest.checkpoint)
         if not checkpoint.exists():
             raise FileNotFoundError(f"the index's model {checkpoint} is gone; pass checkpoint= to Index.load "
                                     f"(--checkpoint) with the folder of the model that built it")
@@ -129,7 +130,7 @@ class QueryEmbedding:
 
     def _amp(self, encoder: Encoder) -> str:
         """The mixed precision the index's descriptors were made with (see :func:`vitrieval.amp.amp_mode`)."""
-        mode = self.info.get("preprocessing", {}).get("amp")
+        mode = self.manifest.preprocessing.get("amp")
         return amp_mode(next(encoder.parameters()).device, mode, for_index=True)
 
     def _embedding_model(self, encoder: Encoder) -> Any:
@@ -179,7 +180,7 @@ class QueryEmbedding:
     @property
     def index_amp(self) -> str:
         """The autocast mode recorded for the index's descriptors (``preprocessing.amp``)."""
-        return str(self.info.get("preprocessing", {}).get("amp", "off"))
+        return str(self.manifest.preprocessing.get("amp", "off"))
 
     @property
     def query_amp_differs(self) -> bool:
@@ -187,7 +188,7 @@ class QueryEmbedding:
         return self.query_amp is not None and self.query_amp != self.index_amp
 
     def _load_embedder(self, stored: bool = False) -> Embedder:
-        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
+        resize = self.manifest.preprocessing.get("resize", "shorter")
         if self.runtime == "onnx":
             from vitrieval.runtime.onnx_embedder import OnnxEmbedder
             from vitrieval.runtime.onnx_file import OnnxModelError, check_same_model, default_onnx_path
@@ -195,7 +196,7 @@ class QueryEmbedding:
             if self.scales != (1.0,):
                 raise OnnxModelError(f"this index holds multi-scale descriptors (scales {self.scales}); the exported "
                                      "graph runs one scale: query it with runtime torch")
-            embedder = OnnxEmbedder(default_onnx_path(self.info["checkpoint"]), resize=resize, threads=self.threads)
+            embedder = OnnxEmbedder(default_onnx_path(self.manifest.checkpoint), resize=resize, threads=self.threads)
             check_same_model(embedder.info, embedder.path, self.fingerprint, self.descriptor_dim)
             return embedder
         from vitrieval.runtime.torch_embedder import TorchEmbedder
@@ -205,7 +206,7 @@ class QueryEmbedding:
         except ImportError as exc:
             raise (torch_missing(exc) or exc) from None
         amp = self._amp(encoder) if stored or self.query_amp is None else self.query_amp
-        return TorchEmbedder(self._embedding_model(encoder), self.info["data_config"], resize, amp)
+        return TorchEmbedder(self._embedding_model(encoder), self.manifest.data_config, resize, amp)
 
     # -- embedding ---------------------------------------------------------------------------------------------
     def prepare(self, image: ImageLike) -> Any:
