@@ -19,6 +19,7 @@ and its properties record the model fingerprint and the build it belongs to (:da
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -277,10 +278,10 @@ class MilvusCollection:
     def where_path_in(self, paths: Sequence[str], fields: Sequence[str]) -> list[dict[str, Any]]:
         """The ``fields`` of the rows whose ``path`` is one of ``paths``."""
         out: list[dict[str, Any]] = []
-        for s in range(0, len(paths), QUERY_BATCH):
+        for s in range(0, len(paths), 1000):
+            literals = ", ".join(json.dumps(p, ensure_ascii=False) for p in paths[s:s + 1000])
             with self.calls():
-                out.extend(self.client.query(self.name, filter="path in {paths}", output_fields=list(fields),
-                                             filter_params={"paths": list(paths[s:s + QUERY_BATCH])}))
+                out.extend(self.client.query(self.name, filter=f"path in [{literals}]", output_fields=list(fields)))
         return out
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
