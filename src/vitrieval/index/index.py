@@ -298,16 +298,16 @@ class Index(QueryEmbedding, LiveWrites):
     def _get(self, name: str) -> int:
         params = self.store.search_params()
         if name not in params:
-            raise AttributeError(f"{name} does not apply to this index ({self.factory!r}; {name} is for "
-                                 f"{SEARCH_PARAMS[name]} indexes)")
+            raise AttributeError(f"{name} does not apply to this index ({self.factory!r}): {name} applies to "
+                                 f"{SEARCH_PARAMS[name]} indexes")
         return params[name]
 
     def _set(self, name: str, value: int) -> None:
         try:
             now = self.store.set_search_param(name, value)
         except AttributeError:
-            raise AttributeError(f"{name} does not apply to this index ({self.factory!r}; {name} is for "
-                                 f"{SEARCH_PARAMS[name]} indexes)") from None
+            raise AttributeError(f"{name} does not apply to this index ({self.factory!r}): {name} applies to "
+                                 f"{SEARCH_PARAMS[name]} indexes") from None
         if self.backend == "faiss":
             self.manifest.search_params = now
 
