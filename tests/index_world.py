@@ -84,7 +84,8 @@ def read_rows(generation: Path) -> list[dict]:
 
     db = sqlite3.connect(generation / "rows.sqlite")
     try:
-        return [{"id": i, "path": p, "label": lab, "class_name": c}
+        return [{"id": i, "path": p.decode("utf-8", "surrogateescape"), "label": lab,
+                 "class_name": None if c is None else c.decode("utf-8", "surrogateescape")}
                 for i, p, lab, c in db.execute("SELECT id, path, label, class_name FROM rows ORDER BY id")]
     finally:
         db.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_world import read_rows, build_world, good_images
+from index_world import build_world, good_images, read_rows
 from vitrieval.index import APPROXIMATE_FACTORY, AUTO_EXACT_LIMIT, Index, ModelMismatchError, resolve_factory
 from vitrieval.index.store import generation_dir
 from vitrieval.model import load

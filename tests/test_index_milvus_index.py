@@ -133,7 +133,8 @@ def test_cli_index_add_remove(world: dict, tmp_path: Path, capsys: pytest.Captur
     assert hit.path == str(new[2]) and hit.id == 32 and hit.score == pytest.approx(1, abs=1e-4)
     assert index.remove([32, 0, 999]) == 2
     again = Index.load(out)
-    assert len(again) == 33 and again.store.collection.count() == 33 and {0, 32}.isdisjoint(e.id for e in again.entries())
+    assert len(again) == 33 and again.store.collection.count() == 33
+    assert {0, 32}.isdisjoint(e.id for e in again.entries())
     assert all(h.id != 32 for h in again.search(new[2], k=33)[0])
     assert again.ef_search == 64
     again.ef_search = 128

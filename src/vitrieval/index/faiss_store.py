@@ -26,7 +26,7 @@ from vitrieval.index.faiss_utils import get_search_params, search_with_exclusion
 from vitrieval.index.manifest import Manifest
 from vitrieval.index.query_rerank import stored_vectors
 from vitrieval.index.removal import rebuilt_without, removes_in_place
-from vitrieval.index.rows import ROWS_FILE, IndexEntry, RowsFile
+from vitrieval.index.rows import ROWS_FILE, IndexEntry, RowsFile, as_row
 from vitrieval.index.store import INDEX_FILE, write_generation
 from vitrieval.index.vector_store import Found
 from vitrieval.io_utils import atomic_path
@@ -73,8 +73,7 @@ class FaissSnapshot:
                 for s in range(0, len(gone), 500):
                     part = gone[s:s + 500]
                     db.execute(f"DELETE FROM rows WHERE id IN ({','.join('?' * len(part))})", part)
-                db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)",
-                               ((e.id, e.path, e.label, e.class_name) for e in self.added.values()))
+                db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)", map(as_row, self.added.values()))
         finally:
             db.close()
         with open(path, "rb+") as fh:

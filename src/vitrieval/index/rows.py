@@ -22,9 +22,29 @@ from vitrieval.data.table import Record
 from vitrieval.index.manifest import IndexFormatError
 
 ROWS_FILE = "rows.sqlite"
-_SCHEMA = ("CREATE TABLE rows (id INTEGER PRIMARY KEY, path TEXT NOT NULL, label INTEGER, class_name TEXT);"
+_SCHEMA = ("CREATE TABLE rows (id INTEGER PRIMARY KEY, path BLOB NOT NULL, label INTEGER, class_name BLOB);"
            "CREATE INDEX rows_path ON rows(path);")
 _CHUNK = 500  # bound parameters per IN (...) query (SQLite allows 999 or more)
+
+
+def _enc(text: str | None) -> bytes | None:
+    """A path or name as stored: its exact bytes (a file name that is not UTF-8 keeps them, surrogateescape)."""
+    return None if text is None else text.encode("utf-8", "surrogateescape")
+
+
+def _dec(data: bytes | str | None) -> str | None:
+    if data is None or isinstance(data, str):
+        return data
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _row(row: tuple) -> IndexEntry:
+    return IndexEntry(int(row[0]), _dec(row[1]) or "", row[2], _dec(row[3]))
+
+
+def as_row(e: IndexEntry) -> tuple:
+    """``e`` as the values of a row of the table."""
+    return (e.id, _enc(e.path), e.label, _enc(e.class_name))
 
 
 @dataclass(frozen=True)
@@ -57,8 +77,7 @@ def write_rows(path: Path, rows: Iterable[IndexEntry]) -> None:
     try:
         db.executescript(_SCHEMA)
         with db:
-            db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)",
-                           ((e.id, e.path, e.label, e.class_name) for e in rows))
+            db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)", map(as_row, rows))
     finally:
         db.close()
     with open(path, "rb+") as fh:
@@ -92,8 +111,7 @@ class RowsFile:
         """An in-memory table of ``entries`` (an index built without a folder, or a version-2 folder's rows)."""
         rows = cls(None)
         with rows._db:
-            rows._db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)",
-                                 ((e.id, e.path, e.label, e.class_name) for e in entries))
+            rows._db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?)", map(as_row, entries))
         return rows
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
@@ -119,16 +137,16 @@ class RowsFile:
             part = keys[s:s + _CHUNK]
             marks = ",".join("?" * len(part))
             for row in self._query(f"SELECT id, path, label, class_name FROM rows WHERE id IN ({marks})", part):
-                out[int(row[0])] = IndexEntry(int(row[0]), row[1], row[2], row[3])
+                out[int(row[0])] = _row(row)
         return out
 
     def ids_of_paths(self, paths: Sequence[str]) -> dict[str, int]:
         """``path -> id`` for those of ``paths`` that are held."""
         out: dict[str, int] = {}
         for s in range(0, len(paths), _CHUNK):
-            part = list(paths[s:s + _CHUNK])
+            part = [_enc(p) for p in paths[s:s + _CHUNK]]
             marks = ",".join("?" * len(part))
-            out.update((row[0], int(row[1])) for row in
+            out.update((_dec(row[0]), int(row[1])) for row in
                        self._query(f"SELECT path, id FROM rows WHERE path IN ({marks})", part))
         return out
 
@@ -140,7 +158,7 @@ class RowsFile:
                                (last,))
             if not page:
                 return
-            yield from (IndexEntry(int(r[0]), r[1], r[2], r[3]) for r in page)
+            yield from map(_row, page)
             last = int(page[-1][0])
 
     def copy_to(self, path: Path) -> None:
