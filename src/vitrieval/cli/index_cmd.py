@@ -6,6 +6,8 @@
     vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx \
         --backend milvus --milvus-uri catalog.db --milvus-index HNSW      # vectors in Milvus (docs/SCALING.md)
     vitrieval index -o catalog.idx --remove 17 42                      # remove images by id
+    vitrieval index --descriptors D.npy --table T.csv --checkpoint runs/sop/last -o catalog.idx
+                                                   # descriptors computed elsewhere (or a folder of shards)
 
 ``--factory`` is a faiss factory string (exact ``Flat``, ``IVF4096,PQ32x4fs,RFlat``, ``HNSW32``...) or ``auto``
 (exact below 100k images, the benchmarked approximate index above). An interrupted build resumes: rerun the same
@@ -41,11 +43,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="trained model folder (a run folder or its model/); with --add the "
                                              "index's own model is used when left out")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", help="folder of images (searched recursively)")
-    source.add_argument("--table", help="CSV table with a 'path' column (and optionally 'label')")
+    source.add_argument("--table", help="CSV table with a 'path' column (and optionally 'label'); with "
+                                        "--descriptors D.npy: the rows of D, one for one")
     source.add_argument("--remove", type=int, nargs="+", metavar="ID",
                         help="remove the images with these ids (see `vitrieval search`) from the index at -o")
+    parser.add_argument("--descriptors", metavar="D.npy|DIR",
+                        help="index descriptors computed elsewhere by the --checkpoint model: a float32 .npy array "
+                             "with --table naming its rows, or a folder of descriptor shards (as `vitrieval index` "
+                             "or `vitrieval embed` write them); nothing is embedded")
     parser.add_argument("-o", "--output", required=True, help="index folder to write (or to extend with --add)")
     parser.add_argument("--factory", default="auto",
                         help='faiss index: "Flat" (exact), "IVF4096,PQ32x4fs,RFlat", "HNSW32", ... or "auto" '
@@ -87,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.distributed import DistContext
 
     if args.remove is not None:
+        if args.descriptors:
+            raise CLIError("--remove and --descriptors are separate commands")
         return _remove(args)
+    if args.descriptors:
+        return _from_descriptors(args)
+    if args.images is None and args.table is None:
+        raise CLIError("give the collection: --images DIR, --table T.csv, --descriptors D.npy|DIR, or --remove ID")
     images = args.images if args.images is not None else args.table
     if not Path(images).exists():
         raise CLIError(f"{'--images' if args.images is not None else '--table'} {images} does not exist")
@@ -218,6 +231,31 @@ def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | N
     from vitrieval.index import Index
 
     return Index.build(args.checkpoint, images, args.output, build_options(args), distributed=ctx)
+
+
+def _from_descriptors(args: argparse.Namespace) -> int:
+    """``--descriptors``: an index of descriptors computed elsewhere (:mod:`vitrieval.index.external`)."""
+    from vitrieval.index import Index
+    from vitrieval.index.external import read_descriptors
+
+    if args.add or args.images is not None:
+        raise CLIError("--descriptors builds a new index from descriptors: without --add or --images")
+    if not args.checkpoint:
+        raise CLIError("--descriptors needs --checkpoint, the model that made them (its fingerprint and "
+                       "pre-processing embed the queries)")
+    if not Path(args.descriptors).exists():
+        raise CLIError(f"--descriptors {args.descriptors} does not exist")
+    if not args.overwrite:
+        refuse_other_models_index(Path(args.output), Path(args.checkpoint))
+    if (args.backend == "milvus") != bool(args.milvus_uri):
+        raise CLIError("--backend milvus needs --milvus-uri (and --milvus-uri needs --backend milvus)")
+    started = time.time()
+    x, records = read_descriptors(args.descriptors, args.table)
+    index = Index.from_descriptors(args.checkpoint, x, [r.path for r in records], [r.label for r in records],
+                                   args.output, build_options(args), class_names=[r.class_name for r in records])
+    print(f"indexed {len(index)} descriptor(s) into {args.output} ({index.factory}, {index.descriptor_dim}-d, model "
+          f"{index.fingerprint}) in {time.time() - started:.1f} s")
+    return 0
 
 
 def _remove(args: argparse.Namespace) -> int:

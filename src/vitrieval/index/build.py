@@ -168,7 +168,7 @@ class Built:
     info: dict[str, Any]
     encoder: Encoder
     directory: Path | None
-    options: BuildOptions
+    device: str
     pending: list[Chunk] = field(default_factory=list)
 
 
@@ -210,13 +210,14 @@ class _Plan:
 
 
 def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Path | None, options: BuildOptions,
-                distributed: bool | DistContext | None, finish: Callable[[Built], T]) -> T | None:
+                distributed: bool | DistContext | None, finish: Callable[[Built], T],
+                assembler: Callable[..., Built] | None = None) -> T | None:
     """Embed ``images`` with the model in ``checkpoint_dir`` and make the index (the module docstring's steps).
 
     ``finish`` turns the parts into the result (and saves it when ``out_dir`` is given); it runs on rank 0, inside
     the part whose errors reach every rank. Returns its result on rank 0, ``None`` on the other ranks once rank 0
-    is done. The parts are made by :func:`assemble` (a faiss index) or, for a Milvus build, :func:`collect` (the
-    descriptors handed on in :attr:`Built.pending`).
+    is done. The parts are made by ``assembler`` (same arguments), by default :func:`assemble` (a faiss index) or,
+    for a Milvus build, :func:`collect` (the descriptors handed on in :attr:`Built.pending`).
     """
     from vitrieval.embed import resolve_distributed
     from vitrieval.model import load
@@ -241,7 +242,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
             try:
                 result = finish(_finish_build(encoder, checkpoint, plan, chunks, skipped, started, options,
-                                              preprocessing))
+                                              preprocessing, assembler or _assembler(options)))
             except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
                 failure = exc
         rank0.share(None, failure)
@@ -314,7 +315,8 @@ def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptio
 
 
 def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[Chunk], skipped: list[str],
-                  started: float, options: BuildOptions, preprocessing: dict[str, Any]) -> Built:
+                  started: float, options: BuildOptions, preprocessing: dict[str, Any],
+                  assembler: Callable[..., Built]) -> Built:
     """Rank 0, after embedding: drop stale shards, refuse an empty collection, assemble the index."""
     if plan.shard_dir is not None:
         remove_stale_shards(plan.shard_dir, len(plan.shards))
@@ -323,8 +325,7 @@ def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[
                     plan.directory / INFO_FILE if plan.directory else "index.info['skipped']")
     if sum(len(k) for _, k in chunks) == 0:
         raise ValueError(f"none of the {len(plan.table)} images could be read (first: {skipped[0]})")
-    built = _assembler(options)(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped,
-                                started)
+    built = assembler(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
     return _with_collection(built, plan.table)
 
 
@@ -345,9 +346,9 @@ def _with_collection(built: Built, table: ImageTable) -> Built:
 
 def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
                      labels: Sequence[int] | None, out_dir: str | Path | None, options: BuildOptions,
-                     classes: Sequence[str] | None = None) -> Built:
-    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir``; ``classes``:
-    the class names of the labels (label order), when known."""
+                     class_names: Sequence[str | None] | None = None) -> Built:
+    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir``; ``class_names``:
+    each row's class name, when known."""
     from vitrieval.model import load
 
     x = np.asarray(descriptors, dtype=np.float32)
@@ -360,7 +361,10 @@ def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths:
     if x.shape[1] != encoder.descriptor_dim:
         raise ModelMismatchError(f"descriptors are {x.shape[1]}-d but the model at {checkpoint} gives "
                                  f"{encoder.descriptor_dim}-d ones")
-    records = [Record(str(Path(p).expanduser().resolve()), -1 if labels is None else int(labels[i]))
+    if class_names is not None and len(class_names) != len(paths):
+        raise ValueError(f"{len(class_names)} class names for {len(paths)} paths")
+    records = [Record(str(Path(p).expanduser().resolve()), -1 if labels is None or labels[i] is None
+                      else int(labels[i]), class_name=None if class_names is None else class_names[i])
                for i, p in enumerate(paths)]
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     if directory is not None:
@@ -368,8 +372,7 @@ def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths:
     preprocessing = options.preprocessing(encoder)
     built = _assembler(options)(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [],
                                 time.time())
-    extras = {"classes": list(classes)} if classes else {}
-    return _with_collection(built, ImageTable(records, "descriptors", extras))
+    return _with_collection(built, ImageTable(records, "descriptors"))
 
 
 def collection_info(table: ImageTable) -> dict[str, Any]:
@@ -407,7 +410,7 @@ def collect(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: 
             "factory": "milvus", "metric": "inner_product", "data_config": encoder.data_config,
             "preprocessing": preprocessing, "count": len(entries), "next_id": len(entries), "created": now,
             "updated": now, "build_seconds": round(time.time() - started, 3), "skipped": list(skipped)}
-    return Built(None, entries, info, encoder, directory, options, pending=chunks)
+    return Built(None, entries, info, encoder, directory, options.device, pending=chunks)
 
 
 def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
@@ -444,4 +447,4 @@ def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory:
     }
     if options.dba is not None:
         info["dba"] = {"n": int(options.dba.n), "alpha": float(options.dba.alpha)}
-    return Built(faiss_index, entries, info, encoder, directory, options)
+    return Built(faiss_index, entries, info, encoder, directory, options.device)

@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,16 +154,16 @@ class Index(QueryEmbedding, LiveWrites):
         opts = _options(options, settings)
         if opts.milvus is not None and out_dir is None:
             raise ValueError("a Milvus-backed index needs an out_dir for its manifest")
-        return build_index(checkpoint_dir, images, out_dir, opts, distributed, cls._from_built)
+        return build_index(checkpoint_dir, images, out_dir, opts, distributed, partial(cls._from_built, opts))
 
     @classmethod
     def from_descriptors(cls, checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
                          labels: Sequence[int] | None = None, out_dir: str | Path | None = None,
-                         options: BuildOptions | None = None, *, classes: Sequence[str] | None = None,
-                         **settings: Any) -> Index:
+                         options: BuildOptions | None = None, *,
+                         class_names: Sequence[str | None] | None = None, **settings: Any) -> Index:
         """Index descriptors computed elsewhere by the model in ``checkpoint_dir`` (e.g. by ``embed.extract``).
 
-        ``descriptors[i]`` belongs to ``paths[i]`` (label ``labels[i]``, whose name is ``classes[labels[i]]`` when
+        ``descriptors[i]`` belongs to ``paths[i]`` (label ``labels[i]``, class name ``class_names[i]``, each when
         given); the model is loaded for its fingerprint and preprocessing, and its descriptor dimension must match.
         ``options`` / ``settings`` as for :meth:`build`; ``resize`` / ``amp`` / ``fast_decode`` must be what the
         descriptors were made with, so that queries are embedded the same way; ``fast_decode`` defaults to
@@ -173,15 +174,15 @@ class Index(QueryEmbedding, LiveWrites):
         opts = _options(options, settings)
         if opts.milvus is not None and out_dir is None:
             raise ValueError("a Milvus-backed index needs an out_dir for its manifest")
-        return cls._from_built(from_descriptors(checkpoint_dir, descriptors, paths, labels, out_dir, opts, classes))
+        return cls._from_built(opts, from_descriptors(checkpoint_dir, descriptors, paths, labels, out_dir, opts,
+                                                      class_names))
 
     @classmethod
-    def _from_built(cls, built: Built) -> Index:
-        """The index of a build's parts in its store, saved when the build has a folder."""
+    def _from_built(cls, options: BuildOptions, built: Built) -> Index:
+        """The index of a build's parts in the store of ``options``, saved when the build has a folder."""
         from vitrieval.index.faiss_store import FaissStore
         from vitrieval.index.rows import RowsFile
 
-        options = built.options
         store: VectorStore
         if options.milvus is not None:
             from vitrieval.index.milvus_store import store_built

@@ -63,7 +63,7 @@ class IndexEntry:
         class name from ``classes`` (label order) or the record's own."""
         label = record.label
         label = None if label is None or int(label) < 0 else int(label)
-        name = getattr(record, "class_name", None)
+        name = record.class_name
         if name is None and label is not None and classes and label < len(classes):
             name = classes[label]
         return cls(int(image_id), record.path, label, name)
