@@ -4,13 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitrieval-installed
 
-.PHONY: setup demo lint test test-slow bench clean
+.PHONY: setup demo lint docs test test-slow bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test,docs]'
 	touch $(STAMP)
 
 demo: setup
@@ -19,6 +19,10 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The documentation site from docs/ (mkdocs.yml) into site/: --strict turns any warning into a failure; offline.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -26,4 +30,4 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 clean:
-	rm -rf runs build dist src/*.egg-info .pytest_cache
+	rm -rf runs site build dist src/*.egg-info .pytest_cache

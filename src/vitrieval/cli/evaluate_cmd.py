@@ -3,6 +3,7 @@
     vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/Stanford_Online_Products
     vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --pca 128 --json sop128.json
     vitrieval evaluate --model deit_small_patch16_224 --pretrained-file deit_s.pth --dataset cub --data-root /data/CUB
+    vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --report sop.html
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k --image-size 384
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k \\
         --scales 1,0.707,0.5 --rerank aqe,dba
@@ -22,6 +23,10 @@ the model like a PCA). ``--rerank aqe`` adds alpha-weighted query expansion, ``-
 database-side augmentation (the table then shows plain / +aQE / +aQE+DBA); ``--scales`` averages the descriptors of
 several input scales. Large JPEGs are decoded at a reduced DCT scale that still covers the model's first resize
 (``data.fast_decode``, as in training); ``--full-decode`` decodes every image at full resolution.
+
+``--report FILE.html`` writes one self-contained page (images embedded, nothing fetched): the metric table, the
+worst queries (latest first correct neighbour; landmarks: lowest Medium AP) with their top neighbours framed green
+(correct) or red (wrong), Recall@K per class worst first, and the positive / negative similarity histograms.
 
 ``--distractors DIR`` (roxford5k / rparis6k) embeds a folder of distractor images (e.g. revisitop's R1M) with the
 evaluated model, shard by shard like ``vitrieval index`` (an interrupted run resumes; under torchrun the ranks
@@ -155,6 +160,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("--report", metavar="FILE.html",
+                        help="also write a self-contained page: the metrics, the worst queries with their top "
+                             "neighbours marked right / wrong, Recall@K per class, similarity histograms")
+    parser.add_argument("--report-queries", type=int, default=8, metavar="N",
+                        help="with --report: how many of the worst queries to show (default 8)")
+    parser.add_argument("--report-k", type=int, default=6, metavar="K",
+                        help="with --report: neighbours shown per query (default 6)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--workers", type=num_workers_arg, default="auto",
                         help="image-decoding workers: auto (cores beside the model's threads) or a number")
@@ -241,6 +253,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--batch-size must be >= 1")
     if args.json:
         check_output_file(args.json, "--json", "results.json")
+    if args.report:
+        check_output_file(args.report, "--report", "report.html")
+    if args.report_queries < 1 or args.report_k < 1:
+        raise CLIError(f"--report-queries and --report-k must be >= 1, got {args.report_queries} and "
+                       f"{args.report_k}")
     reader_options = {}
     if args.use_bbox:
         if args.dataset == "cub":
@@ -270,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
     extraction = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
                                    progress=args.progress, fast_decode=not args.full_decode)
     distractors, distractor_features = None, None
+    evaluated: list = []  # the EvaluatedSet, for --report
     if args.distractors is not None and Path(args.distractors).expanduser().is_dir():
         distractor_features = distractor_folder_features(args, encoder, dist)
     elif args.distractors is not None:
@@ -279,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size if args.checkpoint else None, reader_options=reader_options,
         model_dir=model_dir, model_name=str(args.checkpoint) if args.checkpoint else args.model,
         rerank=rerank, scales=args.scales,
-        distractors=distractors, distractor_features=distractor_features)
+        distractors=distractors, distractor_features=distractor_features,
+        inspect=evaluated.append if args.report and dist.is_main else None)
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
     print(format_results(result))
@@ -288,4 +307,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, result)
         print(f"results written to {args.json}")
+    if args.report:
+        from vitrieval.report.evaluation_page import evaluation_report
+
+        evaluation_report(args.report, result, evaluated[0], worst=args.report_queries, k=args.report_k)
+        print(f"report written to {args.report}")
     return 0

@@ -190,6 +190,20 @@ class ExtractionOptions:
                              f"{self.num_workers}")
 
 
+@dataclass(frozen=True)
+class EvaluatedSet:
+    """What an evaluation scored, for a closer look (``vitrieval evaluate --report``): the test split, its final
+    descriptors (after any PCA, L2-normalised; rows aligned with ``test``), the query / gallery masks, whether the
+    protocol is leave-one-out, and the revisited ground truth ``gnd`` (one entry per query, landmarks only)."""
+
+    test: ImageTable
+    descriptors: np.ndarray
+    is_query: np.ndarray
+    is_gallery: np.ndarray
+    leave_one_out: bool
+    gnd: Sequence[dict] | None = None
+
+
 def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks: Sequence[int] | None = None,
                    pca: PCAOptions | None = None, extraction: ExtractionOptions | None = None,
                    image_size: int | None = None, resize: str | None = None,
@@ -197,7 +211,8 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
                    model_name: str | None = None, rerank: RerankOptions | None = None,
                    scales: Sequence[float] | None = None,
                    distractors: np.ndarray | None = None,
-                   distractor_features: Callable[[torch.nn.Module, str], np.ndarray] | None = None
+                   distractor_features: Callable[[torch.nn.Module, str], np.ndarray] | None = None,
+                   inspect: Callable[[EvaluatedSet], None] | None = None
                    ) -> dict[str, Any]:
     """Evaluate ``encoder`` on ``dataset`` read from ``data_root`` with the paper's protocol (module docstring).
 
@@ -215,7 +230,8 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     descriptors of the same model, e.g. ``np.load(path, mmap_mode="r")``) adds the landmark metrics with them in
     the database; ``distractor_features(model, resize)`` instead gives their descriptors *before* PCA by the
     evaluation's model (at its image size and scales), reduced here by the evaluation's PCA block by block
-    (``vitrieval evaluate --distractors DIR``). Returns the JSON-ready result dict.
+    (``vitrieval evaluate --distractors DIR``). ``inspect`` is called once with the :class:`EvaluatedSet` the
+    metrics were computed on (``vitrieval evaluate --report``). Returns the JSON-ready result dict.
     """
     from vitrieval.data.readers import read_dataset
 
@@ -305,6 +321,10 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         result["pca"] = pca_info
         if "rerank" in result:
             result["rerank"] = result.pop("rerank")  # after "pca": the documented order
+    if inspect is not None:
+        inspect(EvaluatedSet(test, descriptors, np.asarray([r.is_query for r in test]),
+                             np.asarray([r.is_gallery for r in test]), not landmarks and table.is_leave_one_out(),
+                             table.extras["gnd"] if landmarks else None))
     # Stored only once the metrics are computed: a failed evaluation leaves the model folder as it was.
     if pca_options.fits and reduction is not None and model_dir is not None and pca_options.save:
         if model is encoder:

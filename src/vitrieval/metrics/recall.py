@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
-from ._inputs import ArrayLike, as_ks, retrieval_inputs
+from ._inputs import ArrayLike, Retrieval, as_ks, retrieval_inputs
 from .knn import DEFAULT_MEMORY_BUDGET, iter_score_chunks, select_topk
 
-__all__ = ["recall_at_k"]
+__all__ = ["first_relevant_ranks", "recall_at_k"]
 
 #: Neighbours looked at in the first stage; queries without a relevant item among them are ranked by counting.
 FIRST_STAGE_K = 128
@@ -46,6 +47,56 @@ def _first_relevant_rank(scores: torch.Tensor, gallery_labels: torch.Tensor,
     columns = torch.arange(scores.shape[1])[None, :]
     tied_before = ((scores == best) & (columns < best_idx[:, None])).sum(dim=1, dtype=torch.int64)
     return better + tied_before
+
+
+def first_relevant_ranks(
+    queries: ArrayLike,
+    query_labels: ArrayLike | Iterable[int],
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | Iterable[int] | None = None,
+    max_rank: int | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exclude_self: bool = False,
+) -> np.ndarray:
+    """0-based rank of each query's first same-label neighbour, clamped to ``max_rank``:
+
+        rank(q) = min(max_rank, min{ p : y_{NN(q)[p]} = y_q })      (NN(q): the stable ranking, as in Recall@K)
+
+    ``max_rank`` defaults to the number of items a query can retrieve (``n - 1`` leave-one-out, the gallery size
+    otherwise), so a query without any relevant item gets exactly that value. Recall@K is the fraction of
+    ranks ``< K``. Arguments as in :func:`recall_at_k`; returns an int64 array, one rank per query.
+    """
+    r = retrieval_inputs(queries, query_labels, gallery, gallery_labels, exclude_self)
+    return _first_ranks(r, r.n_candidates if max_rank is None else int(max_rank), chunk_size, memory_budget)
+
+
+def _first_ranks(r: Retrieval, max_rank: int, chunk_size: int | None, memory_budget: int) -> np.ndarray:
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    k1 = min(max_rank, FIRST_STAGE_K, r.n_candidates)
+    q_labels = torch.from_numpy(r.query_labels)
+    g_labels = torch.from_numpy(r.gallery_labels)
+    out = np.empty(len(r.query_labels), dtype=np.int64)
+    chunks = iter_score_chunks(
+        r.queries, r.gallery, exclude_self=r.leave_one_out, chunk_size=chunk_size, memory_budget=memory_budget
+    )
+    with torch.inference_mode():
+        for chunk in chunks:
+            labels = q_labels[chunk.start : chunk.stop]
+            _, idx = select_topk(chunk.scores, k1)
+            match = g_labels[idx] == labels[:, None]
+            found = match.any(dim=1)
+            first = torch.where(found, match.to(torch.uint8).argmax(dim=1), max_rank)
+            if k1 < max_rank:
+                missing = (~found).nonzero().flatten()
+                # Second stage in groups of rows so that its temporaries stay within about one score block.
+                step = max(1, chunk.scores.shape[0] // 4)
+                for s in range(0, len(missing), step):
+                    rows = missing[s : s + step]
+                    first[rows] = _first_relevant_rank(chunk.scores[rows], g_labels, labels[rows]).clamp(max=max_rank)
+            out[chunk.start : chunk.stop] = first.clamp(max=max_rank).numpy()
+    return out
 
 
 def recall_at_k(
@@ -75,29 +126,6 @@ def recall_at_k(
     """
     r = retrieval_inputs(queries, query_labels, gallery, gallery_labels, exclude_self)
     k_list = as_ks(ks, r.n_candidates)
-    k_max = k_list[-1]
-    k1 = min(k_max, FIRST_STAGE_K)
-    q_labels = torch.from_numpy(r.query_labels)
-    g_labels = torch.from_numpy(r.gallery_labels)
-    k_tensor = torch.tensor(k_list)
-    hits = torch.zeros(len(k_list), dtype=torch.int64)
-    chunks = iter_score_chunks(
-        r.queries, r.gallery, exclude_self=r.leave_one_out, chunk_size=chunk_size, memory_budget=memory_budget
-    )
-    with torch.inference_mode():
-        for chunk in chunks:
-            labels = q_labels[chunk.start : chunk.stop]
-            _, idx = select_topk(chunk.scores, k1)
-            match = g_labels[idx] == labels[:, None]
-            found = match.any(dim=1)
-            first = torch.where(found, match.to(torch.uint8).argmax(dim=1), k_max)
-            if k1 < k_max:
-                missing = (~found).nonzero().flatten()
-                # Second stage in groups of rows so that its temporaries stay within about one score block.
-                step = max(1, chunk.scores.shape[0] // 4)
-                for s in range(0, len(missing), step):
-                    rows = missing[s : s + step]
-                    first[rows] = _first_relevant_rank(chunk.scores[rows], g_labels, labels[rows]).clamp(max=k_max)
-            hits += (first[:, None] < k_tensor[None, :]).sum(dim=0)
+    first = _first_ranks(r, k_list[-1], chunk_size, memory_budget)
     n_q = len(r.query_labels)
-    return {k: float(h) / n_q for k, h in zip(k_list, hits.tolist())}
+    return {k: float(np.count_nonzero(first < k)) / n_q for k in k_list}

@@ -83,13 +83,34 @@ def recall_table_html(recall_table: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def table_html(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain ``<table>`` (same style as the Recall table): the first column left-aligned, the others right; floats
+    shown with one decimal, ``None`` as a dash, everything HTML-escaped."""
+
+    def cell(v: object) -> str:
+        if v is None:
+            return "&ndash;"
+        return f"{v:.1f}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(('<th class="variant">' if i == 0 else "<th>") + f"{html.escape(str(h))}</th>"
+                   for i, h in enumerate(header))
+    lines = ['<table class="recall">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
+    for row in rows:
+        cells = "".join(f'<td class="variant">{cell(v)}</td>' if i == 0 else f"<td>{cell(v)}</td>"
+                        for i, v in enumerate(row))
+        lines.append(f"<tr>{cells}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
 def png_data_uri(png: bytes) -> str:
     """``data:image/png;base64,...`` for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def render_report(title: str, recall_table: Mapping[str, Mapping[str, float]],
-                  sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None) -> str:
+                  sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None,
+                  tables: Sequence[tuple[str, str]] = ()) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     from vitrieval import __version__
 
@@ -103,6 +124,8 @@ def render_report(title: str, recall_table: Mapping[str, Mapping[str, float]],
         parts.append('<ul class="notes">')
         parts += [f"<li>{html.escape(n)}</li>" for n in notes]
         parts.append("</ul>")
+    for heading, table in tables:
+        parts += [f"<h2>{html.escape(heading)}</h2>", table]
     for heading, caption, png in sections:
         if not png.startswith(b"\x89PNG\r\n\x1a\n"):
             raise ValueError(f"section {heading!r}: figure is not PNG data")
@@ -115,13 +138,15 @@ def render_report(title: str, recall_table: Mapping[str, Mapping[str, float]],
 
 
 def write_report(path: str | Path, title: str, recall_table: Mapping[str, Mapping[str, float]],
-                 sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None) -> Path:
+                 sections: Sequence[tuple[str, str, bytes]], notes: Sequence[str] | None = None,
+                 tables: Sequence[tuple[str, str]] = ()) -> Path:
     """Write a self-contained HTML report to ``path`` (atomically) and return the path.
 
     ``recall_table`` maps variant -> {K (as a string, e.g. ``"1"``): recall}; see :func:`recall_table_html`.
     ``sections`` are ``(heading, caption, png_bytes)``, each shown as a heading, the embedded image and its
-    caption; ``notes`` are plain-text bullet points under the table. All text is HTML-escaped.
+    caption; ``notes`` are plain-text bullet points under the table; ``tables`` are ``(heading, table_html)``
+    (e.g. from :func:`table_html`) shown after the notes. All text is HTML-escaped.
     """
     path = Path(path)
-    atomic_write_text(path, render_report(title, recall_table, sections, notes))
+    atomic_write_text(path, render_report(title, recall_table, sections, notes, tables))
     return path
