@@ -72,7 +72,7 @@ class Manifest(BaseModel):
     build_seconds: float | None = None
     skipped: list[str] = Field(default_factory=list)
     search_params: dict[str, int] = Field(default_factory=dict)
-    dba: dict[str, float] | None = None
+    dba: dict[str, Any] | None = None
     root: str | None = None
     classes: list[str] | None = None
     generation: int | None = None
