@@ -64,7 +64,8 @@ def test_main_and_rank_zero_print_the_same_one_line_error(tmp_path, capsys, monk
 
 
 def test_decode_worker_flags_take_auto_or_a_count() -> None:
-    """``--workers`` / ``--num-workers`` default to auto (data/loading.py's rule), take a count, refuse the rest."""
+    """``--workers`` (``index --num-workers``, hidden) defaults to auto (data/loading.py's rule), takes a count,
+    refuses the rest."""
     import argparse
 
     from vitrieval.cli import build_parser, num_workers_arg
@@ -76,6 +77,33 @@ def test_decode_worker_flags_take_auto_or_a_count() -> None:
     parser = build_parser()
     evaluate = parser.parse_args(["evaluate", "--checkpoint", "r", "--dataset", "sop", "--data-root", "d"])
     assert evaluate.workers == "auto"
-    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o"]).num_workers == "auto"
-    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o",
-                              "--num-workers", "2"]).num_workers == 2
+    assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o"]).workers == "auto"
+    for flag in ("--workers", "--num-workers"):  # one spelling across commands; index's old one still works, hidden
+        assert parser.parse_args(["index", "--checkpoint", "r", "--images", "i", "-o", "o", flag, "2"]).workers == 2
+    index_help = parser._subparsers._group_actions[0].choices["index"].format_help()
+    assert "--workers" in index_help and "--num-workers" not in index_help
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_libraries_log_only_warnings_unless_verbose(verbose):
+    """`vitrieval export` printed 231 INFO lines of onnx_ir / onnxscript: every library's logger is at WARNING
+    unless -v (configure_logging, called by main); vitrieval's own INFO lines stay."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (f"import logging; from vitrieval.cli import configure_logging; configure_logging({verbose})\n"
+              "for name in ('onnx_ir.passes.common', 'onnxscript.optimizer', 'timm.models', 'faiss.loader', 'torch',"
+              " 'vitrieval.onnx_export'):\n"
+              "    for level in (logging.DEBUG, logging.INFO, logging.WARNING):\n"
+              "        logging.getLogger(name).log(level, 'line of %s at %s', name, logging.getLevelName(level))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert done.returncode == 0, done.stderr
+    lines = [line.split(": ", 1)[1] for line in done.stderr.splitlines()]
+    libraries = ("onnx_ir.passes.common", "onnxscript.optimizer", "timm.models", "faiss.loader", "torch")
+    levels = ("DEBUG", "INFO", "WARNING") if verbose else ("WARNING",)
+    expected = [f"line of {name} at {level}" for name in libraries for level in levels]
+    expected += [f"line of vitrieval.onnx_export at {level}" for level in
+                 (("DEBUG", "INFO", "WARNING") if verbose else ("INFO", "WARNING"))]
+    assert lines == expected

@@ -73,7 +73,7 @@ def test_cli_checkpoint_json(main, model_dir: Path, folder_root: Path, tmp_path:
     out = tmp_path / "out" / "sop.json"
     out.parent.mkdir()
     code = main(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root",
-                 str(folder_root), "--json", str(out), "--workers", "0", "--batch-size", "16", "--device", "cpu",
+                 str(folder_root), "-o", str(out), "--workers", "0", "--batch-size", "16", "--device", "cpu",
                  "--no-progress"])
     assert code == 0
     payload = json.loads(out.read_text())
@@ -84,6 +84,13 @@ def test_cli_checkpoint_json(main, model_dir: Path, folder_root: Path, tmp_path:
     assert text.startswith("folder  R@1 ")
     assert f"results written to {out}" in text
     assert not (model_dir / "pca.safetensors").exists()
+    # --json: one meaning across commands (search, reproduce --list, evaluate): the JSON alone on stdout
+    assert main(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
+                 "--json", "-o", str(tmp_path / "again.json"), "--workers", "0", "--batch-size", "16", "--device",
+                 "cpu", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == json.loads((tmp_path / "again.json").read_text()) == payload
+    assert "results written to" in captured.err
 
 
 def test_cli_pca_is_stored_with_the_checkpoint(model_dir: Path, folder_root: Path, tmp_path: Path,
@@ -93,7 +100,7 @@ def test_cli_pca_is_stored_with_the_checkpoint(model_dir: Path, folder_root: Pat
     run_dir = tmp_path / "run"
     shutil.copytree(model_dir, run_dir / "model")
     assert _run(["evaluate", "--checkpoint", str(run_dir), "--dataset", "folder", "--data-root", str(folder_root),
-                 "--pca", "8", "--workers", "0", "--no-progress", "--json", str(tmp_path / "r.json")]) == 0
+                 "--pca", "8", "--workers", "0", "--no-progress", "-o", str(tmp_path / "r.json")]) == 0
     assert "stored beside the model" in capsys.readouterr().out
     assert vitrieval.load(run_dir).descriptor_dim == 8
     assert json.loads((tmp_path / "r.json").read_text())["pca"]["fitted_on"] == "folder/train"
@@ -161,7 +168,7 @@ def test_cli_model_with_pretrained_file_is_irt_o(folder_root: Path, tmp_path: Pa
     out = tmp_path / "irt_o.json"
     assert _run(["evaluate", "--model", "deit_tiny_patch16_224", "--pretrained-file", str(weights), "--dataset",
                  "folder", "--data-root", str(folder_root), "--image-size", "32", "--workers", "0",
-                 "--no-progress", "--json", str(out), "--ks", "1,2"]) == 0
+                 "--no-progress", "-o", str(out), "--ks", "1,2"]) == 0
     payload = json.loads(out.read_text())
     assert payload["model"] == "deit_tiny_patch16_224" and payload["image_size"] == 32
     enc = Encoder(ModelConfig(name="deit_tiny_patch16_224", pretrained=True, pretrained_file=str(weights),
@@ -183,7 +190,7 @@ def test_cli_off_the_shelf_convnet_takes_a_pooling(folder_root: Path, tmp_path: 
     common = ["--pretrained-file", str(weights), "--dataset", "folder", "--data-root", str(folder_root),
               "--image-size", "32", "--workers", "0", "--no-progress", "--ks", "1,2"]
     out = tmp_path / "r18.json"
-    assert _run(["evaluate", "--model", "resnet18", "--pooling", "gem", "--json", str(out), *common]) == 0
+    assert _run(["evaluate", "--model", "resnet18", "--pooling", "gem", "-o", str(out), *common]) == 0
     payload = json.loads(out.read_text())
     enc = Encoder(ModelConfig(name="resnet18", pretrained=True, pretrained_file=str(weights), image_size=32,
                               pooling="gem")).eval()
@@ -207,7 +214,7 @@ def test_cli_main_with_every_command(model_dir: Path, folder_root: Path, tmp_pat
 
     out = tmp_path / "all.json"
     assert main(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
-                 "--json", str(out), "--workers", "0", "--no-progress"]) == 0
+                 "-o", str(out), "--workers", "0", "--no-progress"]) == 0
     assert set(json.loads(out.read_text())) == CATEGORY_KEYS
 
 
@@ -220,7 +227,7 @@ def test_cli_rerank_and_scales(model_dir: Path, folder_root: Path, tmp_path: Pat
     out = tmp_path / "r.json"
     assert _run(["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
                  "--rerank", "aqe,dba", "--rerank-n", "3", "--rerank-alpha", "1", "--scales", "1,0.5",
-                 "--workers", "0", "--no-progress", "--json", str(out)]) == 0
+                 "--workers", "0", "--no-progress", "-o", str(out)]) == 0
     payload = json.loads(out.read_text())
     expected = evaluate_model(vitrieval.load(model_dir), "folder", folder_root, scales=(1, 0.5),
                               rerank=RerankOptions(("aqe", "dba"), 3, 1.0), **EVAL)
@@ -298,7 +305,7 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
     base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "roxford5k", "--data-root", str(roxford),
             "--scales", "1,0.5", "--pca", "4", "--no-save-pca", "--workers", "0", "--no-progress",
             "--distractors", str(distractor_dir), "--distractor-cache", str(cache), "--distractor-shard-size", "7"]
-    assert _run(base + ["--json", str(tmp_path / "a.json")]) == 0
+    assert _run(base + ["-o", str(tmp_path / "a.json")]) == 0
     payload = json.loads((tmp_path / "a.json").read_text())
     assert payload["distractors"]["count"] == 30 and len(list(cache.iterdir())) == 1
 
@@ -312,7 +319,7 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
 
     calls = []
     monkeypatch.setattr(build_module, "extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
-    assert _run(base + ["--json", str(tmp_path / "b.json")]) == 0
+    assert _run(base + ["-o", str(tmp_path / "b.json")]) == 0
     assert calls == [] and json.loads((tmp_path / "b.json").read_text()) == payload
 
 
@@ -333,8 +340,8 @@ def test_cli_full_decode_turns_fast_decoding_off(model_dir: Path, folder_root: P
                         lambda *a, **k: seen.append(k["extraction"].fast_decode) or real(*a, **k))
     base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
             "--workers", "0", "--no-progress", "--device", "cpu"]
-    assert _run(base + ["--json", str(tmp_path / "fast.json")]) == 0
-    assert _run(base + ["--full-decode", "--json", str(tmp_path / "full.json")]) == 0
+    assert _run(base + ["-o", str(tmp_path / "fast.json")]) == 0
+    assert _run(base + ["--full-decode", "-o", str(tmp_path / "full.json")]) == 0
     assert seen == [True, False]
 
     keys: list[dict] = []

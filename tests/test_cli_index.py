@@ -33,13 +33,13 @@ def test_cli_index_add_and_search(world: dict, tmp_path: Path, capsys: pytest.Ca
     images = tmp_path / "images"
     shutil.copytree(world["root"] / "images", images)
     assert _cli(index_cmd, ["index", "--checkpoint", str(world["model"]), "--images", str(images), "-o", str(out),
-                            "--factory", "Flat", "--num-workers", "0", "--no-progress"]) == 0
+                            "--factory", "Flat", "--workers", "0", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "indexed 30 image(s)" in text and "1 unreadable skipped" in text and "img_corrupt0.jpg" in text
 
     make_images(tmp_path / "more", COLOURS[7:8], prefix="more")
     assert _cli(index_cmd, ["index", "--images", str(tmp_path / "more"), "-o", str(out), "--add",
-                            "--num-workers", "0", "--no-progress"]) == 0
+                            "--workers", "0", "--no-progress"]) == 0
     assert "30 -> 35" in capsys.readouterr().out
     assert len(Index.load(out)) == 35
 
@@ -136,7 +136,7 @@ def test_cli_index_full_decode_is_recorded(world: dict, tmp_path: Path) -> None:
     from vitrieval.cli import CLIError, index_cmd
 
     common = ["--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "--factory", "Flat",
-              "--num-workers", "0", "--no-progress"]
+              "--workers", "0", "--no-progress"]
     assert _cli(index_cmd, ["index", *common, "-o", str(tmp_path / "fast.idx")]) == 0
     assert _cli(index_cmd, ["index", *common, "-o", str(tmp_path / "full.idx"), "--full-decode"]) == 0
     for name, expected in (("fast.idx", True), ("full.idx", False)):
@@ -146,3 +146,80 @@ def test_cli_index_full_decode_is_recorded(world: dict, tmp_path: Path) -> None:
     with pytest.raises(CLIError, match="--full-decode are set when an index is built"):
         _cli(index_cmd, ["index", "--images", str(world["root"] / "images"), "-o", str(tmp_path / "fast.idx"),
                          "--add", "--full-decode"])
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every file and folder under ``folder``: its bytes (``None`` for a folder) and mode."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes(), p.stat().st_mode)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("command", ["overwrite", "rebuild", "add"])
+def test_cli_index_beside_a_writer_is_refused_before_any_embedding_and_changes_no_byte(
+        world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        command: str) -> None:
+    """Issue 28, case 6: ``--overwrite`` (and a rebuild, and ``--add``) beside a service taking writes takes the
+    folder's write lock first: refused in one line, nothing embedded, the folder (``shards/`` too) byte-identical."""
+    import vitrieval.embed
+    from index_world import make_model
+    from vitrieval.cli import main
+    from vitrieval.index import build
+
+    out = tmp_path / "busy.idx"
+    shutil.copytree(world["index_dir"], out)
+    more = tmp_path / "more"
+    make_images(more, COLOURS[6:7], prefix="more")
+    never = lambda *a, **kw: pytest.fail("embedded before taking the write lock")  # noqa: E731
+    monkeypatch.setattr(build, "extract", never)
+    monkeypatch.setattr(vitrieval.embed, "extract", never)
+    argv = {"overwrite": ["--checkpoint", str(make_model(tmp_path / "other", seed=1)), "--images",
+                          str(world["root"] / "images"), "--overwrite"],
+            "rebuild": ["--checkpoint", str(world["model"]), "--images", str(world["root"] / "images")],
+            "add": ["--images", str(more), "--add"]}[command]
+    service = Index.load(out)
+    service.hold_writer()  # what `vitrieval serve --write-token-file` holds
+    before = _snapshot(out)
+    try:
+        code = main(["index", *argv, "-o", str(out), "--no-progress", "--num-workers", "0"])
+    finally:
+        service.release_writer()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"vitrieval index: error: {out} is being written by another process" in err
+    assert _snapshot(out) == before
+
+
+def test_cli_index_add_on_a_full_disk_is_one_line_naming_the_folder_and_loses_nothing(world: dict,
+                                                                                      tmp_path: Path) -> None:
+    """Issue 28, case 1 (the CLI's side): not two tracebacks but one line, exit 2; the index loads as before."""
+    from mounts import PYTHON, fill, in_mount_namespace, tmpfs_with
+
+    mount, more = tmp_path / "full", tmp_path / "more"
+    make_images(more, COLOURS[6:8], prefix="more")
+    folder = mount / "flat.idx"
+    done = in_mount_namespace(
+        f"{tmpfs_with(mount, world['index_dir'])} && {fill(mount)} && {{ {PYTHON} -m vitrieval index --images "
+        f"{more} -o {folder} --add --no-progress --num-workers 0; echo rc=$?; }} && {PYTHON} -c "
+        f"'from vitrieval.index import Index; print(\"count\", len(Index.load(\"{folder}\")))'")
+    assert "rc=2" in done.stdout and "count 30" in done.stdout, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"vitrieval index: error: {folder}") and \
+        "No space left on device (ENOSPC); free some space" in lines[0]
+
+
+def test_cli_index_add_and_remove_on_a_read_only_folder_are_refused_in_one_line(world: dict, tmp_path: Path) -> None:
+    from mounts import PYTHON, in_mount_namespace, read_only, tmpfs_with
+
+    mount, more = tmp_path / "ro", tmp_path / "more"
+    make_images(more, COLOURS[6:7], prefix="more")
+    folder = mount / "flat.idx"
+    done = in_mount_namespace(
+        f"{tmpfs_with(mount, world['index_dir'])} && {read_only(mount)} && "
+        f"{{ {PYTHON} -m vitrieval index --images {more} -o {folder} --add --no-progress --num-workers 0; "
+        f"echo rc=$?; }} && {{ {PYTHON} -m vitrieval index -o {folder} --remove 3; echo rc=$?; }}")
+    assert done.stdout.split() == ["rc=2", "rc=2"], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    expected = f"vitrieval index: error: cannot write {folder}: Read-only file system (EROFS); the file system " \
+               "is mounted read-only: use a folder on a writable one"
+    assert done.stderr.strip().splitlines() == [expected, expected]

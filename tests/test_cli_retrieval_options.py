@@ -32,7 +32,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     images = make_images(root / "images", COLOURS[:4])
     out = root / "ms.idx"
     assert _cli(index_cmd, ["index", "--checkpoint", str(model), "--images", str(root / "images"), "-o", str(out),
-                            "--factory", "Flat", "--num-workers", "0", "--no-progress", "--scales", "1,0.5",
+                            "--factory", "Flat", "--workers", "0", "--no-progress", "--scales", "1,0.5",
                             "--dba", "2,3"]) == 0
     return {"root": root, "model": model, "images": images, "out": out}
 
@@ -95,5 +95,5 @@ def test_index_add_refuses_new_scales_and_a_dba_index(built: dict, tmp_path: Pat
     copy = tmp_path / "copy.idx"
     shutil.copytree(built["out"], copy)
     with pytest.raises(ValueError, match="database-side augmented"):
-        _cli(index_cmd, ["index", "--images", str(more), "-o", str(copy), "--add", "--num-workers", "0",
+        _cli(index_cmd, ["index", "--images", str(more), "-o", str(copy), "--add", "--workers", "0",
                          "--no-progress"])

@@ -56,10 +56,31 @@ def test_overrides_are_parsed_and_typed():
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
 
 
-def test_unknown_key_lists_the_valid_keys():
-    with pytest.raises(KeyError, match="train.iteratons.*valid keys:.*train.iterations"):
-        apply_overrides(Config(), ["train.iteratons=5"])
-    with pytest.raises(KeyError, match="unknown config key.*model.colour"):
+@pytest.mark.parametrize("typo, hint", [
+    ("train.iteratons", "did you mean train.iterations?"),
+    ("train.iters", "did you mean train.iterations?"),
+    ("memory.start_iter", "did you mean memory.start_iteration?"),
+    ("model.pretrained_fle", "did you mean model.pretrained_file or model.pretrained?"),
+    ("trian.lr", "did you mean train.lr?"),          # a misspelt section
+    ("lr", "did you mean train.lr?"),                # a key without its section
+])
+def test_an_unknown_key_gets_a_did_you_mean(typo, hint):
+    with pytest.raises(KeyError) as raised:
+        apply_overrides(Config(), [f"{typo}=5"])
+    assert raised.value.args[0] == f"unknown config key {typo!r}; {hint}"
+
+
+def test_an_unknown_key_without_a_close_one_names_its_section_or_the_sections():
+    """A short line, not the ~1,250-character list of every key."""
+    with pytest.raises(KeyError) as raised:
+        apply_overrides(Config(), ["memory.zzz=5"])
+    memory_keys = [k.split(".", 1)[1] for k in valid_keys() if k.startswith("memory.")]
+    assert raised.value.args[0] == f"unknown config key 'memory.zzz'; the keys of memory: {', '.join(memory_keys)}"
+    with pytest.raises(KeyError) as raised:
+        apply_overrides(Config(), ["colour=red"])
+    message = raised.value.args[0]
+    assert "SECTION one of model, data, loss, memory, tuples, train" in message and len(message) < 200
+    with pytest.raises(KeyError, match=r"unknown config key\(s\) model.colour \(model.colour: the keys of model: "):
         config_from_dict({"model": {"colour": "red"}})
 
 

@@ -46,8 +46,8 @@ def test_evaluate_json_to_a_folder_is_refused_before_the_work(world, tmp_path, c
 
     monkeypatch.setattr(evaluate_cmd, "encoder_from_args", lambda args: pytest.fail("the model was loaded first"))
     assert main(["evaluate", "--checkpoint", str(world["model"]), "--dataset", "folder", "--data-root",
-                 str(world["root"] / "images"), "--json", str(tmp_path)]) == 2
-    assert f"--json {tmp_path} is a folder; give a file name" in capsys.readouterr().err
+                 str(world["root"] / "images"), "-o", str(tmp_path)]) == 2
+    assert f"-o {tmp_path} is a folder; give a file name" in capsys.readouterr().err
 
 
 def test_index_over_another_models_index_is_refused_unless_overwrite(world, tmp_path, capsys):

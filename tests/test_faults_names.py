@@ -38,7 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_a_non_utf8_name_is_indexed_with_its_exact_bytes(world, tmp_path, capsys):
     out = tmp_path / "cat.idx"
     assert main(["index", "--checkpoint", str(world["model"]), "--images", str(world["images"]), "-o", str(out),
-                 "--no-progress", "--num-workers", "0"]) == 0
+                 "--no-progress", "--workers", "0"]) == 0
     assert "indexed 10 image(s)" in capsys.readouterr().out
     index = Index.load(out)
     odd = [e for e in index.entries() if os.fsencode(e.path) == world["odd"]]

@@ -91,3 +91,75 @@ def test_a_failed_set_up_in_a_new_folder_keeps_what_another_process_put_there(tm
     with pytest.raises(ValueError, match="no data"):
         train(_config(tmp_path), out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["someone-else.txt"]
+
+
+def _argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "cpu-tiny", "-o", str(out), "--no-progress",
+            *[a for o in [f"data.root={root}", *TINY, *extra] for a in ("--set", o)]]
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(products_32, tmp_path, capsys):
+    """It used to evaluate again and print "done: 2 iterations"; a longer train.iterations continues it."""
+    out = tmp_path / "run"
+    assert main(_argv(products_32, out)) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert main([*_argv(products_32, out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"vitrieval train: error: {out} is already finished (2 iterations; its model is {out / 'model'}): "
+                   "to train it further, --resume with --set train.iterations=N for an N over 2; or choose another "
+                   "--output\n")
+    assert _snapshot(out) == before
+    assert main([*_argv(products_32, out, "train.iterations=3"), "--resume"]) == 0
+    assert "(3 iterations" in capsys.readouterr().out
+
+
+def test_ctrl_c_names_resume_when_there_is_a_checkpoint(products_32, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(_argv(products_32, out)) == 0
+    capsys.readouterr()
+
+    def interrupted(self, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    assert main([*_argv(products_32, out, "train.iterations=4"), "--resume"]) == 130
+    assert capsys.readouterr().err == (f"vitrieval train: interrupted; the same command with --resume continues "
+                                       f"from {out / 'checkpoints' / 'last.pt'}\n")
+    assert main(_argv(products_32, tmp_path / "fresh")) == 130  # no checkpoint yet: nothing to resume
+    assert capsys.readouterr().err == "vitrieval train: interrupted\n"
+
+
+def test_an_unreadable_training_image_names_the_skip_setting_and_leaves_no_half_made_run(products_32, tmp_path,
+                                                                                          capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(products_32, root)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir())[:8]:  # every training identity: one corrupt view
+        for image in sorted(folder.iterdir())[:2]:
+            image.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert main(_argv(root, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitrieval train: error: cannot read image ") and err.count("\n") == 1
+    assert err.endswith("(--set data.on_bad_image=skip trains on without the unreadable images, counting them in "
+                        "train.log)\n")
+    assert not out.exists()  # a fresh run that stopped before its first checkpoint leaves no folder
+    assert main(_argv(root, out, "data.on_bad_image=skip")) == 0
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_an_unreadable_held_out_image_is_named_as_one(products_32, tmp_path, capsys):
+    """data.on_bad_image=skip does not apply to the held-out Recall: the message does not suggest it."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(products_32, root)
+    held_out = sorted(p for p in root.iterdir() if p.is_dir())[-1]
+    bad = sorted(held_out.iterdir())[0]
+    bad.write_bytes(b"not an image")
+    assert main(_argv(root, tmp_path / "run", "data.on_bad_image=skip")) == 2
+    assert capsys.readouterr().err == (
+        f"vitrieval train: error: cannot read image {bad}: not a recognised image format (a held-out image, embedded "
+        "for the held-out Recall whatever data.on_bad_image says: replace or remove it)\n")

@@ -1,9 +1,12 @@
 """Issue 14, case 11 (serve): an over-long id is a 404, a client that disconnects mid-upload leaves no ERROR
-traceback in the log, a port in use is refused before anything is printed or loaded."""
+traceback in the log, a port in use is refused before anything is printed or loaded. Issue 28 (serve): a service
+asked to write a folder it cannot write refuses to start in one line; a write on a full disk is a 507 in one line,
+and /healthz tells whether writes can reach the folder (on a real tmpfs: tests/mounts.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 
@@ -11,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index_world import build_world
+from mounts import PYTHON, fill, in_mount_namespace, read_only, tmpfs_with
 from vitrieval.cli import main
 from vitrieval.serve import create_app
 
@@ -92,3 +96,105 @@ def test_a_free_port_still_serves(world, monkeypatch, capsys):
         port = probe.getsockname()[1]
     assert main(["serve", "--index", str(world["index_dir"]), "--port", str(port)]) == 0
     assert seen["port"] == port and "serving 30 images" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_with_writes_on_a_read_only_folder_refuses_to_start_in_one_line(world, tmp_path):
+    """Issue 28, case 4: not "writes on" and a 500 with a traceback at every write, but exit 2 before serving."""
+    mount, token = tmp_path / "ro", tmp_path / "token"
+    token.write_text("a-token-of-the-read-only-test\n")
+    done = in_mount_namespace(
+        f"{tmpfs_with(mount, world['index_dir'])} && {read_only(mount)} && {PYTHON} -m vitrieval serve --index "
+        f"{mount / 'flat.idx'} --write-token-file {token} --port {_free_port()}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "serving" not in done.stdout
+    assert done.stderr.startswith(f"vitrieval serve: error: writes are on but cannot write {mount / 'flat.idx'}: "
+                                  "Read-only file system (EROFS)")
+    assert "serve it read-only (no write token)" in done.stderr
+
+
+_FULL_DISK_SERVICE = """
+import json, sys
+from fastapi.testclient import TestClient
+from vitrieval.index import Index
+from vitrieval.serve import create_app
+
+folder, image, fill = sys.argv[1:4]
+auth = {"Authorization": "Bearer a-token-of-the-full-disk-test"}
+app = create_app(Index.load(folder), write_token=auth["Authorization"][7:], compact_every=1000,
+                 compact_interval_s=600)
+client = TestClient(app)
+data = open(image, "rb").read()
+def add():
+    r = client.post("/images", files={"file": ("new.png", data, "image/png")}, headers=auth)
+    return {"status": r.status_code, "body": r.json(), "health": client.get("/healthz").json()}
+out = {"full": add()}
+import os; os.unlink(fill)
+out["freed"] = add()
+app.state.close()
+out["count"] = len(Index.load(folder))
+print(json.dumps(out))
+"""
+
+
+def test_a_write_on_a_full_disk_is_a_507_in_one_line_and_healthz_says_so_until_a_write_succeeds(world, tmp_path):
+    mount = tmp_path / "full"
+    script = tmp_path / "service.py"
+    script.write_text(_FULL_DISK_SERVICE)
+    folder = mount / "flat.idx"
+    done = in_mount_namespace(f"{tmpfs_with(mount, world['index_dir'])} && {fill(mount)} && {PYTHON} {script} "
+                              f"{folder} {world['images'][0]} {mount / 'fill'}")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    full, freed = out["full"], out["freed"]
+    assert full["status"] == 507
+    assert full["body"]["detail"].startswith("cannot write the index folder's uploads/") and \
+        "No space left on device (ENOSPC); free some space" in full["body"]["detail"]
+    assert str(folder) not in full["body"]["detail"]  # no server path to clients (the log has it)
+    assert full["health"]["writable"] is False and full["health"]["write_error"] == full["body"]["detail"]
+    assert full["health"]["count"] == 30  # the refused write had no effect
+    assert freed["status"] == 201 and freed["body"]["id"] == 30
+    assert freed["health"]["writable"] is True and freed["health"]["write_error"] is None
+    assert out["count"] == 31
+    assert "Traceback" not in done.stderr and \
+        f"a write was refused by the disk: cannot write {folder}/uploads/" in done.stderr
+
+
+def test_healthz_of_a_writing_service_says_writable_and_a_read_only_one_does_not(world, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from vitrieval.index import Index
+
+    folder = tmp_path / "w.idx"
+    shutil.copytree(world["index_dir"], folder)
+    app = create_app(Index.load(folder), write_token="a-token-of-the-healthz-test")
+    try:
+        health = TestClient(app).get("/healthz").json()
+        assert health["writable"] is True and health["write_error"] is None
+    finally:
+        app.state.close()
+    health = TestClient(create_app(Index.load(folder))).get("/healthz").json()
+    assert health["writable"] is False and health["write_error"] is None
+
+
+def test_the_request_timeout_flag_reaches_uvicorn_and_healthz(world, monkeypatch, capsys):
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    assert main(["serve", "--index", str(world["index_dir"]), "--port", str(_free_port()),
+                 "--request-timeout-s", "5"]) == 0
+    assert issubclass(seen["http"], H11Protocol) and seen["http"].__name__.endswith("_5s")
+    assert TestClient(seen["app"]).get("/healthz").json()["request_timeout_s"] == 5.0
+    assert main(["serve", "--index", str(world["index_dir"]), "--port", str(_free_port()),
+                 "--request-timeout-s", "0"]) == 2
+    assert capsys.readouterr().err == "vitrieval serve: error: --request-timeout-s must be > 0, got 0.0\n"

@@ -161,7 +161,7 @@ def test_an_upload_on_a_full_disk_is_507_and_leaves_nothing(world, small_disk):
     try:
         filler = _fill(small_disk)
         r = client.post("/images", files={"file": ("my photo.png", buf.getvalue(), "image/png")}, headers=AUTH)
-        assert r.status_code == 507 and "not recorded" in r.json()["detail"]
+        assert r.status_code == 507 and "No space left on device" in r.json()["detail"]
         assert client.delete("/images/4", headers=AUTH).status_code == 507
         assert len(app.state.index) == 30 and app.state.index.has(4)
         assert not (directory / "uploads").exists() or not list((directory / "uploads").iterdir())

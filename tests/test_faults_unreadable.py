@@ -46,7 +46,7 @@ def test_index_skips_and_lists_an_unreadable_file(world, tmp_path, capsys, monke
     _lock(monkeypatch, locked)
     out = tmp_path / "cat.idx"
     assert main(["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "-o",
-                 str(out), "--no-progress", "--num-workers", "0"]) == 0
+                 str(out), "--no-progress", "--workers", "0"]) == 0
     assert json.loads((out / "index.json").read_text())["skipped"] == [str(locked)]
     assert f"skipped (unreadable): {locked}" in capsys.readouterr().out
 
@@ -81,7 +81,7 @@ def test_a_real_chmod_000_file_is_skipped(world, tmp_path, capsys):
     locked.chmod(0)
     try:
         assert main(["index", "--checkpoint", str(world["model"]), "--images", str(images), "-o",
-                     str(tmp_path / "x.idx"), "--no-progress", "--num-workers", "0"]) == 0
+                     str(tmp_path / "x.idx"), "--no-progress", "--workers", "0"]) == 0
         assert f"skipped (unreadable): {locked}" in capsys.readouterr().out
     finally:
         locked.chmod(0o644)

@@ -264,3 +264,11 @@ def test_empty_bbox_error_names_the_file(tmp_path):
     ds = TableDataset(ImageTable([Record(str(path), 0, bbox=(5, 5, 5, 9))]), transform=lambda im: im)
     with pytest.raises(ImageDecodeError, match="a.png.*empty"):
         ds[0]
+
+
+def test_a_folder_given_as_an_image_is_named_a_directory(tmp_path: Path) -> None:
+    """`vitrieval search --index x DIR` used to say "file not found" for a folder that exists."""
+    with pytest.raises(ImageDecodeError) as raised:
+        load_image(tmp_path)
+    assert str(raised.value) == (f"cannot read image {tmp_path}: is a directory, not an image file (name the images "
+                                 f"in it, e.g. {tmp_path / '*.jpg'})")

@@ -41,7 +41,19 @@ def test_build_writes_complete_index_and_lists_the_corrupt_file(world: dict) -> 
     assert sorted(p.name for p in (d / "shards").iterdir()) == ["00000.json", "00000.npy"]
 
 
-def test_too_few_descriptors_for_the_factory_is_a_clear_error(world: dict, tmp_path: Path) -> None:
+def test_too_few_descriptors_for_the_factory_is_a_clear_error(world: dict, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked before any image is embedded (a typo used to cost the whole collection's embedding) and before the
+    index folder or its shards are made."""
+    import vitrieval.index.build as build
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded images before checking the factory")
+
+    monkeypatch.setattr(build, "extract", no_embedding)
+    with pytest.raises(ValueError, match=r"could not parse index string Flatt \(e.g. Flat, HNSW32"):
+        Index.build(world["model"], good_images(world), tmp_path / "x.idx", factory="Flatt", num_workers=0,
+                    progress=False)
     with pytest.raises(ValueError, match=r"needs at least 64 descriptors.*IVF64.*has 30"):
         Index.build(world["model"], good_images(world), tmp_path / "x.idx", factory="IVF64,Flat", num_workers=0,
                     progress=False)
@@ -49,6 +61,7 @@ def test_too_few_descriptors_for_the_factory_is_a_clear_error(world: dict, tmp_p
         Index.build(world["model"], good_images(world), factory="IVF2,PQ8", num_workers=0, progress=False)
     with pytest.raises(ValueError, match="faiss cannot build index 'Nonsense12'"):
         Index.build(world["model"], good_images(world), factory="Nonsense12", num_workers=0, progress=False)
+    assert not (tmp_path / "x.idx").exists()
 
 
 def test_auto_factory_is_exact_for_small_collections(world: dict) -> None:

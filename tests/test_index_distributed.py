@@ -128,7 +128,7 @@ def _worker(work: Path) -> None:
     rows: list = []
     _instrument(work / "marks", ctx.rank, rows)
     common = ["--checkpoint", str(work / "model"), "--batch-size", str(BATCH), "--shard-size", str(SHARD),
-              "--num-workers", "0", "--device", "cpu", "--no-progress"]
+              "--workers", "0", "--device", "cpu", "--no-progress"]
     result: dict = {"world": ctx.world_size}
 
     # 1. the command builds
@@ -149,7 +149,8 @@ def _worker(work: Path) -> None:
                         "complete": (out / "api.idx" / INFO_FILE).is_file(),
                         "len": None if index is None else len(index)}
 
-    # 3. rank 0's faiss training fails: every rank raises (the command: rank 0 prints it, every rank returns 2)
+    # 3. rank 0's factory check fails before any embedding: every rank raises (the command: rank 0 prints it,
+    # every rank returns 2)
     rows.clear()
     try:
         Index.build(work / "model", work / "images", out / "cli.idx", factory="IVF64,Flat", batch_size=BATCH,
@@ -167,7 +168,7 @@ def _worker(work: Path) -> None:
         shutil.copytree(out / "cli.idx", out / "add.idx")
     ctx.barrier()
     code = _command(["index", "--table", str(work / "add.csv"), "-o", str(out / "add.idx"), "--add",
-                     "--batch-size", str(BATCH), "--num-workers", "0", "--device", "cpu", "--no-progress"])
+                     "--batch-size", str(BATCH), "--workers", "0", "--device", "cpu", "--no-progress"])
     result["add"] = {"code": code, "rows": rows[:]}
 
     (work / f"result.rank{ctx.rank}.json").write_text(json.dumps(result))
@@ -272,7 +273,7 @@ def test_resume_embeds_only_the_missing_shards_and_other_ranks_return_after_the_
 def test_rank_zero_failure_reaches_every_rank(world):
     r0, r1 = world["results"]
     message = r0["failure"]["api"][0]
-    assert "needs at least 64 descriptors" in message and f"has {N_GOOD}" in message
+    assert "needs at least 64 descriptors" in message and f"has {N_GOOD + 1} images" in message  # before embedding
     assert r0["failure"]["api"] == r1["failure"]["api"] == [message, 0]
     assert r0["failure"]["cli_code"] == r1["failure"]["cli_code"] == 2
     assert world["output"].count(f"vitrieval index: error: {message}") == 1  # rank 0 reports it, once
@@ -307,7 +308,7 @@ def test_only_rank_zero_writes_prints_and_logs(world):
     assert output.count(f"indexed {N_GOOD} image(s) into") == 1
     assert output.count(f"added {N_NEW} image(s) to") == 1
     assert output.count("skipped (unreadable)") == 2  # the build's and the add's, printed by rank 0 once each
-    assert output.count("reusing") == 1 + 3 + 3  # resume: shard 1; the two failed rebuilds: all three shards
+    assert output.count("reusing") == 1  # resume: shard 1; the two failed rebuilds stop before reading a shard
 
 
 if __name__ == "__main__":  # python tests/test_index_distributed.py WORKDIR (under torchrun)

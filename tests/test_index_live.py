@@ -103,17 +103,18 @@ def test_compaction_blocks_neither_searches_nor_writes(world, tmp_path, monkeypa
 
     def slow_write_generation(*args, **kwargs):
         entered.set()
-        assert release.wait(30)
+        assert release.wait(120)
         original(*args, **kwargs)
 
     monkeypatch.setattr(faiss_store, "write_generation", slow_write_generation)
     saver = threading.Thread(target=index.save)
     saver.start()
     assert entered.wait(30)
-    started = time.perf_counter()
     assert index.search(_unit(1), k=1)[0][0].path == "before.png"  # a search during the compaction
     during = index.add_descriptors(_unit(2)[None], [("during.png", None)])  # and a write
-    assert time.perf_counter() - started < 5 and index.search(_unit(2), k=1)[0][0].id == int(during[0])
+    assert index.search(_unit(2), k=1)[0][0].id == int(during[0])
+    # both were answered while the compaction was still held inside its folder write (neither waited for it)
+    assert saver.is_alive() and not release.is_set()
     release.set()
     saver.join(30)
     assert index.pending_writes == 1  # the write during the compaction stays in the journal
@@ -159,7 +160,7 @@ def test_the_compactor_compacts_when_enough_writes_are_pending(world, tmp_path):
     for seed in range(3):
         index.add_descriptors(_unit(seed)[None], [(f"{seed}.png", None)])
         compactor.notify()
-    deadline = time.time() + 20
+    deadline = time.time() + 120  # a hang guard: the compactor runs on its own thread
     while index.pending_writes and time.time() < deadline:
         time.sleep(0.02)
     assert index.pending_writes == 0 and index.generation == generation + 1 and compactor.compactions == 1

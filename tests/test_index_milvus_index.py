@@ -121,10 +121,10 @@ def test_cli_index_add_remove(world: dict, tmp_path: Path, capsys: pytest.Captur
     db, out = str(tmp_path / "cli.db"), tmp_path / "cli.idx"
     assert cli_main(["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "-o",
                      str(out), "--backend", "milvus", "--milvus-uri", db, "--collection", "cli", "--milvus-index",
-                     "HNSW", "--num-workers", "0", "--no-progress"]) == 0
+                     "HNSW", "--workers", "0", "--no-progress"]) == 0
     assert "indexed 30 image(s)" in capsys.readouterr().out
     new = make_images(tmp_path / "new", COLOURS[8:9], prefix="new")
-    assert cli_main(["index", "--images", str(tmp_path / "new"), "-o", str(out), "--add", "--num-workers", "0",
+    assert cli_main(["index", "--images", str(tmp_path / "new"), "-o", str(out), "--add", "--workers", "0",
                      "--no-progress"]) == 0
     assert "30 -> 35" in capsys.readouterr().out
     index = Index.load(out)
@@ -173,7 +173,7 @@ def test_one_line_errors(world: dict, tmp_path: Path, capsys: pytest.CaptureFixt
         Index.load(folder)
     assert cli_main(["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "-o",
                      str(tmp_path / "bad.idx"), "--backend", "milvus", "--milvus-uri",
-                     "https://user:secret@127.0.0.1:9", "--num-workers", "0", "--no-progress"]) == 2
+                     "https://user:secret@127.0.0.1:9", "--workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot reach Milvus at https://127.0.0.1:9" in err and "secret" not in err and "\n" not in err
     assert cli_main(["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"), "-o",
@@ -234,7 +234,7 @@ TORCHRUN_WORKER = textwrap.dedent("""
     from vitrieval.cli import main
     model, images, out, db = sys.argv[1:5]
     sys.exit(main(["index", "--checkpoint", model, "--images", images, "-o", out, "--backend", "milvus",
-                   "--milvus-uri", db, "--collection", "dist", "--milvus-index", "FLAT", "--num-workers", "0",
+                   "--milvus-uri", db, "--collection", "dist", "--milvus-index", "FLAT", "--workers", "0",
                    "--no-progress", "--batch-size", "4", "--shard-size", "10"]))
 """)
 

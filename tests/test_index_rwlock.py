@@ -1,4 +1,4 @@
-"""index/rwlock.py: shared reads, exclusive writes, and neither side starved by a tight loop of the other."""
+"""index/rwlock.py: shared reads, exclusive writes, and the phase-fair order that starves neither side."""
 
 from __future__ import annotations
 
@@ -51,41 +51,56 @@ def test_a_write_is_exclusive_and_reads_are_shared():
     assert inside["overlap"] == 0 and inside["max_readers"] >= 2
 
 
-def test_a_tight_loop_of_writes_does_not_starve_a_reader():
-    lock = ReadWriteLock()
-    stop = threading.Event()
-
-    def write() -> None:
-        with lock.write():
-            pass
-
-    writers = [_loop(stop, write) for _ in range(2)]
-    started = time.perf_counter()
-    for _ in range(300):
-        with lock.read():
-            pass
-    took = time.perf_counter() - started
-    stop.set()
-    for t in writers:
-        t.join(10)
-    assert took < 20, f"300 reads took {took:.1f} s beside a write loop"
+def _until(predicate) -> None:
+    """Wait until ``predicate()`` (another thread reached a point); a hang guard of 60 s, not a speed bound."""
+    for _ in range(6000):
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the other thread never got there")
 
 
-def test_a_tight_loop_of_reads_does_not_starve_a_writer():
-    lock = ReadWriteLock()
-    stop = threading.Event()
+def _enter(lock: ReadWriteLock, kind: str, name: str, order: list[str], release: threading.Event | None = None
+           ) -> threading.Thread:
+    def run() -> None:
+        with lock.read() if kind == "read" else lock.write():
+            order.append(name)
+            if release is not None:
+                assert release.wait(60)
 
-    def read() -> None:
-        with lock.read():
-            time.sleep(0.0005)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
-    readers = [_loop(stop, read) for _ in range(4)]
-    started = time.perf_counter()
-    for _ in range(100):
-        with lock.write():
-            pass
-    took = time.perf_counter() - started
-    stop.set()
-    for t in readers:
-        t.join(10)
-    assert took < 20, f"100 writes took {took:.1f} s beside a read loop"
+
+def test_readers_that_waited_through_a_write_go_before_the_next_writer():
+    """A stream of writes cannot starve searches: a reader that arrived during a write enters before a writer
+    that arrived after it."""
+    lock, order, release = ReadWriteLock(), [], threading.Event()
+    first = _enter(lock, "write", "w1", order, release)
+    _until(lambda: order == ["w1"])
+    reader = _enter(lock, "read", "r", order)
+    _until(lambda: lock._readers_waiting == 1)
+    writer = _enter(lock, "write", "w2", order)
+    _until(lambda: lock._writers_waiting == 1)
+    release.set()
+    for t in (first, reader, writer):
+        t.join(60)
+    assert order == ["w1", "r", "w2"]
+
+
+def test_a_waiting_writer_goes_before_readers_that_arrive_after_it():
+    """A stream of searches cannot starve writes: while a writer waits for the current readers, new readers
+    wait behind it."""
+    lock, order, release = ReadWriteLock(), [], threading.Event()
+    first = _enter(lock, "read", "r1", order, release)
+    _until(lambda: order == ["r1"])
+    writer = _enter(lock, "write", "w", order)
+    _until(lambda: lock._writers_waiting == 1)
+    late = _enter(lock, "read", "r2", order)
+    _until(lambda: lock._readers_waiting == 1)
+    assert order == ["r1"]  # r2 did not slip in beside r1 while the writer waits
+    release.set()
+    for t in (first, writer, late):
+        t.join(60)
+    assert order == ["r1", "w", "r2"]

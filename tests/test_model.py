@@ -283,3 +283,21 @@ def test_pca_comes_before_the_final_l2_normalisation():
     # forward (training) stays L2(pooled), without the PCA
     with torch.no_grad():
         np.testing.assert_allclose(enc(x).double().numpy(), unit, atol=1e-5)
+
+
+def test_the_log_names_the_pretrained_file_and_what_was_resampled(tmp_path, caplog):
+    """A 224 px / patch 16 file into a 64 px / patch 8 model: timm resamples the patch kernel and the position
+    embeddings (197 = 14 x 14 + 1 tokens -> 65 = 8 x 8 + 1); one INFO line (in train.log) says so."""
+    torch.manual_seed(2)
+    source = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2)
+    path = tmp_path / "deit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    with caplog.at_level("INFO", logger="vitrieval.model"):
+        Encoder(ModelConfig(name="deit_tiny_patch16_224", pretrained=True, pretrained_file=str(path), image_size=64,
+                            patch_size=8, depth=2))
+        Encoder(ModelConfig(name="deit_tiny_patch16_224", pretrained=True, pretrained_file=str(path), image_size=224,
+                            depth=2))
+    assert [r.getMessage() for r in caplog.records if r.name == "vitrieval.model"] == [
+        f"model.pretrained_file: loaded {path} into deit_tiny_patch16_224; resampled patch 16 -> 8, 197 -> 65 "
+        "position tokens",
+        f"model.pretrained_file: loaded {path} into deit_tiny_patch16_224 (no resampling)"]

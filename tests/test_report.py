@@ -245,3 +245,46 @@ def test_runs_report_plots_gradient_noise_of_two_real_runs(products_32, tmp_path
                   if "grad_noise_nuclear" in line]
         assert len(logged) == 2 and g.mean_gamma == pytest.approx(sum(logged) / 2)
         assert f"{g.run}: mean γ {g.mean_gamma:.4f} over 2 logged step(s)" in page
+
+
+def test_runs_report_names_each_runs_data_and_initialisation_and_splits_tables_by_data(tmp_path) -> None:
+    """A run trained from model.pretrained_file is not "random init"; runs on ORL and COIL-20 are not in one Recall
+    table: one table per data set, each named, and a note that says why."""
+    import html
+    import json
+    import re
+
+    import yaml
+
+    from vitrieval.report.runs import write_runs_report
+
+    def run(name: str, root: str, model: dict, recall: dict) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text(json.dumps({"iteration": 1, "loss": 1.0}) + "\n")
+        (folder / "eval.json").write_text(json.dumps({"iterations": 1, "recall_at_k": recall}))
+        config = {"name": name, "model": {"name": "deit_tiny_patch16_224", "image_size": 64, **model},
+                  "data": {"dataset": "folder", "root": root}, "train": {"iterations": 1}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        return folder
+
+    runs = [run("orl_pre", "/data/orl_faces", {"pretrained": True, "pretrained_file": "/w/deit_t.safetensors"},
+                {"1": 0.9}),
+            run("orl_rand", "/data/orl_faces", {"pretrained": False}, {"1": 0.5}),
+            run("coil_hub", "/data/coil20", {"pretrained": True}, {"1": 0.7})]
+    page = html.unescape(write_runs_report(runs, tmp_path / "r.html").read_text())
+    tables = re.findall(r"<h2>Recall@K \(%\) (.*?)</h2>\s*<table.*?</table>", page, re.S)
+    assert tables == ["on folder data in /data/orl_faces", "on folder data in /data/coil20"]
+    orl, coil = re.findall(r"<h2>Recall@K \(%\) .*?</h2>\s*(<table.*?</table>)", page, re.S)
+    assert "orl_pre" in orl and "orl_rand" in orl and "coil_hub" not in orl
+    assert "coil_hub" in coil and "orl_" not in coil
+    assert "trained and evaluated on 2 different data sets" in page
+    assert "orl_pre on folder data in /data/orl_faces: deit_tiny_patch16_224 at 64 px, cls pooling, initialised " \
+           "from /w/deit_t.safetensors" in page
+    assert "orl_rand on folder data in /data/orl_faces: deit_tiny_patch16_224 at 64 px, cls pooling, random init" \
+        in page
+    assert "coil_hub on folder data in /data/coil20: deit_tiny_patch16_224 at 64 px, cls pooling, timm's " \
+           "pretrained weights" in page
+    one = html.unescape(write_runs_report(runs[:2], tmp_path / "one.html").read_text())
+    assert re.findall(r"<h2>Recall@K \(%\) (.*?)</h2>", one) == ["on folder data in /data/orl_faces"]
+    assert "different data sets" not in one

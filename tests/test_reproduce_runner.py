@@ -13,7 +13,7 @@ from vitrieval.reproduce.tables import write_tables
 
 
 class FakeVitrieval:
-    """Records command lines; 'trains' by writing eval.json, 'evaluates' by writing the --json file."""
+    """Records command lines; 'trains' by writing eval.json, 'evaluates' by writing the -o file."""
 
     def __init__(self, recall: float = 0.5, fail_on: str | None = None) -> None:
         self.calls: list[list[str]] = []
@@ -29,7 +29,7 @@ class FakeVitrieval:
             out.mkdir(parents=True, exist_ok=True)
             (out / "eval.json").write_text("{}")
         else:
-            path = Path(argv[argv.index("--json") + 1])
+            path = Path(argv[argv.index("-o") + 1])
             path.write_text(json.dumps({"recall_at_k": {"1": self.recall}}))
         return 0
 

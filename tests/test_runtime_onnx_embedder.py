@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from onnx_world import onnx_world
+from ranking import assert_same_ranking
 from vitrieval.index import Index
 from vitrieval.runtime import OnnxModelError
 
@@ -31,8 +32,7 @@ def test_onnx_search_gives_torchs_top_k_and_scores(world: dict) -> None:
     queries = world["images"][::3]
     assert np.abs(onnx_index.embed(queries) - torch_index.embed(queries)).max() <= 1e-4
     for a, b in zip(torch_index.search(queries, k=8), onnx_index.search(queries, k=8)):
-        assert [h.id for h in a] == [h.id for h in b]
-        assert max(abs(x.score - y.score) for x, y in zip(a, b)) <= 1e-4
+        assert_same_ranking(b, a, score_tol=1e-4)
     assert onnx_index.embedder.runtime == "onnx" and torch_index.embedder.runtime == "torch"
 
 
@@ -65,7 +65,7 @@ def test_create_app_with_the_onnx_runtime(world: dict) -> None:
     r = client.post("/search?k=5", files={"file": (query.name, query.read_bytes(), "image/png")})
     assert r.status_code == 200
     expected = Index.load(world["index_dir"]).search([query], k=5)[0]
-    assert [h["id"] for h in r.json()["results"]] == [h.id for h in expected]
+    assert_same_ranking(r.json()["results"], expected, score_tol=1e-4)
     index = Index.load(world["index_dir"])
     create_app(index, runtime="onnx")
     assert index.runtime == "onnx" and index.embedder.runtime == "onnx"
@@ -85,7 +85,7 @@ def test_cli_search_and_serve_take_runtime(world: dict, tmp_path: Path, monkeypa
     onnx_hits = json.loads(capsys.readouterr().out)[0]["results"]
     assert _cli(search_cmd, ["search", "--index", str(world["index_dir"]), query, "-k", "3", "--json"]) == 0
     torch_hits = json.loads(capsys.readouterr().out)[0]["results"]
-    assert [h["id"] for h in onnx_hits] == [h["id"] for h in torch_hits]
+    assert_same_ranking(onnx_hits, torch_hits, score_tol=1e-4)
     seen: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
     assert _cli(serve_cmd, ["serve", "--index", str(world["index_dir"]), "--runtime", "onnx", "--threads",
@@ -121,8 +121,8 @@ def test_an_index_built_with_onnx_holds_torchs_descriptors(world: dict, tmp_path
     theirs = reference.faiss_index.reconstruct_batch(np.arange(30))
     assert np.abs(ours - theirs).max() <= 1e-4
     hits = built.search(world["images"][:3], k=5)
-    assert [[h.id for h in row] for row in hits] == [[h.id for h in row] for row in
-                                                     reference.search(world["images"][:3], k=5)]
+    for got, want in zip(hits, reference.search(world["images"][:3], k=5)):
+        assert_same_ranking(got, want, score_tol=1e-4)
 
 
 def test_cli_index_runtime_onnx(world: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -135,3 +135,20 @@ def test_cli_index_runtime_onnx(world: dict, tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(CLIError, match="--runtime onnx builds a new index; --add embeds with the torch model"):
         _cli(index_cmd, ["index", "--checkpoint", str(world["model"]), "--images", str(world["root"] / "images"),
                          "-o", str(out), "--add", "--runtime", "onnx"])
+
+
+def test_rankings_compare_equal_up_to_near_ties_only() -> None:
+    """The comparison the tests above use: near-ties (within 2 · tol) may swap or cross the k boundary, nothing
+    else may."""
+    def hits(*pairs):
+        return [{"id": i, "score": s} for i, s in pairs]
+
+    want = hits((1, 0.9), (2, 0.8), (3, 0.70004), (4, 0.7))
+    assert_same_ranking(hits((1, 0.9), (2, 0.8), (4, 0.70002), (3, 0.70001)), want, score_tol=1e-4)  # a tie swaps
+    assert_same_ranking(hits((1, 0.9), (2, 0.8), (3, 0.70004), (5, 0.70001)), want, score_tol=1e-4)  # crosses k
+    with pytest.raises(AssertionError):
+        assert_same_ranking(hits((2, 0.9), (1, 0.8), (3, 0.70004), (4, 0.7)), want, score_tol=1e-4)
+    with pytest.raises(AssertionError):  # scores beyond the tolerance
+        assert_same_ranking(hits((1, 0.9), (2, 0.8), (3, 0.7), (4, 0.69)), want, score_tol=1e-4)
+    with pytest.raises(AssertionError):  # another image where 2 was, with 2's score: no near-tie of the boundary
+        assert_same_ranking(hits((1, 0.9), (9, 0.8), (3, 0.70004), (4, 0.7)), want, score_tol=1e-4)

@@ -238,3 +238,37 @@ def test_browser_upload_shows_result_thumbnails(served: dict) -> None:
                 driver.save_screenshot(shot)
         finally:
             driver.quit()
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_pages_load_nothing_from_elsewhere(served: dict, page: str) -> None:
+    """/docs (Swagger UI) and /redoc work offline: no remote URL in the page, and every script, style and icon it
+    names is served by the app itself (fastapi-offline's copy), as is the OpenAPI document they render."""
+    client = served["client"]
+    r = client.get(page)
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", r.text, re.I), re.findall(r"\S*//\S+", r.text)
+    # every URL the page names: src / href attributes, ReDoc's spec-url, Swagger's `url: '...'`
+    assets = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)["']|\burl:\s*["']([^"']+)["']""", r.text)
+    assets = [a or b for a, b in assets]
+    assert "/openapi.json" in assets and any(a.endswith(".js") for a in assets), assets
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        got = client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 0, asset
+    assert "/search" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("url", ["/", "/healthz", "/images/1", "/images/1?size=64", "/docs", "/openapi.json"])
+def test_head_is_answered_wherever_get_is_with_get_s_headers_and_no_body(served: dict, url: str) -> None:
+    client = served["client"]
+    get, head = client.get(url), client.head(url)
+    assert get.status_code == head.status_code == 200
+    assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == str(len(get.content))
+
+
+@pytest.mark.parametrize("url, status", [("/images/99999", 404), ("/nowhere", 404), ("/search", 405)])
+def test_head_where_get_is_refused_gets_get_s_refusal(served: dict, url: str, status: int) -> None:
+    head = served["client"].head(url)
+    assert head.status_code == status == served["client"].get(url).status_code and head.content == b""

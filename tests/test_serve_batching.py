@@ -67,9 +67,27 @@ def test_bad_settings_are_refused():
         Batcher(np.stack, max_wait_ms=-1)
 
 
-def _concurrent_answers(app, queries: list[bytes]) -> list[list[dict]]:
+def _concurrent_answers(app, queries: list[bytes], sizes: list[int] | None = None) -> list[list[dict]]:
+    """Every query posted at once, from threads of its own. With ``sizes``, the first forward pass is held until
+    every query has reached the batcher (taken into that pass or queued), and each pass's size is recorded: what
+    several waiting requests make of a batch, independent of how the threads happen to be scheduled."""
     barrier = threading.Barrier(len(queries))
     with TestClient(app) as client:
+        if sizes is not None:
+            batcher = app.state.batcher
+            real = batcher.embed_batch
+
+            def held_first(batch: list) -> np.ndarray:
+                if not sizes:
+                    for _ in range(6000):  # a hang guard (60 s), not a speed bound
+                        if len(batch) + batcher.queued == len(queries):
+                            break
+                        time.sleep(0.01)
+                sizes.append(len(batch))
+                return real(batch)
+
+            batcher.embed_batch = held_first
+
         def one(data: bytes) -> list[dict]:
             barrier.wait(timeout=60)
             r = client.post("/search?k=8", files={"file": ("q.png", data, "image/png")})
@@ -81,12 +99,16 @@ def _concurrent_answers(app, queries: list[bytes]) -> list[list[dict]]:
 
 
 def test_concurrent_searches_are_batched_and_answer_as_unbatched(world):
+    """While one forward pass runs, the requests that arrive wait in the queue and the next pass takes them all
+    (up to max_batch); every answer is the unbatched one."""
     queries = [p.read_bytes() for p in good_images(world)[:8]]
-    batched_app = create_app(world["index"], max_batch=8, max_wait_ms=300)
+    batched_app = create_app(world["index"], max_batch=8, max_wait_ms=0)
     unbatched_app = create_app(world["index"], max_batch=1)
-    batched = _concurrent_answers(batched_app, queries)
+    sizes: list[int] = []
+    batched = _concurrent_answers(batched_app, queries, sizes)
     unbatched = _concurrent_answers(unbatched_app, queries)
-    assert batched_app.state.batcher.batches < 8  # some requests did share a forward pass
+    assert sum(sizes) == 8 and len(sizes) <= 2 and max(sizes) > 1  # the first pass, then everything queued behind it
+    assert batched_app.state.batcher.batches == len(sizes)
     assert unbatched_app.state.batcher.batches == 8
     for got, want in zip(batched, unbatched):
         assert [h["id"] for h in got] == [h["id"] for h in want]
@@ -99,8 +121,9 @@ def test_concurrent_searches_are_batched_and_answer_as_unbatched(world):
 
 
 def test_a_lone_request_does_not_wait():
-    batcher = Batcher(lambda b: torch.stack(b).flatten(1).numpy(), max_batch=8, max_wait_ms=5000)
-    started = time.perf_counter()
-    assert batcher.submit(torch.ones(1, 1, 1)).result(timeout=30).tolist() == [1.0]
-    assert time.perf_counter() - started < 2.5  # nobody else announced: no 5 s wait
+    """Nobody else announced (no :meth:`Batcher.incoming` held): the batch is formed at once, never after
+    max_wait_ms, here eleven days, so a wait would end in the 60 s hang guard."""
+    batcher = Batcher(lambda b: torch.stack(b).flatten(1).numpy(), max_batch=8, max_wait_ms=1e9)
+    assert batcher.submit(torch.ones(1, 1, 1)).result(timeout=60).tolist() == [1.0]
+    assert batcher.batches == 1
     batcher.close()

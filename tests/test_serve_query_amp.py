@@ -101,3 +101,21 @@ def test_cli_serve_refuses_query_amp_with_onnx(world: dict, capsys: pytest.Captu
     code = main(["serve", "--index", str(world["index_dir"]), "--runtime", "onnx", "--query-amp", "bf16",
                  "--port", "1"])
     assert code == 2 and "--query-amp bf16 needs --runtime torch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_queries_on_a_cpu_without_native_bf16_are_warned_about(world: dict, native: bool, monkeypatch,
+                                                                    caplog) -> None:
+    """serve --query-amp bf16 made queries 2-3x slower on a CPU without native bf16 kernels, silently."""
+    import vitrieval.amp as amp
+
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: native)
+    index = Index.load(world["index_dir"])
+    with caplog.at_level("WARNING", logger="vitrieval.index.query_embedding"):
+        index.use_query_amp("bf16")
+        index.use_query_amp("auto")
+        index.use_query_amp("off")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ([] if native else [
+        "queries under bf16 autocast: this CPU has no native bf16 kernels (AVX512-BF16 / AMX), so bf16 is emulated "
+        "and queries run 2-3x slower than in float32; use query amp auto or off (serve --query-amp auto)"])

@@ -409,19 +409,21 @@ def test_waiting_uploads_do_not_hold_the_web_threads(world: dict, monkeypatch: p
     decode = uploads.decode_planned
 
     def slow_decode(img: Image.Image, plan: uploads.DecodePlan) -> Image.Image:
-        release.wait(10)
+        entered.set()
+        release.wait(120)
         return decode(img, plan)
 
+    entered = threading.Event()
     monkeypatch.setattr(uploads, "decode_planned", slow_decode)
     app = create_app(world["index"], max_concurrent_decodes=1)
     data = world["images"][3].read_bytes()
     with TestClient(app) as client, ThreadPoolExecutor(3) as pool:
         pending = [pool.submit(upload, client, data) for _ in range(3)]
-        time.sleep(0.2)
-        started = time.perf_counter()
+        assert entered.wait(60)  # the one decode slot is taken, the other uploads wait for it
         assert client.get("/healthz").status_code == 200
         assert client.get("/images/3?size=32").status_code == 200
-        assert time.perf_counter() - started < 5
+        # both answered while every upload was still held in (or waiting for) the decode slot
+        assert not any(f.done() for f in pending) and not release.is_set()
         release.set()
         assert [f.result().status_code for f in pending] == [200] * 3
 

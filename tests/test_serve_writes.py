@@ -111,8 +111,16 @@ def test_bad_uploads_are_refused_and_change_nothing(served):
     assert _add(client, b"not an image at all").status_code == 400
     assert _add(client, b"\0" * (64 * 1024 + 1)).status_code == 413  # over max_upload_bytes
     assert _add(client, _png()[:60]).status_code == 400  # truncated
-    assert _add(client, _png(), label="seven").status_code == 422
-    assert _add(client, _png(), label="-1").status_code == 422
+    for label in ("seven", "-1", "1000000000", "99999999999999999999"):
+        r = _add(client, _png(), label=label)
+        assert r.status_code == 422 and r.json()["detail"] == (f"label must be an integer from 0 to 999999999, "
+                                                               f"got {label!r}"), label
+    r = client.post("/images", files=[("file", ("new.png", _png(), "image/png")), ("label", (None, "1")),
+                                      ("label", (None, "2"))], headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"] == "send one label field, got 2"  # never a silent winner
+    r = client.post("/images", files=[("file", ("new.png", _png(), "image/png")),
+                                      ("file", ("two.png", _png(), "image/png"))], headers=AUTH)
+    assert r.status_code == 400 and r.json()["detail"] == "Too many files. Maximum number of files is 1."
     tall = io.BytesIO()
     Image.new("RGB", (2, 400)).save(tall, format="PNG")
     assert _add(client, tall.getvalue()).status_code == 422  # aspect ratio over the limit of /search
@@ -122,6 +130,11 @@ def test_bad_uploads_are_refused_and_change_nothing(served):
     assert client.delete("/images/" + "9" * 30, headers=AUTH).status_code == 404
     assert len(served["index"]) == 30 and served["index"].pending_writes == 0
     assert not (served["dir"] / "uploads").exists() or not any((served["dir"] / "uploads").iterdir())
+
+
+def test_the_largest_label_is_taken(served):
+    r = _add(served["client"], _png(), label="999999999")
+    assert r.status_code == 201 and served["index"].entry(r.json()["id"]).label == 999_999_999
 
 
 def test_without_a_token_the_service_is_read_only(world):

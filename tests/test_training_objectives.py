@@ -220,3 +220,17 @@ def test_tuple_scaling_makes_the_rank_average_the_gradient_of_the_whole_batchs_s
 
         torch.testing.assert_close(torch.stack(grads).mean(0), _one_process_grad(one_process, x), rtol=1e-10,
                                    atol=1e-12)
+
+
+@pytest.mark.parametrize("start, iterations", [(150, 100), (100, 100), (99, 100), (0, 1), (1, 1)])
+def test_a_memory_that_can_never_start_is_warned_about(start, iterations):
+    """The warning is given exactly when memory_active is false at every step 0 .. iterations-1 the trainer runs."""
+    objective = IRTObjective(LossConfig(), MemoryConfig(size=64, start_iteration=start), dim=8)
+    never = not any(objective.memory_active(i) for i in range(iterations))
+    warnings = objective.warnings(iterations)
+    assert bool(warnings) == never == (start >= iterations)
+    if never:
+        assert warnings == [f"memory.size=64 but memory.start_iteration={start} >= train.iterations={iterations}: "
+                            f"the cross-batch memory never starts; set memory.start_iteration below {iterations} "
+                            f"(e.g. --set memory.start_iteration={iterations // 2})"]
+    assert IRTObjective(LossConfig(), MemoryConfig(size=0, start_iteration=start), dim=8).warnings(iterations) == []

@@ -63,6 +63,39 @@ def test_adamw_leaves_exempt_parameters_undecayed():
         torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
 
 
+def test_sgd_is_heavy_ball_momentum_with_an_l2_penalty_linear_in_the_gradients():
+    """``train.optimizer=sgd``: v_t = μ·v_{t-1} + (g_t + wd·w_{t-1}), w_t = w_{t-1} − lr·v_t (torch's SGD), checked
+    by hand over two steps with constant gradients, on a decayed and on an exempt tensor."""
+    lr, wd, mu = 0.1, 0.01, 0.9
+    cfg = _config(*TINY_VIT, "train.optimizer=sgd", f"train.lr={lr}", f"train.weight_decay={wd}",
+                  f"train.sgd_momentum={mu}")
+    encoder = Encoder(cfg.model)
+    optimizer = make_optimizer(parameter_groups(encoder, cfg), cfg)
+    assert isinstance(optimizer, torch.optim.SGD)
+    params = dict(encoder.named_parameters())
+    weight, bias = params["backbone.blocks.0.attn.qkv.weight"], params["backbone.blocks.0.attn.qkv.bias"]
+    grads = {n: torch.full_like(p, 0.5) for n, p in params.items()}
+    expected = {}
+    for name, decay in (("backbone.blocks.0.attn.qkv.weight", wd), ("backbone.blocks.0.attn.qkv.bias", 0.0)):
+        w0 = params[name].detach().clone().double()
+        v1 = grads[name].double() + decay * w0
+        w1 = w0 - lr * v1
+        v2 = mu * v1 + grads[name].double() + decay * w1
+        expected[name] = w1 - lr * v2
+    for _ in range(2):
+        for name, p in params.items():
+            p.grad = grads[name].clone()
+        optimizer.step()
+    torch.testing.assert_close(weight.detach().double(), expected["backbone.blocks.0.attn.qkv.weight"],
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(bias.detach().double(), expected["backbone.blocks.0.attn.qkv.bias"], atol=1e-6, rtol=0)
+
+
+def test_sgd_momentum_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match="train.sgd_momentum"):
+        _config("train.optimizer=sgd", "train.sgd_momentum=1.0").validate(check_model_registry=False)
+
+
 def test_learnable_gem_p_trains_at_ten_times_the_lr_without_decay_and_proxies_at_their_multiplier():
     cfg = _config("model.gem_learnable=true", "train.lr=1e-4", preset="cpu-tiny-resnet")
     encoder = Encoder(cfg.model)

@@ -87,6 +87,16 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def emulated_bf16(device: torch.device | str, mode: str | None) -> bool:
+    """Whether ``mode`` asks for bf16 on ``device`` (a name such as ``auto``, resolved here) when it is a CPU
+    without native bf16 kernels: emulated there, and slower than float32 (2-3x for queries), so the caller warns.
+    Any other mode is answered without importing torch."""
+    if mode != "bf16":
+        return False
+    resolved = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    return resolved.type == "cpu" and not cpu_has_native_bf16()
+
+
 def autocast_context(device: torch.device, mode: str | None = "auto") -> AbstractContextManager:
     """Autocast for ``mode`` on ``device`` (a no-op context for full precision)."""
     dtype = amp_dtype(torch.device(device), amp_mode(device, mode))

@@ -9,6 +9,7 @@ the CLI stops with one line and exit 2 before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -113,7 +114,8 @@ class TrainConfig:
     sampler: str = "classes"  # classes (P x K batches, Eq. 1 + memory) | tuples (mined tuples, see the tuples section)
     iterations: int = 35000  # optimizer steps (sampler=classes; with tuples the length is tuples.epochs)
     batch_size: int = 64
-    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, cirtorch)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, cirtorch) | sgd (L2 penalty)
+    sgd_momentum: float = 0.9  # train.optimizer=sgd only: heavy-ball momentum (0 = plain SGD)
     lr: float = 3e-5
     weight_decay: float = 5e-4
     weight_decay_exempt: bool = True  # no decay on 1-d (norm, bias) params, pos_embed, cls/dist tokens (timm, DeiT)
@@ -162,7 +164,7 @@ class Config:
             "data.train_resize": (self.data.train_resize, ("crop", "square")),
             "train.sampler": (self.train.sampler, ("classes", "tuples")),
             "loss.objective": (self.loss.objective, ("contrastive", "nsoftmax", "snca")),
-            "train.optimizer": (self.train.optimizer, ("adamw", "adam")),
+            "train.optimizer": (self.train.optimizer, ("adamw", "adam", "sgd")),
             "train.batchnorm": (self.train.batchnorm, ("train", "frozen")),
             "data.on_bad_image": (self.data.on_bad_image, ("stop", "skip")),
             "train.amp": (self.train.amp, ("auto", "bf16", "fp16", "off")),
@@ -210,6 +212,7 @@ class Config:
         ranges = {  # key: (value, ok, the allowed range)
             "data.train_fraction": (d.train_fraction, 0.0 < d.train_fraction < 1.0, "in (0, 1)"),
             "memory.momentum": (mem.momentum, 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
+            "train.sgd_momentum": (tr.sgd_momentum, 0.0 <= tr.sgd_momentum < 1.0, "in [0, 1)"),
             "loss.snca_momentum": (lo.snca_momentum, 0.0 <= lo.snca_momentum < 1.0, "in [0, 1)"),
             "model.drop_path_rate": (m.drop_path_rate, 0.0 <= m.drop_path_rate < 1.0, "in [0, 1)"),
             "data.train_resize_ratio": (d.train_resize_ratio, d.train_resize_ratio >= 1.0,
@@ -321,6 +324,26 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def unknown_key_hint(key: str, keys: list[str]) -> str:
+    """What to say about an unknown dotted ``key``: the closest valid keys (difflib) in its section (or anywhere,
+    for a wrong section), else the keys of its section, else the sections: a short line, never all ~80 keys."""
+    section, _, last = key.rpartition(".")
+    in_section = [k[len(section) + 1:] for k in keys if section and k.startswith(section + ".")]
+    if in_section:
+        close = [f"{section}.{n}" for n in difflib.get_close_matches(last, in_section, n=3, cutoff=0.6)]
+        if close:
+            return f"did you mean {' or '.join(close)}?"
+        return f"the keys of {section}: {', '.join(in_section)}"
+    by_last = {k.rpartition(".")[2]: k for k in keys}
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    close += [by_last[n] for n in difflib.get_close_matches(last, list(by_last), n=3, cutoff=0.75)
+              if by_last[n] not in close]
+    if close:
+        return f"did you mean {' or '.join(close[:3])}?"
+    sections = list(dict.fromkeys(k.split(".", 1)[0] for k in keys if "." in k))
+    return f"keys are SECTION.NAME with SECTION one of {', '.join(sections)} (vitrieval presets NAME shows them all)"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -377,8 +400,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
     hints = _field_types(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
-        keys = ", ".join(f"{prefix}{k}" for k in unknown)
-        raise KeyError(f"{source}: unknown config key(s) {keys}; valid keys: {', '.join(valid_keys(cls, prefix))}")
+        keys = [f"{prefix}{k}" for k in unknown]
+        hints_ = "; ".join(f"{k}: {unknown_key_hint(k, valid_keys(Config))}" for k in keys)
+        raise KeyError(f"{source}: unknown config key(s) {', '.join(keys)} ({hints_})")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -441,7 +465,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         path, value = parse_override(text)
         dotted = ".".join(path)
         if dotted not in all_keys:
-            raise KeyError(f"unknown config key {dotted!r}; valid keys: {', '.join(all_keys)}")
+            raise KeyError(f"unknown config key {dotted!r}; {unknown_key_hint(dotted, all_keys)}")
         if _is_string_field(path) and isinstance(value, (bool, int, float)):
             value = text.split("=", 1)[1].strip()  # --set train.amp=off means the string "off", not false
         node = data

@@ -168,8 +168,32 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
         found = _read_state_dict(path)
         if any(k not in found for k in _without_heads(model, model.state_dict())):
             raise _weights_error(cfg, kwargs, path, "timm left these weights at their initial values")
+        changes = resampled(found, model.state_dict())
+        log.info("model.pretrained_file: loaded %s into %s%s", path, cfg.name,
+                 f"; resampled {', '.join(changes)}" if changes else " (no resampling)")
         return model
-    return _timm_create(cfg.name, cfg.pretrained, kwargs)
+    model = _timm_create(cfg.name, cfg.pretrained, kwargs)
+    if cfg.pretrained:
+        source = getattr(model, "pretrained_cfg", {}) or {}
+        log.info("model.pretrained: loaded timm's weights for %s (%s)", cfg.name,
+                 source.get("hf_hub_id") or source.get("url") or source.get("tag") or "timm's default")
+    return model
+
+
+def resampled(found: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]) -> list[str]:
+    """What timm resampled to fit the weights ``found`` to the model: the patch size (``patch_embed.proj.weight``'s
+    kernel, e.g. ``patch 16 -> 8``) and the number of position tokens (``pos_embed``, e.g. ``197 -> 65 position
+    tokens``)."""
+    changes = []
+    kernel, want = found.get("patch_embed.proj.weight"), model_state.get("patch_embed.proj.weight")
+    if kernel is not None and want is not None and kernel.shape[-2:] != want.shape[-2:]:
+        changes.append(f"patch {'x'.join(map(str, kernel.shape[-2:]))} -> {'x'.join(map(str, want.shape[-2:]))}"
+                       if kernel.shape[-2] != kernel.shape[-1] or want.shape[-2] != want.shape[-1]
+                       else f"patch {kernel.shape[-1]} -> {want.shape[-1]}")
+    pos, want_pos = found.get("pos_embed"), model_state.get("pos_embed")
+    if pos is not None and want_pos is not None and pos.shape != want_pos.shape:
+        changes.append(f"{pos.shape[-2]} -> {want_pos.shape[-2]} position tokens")
+    return changes
 
 
 class Encoder(nn.Module):

@@ -57,8 +57,12 @@ def add_set_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`)."""
-    if isinstance(exc, USER_ERRORS):
+    """Whether ``exc`` is reported as one line (:data:`USER_ERRORS`, :data:`LAZY_USER_ERRORS`, and a write the
+    machine refused: a full disk, a read-only file system, a folder not this user's,
+    :func:`vitrieval.disk_errors.is_disk_error`)."""
+    from vitrieval.disk_errors import is_disk_error
+
+    if isinstance(exc, USER_ERRORS) or is_disk_error(exc):
         return True
     for module_name, class_name in LAZY_USER_ERRORS:
         module = sys.modules.get(module_name)
@@ -87,9 +91,28 @@ def report_error(command: str, exc: BaseException) -> int:
     The one error path of the CLI: :func:`main` uses it, and so does rank 0 under torchrun for an error raised on
     every rank (``vitrieval index``), so both print the same line.
     """
+    from vitrieval.disk_errors import describe, is_disk_error
+
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    if is_disk_error(exc):
+        assert isinstance(exc, OSError)
+        msg = describe(exc)  # the path: the error's own, or the one a command named (disk_errors.naming)
     print(f"vitrieval {command}: error: {msg}", file=sys.stderr, flush=True)
     return 2
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool) -> None:
+    """The one logging set-up of the command line: logs for people.
+
+    vitrieval's own loggers at INFO (DEBUG with ``-v``); every other library's (onnx, onnxscript, onnx_ir, timm,
+    faiss, torch, httpx...) at WARNING unless ``-v``: the root logger's level, which their loggers inherit.
+    """
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("vitrieval").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,22 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(args.verbose)
     try:  # a file name that is not UTF-8 prints as its own bytes, whatever the locale's error handler
         sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     except (AttributeError, ValueError):  # not a TextIOWrapper (a test's capture), or a closed stream
         pass
-    if not args.verbose:  # faiss's loader logs each CPU-feature build it tries (ModuleNotFoundError lines) at INFO,
-        for chatty in ("faiss.loader", "timm.models"):  # timm two lines per weights file it loads
-            logging.getLogger(chatty).setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"vitrieval {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say how to continue: KeyboardInterrupt("the hint")
+        hint = f"; {exc.args[0]}" if exc.args else ""
+        print(f"vitrieval {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.verbose or not is_user_error(exc):

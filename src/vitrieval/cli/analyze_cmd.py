@@ -15,8 +15,8 @@ descriptors first (pool -> PCA -> L2), with a PCA fitted as ``vitrieval evaluate
 split of a category-level set; for ROxford5k / RParis6k give ``--pca-fit-dataset sfm120k --pca-fit-root DIR`` as the
 paper does (without it, their database, with a warning). Fig 5 is RParis (Medium), 224 px, 256-d::
 
-    vitrieval analyze --model deit_small_patch16_224 --checkpoint runs/irt-l --checkpoint runs/irt-r \
-        --dataset rparis6k --data-root /data/rparis6k --image-size 224 --pca 256 \
+    vitrieval analyze --model deit_small_patch16_224 --checkpoint runs/irt-l --checkpoint runs/irt-r \\
+        --dataset rparis6k --data-root /data/rparis6k --image-size 224 --pca 256 \\
         --pca-fit-dataset sfm120k --pca-fit-root /data/sfm120k -o fig5/
 
 ``--cost`` writes OUTPUT/cost.json: parameters, FLOPs (torch's FlopCounterMode, one image) and images/s of the

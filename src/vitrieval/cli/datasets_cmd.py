@@ -2,7 +2,7 @@
 
     vitrieval datasets list
     vitrieval datasets check --dataset sop --data-root /data/Stanford_Online_Products [--no-verify-images]
-    vitrieval datasets to-sfm120k ../shared/data/coil20 runs/coil-sfm [--val-fraction 0.25] [--pairs-per-cluster 20]
+    vitrieval datasets to-sfm120k ~/data/coil20 runs/coil-sfm [--val-fraction 0.25] [--pairs-per-cluster 20]
 
 ``check`` prints a report (counts vs the official splits, missing and unreadable files) and exits 0 when the
 dataset is complete, 1 otherwise (including when the split files cannot be read). ``to-sfm120k`` turns a

@@ -1,7 +1,7 @@
 """``vitrieval evaluate``: the paper's benchmarks (Recall@K / MAP@R, revisited Oxford / Paris mAP) for a model.
 
     vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/Stanford_Online_Products
-    vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --pca 128 --json sop128.json
+    vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --pca 128 -o sop128.json
     vitrieval evaluate --model deit_small_patch16_224 --pretrained-file deit_s.pth --dataset cub --data-root /data/CUB
     vitrieval evaluate --checkpoint runs/sop --dataset sop --data-root /data/SOP --report sop.html
     vitrieval evaluate --checkpoint runs/gl --dataset roxford5k --data-root /data/roxford5k --image-size 384
@@ -39,6 +39,8 @@ never does.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import TYPE_CHECKING
 
 from vitrieval.cli import CLIError, check_output_file, num_workers_arg
@@ -159,7 +161,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="distractor images per resumable shard (default 10000)")
     parser.add_argument("--image-size", type=int, help="input size (224 or 384 in the paper; default: the model's)")
     parser.add_argument("--ks", type=_ks, help="Recall@K values, e.g. 1,10,100 (default: the paper's for the dataset)")
-    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("-o", "--output", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as JSON instead of a table (as search and reproduce --list do)")
     parser.add_argument("--report", metavar="FILE.html",
                         help="also write a self-contained page: the metrics, the worst queries with their top "
                              "neighbours marked right / wrong, Recall@K per class, similarity histograms")
@@ -251,8 +255,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--distractor-shard-size must be >= 1, got {args.distractor_shard_size}")
     if args.batch_size < 1:
         raise CLIError("--batch-size must be >= 1")
-    if args.json:
-        check_output_file(args.json, "--json", "results.json")
+    if args.output:
+        check_output_file(args.output, "-o", "results.json")
     if args.report:
         check_output_file(args.report, "--report", "report.html")
     if args.report_queries < 1 or args.report_k < 1:
@@ -301,15 +305,16 @@ def run(args: argparse.Namespace) -> int:
         inspect=evaluated.append if args.report and dist.is_main else None)
     if not dist.is_main:  # rank 0 reports and writes; the others only contributed their shard
         return 0
-    print(format_results(result))
+    notes = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
+    print(json.dumps(result, indent=2) if args.json else format_results(result))
     if model_dir is not None and encoder.pca is not pca_before:
-        print(f"PCA {encoder.pca.out_dim}-d stored beside the model: {model_dir / 'pca.safetensors'}")
-    if args.json:
-        atomic_write_json(args.json, result)
-        print(f"results written to {args.json}")
+        print(f"PCA {encoder.pca.out_dim}-d stored beside the model: {model_dir / 'pca.safetensors'}", file=notes)
+    if args.output:
+        atomic_write_json(args.output, result)
+        print(f"results written to {args.output}", file=notes)
     if args.report:
         from vitrieval.report.evaluation_page import evaluation_report
 
         evaluation_report(args.report, result, evaluated[0], worst=args.report_queries, k=args.report_k)
-        print(f"report written to {args.report}")
+        print(f"report written to {args.report}", file=notes)
     return 0

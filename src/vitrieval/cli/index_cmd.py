@@ -1,9 +1,9 @@
 """``vitrieval index``: embed a collection with a trained model and write a searchable index folder.
 
-    vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx
-    vitrieval index --checkpoint runs/sop/last --table catalog.csv -o catalog.idx --factory HNSW32
+    vitrieval index --checkpoint runs/sop --images ./catalog -o catalog.idx
+    vitrieval index --checkpoint runs/sop --table catalog.csv -o catalog.idx --factory HNSW32
     vitrieval index --images ./new_photos -o catalog.idx --add        # append (same model)
-    vitrieval index --checkpoint runs/sop/last --images ./catalog -o catalog.idx \
+    vitrieval index --checkpoint runs/sop --images ./catalog -o catalog.idx \\
         --backend milvus --milvus-uri catalog.db --milvus-index HNSW      # vectors in Milvus (docs/SCALING.md)
     vitrieval index -o catalog.idx --remove 17 42                      # remove images by id
     vitrieval index --descriptors D.npy --table T.csv --checkpoint runs/sop/last -o catalog.idx
@@ -19,6 +19,10 @@ is that of one process) and rank 0 alone writes the index folder, prints and log
 ``--add`` and ``--remove`` are journalled writes, compacted into a new generation before the command returns
 (:mod:`vitrieval.index.live`, the mechanism ``vitrieval serve --write-token-file`` uses too): killed at any moment,
 the index loads as before or as after, and a write that was journalled is replayed at the next load.
+
+A folder that another process writes (a ``vitrieval serve --write-token-file``, another ``index``) is refused before
+anything is embedded or written: a build (``--overwrite`` too) and ``--add`` take its write lock first. A write the
+machine refuses (a full disk, a read-only or foreign folder) is one line naming the path, exit 2.
 """
 
 from __future__ import annotations
@@ -61,8 +65,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an index already at -o that another model built (refused without it)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--num-workers", type=num_workers_arg, default="auto",
+    parser.add_argument("--workers", type=num_workers_arg, default="auto",
                         help="image-decoding workers: auto (cores beside the model's threads) or a number")
+    parser.add_argument("--num-workers", dest="workers", type=num_workers_arg, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # the old spelling, kept working
     parser.add_argument("--shard-size", type=int, default=10_000,
                         help="images per resumable descriptor shard (default 10000)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -91,14 +97,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Build (or extend) the index; prints a one-line summary and the skipped files."""
+    from vitrieval.disk_errors import naming
     from vitrieval.distributed import DistContext
 
     if args.remove is not None:
         if args.descriptors:
             raise CLIError("--remove and --descriptors are separate commands")
-        return _remove(args)
+        with naming(args.output):  # a full disk, a read-only folder: one line naming it (cli.report_error)
+            return _remove(args)
     if args.descriptors:
-        return _from_descriptors(args)
+        with naming(args.output):
+            return _from_descriptors(args)
     if args.images is None and args.table is None:
         raise CLIError("give the collection: --images DIR, --table T.csv, --descriptors D.npy|DIR, or --remove ID")
     images = args.images if args.images is not None else args.table
@@ -123,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     created = created and ctx.enabled
     quiet = _quiet_logging() if not ctx.is_main else None
     try:
-        return _run(args, images, ctx)
+        with naming(args.output):
+            return _run(args, images, ctx)
     except Exception as exc:
         if (not is_user_error(exc) or getattr(exc, "raised_on_rank", None) != 0
                 or getattr(args, "verbose", False)):
@@ -165,10 +175,15 @@ def _quiet_logging() -> Callable[[], None]:
     """Errors only from this rank's loggers (rank 0 logs for everyone); returns what undoes it."""
     import logging
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    return lambda: root.setLevel(level)
+    loggers = [logging.getLogger(), logging.getLogger("vitrieval")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+
+    def undo() -> None:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    return undo
 
 
 def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
@@ -182,7 +197,7 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
             raise CLIError(f"--add: {args.output} is not an index folder (no {INFO_FILE}); build it first")
         index = Index.load(args.output, checkpoint=args.checkpoint, device=args.device)
         before = len(index)
-        report = index.add(images, batch_size=args.batch_size, num_workers=args.num_workers, progress=args.progress,
+        report = index.add(images, batch_size=args.batch_size, num_workers=args.workers, progress=args.progress,
                            distributed=ctx)
         if args.nprobe or args.ef_search:
             apply_search_params(index, args)
@@ -220,7 +235,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
                            "torch and stores the vectors as they are extracted, in its --milvus-index)")
         milvus = MilvusOptions(args.milvus_uri, collection=args.collection, index_type=args.milvus_index,
                                overwrite=args.overwrite)
-    return BuildOptions(factory=args.factory, batch_size=args.batch_size, num_workers=args.num_workers,
+    return BuildOptions(factory=args.factory, batch_size=args.batch_size, num_workers=args.workers,
                         shard_size=args.shard_size, device=args.device, nprobe=args.nprobe, ef_search=args.ef_search,
                         progress=args.progress, scales=args.scales, dba=args.dba, runtime=args.runtime,
                         fast_decode=not args.full_decode, milvus=milvus)

@@ -4,7 +4,7 @@
     vitrieval reproduce 5 --data-root sop=/data/SOP --output runs/t5 --dry-run --nproc 8
     vitrieval reproduce 5 --data-root /data/SOP --output runs/t5 [--rows 'DeiT-S*']
     vitrieval reproduce 3 --data-root sop=… cub=… inshop=… sfm120k=… roxford5k=… rparis6k=… --output runs/t3
-    vitrieval reproduce cpu --data-root /work/shared/data/orl_faces --output /tmp/grid --set train.iterations=30
+    vitrieval reproduce cpu --data-root ~/data/orl_faces --output runs/grid --set train.iterations=30
 
 Rows run in order; a finished step (its JSON exists) is skipped and an interrupted training is resumed from its
 checkpoint, so the same command continues a table. OUTPUT/table.md, table.json and table.html (ours, the paper's

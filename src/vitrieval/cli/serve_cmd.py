@@ -9,8 +9,13 @@ Searches need no authentication: keep the default loopback host unless it sits b
 Writes are off unless a write token is given (``--write-token-file`` or the environment variable
 ``VITRIEVAL_WRITE_TOKEN``); then ``POST /images`` and ``DELETE /images/{id}`` need ``Authorization: Bearer
 <token>``, are durable (journalled, fsynced) before they are answered, and are compacted into the index folder in
-the background. Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``), under the index's
-own mixed precision unless ``--query-amp`` says otherwise (:mod:`vitrieval.index.query_embedding`).
+the background. With writes on, a folder this process cannot write (read-only, another user's, immutable) or that
+another process writes is refused at start, in one line (exit 2): serve it without a token to search it read-only.
+A write the disk refuses later is a 507 (full) or 503 in one line, and ``/healthz`` says ``writable: false``.
+Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``), under the index's own mixed
+precision unless ``--query-amp`` says otherwise (:mod:`vitrieval.index.query_embedding`). A client that does not
+send its request head, or then its body, within ``--request-timeout-s`` is answered 408 and disconnected
+(:mod:`vitrieval.serve.timeouts`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import errno
 import logging
 
 from vitrieval.cli import CLIError
+from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
+from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--write-token-file", help="file holding the bearer token that writes need (default: the "
                                                    "environment variable VITRIEVAL_WRITE_TOKEN; neither: read-only)")
-    parser.add_argument("--max-batch", type=int,
-                        help="most queries embedded in one forward pass (1 = unbatched; default: "
-                             "vitrieval.serve.batching.DEFAULT_MAX_BATCH, measured by benchmarks/serve_latency.py)")
-    parser.add_argument("--max-wait-ms", type=float,
-                        help="how long a batch waits for more queries (default: DEFAULT_MAX_WAIT_MS, measured too)")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="most queries embedded in one forward pass (1 = unbatched; default %(default)s, "
+                             "measured by benchmarks/serve_latency.py)")
+    parser.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+                        help="how long a batch waits for more queries (default %(default)g, measured too)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for embedding queries (default: torch's choice; 1 is steadier on "
                              "a machine shared with other work)")
@@ -52,6 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="autocast of the queries' forward pass (torch runtime): index (default: the mode the "
                              "index's descriptors were made with), auto, bf16 (about 2x faster on a CPU with native "
                              "bf16, descriptors within ~1e-4 in cosine), off; added images keep the index's mode")
+    parser.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help="seconds a client has to send a request head, and then its body, before the connection "
+                             "is closed (408); default %(default)g, measured by benchmarks/serve_connections.py")
     return parser
 
 
@@ -83,12 +93,16 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--max-upload-mb must be > 0 and --max-k >= 1")
     if args.threads < 0:
         raise CLIError(f"--threads must be >= 0, got {args.threads}")
-    if (args.max_batch is not None and args.max_batch < 1) or (args.max_wait_ms is not None and args.max_wait_ms < 0):
+    if args.max_batch < 1 or args.max_wait_ms < 0:
         raise CLIError(f"--max-batch must be >= 1 and --max-wait-ms >= 0, got {args.max_batch}, {args.max_wait_ms}")
+    from vitrieval.serve.timeouts import uvicorn_options
+
+    timeout_s = args.request_timeout_s
+    if not timeout_s > 0:
+        raise CLIError(f"--request-timeout-s must be > 0, got {args.request_timeout_s}")
     if args.query_amp != "index" and args.runtime == "onnx":
         raise CLIError(f"--query-amp {args.query_amp} needs --runtime torch (the onnx runtime runs in float32)")
-    batching = {name: value for name, value in (("max_batch", args.max_batch), ("max_wait_ms", args.max_wait_ms))
-                if value is not None}
+    batching = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
     from vitrieval.serve.auth import read_write_token
 
     try:
@@ -103,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, runtime=args.runtime,
                        threads=args.threads)
     app = create_app(index, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_k=args.max_k,
-                     write_token=token, query_amp=None if args.query_amp == "index" else args.query_amp, **batching)
+                     write_token=token, query_amp=None if args.query_amp == "index" else args.query_amp,
+                     request_timeout_s=timeout_s, **batching)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: searches need no authentication", args.host)
     writes = "writes on (bearer token)" if token else "read-only"
     print(f"serving {len(index)} images from {args.index} at http://{args.host}:{args.port}/ (docs: /docs; "
           f"{writes})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **uvicorn_options(timeout_s))
     return 0

@@ -34,7 +34,17 @@ def run(args: argparse.Namespace) -> int:
 
     from vitrieval.training import train
 
-    result = train(config, args.output, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = train(config, args.output, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        from pathlib import Path
+
+        from vitrieval.training.checkpoint import LAST
+
+        last = Path(args.output) / "checkpoints" / LAST
+        if last.is_file():
+            raise KeyboardInterrupt(f"the same command with --resume continues from {last}") from None
+        raise
     if result.recall_at_k:
         table = "  ".join(f"R@{k} {100 * v:5.1f}" for k, v in result.recall_at_k.items())
         print(f"held-out classes: {table}")

@@ -161,6 +161,9 @@ def load_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     else:
         path = Path(source)
         if not path.is_file():
+            if path.is_dir():
+                raise ImageDecodeError(label, f"is a directory, not an image file (name the images in it, e.g. "
+                                              f"{path / '*.jpg'})")
             if path.is_symlink():
                 raise ImageDecodeError(label, "a symbolic link that leads to no file (dangling, or a loop)")
             raise ImageDecodeError(label, "file not found")

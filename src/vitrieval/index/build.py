@@ -4,8 +4,10 @@ the faiss index.
 The steps of :func:`build_index`:
 
 1. :class:`_Plan`: the collection cut into shards, each with its cache key (model, preprocessing, records);
-2. rank 0 checks the output folder and reads the finished shards of the cache; the other ranks learn which shards
-   are still to embed (:meth:`_Plan.shards_to_embed`);
+2. rank 0 checks the output folder, takes its write lock (:class:`~vitrieval.index.journal.JournalWriter`: a
+   folder that a service or another command writes is refused here, before anything is embedded or written, and
+   the lock is held until the index is saved) and reads the finished shards of the cache; the other ranks learn
+   which shards are still to embed (:meth:`_Plan.shards_to_embed`);
 3. every missing shard is embedded by all ranks together (``extract`` with the group: every rank embeds a
    contiguous run of whole batches of the one-process batching, no padding and no duplicate) and written by rank 0
    (:func:`_embed_shards`). So the shards, hence the index, are bit for bit those of one process with the same
@@ -45,6 +47,7 @@ from vitrieval.data.collection import ImagesArg, collection_root, collection_tab
 from vitrieval.data.table import ImageTable, Record
 from vitrieval.distributed import DistContext, RankZero
 from vitrieval.index.faiss_utils import (
+    check_factory,
     default_search_params,
     make_faiss_index,
     normalized,
@@ -52,6 +55,7 @@ from vitrieval.index.faiss_utils import (
     set_search_params,
     train_faiss_index,
 )
+from vitrieval.index.journal import JournalWriter
 from vitrieval.index.milvus_store import MilvusOptions
 from vitrieval.index.shard_cache import (
     DEFAULT_SHARD_SIZE,
@@ -170,6 +174,9 @@ class Built:
     directory: Path | None
     device: str
     pending: list[Chunk] = field(default_factory=list)
+    writer: JournalWriter | None = None
+    """The write lock of ``directory``, taken before the build embedded or wrote anything (rank 0; ``finish``
+    hands it to the index it saves; the build closes it if nobody did)."""
 
 
 @dataclass
@@ -181,6 +188,7 @@ class _Plan:
     shards: list[Sequence[Record]]
     keys: list[str]
     cached: dict[int, CachedShard] = field(default_factory=dict)  # rank 0 only
+    writer: JournalWriter | None = None  # rank 0: the folder's write lock, held from before any embedding
 
     @classmethod
     def make(cls, table: ImageTable, directory: Path | None, shard_size: int, fingerprint: str,
@@ -198,11 +206,13 @@ class _Plan:
         return hashlib.sha256("".join(self.keys).encode()).hexdigest()
 
     def shards_to_embed(self, ctx: DistContext, rank0: RankZero) -> set[int]:
-        """Rank 0 checks the output folder and reads the cache; every rank gets the shards still to embed."""
+        """Rank 0 checks the output folder, takes its write lock (refused, before any embedding or write, when a
+        service or another command writes it) and reads the cache; every rank gets the shards still to embed."""
         failure = None
         if ctx.is_main and self.shard_dir is not None:
             try:
                 check_out_dir(self.directory)
+                self.writer = JournalWriter(self.directory)  # JournalLocked: another process writes the folder
                 self.cached = read_cached_shards(self.shard_dir, self.keys)
             except (OSError, ValueError) as exc:
                 failure = exc
@@ -232,20 +242,33 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     plan = _Plan.make(table, directory, options.shard_size, encoder.fingerprint(), preprocessing)
 
-    with RankZero(ctx) as rank0:
-        rank0.check_same(plan.digest, f"the ranks see different images to index or models ({len(table)} images here)")
-        todo = plan.shards_to_embed(ctx, rank0)
-        started = time.time()
-        chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo, options, preprocessing["amp"],
-                                        ctx, embedder)
-        result, failure = None, None
-        if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
-            try:
-                result = finish(_finish_build(encoder, checkpoint, plan, chunks, skipped, started, options,
-                                              preprocessing, assembler or _assembler(options)))
-            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
-                failure = exc
-        rank0.share(None, failure)
+    try:
+        with RankZero(ctx) as rank0:
+            rank0.check_same(plan.digest,
+                             f"the ranks see different images to index or models ({len(table)} images here)")
+            if assembler is None and options.milvus is None:  # faiss: a factory it refuses is named before embedding
+                refusal = None
+                if ctx.is_main:
+                    try:
+                        check_factory(options.factory, encoder.descriptor_dim, len(table))
+                    except ValueError as exc:
+                        refusal = exc
+                rank0.share(None, refusal)  # raised on every rank, reported by rank 0
+            todo = plan.shards_to_embed(ctx, rank0)
+            started = time.time()
+            chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo, options,
+                                            preprocessing["amp"], ctx, embedder)
+            result, failure = None, None
+            if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
+                try:
+                    result = finish(_finish_build(encoder, checkpoint, plan, chunks, skipped, started, options,
+                                                  preprocessing, assembler or _assembler(options)))
+                except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                    failure = exc
+            rank0.share(None, failure)
+    finally:
+        if plan.writer is not None:
+            plan.writer.close()  # the folder's lock (a no-op once the index that saved the folder closed it)
     return result
 
 
@@ -326,6 +349,7 @@ def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[
     if sum(len(k) for _, k in chunks) == 0:
         raise ValueError(f"none of the {len(plan.table)} images could be read (first: {skipped[0]})")
     built = assembler(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
+    built.writer = plan.writer
     return _with_collection(built, plan.table)
 
 

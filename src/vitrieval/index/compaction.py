@@ -3,7 +3,8 @@
 It compacts (:meth:`vitrieval.index.Index.save`) when ``max_pending`` writes are journalled, or when writes have
 waited ``interval_s`` seconds; searches carry on meanwhile and writes wait only for the snapshot
 (:mod:`vitrieval.index.live`). :meth:`Compactor.close` compacts what is left. A failed compaction (a full disk)
-is logged and retried at the next wake-up: the writes stay safe in the journal.
+is logged (one WARNING line when the disk refused it: full, read-only, not this user's) and retried at the next
+wake-up: the writes stay safe in the journal.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import threading
 import time
 from typing import TYPE_CHECKING
+
+from vitrieval.disk_errors import describe, is_disk_error
 
 if TYPE_CHECKING:
     from vitrieval.index.index import Index
@@ -64,9 +67,13 @@ class Compactor:
         try:
             self.index.save()
             self.compactions += 1
-        except Exception:  # the service goes on; the journal still holds every write
-            log.exception("compaction of %s failed; the writes stay in its journal, retrying later",
-                          self.index.directory)
+        except Exception as exc:  # the service goes on; the journal still holds every write
+            if isinstance(exc, OSError) and is_disk_error(exc):  # a full or read-only disk: one line, no traceback
+                log.warning("compaction failed: cannot write %s; the writes stay in the journal, retrying later",
+                            describe(exc, self.index.directory))
+            else:
+                log.exception("compaction of %s failed; the writes stay in its journal, retrying later",
+                              self.index.directory)
             self._since = time.monotonic()
 
     def close(self) -> None:

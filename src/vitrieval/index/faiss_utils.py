@@ -74,8 +74,10 @@ def make_faiss_index(factory: str, dim: int) -> faiss.IndexIDMap2:
     try:
         inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1][:200]
-        raise ValueError(f"faiss cannot build index {factory!r} for {dim}-d descriptors: {first}") from None
+        last = str(exc).strip().splitlines()[-1]
+        reason = re.sub(r"^Error in .* at \S+:\d+: ", "", last)[:200]  # faiss' C++ function and source line
+        raise ValueError(f"faiss cannot build index {factory!r} for {dim}-d descriptors: {reason} (e.g. Flat, "
+                         f"HNSW32, IVF1024,PQ32x4fs,RFlat, or auto)") from None
     return faiss.IndexIDMap2(inner)
 
 
@@ -96,6 +98,26 @@ def parse_training_needs(factory: str) -> tuple[int, str]:
     return need, why
 
 
+def check_training_count(factory: str, count: int, what: str = "descriptors") -> None:
+    """Refuse ``factory`` when ``count`` descriptors (or images, before they are embedded) are too few to train it
+    (:func:`parse_training_needs`)."""
+    need, why = parse_training_needs(factory)
+    if count < max(need, 1):
+        suggestion = max(1, count // 39)
+        raise ValueError(f"index {factory!r} needs at least {need} descriptors to train ({why}), the collection "
+                         f"has {count}{'' if what == 'descriptors' else f' {what}'}; use fewer lists (e.g. "
+                         f"IVF{suggestion}), fewer PQ bits, or 'Flat'")
+
+
+def check_factory(factory: str, dim: int, count: int) -> str:
+    """``factory`` resolved for ``count`` vectors, checked before any embedding: faiss can build it for ``dim``-d
+    descriptors and ``count`` are enough to train it (a ``ValueError`` naming the fix otherwise)."""
+    resolved = resolve_factory(factory, count)
+    if not make_faiss_index(resolved, dim).is_trained:
+        check_training_count(resolved, count, "images")
+    return resolved
+
+
 def train_faiss_index(faiss_index: faiss.Index, factory: str, chunks: Sequence[np.ndarray], seed: int = 0) -> None:
     """Train IVF / PQ on (a sample of) the descriptor chunks; too few of them for ``factory`` is a clear error.
 
@@ -103,11 +125,7 @@ def train_faiss_index(faiss_index: faiss.Index, factory: str, chunks: Sequence[n
     uniformly, with a fixed seed.
     """
     count = sum(len(c) for c in chunks)
-    need, why = parse_training_needs(factory)
-    if count < max(need, 1):
-        suggestion = max(1, count // 39)
-        raise ValueError(f"index {factory!r} needs at least {need} descriptors to train ({why}), the collection "
-                         f"has {count}; use fewer lists (e.g. IVF{suggestion}), fewer PQ bits, or 'Flat'")
+    check_training_count(factory, count)
     nlist = max((int(m.group(1)) for m in re.finditer(r"IVF(\d+)", factory)), default=256)
     limit = max(nlist, 256) * MAX_TRAIN_POINTS_PER_CENTROID
     if count > limit:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -196,7 +197,11 @@ class Index(QueryEmbedding, LiveWrites):
                     runtime=manifest.preprocessing.get("runtime", "torch"))
         index._encoder = built.encoder
         if built.directory is not None:
-            index.save(built.directory)
+            index.hold_writer(built.writer)  # the folder's lock, taken before the build embedded anything
+            try:
+                index.save(built.directory)
+            finally:
+                index.release_writer()
         return index
 
     @classmethod
@@ -455,21 +460,44 @@ class Index(QueryEmbedding, LiveWrites):
             return AddReport(0, [], already)
         encoder = self.encoder
         prep = self.manifest.preprocessing
-        with self._lock:
-            model = self._embedding_model(encoder)  # multi-scale when the index is
-            ex = extract(model, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
-                         amp=self._amp(encoder), resize=prep.get("resize", "shorter"), skip_bad=True,
-                         progress=progress, desc="adding", distributed=ctx, fast_decode=self.fast_decode)
-        for path in ex.bad_paths if ctx.is_main else ():
-            log.warning("skipped unreadable image: %s", path)
-        kept = [IndexEntry.from_record(-1, fresh[i], self.manifest.classes) for i in ex.indices.tolist()]
-        if kept:  # journalled by rank 0 alone (the folder's one writer); every rank's copy gets the images
-            self.add_descriptors(ex.descriptors, [(e.path, e.label, e.class_name) for e in kept],
-                                 durable=ctx.is_main)
-        self.manifest.skipped = sorted(set(self.manifest.skipped) | set(ex.bad_paths))
-        if save and self.directory is not None:
-            if ctx.is_main:
-                self.save(self.directory)
-            ctx.barrier()
+        with self._writer_held(ctx):
+            with self._lock:
+                model = self._embedding_model(encoder)  # multi-scale when the index is
+                ex = extract(model, ImageTable(fresh, "add"), batch_size=batch_size, num_workers=num_workers,
+                             amp=self._amp(encoder), resize=prep.get("resize", "shorter"), skip_bad=True,
+                             progress=progress, desc="adding", distributed=ctx, fast_decode=self.fast_decode)
+            for path in ex.bad_paths if ctx.is_main else ():
+                log.warning("skipped unreadable image: %s", path)
+            kept = [IndexEntry.from_record(-1, fresh[i], self.manifest.classes) for i in ex.indices.tolist()]
+            if kept:  # journalled by rank 0 alone (the folder's one writer); every rank's copy gets the images
+                self.add_descriptors(ex.descriptors, [(e.path, e.label, e.class_name) for e in kept],
+                                     durable=ctx.is_main)
+            self.manifest.skipped = sorted(set(self.manifest.skipped) | set(ex.bad_paths))
+            if save and self.directory is not None:
+                if ctx.is_main:
+                    self.save(self.directory)
+                ctx.barrier()
         return AddReport(len(kept), list(ex.bad_paths), already)
+
+    @contextmanager
+    def _writer_held(self, ctx: DistContext) -> Iterator[None]:
+        """The folder's write lock held by rank 0 (the folder's one writer) for a whole :meth:`add`, so that a
+        folder another process writes is refused before anything is embedded; rank 0's refusal is raised on every
+        rank."""
+        from vitrieval.distributed import RankZero
+
+        held, failure = False, None
+        if ctx.is_main and self.directory is not None and self.store.journals:
+            try:
+                self.hold_writer()
+                held = True
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                failure = exc
+        with RankZero(ctx) as rank0:
+            rank0.share(None, failure)
+        try:
+            yield
+        finally:
+            if held:
+                self.release_writer()
 

@@ -27,8 +27,10 @@ that could keep the failed bytes. Should the undo fail too, the writer refuses e
 journal can no longer be trusted to end where it should) until the process opens it again.
 
 One process writes a folder at a time: the writer holds an exclusive ``flock`` on the index folder itself (a second
-one, say ``vitrieval index --add`` beside a ``vitrieval serve`` taking writes, is refused with a clear error). An
-emptied journal is removed, so a compacted folder holds no journal at all.
+one, say ``vitrieval index --add`` beside a ``vitrieval serve`` taking writes, is refused with a clear error), and
+a folder it cannot write (read-only, another user's, immutable) is refused when the lock is taken
+(:func:`vitrieval.disk_errors.check_writable`). An emptied journal is removed, so a compacted folder holds no
+journal at all.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from vitrieval.disk_errors import NotWritable, check_writable
 from vitrieval.index.store import IndexFormatError, fsync_dir
 from vitrieval.io_utils import atomic_path
 
@@ -161,6 +164,11 @@ class JournalWriter:
             os.close(self._lock_fd)
             raise JournalLocked(f"{directory} is being written by another process (a `vitrieval serve` taking "
                                 "writes, or another `vitrieval index --add/--remove`): stop it first") from None
+        try:
+            check_writable(directory)  # NotWritable now, in one line, rather than at the first append
+        except NotWritable:
+            os.close(self._lock_fd)
+            raise
         records, intact = read_journal(directory)
         self.last_seq = records[-1].seq if records else 0
         """The sequence number of the last record in the journal (0: none)."""
@@ -197,7 +205,7 @@ class JournalWriter:
             except OSError as undo:
                 self._broken = (f"{path}: a failed write ({exc.strerror}) could not be undone ({undo.strerror}); "
                                 "restart the process to reopen the index")
-            raise OSError(exc.errno, f"{path}: the write was not recorded ({exc.strerror})") from None
+            raise OSError(exc.errno, exc.strerror, str(path)) from None  # the write was not recorded
         self.last_seq = max(self.last_seq, record.seq)
 
     def drop_through(self, seq: int) -> None:
@@ -217,5 +225,8 @@ class JournalWriter:
             self._fd = None
 
     def close(self) -> None:
+        """Close the journal and release the lock (a second call does nothing)."""
         self._close_fd()
-        os.close(self._lock_fd)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

@@ -83,14 +83,18 @@ class LiveWrites:
             return bool(self.store.rows([int(image_id)]))
 
     # -- writing --------------------------------------------------------------------------------------------
-    def hold_writer(self) -> None:
+    def hold_writer(self, writer: JournalWriter | None = None) -> None:
         """Take the folder's write lock for this index's lifetime (a service taking writes); else each
-        :meth:`add` / :meth:`remove` / :meth:`save` takes it for its own duration."""
+        :meth:`add` / :meth:`remove` / :meth:`save` takes it for its own duration. ``writer``: the lock this process
+        took already (a build takes it before it embeds anything), handed to this index, which closes it when its
+        last user releases it."""
         if self.directory is None:
             raise ValueError("an index without a folder cannot journal writes")
         with self._write_mutex:
             if self._writer is None:
-                self._writer = JournalWriter(self.directory)
+                self._writer = writer if writer is not None else JournalWriter(self.directory)
+            elif writer is not None and writer is not self._writer:
+                raise ValueError(f"this index holds the write lock of {self.directory} already")
             self._writer_users += 1
 
     def release_writer(self) -> None:

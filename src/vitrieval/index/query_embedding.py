@@ -24,6 +24,7 @@ index's own mode (:meth:`QueryEmbedding.embed_prepared` with ``stored=True``), s
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from vitrieval.amp import AMP_MODES, amp_mode, resolve_device
+from vitrieval.amp import AMP_MODES, amp_mode, emulated_bf16, resolve_device
 from vitrieval.data.images import load_image
 from vitrieval.index.store import ModelMismatchError
 from vitrieval.runtime.embedder import Embedder, check_runtime, torch_missing
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from vitrieval.index.manifest import Manifest
@@ -173,6 +176,10 @@ class QueryEmbedding:
         if mode not in (None, "off") and self.runtime == "onnx":
             raise ValueError(f"query amp {mode!r} needs the torch runtime: the onnx runtime runs the exported graph "
                              "in float32")
+        if emulated_bf16(self.device, mode):
+            log.warning("queries under bf16 autocast: this CPU has no native bf16 kernels (AVX512-BF16 / AMX), so "
+                        "bf16 is emulated and queries run 2-3x slower than in float32; use query amp auto or off "
+                        "(serve --query-amp auto)")
         with self._lock:
             if mode != self.query_amp:
                 self.query_amp, self._embedder, self._stored_embedder = mode, None, None

@@ -1,6 +1,7 @@
-"""A report comparing training runs: their final Recall@K, training curves, the gradient noise γ when logged (Fig 4:
-:mod:`vitrieval.report.gradient_noise`) and, for tuple training, the mined negatives' distance per epoch — from what
-every run folder holds (``metrics.jsonl``, ``eval.json``, ``config.yaml``), without loading a model."""
+"""A report comparing training runs: their final Recall@K (one table per data set, named), training curves, the
+gradient noise γ when logged (Fig 4: :mod:`vitrieval.report.gradient_noise`) and, for tuple training, the mined
+negatives' distance per epoch — from what every run folder holds (``metrics.jsonl``, ``eval.json``,
+``config.yaml``), without loading a model. Each run is described by its data and its initialisation."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from vitrieval.analyze.gradient_noise import GRADIENT_NOISE_KEY
 from vitrieval.report.figures import metric_curves, training_curves
 from vitrieval.report.gradient_noise import RunGamma, gamma_vs_margin, run_gammas
-from vitrieval.report.html import write_report
+from vitrieval.report.html import recall_table_html, write_report
 from vitrieval.training.run_log import read_metrics
 
 
@@ -38,15 +39,32 @@ def _without_unused_terms(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     return [{k: v for k, v in r.items() if k not in unused} for r in rows]
 
 
+def run_data(config: dict[str, Any]) -> str:
+    """The data a run trained and was evaluated on, from its ``config.yaml``: the dataset and its folder."""
+    if not config:
+        return "unknown data (no config.yaml)"
+    data = config.get("data", {})
+    return f"{data.get('dataset', '?')} data in {data.get('root') or '?'}"
+
+
+def initialisation(model: dict[str, Any]) -> str:
+    """Where a run's weights started: a weights file (``model.pretrained_file``), timm's pretrained weights
+    (``model.pretrained``), or random initialisation."""
+    if model.get("pretrained_file"):
+        return f"initialised from {model['pretrained_file']}"
+    return "timm's pretrained weights" if model.get("pretrained") else "random init"
+
+
 def run_summary(config: dict[str, Any]) -> str:
     """The settings that tell runs apart, read from a run's ``config.yaml`` (``--set`` overrides included)."""
     if not config:
         return "no config.yaml"
     model, loss, train = config.get("model", {}), config.get("loss", {}), config.get("train", {})
-    parts = [f"{config.get('name', '?')}: {model.get('name', '?')} at {model.get('image_size', '?')} px"]
+    parts = [f"{config.get('name', '?')} on {run_data(config)}: {model.get('name', '?')} at "
+             f"{model.get('image_size', '?')} px"]
     if model.get("depth") or model.get("embed_dim"):
         parts.append(f"{model.get('depth') or 'all'} blocks x {model.get('embed_dim') or 'default'} wide")
-    parts.append(f"{model.get('pooling', 'cls')} pooling, {'pretrained' if model.get('pretrained') else 'random init'}")
+    parts.append(f"{model.get('pooling', 'cls')} pooling, {initialisation(model)}")
     if train.get("sampler") == "tuples":
         tuples = config.get("tuples", {})
         parts.append(f"tuples ({tuples.get('per_batch')} x 1+1+{tuples.get('negatives')}, {tuples.get('epochs')} "
@@ -71,7 +89,10 @@ def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Seq
     if len(labels) != len(folders) or len(set(labels)) != len(labels):
         raise ValueError(f"need one distinct name per run, got {labels} for {len(folders)} run(s)")
     data = {label: _read_run(folder) for label, folder in zip(labels, folders)}
-    recall = {label: d["eval"].get("recall_at_k", {}) for label, d in data.items() if d["eval"].get("recall_at_k")}
+    recall: dict[str, dict[str, dict[str, float]]] = {}  # one table per data: runs on other data are not compared
+    for label, d in data.items():
+        if d["eval"].get("recall_at_k"):
+            recall.setdefault(f"on {run_data(d['config'])}", {})[label] = d["eval"]["recall_at_k"]
     rows = {label: d["rows"] for label, d in data.items()}
     sections = [("Training curves",
                  "Loss terms (left) and held-out Recall@1 (right) against the optimizer step, from each run's "
@@ -98,7 +119,11 @@ def write_runs_report(runs: Sequence[str | Path], output: str | Path, names: Seq
         notes.append(f"{label} ({folder}): {run_summary(cfg)} [{state}]")
     notes += [f"{g.run}: mean γ {g.mean_gamma:.4f} over {g.steps} logged step(s) (β {g.margin}, λ {g.koleo_weight})"
               for g in gammas]
-    return write_report(output, title, recall, sections, notes)
+    if len(recall) > 1:
+        notes.insert(0, f"The runs were trained and evaluated on {len(recall)} different data sets: one Recall table "
+                        "per data set (numbers on different data are not comparable).")
+    tables = [(f"Recall@K (%) {data_name}", recall_table_html(table)) for data_name, table in recall.items()]
+    return write_report(output, title, {}, sections, notes, tables=tables)
 
 
 def gradient_noise_sections(rows: dict[str, list[dict[str, Any]]], gammas: Sequence[RunGamma]

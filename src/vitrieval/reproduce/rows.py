@@ -5,7 +5,7 @@ A **row** (one line of a paper table) is made of **jobs**; a job is one run fold
 
 - ``train``: ``vitrieval train --preset P [--set k=v ...] --data-root {D} --output {out}/runs/<key>``; done when
   the trainer has written its run tail, ``<run>/eval.json``;
-- ``evaluate``: ``vitrieval evaluate --checkpoint <run> --dataset D --data-root {D} [flags] --json
+- ``evaluate``: ``vitrieval evaluate --checkpoint <run> --dataset D --data-root {D} [flags] -o
   <run>/eval-<tag>.json`` (or ``--model NAME`` for off-the-shelf features, IRT_O); done when that JSON exists;
 - ``cost``: ``vitrieval analyze --cost --preset P --output <run>`` (Table 1: parameters, FLOPs, images/s); done
   when ``<run>/cost.json`` exists.
@@ -81,7 +81,7 @@ class Evaluation:
     def step(self, job: Job) -> Step:
         source = ("--model", str(job.model)) if job.model else ("--checkpoint", job.run)
         argv = ("evaluate", *source, "--dataset", self.dataset, "--data-root", f"{{{self.dataset}}}", *self.flags,
-                "--json", self.file(job))
+                "-o", self.file(job))
         return Step("evaluate", argv, self.file(job))
 
 

@@ -16,14 +16,19 @@ Endpoints
 - ``POST /images`` (multipart ``file``, optional ``label``) -> 201 ``{"id"}``; ``DELETE /images/{id}`` -> 204: writes,
   with ``Authorization: Bearer <token>`` when the app has a ``write_token`` (else read-only: 403), durable before
   they are answered (:mod:`vitrieval.serve.writes`, :mod:`vitrieval.serve.auth`).
-- ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs``: OpenAPI.
+- ``GET /``: a self-contained web page (inline CSS/JS, nothing loaded from elsewhere). ``/docs`` (Swagger UI) and
+  ``/redoc``: the OpenAPI pages, their scripts and styles served by the app itself from ``fastapi-offline``'s copy
+  (``/static-offline-docs``), so they work without internet access.
 
 Bad input never stops the service: a non-multipart request or a non-image part -> 415, an unreadable image -> 400,
 a client that disconnects mid-upload -> 400 (an INFO line, no traceback), an id that is not one of the index's
 (any length) -> 404, an upload over the limit -> 413 (checked on Content-Length and again while the body streams
-in), ``k`` out of range -> 422. Queries are decoded and preprocessed concurrently, then embedded in batches, one
-forward pass per batch (:mod:`vitrieval.serve.batching`, ``max_batch`` / ``max_wait_ms``); searches share the
-index's readers-writer lock, which a write takes alone (a search never sees half of one).
+in), ``k`` out of range -> 422, a body that does not arrive within ``request_timeout_s`` -> 408 and the
+connection closed (:mod:`vitrieval.serve.timeouts`). ``HEAD`` is answered wherever ``GET`` is.
+
+Queries are decoded and preprocessed concurrently, then embedded in batches, one forward pass per batch
+(:mod:`vitrieval.serve.batching`, ``max_batch`` / ``max_wait_ms``); searches share the index's readers-writer lock,
+which a write takes alone (a search never sees half of one).
 
 A small file can hold a huge image, so the decoded size is bounded too (:mod:`vitrieval.serve.uploads`): from the
 header alone, an image over ``max_upload_pixels`` -> 413, of an aspect ratio over ``max_aspect_ratio`` -> 422,
@@ -49,6 +54,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
@@ -56,12 +62,15 @@ from starlette.requests import ClientDisconnect
 
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
+from vitrieval.disk_errors import NotWritable
 from vitrieval.index import Index
 from vitrieval.index.compaction import DEFAULT_INTERVAL_S, DEFAULT_MAX_PENDING, Compactor
 from vitrieval.index.store import display_path
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, RerankOptions
 from vitrieval.serve.auth import WriteAuth
 from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Batcher
+from vitrieval.serve.head import HeadAsGet
+from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S, BodyDeadline
 from vitrieval.serve.uploads import (
     DEFAULT_DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -74,11 +83,11 @@ from vitrieval.serve.uploads import (
 )
 from vitrieval.serve.writes import (
     UploadStore,
+    WriteHealth,
     add_upload,
     parse_class_name,
     parse_label,
     remove_image,
-    write_failures,
 )
 
 log = logging.getLogger(__name__)
@@ -131,7 +140,10 @@ class Health(BaseModel):
     count: int
     generation: int | None = Field(description="the index folder's generation last compacted into")
     pending_writes: int = Field(description="journalled writes not yet compacted into a generation")
-    writable: bool = Field(description="whether POST /images and DELETE /images/{id} are on")
+    writable: bool = Field(description="whether POST /images and DELETE /images/{id} are on and can write the index "
+                                       "folder now (checked at start; false after a write the disk refused)")
+    write_error: str | None = Field(description="why the last write failed on the disk (full, read-only, not "
+                                                "this user's); null since the last write that succeeded")
     max_batch: int
     max_wait_ms: float
     query_amp: str = Field(description="autocast of the queries' forward pass (the index's own unless overridden)")
@@ -145,6 +157,7 @@ class Health(BaseModel):
     max_resized_pixels: int
     max_concurrent_decodes: int
     decode_memory_budget: int
+    request_timeout_s: float = Field(description="seconds a client has for a request head, then for its body")
     version: str
 
 
@@ -234,13 +247,17 @@ async def _read_form(request: Request, limit: int, max_mb: str) -> FormData:
 
 async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str) -> tuple[bytes, str, dict[str, Any]]:
     """The image part ``file`` of a multipart upload (its bytes and name) and the other form fields; the HTTP
-    error for anything else (415 not multipart / not an image, 413 too large, 400 missing or empty)."""
+    error for anything else (415 not multipart / not an image, 413 too large, 400 missing or empty, 422 a field
+    given twice: never a silent winner)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data in the field 'file' "
                                  f"(got Content-Type {content_type or 'none'!r})")
     form = await _read_form(request, max_upload_bytes + MULTIPART_OVERHEAD, max_mb)
     try:
+        for key in dict.fromkeys(form.keys()):
+            if len(given := form.getlist(key)) > 1:
+                raise HTTPException(422, f"send one {key} field, got {len(given)}")
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, "the multipart field 'file' with an image is missing")
@@ -267,7 +284,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
                decode_memory_budget: int = DEFAULT_DECODE_MEMORY_BUDGET, write_token: str | None = None,
                max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                compact_every: int = DEFAULT_MAX_PENDING, compact_interval_s: float = DEFAULT_INTERVAL_S,
-               runtime: str | None = None, query_amp: str | None = None) -> FastAPI:
+               runtime: str | None = None, query_amp: str | None = None,
+               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> FastAPI:
     """The search service for ``index`` (an :class:`Index` or an index folder).
 
     ``preload_model`` loads (and fingerprint-checks) the model now, so a wrong model fails at start-up and the
@@ -281,9 +299,13 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     index's (``torch`` for a folder). With ``onnx`` the service imports no torch.
     ``query_amp``: the autocast of the queries' forward pass (``None``: the index's own;
     :meth:`~vitrieval.index.query_embedding.QueryEmbedding.use_query_amp`); added images keep the index's mode.
+    ``request_timeout_s``: a request's body must arrive within it of its head, else 408
+    (:class:`~vitrieval.serve.timeouts.BodyDeadline`; the head's deadline is uvicorn's side,
+    :func:`~vitrieval.serve.timeouts.uvicorn_options`). ``HEAD`` is answered wherever ``GET`` is.
     """
-    if max_upload_bytes <= 0 or max_k <= 0:
-        raise ValueError(f"max_upload_bytes and max_k must be > 0, got {max_upload_bytes}, {max_k}")
+    if max_upload_bytes <= 0 or max_k <= 0 or request_timeout_s <= 0:
+        raise ValueError(f"max_upload_bytes, max_k and request_timeout_s must be > 0, got {max_upload_bytes}, "
+                         f"{max_k}, {request_timeout_s}")
     limit_args: dict[str, Any] = {"max_pixels": max_upload_pixels, "max_aspect_ratio": max_aspect_ratio,
                                   "max_resized_pixels": max_resized_pixels,
                                   "decode_memory_budget": decode_memory_budget}
@@ -305,10 +327,14 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     auth = WriteAuth(write_token)
     compactor: Compactor | None = None
     store: UploadStore | None = None
+    health = WriteHealth(idx.directory if auth.writable else None)
     if auth.writable:
         if idx.directory is None:
             raise ValueError("writes need an index folder: give create_app the folder, or an Index loaded from one")
-        idx.hold_writer()  # JournalLocked if another process writes the folder
+        try:  # JournalLocked if another process writes the folder; NotWritable if this one cannot
+            idx.hold_writer()
+        except NotWritable as exc:  # refused now, in one line, rather than a 500 at the first write
+            raise NotWritable(f"writes are on but {exc}; or serve it read-only (no write token)") from None
         compactor = Compactor(idx, compact_every, compact_interval_s)
         store = UploadStore(idx.directory)
     batcher = Batcher(idx.embed_prepared, max_batch, max_wait_ms)
@@ -326,8 +352,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         if compactor is not None and idx.pending_writes:  # at shutdown: fold the journal into a generation
             await run_in_threadpool(compactor.compact)
 
-    app = FastAPI(title="vitrieval image search", version=__version__, lifespan=lifespan,
-                  description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).")
+    app = FastAPIOffline(title="vitrieval image search", version=__version__, lifespan=lifespan,
+                         description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).",
+                         swagger_ui_parameters={"validatorUrl": None})  # Swagger's validator badge is remote
     app.state.index = idx
     app.state.thumbnails = cache
     app.state.decoder = decoder
@@ -363,14 +390,16 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     @app.get("/healthz", response_model=Health, summary="Liveness and what is indexed")
     def healthz() -> Health:
         return Health(status="ok", count=len(idx), generation=idx.generation, pending_writes=idx.pending_writes,
-                      writable=auth.writable, max_batch=batcher.max_batch, max_wait_ms=batcher.max_wait_ms,
+                      writable=health.writable, write_error=health.last_error, max_batch=batcher.max_batch,
+                      max_wait_ms=batcher.max_wait_ms,
                       query_amp=idx.query_amp or idx.index_amp,
                       fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
                       factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes,
                       max_upload_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio,
                       max_resized_pixels=limits.max_resized_pixels,
                       max_concurrent_decodes=limits.max_concurrent_decodes,
-                      decode_memory_budget=limits.decode_memory_budget, version=__version__)
+                      decode_memory_budget=limits.decode_memory_budget, request_timeout_s=request_timeout_s,
+                      version=__version__)
 
     @app.post("/search", response_model=SearchResponse, summary="Find the indexed images most similar to an upload",
               openapi_extra=_UPLOAD_BODY,
@@ -426,7 +455,9 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         raise HTTPException(404, "no such image")
 
     _WRITE_ERRORS = {401: {"description": "no bearer token"},
-                     403: {"description": "a wrong token, or a read-only service"}}
+                     403: {"description": "a wrong token, or a read-only service"},
+                     503: {"description": "the index folder became read-only or not this user's"},
+                     507: {"description": "the disk of the index folder is full"}}
 
     @app.post("/images", status_code=201, response_model=Added, summary="Add an uploaded image to the index",
               openapi_extra=_UPLOAD_BODY,
@@ -441,8 +472,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         class_name = parse_class_name(fields)
         descriptor = await descriptor_of(data, name, stored=True)
         assert store is not None and compactor is not None
-        with write_failures():
-            image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label, name, class_name)
+        image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label, health, name, class_name)
         compactor.notify()
         return Added(id=image_id)
 
@@ -453,12 +483,12 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > MAX_ID_DIGITS:
             raise HTTPException(404, "no such image")
         assert store is not None and compactor is not None
-        with write_failures():
-            removed = await run_in_threadpool(remove_image, idx, store, int(image_id))
-        if not removed:
+        if not await run_in_threadpool(remove_image, idx, store, int(image_id), health):
             raise HTTPException(404, f"no image with id {image_id}")
         cache.forget(int(image_id))
         compactor.notify()
         return Response(status_code=204)
 
+    app.add_middleware(BodyDeadline, timeout_s=request_timeout_s)
+    app.add_middleware(HeadAsGet)
     return app

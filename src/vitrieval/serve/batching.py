@@ -74,6 +74,11 @@ class Batcher:
             with self._upstream_lock:
                 self._upstream -= 1
 
+    @property
+    def queued(self) -> int:
+        """Inputs handed in and not yet taken into a batch."""
+        return self._queue.qsize()
+
     def submit(self, tensor: Any) -> Future[np.ndarray]:
         """Queue one preprocessed image ``(3, H, W)``; the future gives its descriptor ``(D,)``."""
         future: Future[np.ndarray] = Future()

@@ -118,6 +118,11 @@ class Objective(ABC):
         """The learning rate of :meth:`parameters` as a multiple of ``train.lr``."""
         return 1.0
 
+    def warnings(self, iterations: int) -> list[str]:
+        """Settings that cannot take effect in a run of ``iterations`` steps, each a line naming the fix (the
+        trainer logs them at the start)."""
+        return []
+
     def attach(self, optimizer: torch.optim.Optimizer, encoder: torch.nn.Module) -> None:  # noqa: B027
         """Called once with the run's optimizer and (unwrapped) encoder; a no-op unless the objective steers the
         optimisation (:class:`NSoftmaxObjective`'s proxy warm-up)."""
@@ -140,6 +145,15 @@ class IRTObjective(Objective):
 
     def memory_active(self, iteration: int) -> bool:
         return self.memory is not None and iteration >= self.memory_cfg.start_iteration
+
+    def warnings(self, iterations: int) -> list[str]:
+        """The memory never starts when ``memory.start_iteration`` is not below ``train.iterations``."""
+        start = self.memory_cfg.start_iteration
+        if self.memory is None or start < iterations:
+            return []
+        return [f"memory.size={self.memory_cfg.size} but memory.start_iteration={start} >= train.iterations="
+                f"{iterations}: the cross-batch memory never starts; set memory.start_iteration below {iterations} "
+                f"(e.g. --set memory.start_iteration={iterations // 2})"]
 
     def __call__(self, z: torch.Tensor, labels: torch.Tensor, iteration: int, *, z_local: torch.Tensor | None = None,
                  z_for_memory: torch.Tensor | None = None, tuple_size: int | None = None,

@@ -98,11 +98,16 @@ def parameter_groups(encoder: torch.nn.Module, config: Config, objective_params:
 
 def make_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]], config: Config
                    ) -> torch.optim.Optimizer:
-    """``train.optimizer``: AdamW (decoupled weight decay, the category-level recipe) or Adam (weight decay as an L2
-    penalty in the gradient, as cirtorch trains on SfM-120k); ``params`` may be :func:`parameter_groups`' groups,
-    whose own ``lr`` / ``weight_decay`` win over ``train.lr`` / ``train.weight_decay``."""
-    cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    """``train.optimizer``: AdamW (decoupled weight decay, the category-level recipe), Adam (weight decay as an L2
+    penalty in the gradient, as cirtorch trains on SfM-120k) or SGD with ``train.sgd_momentum`` (weight decay as an
+    L2 penalty; an update linear in the gradients, with no per-coordinate normalisation); ``params`` may be
+    :func:`parameter_groups`' groups, whose own ``lr`` / ``weight_decay`` win over ``train.lr`` /
+    ``train.weight_decay``."""
+    tr = config.train
+    if tr.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tr.lr, momentum=tr.sgd_momentum, weight_decay=tr.weight_decay)
+    cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=tr.lr, weight_decay=tr.weight_decay)
 
 
 def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:

@@ -73,6 +73,8 @@ class Trainer(RunLifecycle):
                          len(self.train_table.class_counts()), len(self.test_table),
                          len(self.test_table.class_counts()), config.model.name, self.device, self.dist.world_size,
                          self.num_workers)
+        for line in self.objective.warnings(config.train.iterations):
+            self.logger.warning("%s", line)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class RunDir:
             try:
                 self._checked = load_checkpoint(self.checkpoints)
                 check_checkpoint_model(self._checked, config, self.checkpoints / LAST)
+                check_not_finished(self._checked, config, self.out)
             except (ValueError, KeyError) as exc:
                 self._checked, refusal = None, str(exc)
         refusal = self.dist.broadcast_object(refusal)
@@ -90,6 +91,19 @@ class RunDir:
             logging.getLogger("vitrieval").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+def check_not_finished(state: dict[str, Any], config: Config, out: Path) -> None:
+    """Refuse ``--resume`` of a run that already ran all its steps and wrote ``eval.json`` (it would only evaluate
+    again): a ``ValueError`` that says so and how to train further."""
+    if config.train.sampler == "tuples":
+        done, total, key = int(state["epoch"]), config.tuples.epochs, "tuples.epochs"
+    else:
+        done, total, key = int(state["iteration"]), config.train.iterations, "train.iterations"
+    if done >= total and (out / "eval.json").is_file():
+        what = key.split(".")[1]
+        raise ValueError(f"{out} is already finished ({done} {what}; its model is {out / 'model'}): to train it "
+                         f"further, --resume with --set {key}=N for an N over {done}; or choose another --output")
 
 
 def discard_unstarted_run(out: Path) -> None:

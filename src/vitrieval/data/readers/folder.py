@@ -9,14 +9,21 @@ and a gallery item (leave-one-out, as for SOP and CUB).
 One order rule for class folders and for the images in a class (:func:`natural_key`): natural order, ignoring
 case (``s1, S2, s10``; ``1.png, 2.png, 10.png``), images by their path inside the class folder. This is the only
 class-per-folder reader: the demo, training (``data.dataset=folder``) and the SfM-120k converter all use it.
+
+:func:`walk_files` is the only folder walker: it follows directory links (catalogues are often assembled from
+links), and a link that leads back to a folder above it (a loop) is not followed but reported in one warning line.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 
 from vitrieval.data.table import ImageTable, Record
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                               ".pbm"})
@@ -37,6 +44,46 @@ def natural_key(name: str) -> tuple[list[int | str], str]:
     return parts, name
 
 
+def walk_files(root: Path) -> list[Path]:
+    """Every non-folder entry under ``root`` (recursively, files and links that lead to no folder), named through
+    the links that reach it; directory links are followed, except one that leads back to a folder above it (a loop,
+    reported in one warning line naming them). Unreadable folders are passed over, as ``os.walk`` does."""
+    found: list[Path] = []
+    loops: list[str] = []
+
+    def identity(path: str) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    def visit(folder: Path, above: frozenset[tuple[int, int]]) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            path = folder / entry.name
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                found.append(path)
+                continue
+            key = identity(entry.path)
+            if key in above:
+                loops.append(path.relative_to(root).as_posix())
+            else:
+                visit(path, above | {key})
+
+    visit(root, frozenset({identity(str(root))}))
+    if loops:
+        loops.sort()
+        shown = ", ".join(loops[:3]) + (f" and {len(loops) - 3} more" if len(loops) > 3 else "")
+        log.warning("%s: %d directory link(s) lead back to a folder above them (a loop), not followed: %s", root,
+                    len(loops), shown)
+    return found
+
+
 def class_dirs(root: Path) -> list[Path]:
     """The class sub-folders of ``root`` (hidden ones skipped) in natural order."""
     return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
@@ -45,7 +92,7 @@ def class_dirs(root: Path) -> list[Path]:
 
 def class_images(class_dir: Path) -> list[Path]:
     """The image files under ``class_dir`` (recursively) in natural order of their path inside it."""
-    return sorted((p for p in class_dir.rglob("*") if is_image_file(p)),
+    return sorted((p for p in walk_files(class_dir) if is_image_file(p)),
                   key=lambda p: natural_key(p.relative_to(class_dir).as_posix()))
 
 
@@ -85,10 +132,10 @@ def is_broken_link(path: Path) -> bool:
 def list_images(root: str | Path) -> list[Path]:
     """Every image file under ``root`` (recursively, sorted): a collection to index, labels unknown.
 
-    Links with an image's name that lead to no file are listed too, so that the index reports them as skipped
-    (unreadable) instead of leaving them out silently.
+    Directory links are followed (:func:`walk_files`). Links with an image's name that lead to no file are listed
+    too, so that the index reports them as skipped (unreadable) instead of leaving them out silently.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    return sorted(p for p in root.rglob("*") if is_image_file(p) or is_broken_link(p))
+    return sorted(p for p in walk_files(root) if is_image_file(p) or is_broken_link(p))
