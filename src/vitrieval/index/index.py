@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -478,26 +477,3 @@ class Index(QueryEmbedding, LiveWrites):
                     self.save(self.directory)
                 ctx.barrier()
         return AddReport(len(kept), list(ex.bad_paths), already)
-
-    @contextmanager
-    def _writer_held(self, ctx: DistContext) -> Iterator[None]:
-        """The folder's write lock held by rank 0 (the folder's one writer) for a whole :meth:`add`, so that a
-        folder another process writes is refused before anything is embedded; rank 0's refusal is raised on every
-        rank."""
-        from vitrieval.distributed import RankZero
-
-        held, failure = False, None
-        if ctx.is_main and self.directory is not None and self.store.journals:
-            try:
-                self.hold_writer()
-                held = True
-            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
-                failure = exc
-        with RankZero(ctx) as rank0:
-            rank0.share(None, failure)
-        try:
-            yield
-        finally:
-            if held:
-                self.release_writer()
-

@@ -39,6 +39,7 @@ from vitrieval.index.rows import IndexEntry
 from vitrieval.index.rwlock import ReadWriteLock
 
 if TYPE_CHECKING:
+    from vitrieval.distributed import DistContext
     from vitrieval.index.manifest import Manifest
     from vitrieval.index.vector_store import VectorStore
 
@@ -112,6 +113,28 @@ class LiveWrites:
             yield self._writer
         finally:
             self.release_writer()
+
+    @contextmanager
+    def _writer_held(self, ctx: DistContext) -> Iterator[None]:
+        """The folder's write lock held by rank 0 (the folder's one writer) for a whole :meth:`add`, so that a
+        folder another process writes is refused before anything is embedded; rank 0's refusal is raised on every
+        rank."""
+        from vitrieval.distributed import RankZero
+
+        held, failure = False, None
+        if ctx.is_main and self.directory is not None and self.store.journals:
+            try:
+                self.hold_writer()
+                held = True
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                failure = exc
+        with RankZero(ctx) as rank0:
+            rank0.share(None, failure)
+        try:
+            yield
+        finally:
+            if held:
+                self.release_writer()
 
     def _stored_path(self, path: str) -> str:
         """How a row names ``path``: a file inside the index folder relative to it (``@index/uploads/x.png``), so
