@@ -205,14 +205,16 @@ class _Plan:
         """One hash of every shard key: equal on every rank when they see the same images and model."""
         return hashlib.sha256("".join(self.keys).encode()).hexdigest()
 
-    def shards_to_embed(self, ctx: DistContext, rank0: RankZero) -> set[int]:
-        """Rank 0 checks the output folder, takes its write lock (refused, before any embedding or write, when a
-        service or another command writes it) and reads the cache; every rank gets the shards still to embed."""
+    def shards_to_embed(self, ctx: DistContext, rank0: RankZero, lock: bool = False) -> set[int]:
+        """Rank 0 checks the output folder, with ``lock`` (an index build) takes its write lock (refused, before any
+        embedding or write, when a service or another command writes it; the caller releases it), and reads the
+        cache; every rank gets the shards still to embed."""
         failure = None
         if ctx.is_main and self.shard_dir is not None:
             try:
                 check_out_dir(self.directory)
-                self.writer = JournalWriter(self.directory)  # JournalLocked: another process writes the folder
+                if lock:
+                    self.writer = JournalWriter(self.directory)  # JournalLocked: another process writes the folder
                 self.cached = read_cached_shards(self.shard_dir, self.keys)
             except (OSError, ValueError) as exc:
                 failure = exc
@@ -254,7 +256,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
                     except ValueError as exc:
                         refusal = exc
                 rank0.share(None, refusal)  # raised on every rank, reported by rank 0
-            todo = plan.shards_to_embed(ctx, rank0)
+            todo = plan.shards_to_embed(ctx, rank0, lock=True)
             started = time.time()
             chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo, options,
                                             preprocessing["amp"], ctx, embedder)
