@@ -95,24 +95,8 @@ def cached_descriptors(model: Any, fingerprint: str, images: ImagesArg, cache_ro
                            resize=str(preprocessing.get("resize", "shorter")), progress=progress,
                            apply_pca=apply_pca, fast_decode=bool(preprocessing.get("fast_decode", True)))
     plan = _Plan.make(table, folder, shard_size, fingerprint, preprocessing)
-    try:
-        embedded = _fill(plan, folder, model, options, ctx, fingerprint, preprocessing, collection)
-    finally:
-        if plan.writer is not None:
-            plan.writer.close()  # the cache folder's write lock, taken by the plan before any embedding
-    found = _complete(folder, plan.digest)
-    if found is None:
-        raise RuntimeError(f"the descriptor cache {folder} is incomplete after extraction")
-    found.embedded = embedded
-    return found
-
-
-def _fill(plan: _Plan, folder: Path, model: Any, options: BuildOptions, ctx: DistContext, fingerprint: str,
-          preprocessing: dict[str, Any], collection: str) -> bool:
-    """Embed the missing shards and write the complete cache (rank 0 writes; every rank returns once it has);
-    whether anything had to be embedded."""
     with RankZero(ctx) as rank0:
-        rank0.check_same(plan.digest, f"the ranks see different distractor images or models ({len(plan.table)} here)")
+        rank0.check_same(plan.digest, f"the ranks see different distractor images or models ({len(table)} here)")
         done = rank0.share(_complete(folder, plan.digest) is not None if ctx.is_main else None)
         if not done:
             todo = plan.shards_to_embed(ctx, rank0)
@@ -124,7 +108,11 @@ def _fill(plan: _Plan, folder: Path, model: Any, options: BuildOptions, ctx: Dis
                 except (OSError, ValueError) as exc:
                     failure = exc
             rank0.share(None, failure)
-    return not done
+    found = _complete(folder, plan.digest)
+    if found is None:
+        raise RuntimeError(f"the descriptor cache {folder} is incomplete after extraction")
+    found.embedded = not done
+    return found
 
 
 def _write_complete(folder: Path, chunks: list, skipped: list[str], digest: str, fingerprint: str,
