@@ -76,3 +76,16 @@ def build_world(root: Path) -> dict:
 
 def good_images(world: dict) -> list[Path]:
     return [p for p in world["images"] if "corrupt" not in p.name]
+
+
+def read_rows(generation: Path) -> list[dict]:
+    """The rows of an index generation folder (``rows.sqlite``), in id order."""
+    import sqlite3
+
+    db = sqlite3.connect(generation / "rows.sqlite")
+    try:
+        return [{"id": i, "path": p.decode("utf-8", "surrogateescape"), "label": lab,
+                 "class_name": None if c is None else c.decode("utf-8", "surrogateescape")}
+                for i, p, lab, c in db.execute("SELECT id, path, label, class_name FROM rows ORDER BY id")]
+    finally:
+        db.close()

@@ -49,12 +49,13 @@ def test_cli_index_add_and_search(world: dict, tmp_path: Path, capsys: pytest.Ca
     assert payload[0]["query"] == str(query) and len(payload[0]["results"]) == 3
     top = payload[0]["results"][0]
     assert top["rank"] == 1 and top["path"] == str(query.resolve()) and top["score"] == pytest.approx(1, abs=1e-4)
-    assert set(top) == {"rank", "id", "path", "label", "score"}
+    assert set(top) == {"rank", "id", "path", "label", "class_name", "score"}
 
     assert _cli(search_cmd, ["search", "--index", str(out), str(query), "-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"query: {query}" and lines[1].split() == ["rank", "score", "label", "path"]
+    assert lines[0] == f"query: {query}" and lines[1].split() == ["rank", "id", "score", "label", "class", "path"]
     assert lines[2].split()[0] == "1" and lines[2].split()[-1] == str(query.resolve()) and len(lines) == 4
+    assert lines[2].split()[1] == str(top["id"])  # the id that --remove takes
 
     with pytest.raises(CLIError, match="cannot read image"):
         _cli(search_cmd, ["search", "--index", str(out), str(images / "img_corrupt0.jpg")])

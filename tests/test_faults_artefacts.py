@@ -1,6 +1,6 @@
 """Issue 14, case 7: a corrupt artefact is one line naming the file and what to do, exit code 2, in every command
 that reads it (no traceback): a truncated ``model.safetensors`` / ``pca.safetensors``, weights of another
-architecture, a damaged ``config.json``, a truncated ``index.faiss``, a damaged ``index.json`` / ``metadata.jsonl``."""
+architecture, a damaged ``config.json``, a truncated ``index.faiss``, a damaged ``index.json`` / ``rows.sqlite``."""
 
 from __future__ import annotations
 
@@ -56,12 +56,13 @@ def _index(world: dict, tmp_path: Path, damage: str) -> Path:
         (index / "index.faiss").write_bytes(data[:300])
     elif damage == "index.json":
         (index / "index.json").write_text("{ not json")
-    elif damage == "metadata.jsonl":
-        lines = (index / "metadata.jsonl").read_text().splitlines()
-        lines[2] = lines[2][:10]
-        (index / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    elif damage == "metadata not utf-8":
-        (index / "metadata.jsonl").write_bytes(b'{"id": 0, "path": "\xff"}\n')
+    elif damage == "rows.sqlite":
+        data = bytearray((index / "rows.sqlite").read_bytes())
+        data[:100] = b"\xff" * 100  # the database header: not SQLite any more
+        (index / "rows.sqlite").write_bytes(bytes(data))
+    elif damage == "rows.sqlite replaced by a folder":
+        (index / "rows.sqlite").unlink()
+        (index / "rows.sqlite").mkdir()
     return index
 
 
@@ -129,8 +130,8 @@ def test_a_truncated_pca_file_is_named(world, tmp_path, capsys):
 
 INDEX_DAMAGE = {"index.faiss": "index.faiss is unreadable by faiss (truncated or damaged): rebuild the index",
                 "index.json": "index.json is not valid JSON",
-                "metadata.jsonl": "metadata.jsonl line 3 is not valid JSON",
-                "metadata not utf-8": "metadata.jsonl is not UTF-8 text"}
+                "rows.sqlite": "rows.sqlite is not a rows database",
+                "rows.sqlite replaced by a folder": "rows.sqlite is missing"}
 
 
 @pytest.mark.parametrize("damage", list(INDEX_DAMAGE))

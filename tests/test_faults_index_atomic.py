@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_world import COLOURS, build_world, good_images, make_images, make_model
-from vitrieval.index import Index, IndexFormatError, store
+from index_world import COLOURS, build_world, good_images, make_images, make_model, read_rows
+from vitrieval.index import FORMAT_VERSION, Index, IndexFormatError, faiss_store, store
 from vitrieval.index.store import generation_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -49,16 +50,16 @@ class Killed(BaseException):
 
 
 CRASH_POINTS = {
-    "after the new metadata": ("atomic_write_text", "after"),
-    "while writing the new index.faiss": ("atomic_path", "inside"),
-    "before the swap": ("atomic_write_json", "before"),
-    "after the swap, before the old generation is removed": ("_remove_other_generations", "before"),
+    "after the new rows": (faiss_store.FaissSnapshot, "write_rows", "after"),
+    "while writing the new index.faiss": (faiss_store, "atomic_path", "inside"),
+    "before the swap": (store, "write_manifest", "before"),
+    "after the swap, before the old generation is removed": (store, "_remove_other_generations", "before"),
 }
 
 
 def _crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
-    name, when = CRASH_POINTS[point]
-    original = getattr(store, name)
+    owner, name, when = CRASH_POINTS[point]
+    original = getattr(owner, name)
 
     if when == "inside":
         from contextlib import contextmanager
@@ -70,7 +71,7 @@ def _crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
                 raise Killed(point)
                 yield tmp  # pragma: no cover
 
-        monkeypatch.setattr(store, name, crashing)
+        monkeypatch.setattr(owner, name, crashing)
         return
 
     def crashing(*args, **kwargs):
@@ -78,7 +79,7 @@ def _crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
             original(*args, **kwargs)
         raise Killed(point)
 
-    monkeypatch.setattr(store, name, crashing)
+    monkeypatch.setattr(owner, name, crashing)
 
 
 @pytest.mark.parametrize("point", list(CRASH_POINTS))
@@ -114,14 +115,15 @@ def test_a_crash_at_any_point_leaves_the_index_before_or_after(world, tmp_path, 
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from vitrieval.index import Index, store
+    from vitrieval.index import Index, faiss_store, store
     directory, point, update, new, images, model = sys.argv[1:7]
-    original = getattr(store, point)
+    owner = faiss_store.FaissSnapshot if point == "write_rows" else store
+    original = getattr(owner, point)
     def die(*args, **kwargs):
-        if point == "atomic_write_text":
+        if point == "write_rows":
             original(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
-    setattr(store, point, die)
+    setattr(owner, point, die)
     if update == "add":
         Index.load(directory).add(new, num_workers=0, progress=False)
     else:
@@ -129,8 +131,8 @@ KILLER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("update, point", [("add", "atomic_write_text"), ("add", "atomic_write_json"),
-                                           ("add", "_remove_other_generations"), ("rebuild", "atomic_write_json")])
+@pytest.mark.parametrize("update, point", [("add", "write_rows"), ("add", "write_manifest"),
+                                           ("add", "_remove_other_generations"), ("rebuild", "write_manifest")])
 def test_sigkill_during_an_update(world, tmp_path, point, update):
     directory = _copy(world, tmp_path)
     queries = good_images(world)[:2]
@@ -154,33 +156,55 @@ def test_sigkill_during_an_update(world, tmp_path, point, update):
 def test_the_parts_must_belong_together(world, tmp_path):
     directory = _copy(world, tmp_path)
     data = generation_dir(directory)
-    with open(data / "metadata.jsonl", "a") as fh:  # a row more than the vectors: refused, naming the folder
-        fh.write('{"id": 999, "path": "/x.png", "label": null}\n')
-    with pytest.raises(IndexFormatError, match="inconsistent index.*31 metadata rows, 30 vectors"):
+    db = sqlite3.connect(data / "rows.sqlite")  # a row more than the vectors: refused, naming the folder
+    with db:
+        db.execute("INSERT INTO rows VALUES (999, '/x.png', NULL, NULL)")
+    db.close()
+    info = json.loads((directory / "index.json").read_text())
+    info["bytes"]["rows.sqlite"] = (data / "rows.sqlite").stat().st_size
+    (directory / "index.json").write_text(json.dumps(info))
+    with pytest.raises(IndexFormatError, match="inconsistent index.*31 rows, 30 vectors"):
         Index.load(directory)
     directory = _copy(world, tmp_path / "b")
-    metadata = generation_dir(directory) / "metadata.jsonl"
-    metadata.write_text(metadata.read_text() + "\n")  # the same rows, but not the file index.json describes
-    with pytest.raises(IndexFormatError, match="metadata.jsonl is .* bytes.*says .*do not belong together"):
+    rows = generation_dir(directory) / "rows.sqlite"
+    rows.write_bytes(rows.read_bytes() + b"\0" * 512)  # the same rows, but not the file index.json describes
+    with pytest.raises(IndexFormatError, match="rows.sqlite is .* bytes.*says .*do not belong together"):
         Index.load(directory)
 
 
-def test_a_version_1_folder_still_loads_and_becomes_a_generation(world, tmp_path):
-    directory = _copy(world, tmp_path)
+def _legacy(world: dict, directory: Path, version: int) -> None:
+    """Rewrite the current folder ``directory`` as format ``version`` (1 or 2) wrote it: ``metadata.jsonl`` rows,
+    in a generation (2) or beside ``index.json`` (1)."""
     data = generation_dir(directory)
+    rows = read_rows(data)
+    (data / "rows.sqlite").unlink()
+    (data / "metadata.jsonl").write_text("".join(json.dumps({"id": r["id"], "path": r["path"], "label": r["label"]})
+                                                 + "\n" for r in rows))
     info = json.loads((directory / "index.json").read_text())
-    for name in ("index.faiss", "metadata.jsonl"):
-        shutil.move(data / name, directory / name)
-    data.rmdir()
-    for key in ("generation", "bytes"):
-        del info[key]
-    info["version"] = 1
+    info["bytes"] = {name: (data / name).stat().st_size for name in ("metadata.jsonl", "index.faiss")}
+    if version == 1:
+        for name in ("index.faiss", "metadata.jsonl"):
+            shutil.move(data / name, directory / name)
+        data.rmdir()
+        for key in ("generation", "bytes"):
+            del info[key]
+    for key in ("backend", "journal_seq", "tombstones"):
+        info.pop(key, None)
+    info["version"] = version
     (directory / "index.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_folder_still_loads_and_becomes_a_current_generation(world, tmp_path, version):
+    directory = _copy(world, tmp_path)
+    _legacy(world, directory, version)
     old = Index.load(directory)
-    assert len(old) == 30
+    assert len(old) == 30 and [e.path for e in old.entries()] == [str(p.resolve()) for p in good_images(world)]
     old.add(world["new"][:2], num_workers=0, progress=False)
-    assert sorted(p.name for p in directory.iterdir()) == ["g000001", "index.json", "shards"]
+    assert sorted(p.name for p in directory.iterdir()) == [f"g00000{2 if version == 2 else 1}", "index.json",
+                                                           "shards"]
+    assert sorted(p.name for p in generation_dir(directory).iterdir()) == ["index.faiss", "rows.sqlite"]
     again = Index.load(directory)
-    assert len(again) == 32 and again.info["version"] == 2
+    assert len(again) == 32 and again.info["version"] == FORMAT_VERSION
     vectors = np.stack([again.faiss_index.reconstruct(i) for i in range(30)])
     assert np.allclose(vectors, np.stack([old.faiss_index.reconstruct(i) for i in range(30)]))

@@ -96,4 +96,7 @@ def test_add_numbers_class_folders_by_the_index_classes(classes, tmp_path):
     assert index.info["classes"] == ["obj10", "obj077", "obj200"]
     added = {Path(e.path).parent.name: e.label for e in index.entries() if Path(e.path).name.startswith("new")}
     assert added == {"obj077": 1, "obj200": 2}
-    assert _search(create_app(index), more / "obj200" / "new000_ellipse.png")[0]["path"] == "new000_ellipse.png"
+    # every row names its class folder: the built ones and the added ones alike, in hits too
+    assert all(e.class_name == Path(e.path).parent.name for e in index.entries())
+    top = _search(create_app(index), more / "obj200" / "new000_ellipse.png")[0]
+    assert (top["path"], top["class_name"], top["label"]) == ("new000_ellipse.png", "obj200", 2)

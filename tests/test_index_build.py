@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_world import build_world, good_images
+from index_world import build_world, good_images, read_rows
 from vitrieval.index import APPROXIMATE_FACTORY, AUTO_EXACT_LIMIT, Index, ModelMismatchError, resolve_factory
 from vitrieval.index.store import generation_dir
 from vitrieval.model import load
@@ -33,7 +33,7 @@ def test_build_writes_complete_index_and_lists_the_corrupt_file(world: dict) -> 
     assert info["preprocessing"] == {"resize": "shorter", "amp": "off", "fast_decode": True}
     assert info["generation"] == 1 and sorted(p.name for p in d.iterdir()) == ["g000001", "index.json", "shards"]
     data = generation_dir(d)
-    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    rows = read_rows(data)
     assert [r["id"] for r in rows] == list(range(30))
     assert {r["path"] for r in rows} == {str(p.resolve()) for p in good_images(world)}
     assert all(r["label"] is None for r in rows)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index_world import read_rows
 from torchrun_launch import launch, torchrun, write_tracker
 
 BATCH, SHARD = 4, 10
@@ -222,7 +223,7 @@ def _assert_same_index(got: Path, want: Path) -> None:
     from vitrieval.index.store import generation_dir
 
     got, want = generation_dir(got), generation_dir(want)
-    assert (got / "metadata.jsonl").read_bytes() == (want / "metadata.jsonl").read_bytes()
+    assert read_rows(got) == read_rows(want)
     assert (got / "index.faiss").read_bytes() == (want / "index.faiss").read_bytes()
 
 
@@ -300,7 +301,7 @@ def test_only_rank_zero_writes_prints_and_logs(world):
         generation = json.loads((world["out"] / built / "index.json").read_text())["generation"]
         assert names == [f"g{generation:06d}", "index.json", "shards"], (built, names)
         assert sorted(p.name for p in (world["out"] / built / names[0]).iterdir()) == ["index.faiss",
-                                                                                        "metadata.jsonl"]
+                                                                                        "rows.sqlite"]
         shards = sorted(p.name for p in (world["out"] / built / "shards").iterdir())
         assert shards == [f"{s:05d}.{x}" for s in range(3) for x in ("csv", "json", "npy")], (built, shards)
     output = world["output"]

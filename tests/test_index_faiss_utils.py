@@ -106,3 +106,38 @@ def test_normalized_rows_are_unit_and_zero_rows_stay_zero() -> None:
     assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(out, np.array([[0.6, 0.8], [0.0, 0.0]], dtype=np.float32))
     assert x[0, 0] == 3.0  # a copy
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "HNSW8", "IVF8,PQ4x4fs,RFlat", "PCA32,IVF8,Flat"])
+def test_excluded_ids_are_filtered_inside_faiss_as_brute_force_without_them(factory: str) -> None:
+    """``search_with_exclusions``: an ID selector in the search parameters (no over-fetching), the index's own
+    nprobe / efSearch / k_factor kept; the answer is brute force over the ids that are left."""
+    from vitrieval.index.faiss_utils import search_with_exclusions
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(600, dtype=np.int64) * 3 + 7  # ids are not positions
+    index = make_faiss_index(factory, 32)
+    if not index.is_trained:
+        index.train(x)
+    index.add_with_ids(x, ids)
+    set_search_params(index, **{k: v for k, v in {"nprobe": 8, "ef_search": 256, "k_factor": 64}.items()
+                                if k in get_search_params(index)})
+    dead = set(ids[rng.choice(600, 300, replace=False)].tolist())
+    q = x[:40]
+    scores, found = search_with_exclusions(index, q, 10, dead)
+    live = np.array([i not in dead for i in ids.tolist()])
+    exact = q @ x[live].T
+    want = ids[live][np.argsort(-exact, axis=1)[:, :10]]
+    if factory.startswith("PCA"):  # centred and rotated: the reference is the same index holding only the live ids
+        import faiss
+
+        reference = faiss.clone_index(index)
+        reference.reset()
+        reference.add_with_ids(x[live], ids[live])
+        want = reference.search(q, 10)[1]
+    assert not (set(found.ravel().tolist()) & dead)
+    recall = np.mean([len(set(f) & set(w)) / 10 for f, w in zip(found.tolist(), want.tolist())])
+    assert recall >= (0.9 if factory in ("HNSW8", "IVF8,PQ4x4fs,RFlat") else 0.999)
+    assert get_search_params(index).get("nprobe", 8) == 8  # the parameters object did not change the index

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from index_world import build_world, good_images
-from vitrieval.index import Index, live
+from vitrieval.index import Index, faiss_store
 from vitrieval.index.compaction import Compactor
 from vitrieval.index.journal import JOURNAL_FILE
 
@@ -99,14 +99,14 @@ def test_compaction_blocks_neither_searches_nor_writes(world, tmp_path, monkeypa
     index = Index.load(directory)
     index.add_descriptors(_unit(1)[None], [("before.png", None)])
     entered, release = threading.Event(), threading.Event()
-    original = live.write_folder
+    original = faiss_store.write_generation
 
-    def slow_write_folder(*args, **kwargs):
+    def slow_write_generation(*args, **kwargs):
         entered.set()
         assert release.wait(120)
         original(*args, **kwargs)
 
-    monkeypatch.setattr(live, "write_folder", slow_write_folder)
+    monkeypatch.setattr(faiss_store, "write_generation", slow_write_generation)
     saver = threading.Thread(target=index.save)
     saver.start()
     assert entered.wait(30)

@@ -13,7 +13,7 @@ from vitrieval.index.milvus_backend import (
     normalized_uri,
     public_uri,
 )
-from vitrieval.index.milvus_index import MilvusOptions, full_path, stored_path
+from vitrieval.index.milvus_store import MilvusOptions, full_path, stored_path
 
 
 def test_public_uri_drops_secrets() -> None:

@@ -22,7 +22,6 @@ from vitrieval.index import (
     CollectionMismatchError,
     CollectionMissingError,
     Index,
-    MilvusIndex,
     MilvusOptions,
     MilvusUnreachableError,
 )
@@ -37,7 +36,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The index world (30 images, a faiss Flat index) and a FLAT Milvus index of the same images."""
     w = build_world(tmp_path_factory.mktemp("milvus"))
     w["db"] = str(w["root"] / "milvus.db")
-    w["milvus"] = MilvusIndex.build(w["model"], w["root"] / "images", w["root"] / "milvus.idx", num_workers=0,
+    w["milvus"] = Index.build(w["model"], w["root"] / "images", w["root"] / "milvus.idx", num_workers=0,
                                     progress=False, milvus=MilvusOptions(w["db"], "world", index_type="FLAT"))
     return w
 
@@ -66,10 +65,10 @@ def test_flat_top_k_is_faiss_flat_top_k(world: dict) -> None:
 
 
 def test_query_expansion_over_milvus_is_the_faiss_flat_one(world: dict) -> None:
-    """αQE at query time reads the neighbours' stored vectors back from Milvus (``_stored_vectors``)."""
+    """αQE at query time reads the neighbours' stored vectors back from Milvus (``store.vectors``)."""
     faiss_index, milvus = world["index"], world["milvus"]
     ids = np.array([4, 0, 17])
-    np.testing.assert_allclose(milvus._stored_vectors(ids), faiss_index._stored_vectors(ids), atol=1e-6)
+    np.testing.assert_allclose(milvus.store.vectors(ids), faiss_index.store.vectors(ids), atol=1e-6)
     queries = np.random.default_rng(1).normal(size=(6, milvus.descriptor_dim)).astype(np.float32)
     f_ids, f_scores = _ids_scores(faiss_index.search(queries, k=8, rerank="aqe"))
     m_ids, m_scores = _ids_scores(milvus.search(queries, k=8, rerank="aqe"))
@@ -84,8 +83,8 @@ def test_manifest_and_rows_in_milvus(world: dict) -> None:
     assert info["fingerprint"] == world["index"].fingerprint and info["factory"] == "milvus:FLAT"
     assert not any(p.name.startswith("g0") for p in (world["root"] / "milvus.idx").iterdir())  # no faiss data
     loaded = Index.load(world["root"] / "milvus.idx")
-    assert isinstance(loaded, MilvusIndex) and len(loaded) == 30
-    rows = sorted(loaded.collection.rows(), key=lambda r: r["id"])
+    assert loaded.backend == "milvus" and len(loaded) == 30
+    rows = sorted(loaded.store.collection.rows(), key=lambda r: r["id"])
     assert [r["path"] for r in rows] == [Path(e.path).name for e in world["index"].entries()]  # relative to root
     assert {r["label"] for r in rows} == {-1}
     with pytest.raises(AttributeError, match="nprobe does not apply"):
@@ -129,12 +128,13 @@ def test_cli_index_add_remove(world: dict, tmp_path: Path, capsys: pytest.Captur
                      "--no-progress"]) == 0
     assert "30 -> 35" in capsys.readouterr().out
     index = Index.load(out)
-    assert len(index) == 35 and index.collection.count() == 35 and index.factory == "milvus:HNSW"
+    assert len(index) == 35 and index.store.collection.count() == 35 and index.factory == "milvus:HNSW"
     hit = index.search(new[2], k=1)[0][0]
     assert hit.path == str(new[2]) and hit.id == 32 and hit.score == pytest.approx(1, abs=1e-4)
     assert index.remove([32, 0, 999]) == 2
     again = Index.load(out)
-    assert len(again) == 33 and again.collection.count() == 33 and {0, 32}.isdisjoint(e.id for e in again.entries())
+    assert len(again) == 33 and again.store.collection.count() == 33
+    assert {0, 32}.isdisjoint(e.id for e in again.entries())
     assert all(h.id != 32 for h in again.search(new[2], k=33)[0])
     assert again.ef_search == 64
     again.ef_search = 128
@@ -145,19 +145,19 @@ def test_cli_index_add_remove(world: dict, tmp_path: Path, capsys: pytest.Captur
 def test_one_line_errors(world: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     other = make_model(tmp_path / "other", seed=1)
     with pytest.raises(CollectionMismatchError, match="holds descriptors of model .*choose another --collection"):
-        MilvusIndex.build(other, world["root"] / "images", tmp_path / "other.idx", num_workers=0, progress=False,
+        Index.build(other, world["root"] / "images", tmp_path / "other.idx", num_workers=0, progress=False,
                           milvus=MilvusOptions(world["db"], "world"))
     with pytest.raises(CollectionMismatchError, match="holds another build"):
-        MilvusIndex.build(world["model"], good_images(world)[:5], tmp_path / "part.idx", num_workers=0,
+        Index.build(world["model"], good_images(world)[:5], tmp_path / "part.idx", num_workers=0,
                           progress=False, milvus=MilvusOptions(world["db"], "world"))
     x = np.ones((3, 192), np.float32)
     open_collection(world["db"], "small").create(64, world["index"].fingerprint, "x", "FLAT")
     with pytest.raises(CollectionMismatchError, match="holds 64-d descriptors"):
-        MilvusIndex.from_descriptors(world["model"], x, good_images(world)[:3], out_dir=tmp_path / "s.idx",
+        Index.from_descriptors(world["model"], x, good_images(world)[:3], out_dir=tmp_path / "s.idx",
                                      milvus=MilvusOptions(world["db"], "small"))
 
     folder = tmp_path / "gone.idx"
-    MilvusIndex.from_descriptors(world["model"], x, good_images(world)[:3], out_dir=folder,
+    Index.from_descriptors(world["model"], x, good_images(world)[:3], out_dir=folder,
                                  milvus=MilvusOptions(world["db"], "gone"))
     open_collection(world["db"], "gone").drop()
     with pytest.raises(CollectionMissingError, match="collection 'gone' at .*milvus.db does not exist"):
@@ -184,14 +184,14 @@ def test_one_line_errors(world: dict, tmp_path: Path, capsys: pytest.CaptureFixt
 RESUME_SCRIPT = textwrap.dedent("""
     import logging, sys
     import numpy as np
-    from vitrieval.index import MilvusIndex, MilvusOptions
+    from vitrieval.index import Index, MilvusOptions
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s %(message)s")
     logging.getLogger("vitrieval.index.milvus_backend").setLevel(logging.DEBUG)
-    logging.getLogger("vitrieval.index.milvus_index").setLevel(logging.INFO)
+    logging.getLogger("vitrieval.index.milvus_store").setLevel(logging.INFO)
     model, db, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     x = np.random.default_rng(0).normal(size=(n, 192)).astype(np.float32)
     paths = [f"/photos/{i:06d}.jpg" for i in range(n)]
-    index = MilvusIndex.from_descriptors(model, x, paths, labels=[i % 7 for i in range(n)], out_dir=out,
+    index = Index.from_descriptors(model, x, paths, labels=[i % 7 for i in range(n)], out_dir=out,
                                          milvus=MilvusOptions(db, "big", index_type="FLAT", insert_batch=100))
     print("done", len(index), flush=True)
 """)
@@ -221,8 +221,8 @@ def test_resume_after_sigkill_inserts_only_the_missing_rows(world: dict, tmp_pat
     inserted, held = (int(w) for w in summary.replace("(", " ").split() if w.isdigit())
     assert held >= 10 * 100 and inserted + held == n and f"done {n}" in rerun.stdout
     index = Index.load(out)
-    ids = sorted(r["id"] for r in index.collection.rows())
-    assert ids == list(range(n)) and index.collection.count() == n and len(index) == n
+    ids = sorted(r["id"] for r in index.store.collection.rows())
+    assert ids == list(range(n)) and index.store.collection.count() == n and len(index) == n
     assert index.entry(2345).path == "/photos/002345.jpg" and index.entry(2345).label == 2345 % 7
     x = np.random.default_rng(0).normal(size=(n, 192)).astype(np.float32)
     hits = index.search(x[[17, 2345]], k=1)
@@ -250,7 +250,7 @@ def test_torchrun_build_into_milvus_is_the_one_process_build(world: dict, tmp_pa
     assert sorted(p.name for p in (out / "shards").iterdir())[-1] == "00003.npy"  # 31 paths in shards of 10
     index = Index.load(out)
     assert [(e.id, e.path) for e in index.entries()] == [(e.id, e.path) for e in world["index"].entries()]
-    assert index.collection.count() == 30
+    assert index.store.collection.count() == 30
     queries = np.random.default_rng(1).normal(size=(8, 192)).astype(np.float32)
     m_ids, m_scores = _ids_scores(index.search(queries, k=10))
     f_ids, f_scores = _ids_scores(world["index"].search(queries, k=10))

@@ -58,7 +58,7 @@ def test_search_returns_the_uploaded_image_first(served: dict) -> None:
     assert set(body) == {"results", "took_ms"} and body["took_ms"] > 0
     assert len(body["results"]) == 5
     for hit in body["results"]:
-        assert set(hit) == {"id", "score", "label", "path", "thumbnail_url"}
+        assert set(hit) == {"id", "score", "label", "class_name", "path", "thumbnail_url"}
         assert hit["thumbnail_url"] == f"/images/{hit['id']}" and "/" not in hit["path"]
     top = body["results"][0]
     assert top["path"] == query.name and top["score"] == pytest.approx(1.0, abs=1e-4) and top["label"] is None

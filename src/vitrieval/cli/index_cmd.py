@@ -7,6 +7,7 @@
         --backend milvus --milvus-uri catalog.db --milvus-index HNSW      # vectors in Milvus (docs/SCALING.md)
     vitrieval index -o catalog.idx --remove 17 42                      # remove images by id
     vitrieval index --model deit_small_patch16_224 --pretrained-file deit_s.pth --images ./catalog -o catalog.idx
+    vitrieval index --descriptors D.npy --table T.csv --checkpoint runs/sop -o catalog.idx   # computed elsewhere
 
 ``--model NAME`` indexes with any timm backbone's pretrained features as they are (IRT_O; ``--pretrained-file``
 offline, ``--pooling``, ``--image-size`` as for ``vitrieval evaluate``): its model folder is written inside the
@@ -47,7 +48,7 @@ from vitrieval.cli.retrieval_options import (
 
 if TYPE_CHECKING:
     from vitrieval.distributed import DistContext
-    from vitrieval.index import Index
+    from vitrieval.index import BuildOptions, Index
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,11 +57,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, checkpoint_help="trained model folder (a run folder or its model/); with --add "
                                                 "the index's own model is used when left out")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()  # or --descriptors DIR alone (run() checks)
     source.add_argument("--images", help="folder of images (searched recursively)")
-    source.add_argument("--table", help="CSV table with a 'path' column (and optionally 'label')")
+    source.add_argument("--table", help="CSV table with a 'path' column (and optionally 'label'); with "
+                                        "--descriptors D.npy: the rows of D, one for one")
     source.add_argument("--remove", type=int, nargs="+", metavar="ID",
                         help="remove the images with these ids (see `vitrieval search`) from the index at -o")
+    parser.add_argument("--descriptors", metavar="D.npy|DIR",
+                        help="index descriptors computed elsewhere by the --checkpoint model: a float32 .npy array "
+                             "with --table naming its rows, or a folder of descriptor shards (as `vitrieval index` "
+                             "or `vitrieval embed` write them); nothing is embedded")
     parser.add_argument("-o", "--output", required=True, help="index folder to write (or to extend with --add)")
     parser.add_argument("--factory", default="auto",
                         help='faiss index: "Flat" (exact), "IVF4096,PQ32x4fs,RFlat", "HNSW32", ... or "auto" '
@@ -105,8 +111,15 @@ def run(args: argparse.Namespace) -> int:
     from vitrieval.distributed import DistContext
 
     if args.remove is not None:
+        if args.descriptors:
+            raise CLIError("--remove and --descriptors are separate commands")
         with naming(args.output):  # a full disk, a read-only folder: one line naming it (cli.report_error)
             return _remove(args)
+    if args.descriptors:
+        with naming(args.output):
+            return _from_descriptors(args)
+    if args.images is None and args.table is None:
+        raise CLIError("give the collection: --images DIR, --table T.csv, --descriptors D.npy|DIR, or --remove ID")
     images = args.images if args.images is not None else args.table
     if not Path(images).exists():
         raise CLIError(f"{'--images' if args.images is not None else '--table'} {images} does not exist")
@@ -159,19 +172,20 @@ def refuse_other_models_index(output: Path, checkpoint: Path | None, wanted: str
     import json
 
     from vitrieval.index import INFO_FILE
+    from vitrieval.index.manifest import read_manifest
     from vitrieval.model import CONFIG_FILE, resolve_model_dir
 
     if not (output / INFO_FILE).is_file():
         return
     try:
-        held = json.loads((output / INFO_FILE).read_text())
+        held = read_manifest(output)[0]
         if wanted is None and checkpoint is not None:
             wanted = json.loads((resolve_model_dir(checkpoint) / CONFIG_FILE).read_text()).get("fingerprint")
     except (OSError, ValueError):
         return  # a damaged index.json or model folder: the build names it
-    if isinstance(held, dict) and wanted and held.get("fingerprint") not in (None, wanted):
-        raise CLIError(f"{output} already holds an index of another model ({held.get('checkpoint')}, fingerprint "
-                       f"{held['fingerprint']}; {named or f'--checkpoint {checkpoint}'} is {wanted}): pass "
+    if wanted and held.fingerprint != wanted:
+        raise CLIError(f"{output} already holds an index of another model ({held.checkpoint}, fingerprint "
+                       f"{held.fingerprint}; {named or f'--checkpoint {checkpoint}'} is {wanted}): pass "
                        "--overwrite to replace it, use --add to extend it, or choose another -o")
 
 
@@ -270,22 +284,55 @@ def _run(args: argparse.Namespace, images: str, ctx: DistContext) -> int:
     return 0
 
 
-def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | None:
-    """Build the index of ``images`` with faiss, or into Milvus with the ``--milvus-*`` options."""
-    from vitrieval.index import Index, MilvusIndex, MilvusOptions
+def build_options(args: argparse.Namespace) -> BuildOptions:
+    """The one :class:`~vitrieval.index.BuildOptions` of the command line (either store)."""
+    from vitrieval.index import BuildOptions, MilvusOptions
 
-    common = {"batch_size": args.batch_size, "num_workers": args.workers, "shard_size": args.shard_size,
-              "device": args.device, "nprobe": args.nprobe, "ef_search": args.ef_search, "progress": args.progress,
-              "distributed": ctx, "fast_decode": not args.full_decode}
+    milvus = None
     if args.backend == "milvus":
+        if args.dba or args.runtime != "torch" or args.factory != "auto":
+            raise CLIError("--factory, --dba and --runtime onnx apply to the faiss backend (a Milvus build embeds with "
+                           "torch and stores the vectors as they are extracted, in its --milvus-index)")
         milvus = MilvusOptions(args.milvus_uri, collection=args.collection, index_type=args.milvus_index,
                                overwrite=args.overwrite)
-        if args.dba or args.runtime != "torch":
-            raise CLIError("--dba and --runtime onnx apply to the faiss backend (a Milvus build embeds with torch and "
-                           "stores the vectors as they are extracted)")
-        return MilvusIndex.build(args.checkpoint, images, args.output, milvus=milvus, scales=args.scales, **common)
-    return Index.build(args.checkpoint, images, args.output, factory=args.factory, scales=args.scales, dba=args.dba,
-                       runtime=args.runtime, **common)
+    return BuildOptions(factory=args.factory, batch_size=args.batch_size, num_workers=args.workers,
+                        shard_size=args.shard_size, device=args.device, nprobe=args.nprobe, ef_search=args.ef_search,
+                        progress=args.progress, scales=args.scales, dba=args.dba, runtime=args.runtime,
+                        fast_decode=not args.full_decode, milvus=milvus)
+
+
+def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | None:
+    """Build the index of ``images`` with faiss, or into Milvus with the ``--milvus-*`` options."""
+    from vitrieval.index import Index
+
+    return Index.build(args.checkpoint, images, args.output, build_options(args), distributed=ctx)
+
+
+def _from_descriptors(args: argparse.Namespace) -> int:
+    """``--descriptors``: an index of descriptors computed elsewhere (:mod:`vitrieval.index.external`)."""
+    from vitrieval.index import Index
+    from vitrieval.index.external import read_descriptors
+
+    if args.add or args.images is not None:
+        raise CLIError("--descriptors builds a new index from descriptors: without --add or --images")
+    if not args.checkpoint and not args.model:
+        raise CLIError("--descriptors needs the model that made them, --checkpoint RUN or --model NAME (its "
+                       "fingerprint and pre-processing embed the queries)")
+    if not Path(args.descriptors).exists():
+        raise CLIError(f"--descriptors {args.descriptors} does not exist")
+    if args.model:  # the timm model as it is, written into the index folder (as a build from images does)
+        args.checkpoint = str(model_into_index(args))
+    elif not args.overwrite:
+        refuse_other_models_index(Path(args.output), Path(args.checkpoint))
+    if (args.backend == "milvus") != bool(args.milvus_uri):
+        raise CLIError("--backend milvus needs --milvus-uri (and --milvus-uri needs --backend milvus)")
+    started = time.time()
+    x, records = read_descriptors(args.descriptors, args.table)
+    index = Index.from_descriptors(args.checkpoint, x, [r.path for r in records], [r.label for r in records],
+                                   args.output, build_options(args), class_names=[r.class_name for r in records])
+    print(f"indexed {len(index)} descriptor(s) into {args.output} ({index.factory}, {index.descriptor_dim}-d, model "
+          f"{index.fingerprint}) in {time.time() - started:.1f} s")
+    return 0
 
 
 def _remove(args: argparse.Namespace) -> int:

@@ -50,11 +50,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def format_table(query: str, hits: list) -> str:
-    """A query's results as an aligned text table: rank, score, label, path."""
-    lines = [f"query: {query}", f"{'rank':>4}  {'score':>7}  {'label':>6}  path"]
+    """A query's results as an aligned text table: rank, id (what ``vitrieval index --remove`` takes), score,
+    label, class name, path."""
+    width = max([len("class")] + [len(h.class_name or "") for h in hits])
+    lines = [f"query: {query}", f"{'rank':>4}  {'id':>8}  {'score':>7}  {'label':>6}  {'class':<{width}}  path"]
     for rank, h in enumerate(hits, start=1):
         label = "" if h.label is None else str(h.label)
-        lines.append(f"{rank:>4}  {h.score:7.4f}  {label:>6}  {h.path}")
+        lines.append(f"{rank:>4}  {h.id:>8}  {h.score:7.4f}  {label:>6}  {h.class_name or '':<{width}}  {h.path}")
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ class Record:
     is_query: bool = True
     is_gallery: bool = True
     bbox: tuple[float, float, float, float] | None = None
+    class_name: str | None = None  # the name of its class, where the source gives one (a CSV's class_name column)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -153,7 +154,7 @@ def records_from_rows(rows: Sequence[dict], root: Path, source: str) -> list[Rec
         if all(row.get(k) not in (None, "") for k in ("x1", "y1", "x2", "y2")):
             box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
         out.append(Record(str(p), label, split, _flag(row.get("is_query"), True), _flag(row.get("is_gallery"), True),
-                          box))
+                          box, (row.get("class_name") or "").strip() or None))
     return out
 
 

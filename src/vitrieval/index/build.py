@@ -31,6 +31,7 @@ embedded once again by the first rebuild.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -55,6 +56,7 @@ from vitrieval.index.faiss_utils import (
     train_faiss_index,
 )
 from vitrieval.index.journal import JournalWriter
+from vitrieval.index.milvus_store import MilvusOptions
 from vitrieval.index.shard_cache import (
     DEFAULT_SHARD_SIZE,
     SHARDS_DIR,
@@ -83,7 +85,13 @@ Chunk = tuple[np.ndarray, list[Record]]
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """The settings of a build (the keywords of :meth:`vitrieval.index.Index.build`)."""
+    """The settings of a build, for either store: :meth:`vitrieval.index.Index.build` and
+    :meth:`~vitrieval.index.Index.from_descriptors` take one (or its fields as keywords).
+
+    ``milvus``: where a Milvus-backed index keeps its rows (:class:`~vitrieval.index.milvus_store.MilvusOptions`);
+    ``None`` (default): a faiss index in the folder. ``factory``, ``k_factor``, ``dba`` and ``runtime="onnx"`` are
+    the faiss store's and refused with ``milvus``; ``nprobe`` / ``ef_search`` apply to both.
+    """
 
     factory: str = "auto"
     batch_size: int = 64
@@ -101,10 +109,17 @@ class BuildOptions:
     apply_pca: bool = True  # False: the descriptors before the model's PCA (index/descriptor_cache.py)
     runtime: str = "torch"  # "onnx": embed with <model>/model.onnx (vitrieval.runtime), in one process
     fast_decode: bool | None = True  # large JPEGs at a reduced DCT scale; None: not recorded (from_descriptors)
+    milvus: MilvusOptions | None = None
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:
             raise ValueError(f"shard_size must be > 0, got {self.shard_size}")
+        if self.runtime not in ("torch", "onnx"):
+            raise ValueError(f"runtime must be torch or onnx, got {self.runtime!r}")
+        if self.milvus is not None and (self.factory != "auto" or self.k_factor is not None or self.dba is not None
+                                        or self.runtime != "torch"):
+            raise ValueError("factory, k_factor, dba and runtime onnx apply to the faiss store (a Milvus build embeds "
+                             "with torch and stores the vectors as they are extracted, in its --milvus-index)")
         if self.scales is not None:
             from vitrieval.multiscale import parse_scales  # torch: only when asked for
 
@@ -223,8 +238,8 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
 
     ``finish`` turns the parts into the result (and saves it when ``out_dir`` is given); it runs on rank 0, inside
     the part whose errors reach every rank. Returns its result on rank 0, ``None`` on the other ranks once rank 0
-    is done. ``assembler`` (default :func:`assemble`, same arguments) makes the parts from the finished shards: a
-    backend that stores the vectors elsewhere hands them on in :attr:`Built.pending` (the Milvus backend).
+    is done. The parts are made by ``assembler`` (same arguments), by default :func:`assemble` (a faiss index) or,
+    for a Milvus build, :func:`collect` (the descriptors handed on in :attr:`Built.pending`).
     """
     from vitrieval.embed import resolve_distributed
     from vitrieval.model import load
@@ -243,7 +258,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
         with RankZero(ctx) as rank0:
             rank0.check_same(plan.digest,
                              f"the ranks see different images to index or models ({len(table)} images here)")
-            if assembler is None:  # a faiss index: a factory faiss refuses is named before any image is embedded
+            if assembler is None and options.milvus is None:  # faiss: a factory it refuses is named before embedding
                 refusal = None
                 if ctx.is_main:
                     try:
@@ -259,7 +274,7 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
             if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
                 try:
                     result = finish(_finish_build(encoder, checkpoint, plan, chunks, skipped, started, options,
-                                                  preprocessing, assembler or assemble))
+                                                  preprocessing, assembler or _assembler(options)))
                 except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
                     failure = exc
             rank0.share(None, failure)
@@ -344,16 +359,30 @@ def _finish_build(encoder: Encoder, checkpoint: Path, plan: _Plan, chunks: list[
     if sum(len(k) for _, k in chunks) == 0:
         raise ValueError(f"none of the {len(plan.table)} images could be read (first: {skipped[0]})")
     built = assembler(encoder, checkpoint, chunks, plan.directory, options, preprocessing, skipped, started)
-    built.info.update(collection_info(plan.table))
     built.writer = plan.writer
+    return _with_collection(built, plan.table)
+
+
+def _assembler(options: BuildOptions) -> Callable[..., Built]:
+    return collect if options.milvus is not None else assemble
+
+
+def _with_collection(built: Built, table: ImageTable) -> Built:
+    """The build's manifest with the collection's ``root`` and ``classes``, its rows with their class names."""
+    info = collection_info(table)
+    built.info.update(info)
+    classes = info.get("classes")
+    if classes:
+        built.entries = [dataclasses.replace(e, class_name=classes[e.label]) if e.label is not None and
+                         e.label < len(classes) else e for e in built.entries]
     return built
 
 
 def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths: Sequence[str | Path],
                      labels: Sequence[int] | None, out_dir: str | Path | None, options: BuildOptions,
-                     assembler: Callable[..., Built] | None = None) -> Built:
-    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir`` (``assembler``
-    as in :func:`build_index`)."""
+                     class_names: Sequence[str | None] | None = None) -> Built:
+    """The parts of an index of descriptors computed elsewhere by the model in ``checkpoint_dir``; ``class_names``:
+    each row's class name, when known."""
     from vitrieval.model import load
 
     x = np.asarray(descriptors, dtype=np.float32)
@@ -366,16 +395,18 @@ def from_descriptors(checkpoint_dir: str | Path, descriptors: np.ndarray, paths:
     if x.shape[1] != encoder.descriptor_dim:
         raise ModelMismatchError(f"descriptors are {x.shape[1]}-d but the model at {checkpoint} gives "
                                  f"{encoder.descriptor_dim}-d ones")
-    records = [Record(str(Path(p).expanduser().resolve()), -1 if labels is None else int(labels[i]))
+    if class_names is not None and len(class_names) != len(paths):
+        raise ValueError(f"{len(class_names)} class names for {len(paths)} paths")
+    records = [Record(str(Path(p).expanduser().resolve()), -1 if labels is None or labels[i] is None
+                      else int(labels[i]), class_name=None if class_names is None else class_names[i])
                for i, p in enumerate(paths)]
     directory = Path(out_dir).expanduser() if out_dir is not None else None
     if directory is not None:
         check_out_dir(directory)
     preprocessing = options.preprocessing(encoder)
-    built = (assembler or assemble)(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [],
-                                    time.time())
-    built.info.update(collection_info(ImageTable(records, "descriptors")))
-    return built
+    built = _assembler(options)(encoder, checkpoint, [(x, records)], directory, options, preprocessing, [],
+                                time.time())
+    return _with_collection(built, ImageTable(records, "descriptors"))
 
 
 def collection_info(table: ImageTable) -> dict[str, Any]:
@@ -407,6 +438,25 @@ def recorded_checkpoint(checkpoint: Path, directory: Path | None) -> str:
         except ValueError:
             pass
     return str(checkpoint)
+
+
+def collect(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
+            options: BuildOptions, preprocessing: dict[str, Any], skipped: list[str], started: float) -> Built:
+    """The parts of a build whose store takes the descriptors itself (Milvus): the entries (ids consecutive from 0,
+    as :func:`assemble` numbers them) and the manifest; the descriptors are handed on in :attr:`Built.pending`."""
+    entries: list[IndexEntry] = []
+    for _, kept in chunks:
+        start = len(entries)
+        entries.extend(IndexEntry.from_record(start + j, r) for j, r in enumerate(kept))
+    dim = next(int(d.shape[1]) for d, k in chunks if len(k))
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    info = {"format": FORMAT, "version": FORMAT_VERSION, "backend": "milvus",
+            "checkpoint": recorded_checkpoint(checkpoint, directory), "fingerprint": encoder.fingerprint(),
+            "descriptor_dim": dim,
+            "factory": "milvus", "metric": "inner_product", "data_config": encoder.data_config,
+            "preprocessing": preprocessing, "count": len(entries), "next_id": len(entries), "created": now,
+            "updated": now, "build_seconds": round(time.time() - started, 3), "skipped": list(skipped)}
+    return Built(None, entries, info, encoder, directory, options.device, pending=chunks)
 
 
 def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,

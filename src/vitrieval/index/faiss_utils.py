@@ -217,6 +217,51 @@ def set_search_params(index: faiss.Index, **params: int | None) -> dict[str, int
     return get_search_params(index)
 
 
+def _selector_params(layer: faiss.Index, sel: faiss.IDSelector, keep: list) -> faiss.SearchParameters:
+    """Search parameters for ``layer`` carrying the ID selector ``sel`` and the layer's own settings (nprobe,
+    efSearch, k_factor: a parameters object replaces them for the call), down through Refine and PreTransform."""
+    import faiss
+
+    layer = faiss.downcast_index(layer)
+    if isinstance(layer, faiss.IndexRefine):
+        base = _selector_params(layer.base_index, sel, keep)
+        keep.append(base)
+        return faiss.IndexRefineSearchParameters(k_factor=layer.k_factor, base_index_params=base)
+    if isinstance(layer, faiss.IndexPreTransform):
+        return _selector_params(layer.index, sel, keep)
+    if isinstance(layer, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=sel, nprobe=layer.nprobe)
+    if isinstance(layer, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=layer.hnsw.efSearch)
+    return faiss.SearchParameters(sel=sel)
+
+
+def search_with_exclusions(index: faiss.Index, x: np.ndarray, k: int,
+                           excluded: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) of ``x`` in the ``IndexIDMap2`` ``index`` among the ids not in ``excluded``, filtered
+    inside faiss (``IDSelectorNot(IDSelectorBatch)`` in the search parameters; no over-fetching). Rows with fewer
+    results are padded with id ``-1``."""
+    import faiss
+
+    if not excluded:
+        return index.search(x, k)
+    dead = np.fromiter(excluded, dtype=np.int64, count=len(excluded))
+    batch = faiss.IDSelectorBatch(dead)
+    sel = faiss.IDSelectorNot(batch)
+    keep: list = [batch, sel]
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexRefine):  # its base searches positions: translate the selector ourselves
+        translated = faiss.IDSelectorTranslated(index.id_map, sel)
+        keep.append(translated)
+        params = _selector_params(inner, translated, keep)
+        params.sel = sel  # the id map translates the outer one for the refine step
+    else:
+        params = _selector_params(inner, sel, keep)
+    scores, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), k, params=params)
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
 def default_search_params(index: faiss.Index, factory: str) -> dict[str, int]:
     """Search parameters a new index starts with (faiss' own defaults, nprobe=1 and efSearch=16, are too low).
 

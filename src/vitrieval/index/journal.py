@@ -11,12 +11,20 @@ One record on disk::
 
     <length: uint32 LE> <crc32 of the payload: uint32 LE> <payload: `length` bytes of UTF-8 JSON>
 
-    payload = {"seq": n, "op": "add", "ids": [...], "entries": [[path, label], ...], "vectors": base64 float32}
+    payload = {"seq": n, "op": "add", "ids": [...], "entries": [[path, label, class_name], ...],
+               "vectors": base64 float32}
             | {"seq": n, "op": "remove", "ids": [...]}
 
 A record cut short or failing its checksum *at the end* of the file is the torn tail of a write that was killed
-before its fsync returned: it is ignored (and cut off before the next append). A bad record with good records after
-it cannot come from a crash: :class:`JournalError` names the file and the byte offset.
+before its fsync returned: it is left out with a warning naming the file and the offset (and cut off before the next
+append). A bad record with good records after it cannot come from a crash: :class:`JournalError` names the file and
+the byte offset; so does a journal that is not a file (a folder in its place).
+
+A failed append (a full disk: ``ENOSPC``, or any I/O error of the write or its fsync) is undone before the error is
+raised: the file is cut back to its length before the record, so a write answered with an error has no effect, and
+the next append does not carry it along. The append goes through an unbuffered descriptor, never through a buffer
+that could keep the failed bytes. Should the undo fail too, the writer refuses every later append (the folder's
+journal can no longer be trusted to end where it should) until the process opens it again.
 
 One process writes a folder at a time: the writer holds an exclusive ``flock`` on the index folder itself (a second
 one, say ``vitrieval index --add`` beside a ``vitrieval serve`` taking writes, is refused with a clear error), and
@@ -28,13 +36,15 @@ journal at all.
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import logging
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +56,8 @@ JOURNAL_FILE = "journal.log"
 SEQ_KEY = "journal_seq"
 """``index.json`` key: the last journal record a generation holds."""
 _HEADER = struct.Struct("<II")
+
+log = logging.getLogger(__name__)
 
 
 class JournalError(IndexFormatError):
@@ -63,14 +75,17 @@ class Record:
     seq: int
     op: str
     ids: np.ndarray
-    entries: list[tuple[str, int | None]] = field(default_factory=list)
+    entries: list[tuple[str, int | None, str | None]] = field(default_factory=list)
     vectors: np.ndarray | None = None
+
+    def __post_init__(self) -> None:  # (path, label) rows get no class name
+        object.__setattr__(self, "entries", [(str(e[0]), e[1], e[2] if len(e) > 2 else None) for e in self.entries])
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"seq": self.seq, "op": self.op, "ids": [int(i) for i in self.ids]}
         if self.op == "add":
             assert self.vectors is not None
-            body["entries"] = [[p, lab] for p, lab in self.entries]
+            body["entries"] = [list(e) for e in self.entries]
             body["dim"] = int(self.vectors.shape[1])
             body["vectors"] = base64.b64encode(np.ascontiguousarray(self.vectors, dtype="<f4").tobytes()).decode()
         payload = json.dumps(body).encode("utf-8")
@@ -83,24 +98,33 @@ class Record:
         if body["op"] == "remove":
             return cls(int(body["seq"]), "remove", ids)
         vectors = np.frombuffer(base64.b64decode(body["vectors"]), dtype="<f4").reshape(-1, int(body["dim"]))
-        entries = [(str(p), None if lab is None else int(lab)) for p, lab in body["entries"]]
+        entries = [(str(e[0]), None if e[1] is None else int(e[1]), None if len(e) < 3 or e[2] is None else str(e[2]))
+                   for e in body["entries"]]
         return cls(int(body["seq"]), "add", ids, entries, vectors.astype(np.float32))
 
 
 def read_journal(directory: Path) -> tuple[list[Record], int]:
     """The records of ``directory``'s journal and the byte length of its intact part (a torn tail left out)."""
     path = directory / JOURNAL_FILE
-    if not path.is_file():
+    if not path.exists():
         return [], 0
-    data = path.read_bytes()
+    if not path.is_file():
+        raise JournalError(f"{path} is not a file: restore the index folder's journal (or remove it to lose the "
+                           "writes since the last compaction)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JournalError(f"{path} cannot be read ({exc.strerror}): fix its permissions or restore it") from None
     records: list[Record] = []
     offset = 0
     while offset < len(data):
         if len(data) - offset < _HEADER.size:
+            _torn(path, offset, len(data))
             break  # a torn header
         length, crc = _HEADER.unpack_from(data, offset)
         end = offset + _HEADER.size + length
         if end > len(data):
+            _torn(path, offset, len(data))
             break  # a torn payload
         payload = data[offset + _HEADER.size:end]
         try:
@@ -110,6 +134,7 @@ def read_journal(directory: Path) -> tuple[list[Record], int]:
             record = None
         if record is None:
             if end == len(data):
+                _torn(path, offset, len(data))
                 break  # the torn last record
             raise JournalError(f"{path}: the record at byte {offset} is damaged (checksum or content) and "
                                f"{len(data) - end} bytes of records follow it: not a crash, a damaged copy; "
@@ -117,6 +142,11 @@ def read_journal(directory: Path) -> tuple[list[Record], int]:
         records.append(record)
         offset = end
     return records, offset
+
+
+def _torn(path: Path, offset: int, size: int) -> None:
+    log.warning("%s: the last %d byte(s), from offset %d, are an incomplete record (a write killed before it was "
+                "acknowledged): left out", path, size - offset, offset)
 
 
 class JournalWriter:
@@ -142,7 +172,8 @@ class JournalWriter:
         records, intact = read_journal(directory)
         self.last_seq = records[-1].seq if records else 0
         """The sequence number of the last record in the journal (0: none)."""
-        self._fh: BinaryIO | None = None
+        self._fd: int | None = None
+        self._broken: str | None = None
         path = directory / JOURNAL_FILE
         if path.is_file() and path.stat().st_size > intact:  # cut off a torn tail before appending after it
             with open(path, "r+b") as fh:
@@ -150,22 +181,36 @@ class JournalWriter:
                 os.fsync(fh.fileno())
 
     def append(self, record: Record) -> None:
-        """Write ``record`` and fsync: when this returns, the record survives a crash."""
-        if self._fh is None:
-            created = not (self.directory / JOURNAL_FILE).exists()
-            self._fh = open(self.directory / JOURNAL_FILE, "ab")
+        """Write ``record`` and fsync: when this returns, the record survives a crash; when it raises, the journal
+        is as it was before (the module docstring)."""
+        if self._broken is not None:
+            raise OSError(errno.EIO, self._broken)
+        path = self.directory / JOURNAL_FILE
+        if self._fd is None:
+            created = not path.exists()
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             if created:
                 fsync_dir(self.directory)
-        self._fh.write(record.encode())
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        data = record.encode()
+        start = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+                os.fsync(self._fd)
+            except OSError as undo:
+                self._broken = (f"{path}: a failed write ({exc.strerror}) could not be undone ({undo.strerror}); "
+                                "restart the process to reopen the index")
+            raise OSError(exc.errno, exc.strerror, str(path)) from None  # the write was not recorded
         self.last_seq = max(self.last_seq, record.seq)
 
     def drop_through(self, seq: int) -> None:
         """Rewrite the journal without the records up to ``seq`` (held by a generation now), atomically."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._close_fd()
         kept = [r for r in read_journal(self.directory)[0] if r.seq > seq]
         if kept:
             with atomic_path(self.directory / JOURNAL_FILE) as tmp:
@@ -174,11 +219,14 @@ class JournalWriter:
             (self.directory / JOURNAL_FILE).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def close(self) -> None:
         """Close the journal and release the lock (a second call does nothing)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._close_fd()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -4,95 +4,74 @@ Both ``vitrieval index --add/--remove`` (:meth:`Index.add` / :meth:`Index.remove
 service's ``POST /images`` / ``DELETE /images/{id}`` (``save=False``, compacted in the background by
 :class:`~vitrieval.index.compaction.Compactor`) write the same way:
 
-1. the write becomes a journal :class:`~vitrieval.index.journal.Record` (new ids taken from ``next_id``),
-   appended and fsynced (:mod:`vitrieval.index.journal`): from here on it survives SIGKILL;
+1. the write becomes a journal :class:`~vitrieval.index.journal.Record` (new ids from the store: never below its
+   largest id + 1 nor ``next_id``), appended and fsynced (:mod:`vitrieval.index.journal`): from here on it
+   survives SIGKILL; an append that fails (a full disk) is undone and the write answered with the error;
 2. it is applied in memory under the write side of a :class:`~vitrieval.index.rwlock.ReadWriteLock`, so a search
    (the read side, which covers both the faiss search and the metadata lookup of its hits) sees it whole or not at
    all; only then is it acknowledged;
-3. compaction (:meth:`LiveWrites.save`) takes a snapshot under the *read* side (a ``faiss.clone_index`` and a copy
-   of the metadata: milliseconds, searches carry on meanwhile), writes it as a new generation outside any lock
-   (:func:`vitrieval.index.store.write_folder`, ``index.json`` swapped atomically, recording ``journal_seq``), and
-   then drops the journal records it holds. Loading replays the records after ``journal_seq``.
+3. compaction (:meth:`LiveWrites.save`) takes the store's snapshot under the *read* side (for faiss a
+   ``faiss.clone_index`` and the small overlay of rows written since the generation: milliseconds, searches carry
+   on meanwhile), writes it as a new generation outside any lock (:func:`vitrieval.index.store.write_generation`,
+   ``index.json`` swapped atomically, recording ``journal_seq``), and then drops the journal records it holds.
+   Loading replays the records after ``journal_seq``. A Milvus store acknowledges its writes durably itself: no
+   journal, and a compaction writes the manifest.
 
 Writers are serialised by one mutex (ids are handed out in journal order); a compaction blocks writers only for its
 snapshot and the journal rewrite, never readers. Removal uses :mod:`vitrieval.index.removal` (tombstones where
-faiss cannot remove, cleared when a compaction rebuilds the index).
+faiss cannot remove, filtered inside faiss's search and cleared when a compaction rebuilds the index).
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vitrieval.index.faiss_utils import normalized
-from vitrieval.index.journal import SEQ_KEY, JournalWriter, Record, read_journal
-from vitrieval.index.query_rerank import stored_vectors
-from vitrieval.index.removal import rebuilt_without, removes_in_place, search_live
+from vitrieval.index.journal import JournalWriter, Record, read_journal
+from vitrieval.index.rows import IndexEntry
 from vitrieval.index.rwlock import ReadWriteLock
-from vitrieval.index.store import IndexEntry, write_folder
 
 if TYPE_CHECKING:
-    import faiss
+    from vitrieval.distributed import DistContext
+    from vitrieval.index.manifest import Manifest
+    from vitrieval.index.vector_store import VectorStore
 
-TOMBSTONES_KEY = "tombstones"
-"""``index.json`` key: removed ids still in ``index.faiss`` (an index faiss can neither remove from nor rebuild)."""
+RowSpec = tuple[str, int | None] | tuple[str, int | None, str | None]
+"""A new row: ``(path, label)`` or ``(path, label, class_name)``."""
 
 
 class LiveWrites:
-    """Mixed into :class:`~vitrieval.index.Index`: durable adds and removals, compaction, journal replay, and the
-    three vector operations every other method goes through (``_search_vectors`` / ``_add_vectors`` /
-    ``_remove_vectors``; the caller holds the lock)."""
+    """Mixed into :class:`~vitrieval.index.Index`: durable adds and removals, compaction and journal replay, over
+    its :class:`~vitrieval.index.vector_store.VectorStore` (the caller of a store method holds the lock)."""
 
-    _index: faiss.Index
-    _entries: dict[int, IndexEntry]
-    _paths: set[str]
-    info: dict[str, Any]
+    store: VectorStore
+    manifest: Manifest
     directory: Path | None
 
     def _init_writes(self) -> None:
-        self._tombstones: set[int] = {int(i) for i in self.info.get(TOMBSTONES_KEY, [])}
         self._rw = ReadWriteLock()
         self._write_mutex = threading.RLock()
         self._save_mutex = threading.Lock()
         self._writer: JournalWriter | None = None
         self._writer_users = 0
-        self._seq = int(self.info.get(SEQ_KEY, 0))
+        self._seq = int(self.manifest.journal_seq)
         self._pending = 0
 
-    # -- the vector operations (a second backend replaces these) -----------------------------------------------
-    def _search_vectors(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the top ``k`` live vectors for each row of ``x`` (unit rows); id -1 for none."""
-        return search_live(self._index, x, k, self._tombstones)
-
-    def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
-        self._index.add_with_ids(x, ids)
-
-    def _remove_vectors(self, ids: np.ndarray) -> None:
-        if removes_in_place(self._index):
-            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
-        else:
-            self._tombstones.update(int(i) for i in ids)
-
-    def _stored_vectors(self, ids: np.ndarray) -> np.ndarray:
-        """The stored unit vectors of ``ids``, in that order (query-time αQE reads its neighbours')."""
-        return stored_vectors(self._index, ids)
-
     def __len__(self) -> int:
-        return int(self._index.ntotal) - len(self._tombstones)
+        return len(self.store)
 
     # -- state ----------------------------------------------------------------------------------------------
     @property
     def generation(self) -> int | None:
         """The generation of the folder this index was last loaded from or compacted into."""
-        generation = self.info.get("generation")
-        return None if generation is None else int(generation)
+        return self.manifest.generation
 
     @property
     def pending_writes(self) -> int:
@@ -101,7 +80,8 @@ class LiveWrites:
 
     def has(self, image_id: int) -> bool:
         """Whether an image with this id is in the index."""
-        return int(image_id) in self._entries
+        with self._rw.read():
+            return bool(self.store.rows([int(image_id)]))
 
     # -- writing --------------------------------------------------------------------------------------------
     def hold_writer(self, writer: JournalWriter | None = None) -> None:
@@ -134,87 +114,116 @@ class LiveWrites:
         finally:
             self.release_writer()
 
-    def add_descriptors(self, x: np.ndarray, entries: Sequence[tuple[str, int | None]],
-                        durable: bool = True) -> np.ndarray:
-        """Append unit descriptors ``x`` for ``entries`` (path, label); returns their new ids once the write is
-        durable (journalled, with a folder and ``durable``) and visible to searches."""
+    @contextmanager
+    def _writer_held(self, ctx: DistContext) -> Iterator[None]:
+        """The folder's write lock held by rank 0 (the folder's one writer) for a whole :meth:`add`, so that a
+        folder another process writes is refused before anything is embedded; rank 0's refusal is raised on every
+        rank."""
+        from vitrieval.distributed import RankZero
+
+        held, failure = False, None
+        if ctx.is_main and self.directory is not None and self.store.journals:
+            try:
+                self.hold_writer()
+                held = True
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                failure = exc
+        with RankZero(ctx) as rank0:
+            rank0.share(None, failure)
+        try:
+            yield
+        finally:
+            if held:
+                self.release_writer()
+
+    def _stored_path(self, path: str) -> str:
+        """How a row names ``path``: a file inside the index folder relative to it (``@index/uploads/x.png``), so
+        that a copied folder is complete; any other path as it is."""
+        from vitrieval.index.store import UPLOAD_PREFIX
+
+        if self.directory is not None:
+            try:
+                inside = Path(path).resolve().relative_to(self.directory.resolve())
+            except ValueError:
+                return path
+            return UPLOAD_PREFIX + inside.as_posix()
+        return path
+
+    def add_descriptors(self, x: np.ndarray, entries: Sequence[RowSpec], durable: bool = True) -> np.ndarray:
+        """Append unit descriptors ``x`` for ``entries`` (path, label[, class name]); returns their new ids once
+        the write is durable (journalled, with a folder and ``durable``) and visible to searches. Ids come from the
+        store: never below its largest id + 1, whatever ``next_id`` says."""
         x = normalized(np.asarray(x, dtype=np.float32))
         if len(x) != len(entries):
             raise ValueError(f"{len(x)} descriptors for {len(entries)} entries")
+        rows = [(self._stored_path(str(e[0])), e[1], e[2] if len(e) > 2 else None) for e in entries]
         with self._write_mutex:
-            first = int(self.info.get("next_id", len(self._entries)))
+            with self._rw.read():
+                first = self.store.free_from(int(self.manifest.next_id), len(x))
             ids = np.arange(first, first + len(x), dtype=np.int64)
-            self._commit(Record(self._seq + 1, "add", ids, [(str(p), lab) for p, lab in entries], x), durable)
+            self._commit(Record(self._seq + 1, "add", ids, rows, x), durable)
         return ids
 
     def remove(self, ids: Iterable[int], save: bool = True, durable: bool = True) -> int:
         """Remove the images with these ids (ids not in the index are ignored); returns how many were removed.
         ``save``: compact into a new generation now (else the journal holds the removal until a compaction)."""
         with self._write_mutex:
-            present = sorted({int(i) for i in ids} & self._entries.keys())
+            with self._rw.read():
+                present = sorted(self.store.rows(sorted({int(i) for i in ids})))
             if present:
                 self._commit(Record(self._seq + 1, "remove", np.asarray(present, dtype=np.int64)), durable)
         if save and present and self.directory is not None:
             self.save()
         return len(present)
 
-    journals = True
-    """Whether writes go through the folder's journal (a backend whose store is itself durable says ``False``)."""
-
     def _commit(self, record: Record, durable: bool) -> None:
         """Journal ``record`` (fsynced), then apply it; the caller holds the write mutex."""
-        if durable and self.directory is not None and self.journals:
+        if durable and self.directory is not None and self.store.journals:
             with self._writing() as writer:
                 writer.append(record)
             self._pending += 1
-        self._seq = record.seq
+        elif durable and self.directory is not None:
+            self._pending += 1  # durable in the store itself; the manifest's count follows at the next save
         with self._rw.write():
             self._apply(record)
+        self._seq = record.seq
 
     def _apply(self, record: Record) -> None:
-        """Apply a write to the vectors and the metadata (the caller holds the write lock)."""
+        """Apply a write to the store (the caller holds the write lock)."""
         if record.op == "add":
             assert record.vectors is not None
-            for i, (path, label) in zip(record.ids.tolist(), record.entries):  # first: a backend stores them too
-                self._entries[i] = IndexEntry(i, path, label)
-            try:
-                self._add_vectors(record.vectors, record.ids)
-            except BaseException:
-                for i in record.ids.tolist():
-                    self._entries.pop(i, None)
-                raise
-            self._paths.update(path for path, _ in record.entries)
-            self.info["next_id"] = max(int(self.info.get("next_id", 0)), int(record.ids.max()) + 1)
+            rows = [IndexEntry(i, *e) for i, e in zip(record.ids.tolist(), record.entries)]
+            self.store.add(record.ids, record.vectors, rows)
+            self.manifest.next_id = max(int(self.manifest.next_id), int(record.ids.max()) + 1)
         else:
-            present = np.asarray([i for i in record.ids.tolist() if i in self._entries], dtype=np.int64)
+            present = np.asarray(sorted(self.store.rows(record.ids.tolist())), dtype=np.int64)
             if len(present):
-                self._remove_vectors(present)
-            for i in present.tolist():
-                self._paths.discard(self._entries.pop(i).path)
-        self.info["count"] = len(self._entries)
-        self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                self.store.remove(present)
+        self.manifest.count = len(self.store)
+        self.manifest.updated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     def _replay(self) -> bool:
         """Apply the journal records after the loaded generation's ``journal_seq`` (at load). ``False`` (nothing
         applied) when the journal has moved past that generation: another process compacted meanwhile, so the
         caller reads the folder again (never a generation with a gap of writes)."""
         assert self.directory is not None
+        if not self.store.journals:
+            return True
         records = read_journal(self.directory)[0]
         later = [r for r in records if r.seq > self._seq]
         if later and later[0].seq != self._seq + 1:
             return False
         for record in later:
-            if record.seq > self._seq:
-                self._apply(record)
-                self._seq = record.seq
-                self._pending += 1
+            self._apply(record)
+            self._seq = record.seq
+            self._pending += 1
         return True
 
     # -- compaction -----------------------------------------------------------------------------------------
     def save(self, directory: str | Path | None = None) -> Path:
-        """Compact: write the index into ``directory`` as one atomic update (a new generation of ``index.faiss``
-        and ``metadata.jsonl``, then ``index.json`` swapped to it, :func:`vitrieval.index.store.write_folder`),
-        then drop the journal records it holds. Searches go on meanwhile; writes wait only for the snapshot."""
+        """Compact: write the store into ``directory`` as one atomic update (a new generation, then ``index.json``
+        swapped to it: :func:`vitrieval.index.store.write_generation`; for Milvus the manifest alone), then drop the
+        journal records it holds. Searches go on meanwhile; writes wait only for the snapshot."""
         target = Path(directory) if directory is not None else self.directory
         if target is None:
             raise ValueError("Index.save: no directory given and the index was not loaded from one")
@@ -224,30 +233,18 @@ class LiveWrites:
         with self._save_mutex, self._writing() as writer:
             with self._write_mutex:
                 with self._rw.read():
-                    snapshot, tombstones = self._vector_snapshot()
-                    entries = list(self._entries.values())
-                    info = copy.deepcopy(self.info)
+                    snapshot = self.store.snapshot()
+                    manifest = self.manifest.model_copy(deep=True)
                 seq = max(self._seq, writer.last_seq)
                 taken = self._pending
-            rebuilt = rebuilt_without(snapshot, tombstones) if tombstones else None
-            if rebuilt is not None:
-                snapshot = rebuilt
-            info[SEQ_KEY] = seq
-            info[TOMBSTONES_KEY] = [] if rebuilt is not None else sorted(tombstones)
-            write_folder(target, snapshot, entries, info)
+            manifest.journal_seq = seq
+            snapshot.write(target, manifest)
             with self._write_mutex:
                 writer.drop_through(seq)
-                self._pending -= taken
                 self._seq = max(self._seq, seq)
-                for key in ("version", "generation", "bytes", SEQ_KEY, TOMBSTONES_KEY):
-                    self.info[key] = info[key]
-                if rebuilt is not None and self._seq == seq:  # nothing written since the snapshot: swap it in
-                    with self._rw.write():
-                        self._index, self._tombstones = rebuilt, set()
+                for key in ("version", "generation", "bytes", "journal_seq", "tombstones", "search_params", "milvus"):
+                    setattr(self.manifest, key, getattr(manifest, key))
+                with self._rw.write():
+                    self.store.installed(snapshot, target)
+                self._pending -= taken
         return target
-
-    def _vector_snapshot(self) -> tuple[faiss.Index, set[int]]:
-        """A copy of the vectors to write and their tombstones (the caller holds the read lock)."""
-        import faiss
-
-        return faiss.clone_index(self._index), set(self._tombstones)

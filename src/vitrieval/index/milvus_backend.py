@@ -11,6 +11,7 @@ A collection holds one row per indexed image::
     vector  FLOAT_VECTOR(d)     the L2-normalised descriptor (metric IP = cosine on unit vectors)
     path    VARCHAR             the image path relative to the collection root (absolute when outside it)
     label   INT64               the label, -1 when unknown
+    class_name VARCHAR          the class name, "" when unknown (absent from collections of vitrieval < 0.3)
 
 and its properties record the model fingerprint and the build it belongs to (:data:`FINGERPRINT_KEY`,
 :data:`BUILD_KEY`), so that a collection of another model or dimension is refused with one line.
@@ -18,6 +19,7 @@ and its properties record the model fingerprint and the build it belongs to (:da
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -175,6 +177,7 @@ class MilvusCollection:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LENGTH)
         schema.add_field("label", DataType.INT64)
+        schema.add_field("class_name", DataType.VARCHAR, max_length=MAX_PATH_LENGTH)
         index_params = self.client.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=index_type, metric_type="IP",
                                params={**INDEX_TYPES[index_type][0], **(params or {})})
@@ -219,13 +222,22 @@ class MilvusCollection:
         lo, hi = int(ids.min()), int(ids.max())
         return {int(r["id"]) for r in self._pages(f"id >= {lo} and id <= {hi}", ["id"])}
 
+    def fields(self) -> set[str]:
+        """The names of the collection's fields."""
+        with self.calls():
+            return {f["name"] for f in self.client.describe_collection(self.name)["fields"]}
+
     def insert(self, ids: np.ndarray, vectors: np.ndarray, paths: Sequence[str], labels: Sequence[int],
-               batch: int = INSERT_BATCH) -> int:
-        """Insert rows in batches of ``batch``; returns how many."""
+               class_names: Sequence[str] | None = None, batch: int = INSERT_BATCH) -> int:
+        """Insert rows in batches of ``batch``; returns how many. ``class_names`` (``""`` for none) for a
+        collection with that field."""
         for s in range(0, len(ids), batch):
             rows = [{"id": int(i), "vector": v, "path": p, "label": int(label)}
                     for i, v, p, label in zip(ids[s:s + batch].tolist(), vectors[s:s + batch], paths[s:s + batch],
                                               labels[s:s + batch])]
+            if class_names is not None:
+                for row, name in zip(rows, class_names[s:s + batch]):
+                    row["class_name"] = name
             with self.calls():
                 self.client.insert(self.name, rows)
             log.debug("inserted rows %d-%d into %s", rows[0]["id"], rows[-1]["id"], self.where)
@@ -236,19 +248,41 @@ class MilvusCollection:
             with self.calls():
                 self.client.delete(self.name, ids=[int(i) for i in ids])
 
-    def search(self, x: np.ndarray, k: int, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (inner products) and ids of the top ``k`` of each row of ``x``, padded with ``-1`` ids."""
+    def search(self, x: np.ndarray, k: int, params: dict[str, Any],
+               output_fields: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
+        """Scores (inner products) and ids of the top ``k`` of each row of ``x``, padded with ``-1`` ids, and the
+        ``output_fields`` of every hit by id."""
         scores = np.full((len(x), k), -np.inf, dtype=np.float32)
         ids = np.full((len(x), k), -1, dtype=np.int64)
+        rows: dict[int, dict[str, Any]] = {}
         for s in range(0, len(x), SEARCH_BATCH):
             with self.calls():
-                found = self.client.search(self.name, data=list(x[s:s + SEARCH_BATCH]), limit=k, output_fields=[],
+                found = self.client.search(self.name, data=list(x[s:s + SEARCH_BATCH]), limit=k,
+                                           output_fields=list(output_fields),
                                            search_params={"metric_type": "IP", "params": params})
             for row, hits in enumerate(found, start=s):
                 for j, hit in enumerate(hits[:k]):
                     ids[row, j] = int(hit["id"])
                     scores[row, j] = float(hit["distance"])
-        return scores, ids
+                    if output_fields:
+                        rows[int(hit["id"])] = {"id": int(hit["id"]), **dict(hit.get("entity") or {})}
+        return scores, ids, rows
+
+    def get(self, ids: Sequence[int], fields: Sequence[str]) -> list[dict[str, Any]]:
+        """The ``fields`` of the rows of ``ids`` that are held."""
+        if not len(ids):
+            return []
+        with self.calls():
+            return list(self.client.get(self.name, ids=[int(i) for i in ids], output_fields=list(fields)))
+
+    def where_path_in(self, paths: Sequence[str], fields: Sequence[str]) -> list[dict[str, Any]]:
+        """The ``fields`` of the rows whose ``path`` is one of ``paths``."""
+        out: list[dict[str, Any]] = []
+        for s in range(0, len(paths), 1000):
+            literals = ", ".join(json.dumps(p, ensure_ascii=False) for p in paths[s:s + 1000])
+            with self.calls():
+                out.extend(self.client.query(self.name, filter=f"path in [{literals}]", output_fields=list(fields)))
+        return out
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of ``ids``, in that order (every id must be held)."""
@@ -261,9 +295,9 @@ class MilvusCollection:
             raise KeyError(f"{self.where} holds no vector for id(s) {missing[:8]}")
         return np.stack([by_id[i] for i in keys])
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """Every row's id, path and label (not the vectors), page by page."""
-        return self._pages("", ["id", "path", "label"])
+    def rows(self, fields: Sequence[str] = ("id", "path", "label")) -> Iterator[dict[str, Any]]:
+        """Every row's ``fields`` (not the vectors), page by page."""
+        return self._pages("", list(fields))
 
     def count(self) -> int:
         with self.calls():

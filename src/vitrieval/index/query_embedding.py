@@ -42,6 +42,7 @@ from vitrieval.runtime.embedder import Embedder, check_runtime, embed_images, to
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from vitrieval.index.manifest import Manifest
     from vitrieval.model import Encoder
 
 ImageLike = str | Path | bytes | Image.Image
@@ -55,10 +56,10 @@ def as_rgb(image: ImageLike, min_side: int | None = None) -> Image.Image:
 
 class QueryEmbedding:
     """The query side of an index: its model (:attr:`encoder`), what runs it (:attr:`embedder`) and the embedding
-    steps. Reads ``info`` (``checkpoint``, ``fingerprint``, ``descriptor_dim``, ``data_config``,
+    steps. Reads the ``manifest`` (``checkpoint``, ``fingerprint``, ``descriptor_dim``, ``data_config``,
     ``preprocessing``) and ``device``."""
 
-    info: dict[str, Any]
+    manifest: Manifest
     device: str
     _lock: threading.RLock
 
@@ -75,35 +76,35 @@ class QueryEmbedding:
     def model_dir(self) -> Path:
         """The model folder ``info["checkpoint"]`` names (a relative one lies inside the index folder: ``vitrieval
         index --model`` writes it there)."""
-        path = Path(self.info["checkpoint"])
+        path = Path(self.manifest.checkpoint)
         directory = getattr(self, "directory", None)
         return directory / path if not path.is_absolute() and directory is not None else path
 
     @property
     def fingerprint(self) -> str:
         """Fingerprint of the model that embedded the collection."""
-        return str(self.info["fingerprint"])
+        return self.manifest.fingerprint
 
     @property
     def descriptor_dim(self) -> int:
-        return int(self.info["descriptor_dim"])
+        return self.manifest.descriptor_dim
 
     @property
     def scales(self) -> tuple[float, ...]:
         """The input scales of the index's descriptors (``(1.0,)``: single-scale); queries are embedded at them."""
-        return tuple(float(s) for s in self.info.get("preprocessing", {}).get("scales", (1.0,)))
+        return tuple(float(s) for s in self.manifest.preprocessing.get("scales", (1.0,)))
 
     @property
     def fast_decode(self) -> bool:
         """Whether the index's images were fast-decoded (``preprocessing.fast_decode``; missing: an older build,
         full decodes)."""
-        return bool(self.info.get("preprocessing", {}).get("fast_decode", False))
+        return bool(self.manifest.preprocessing.get("fast_decode", False))
 
     @property
     def preprocessing(self) -> Preprocessing:
         """The pre-processing the index recorded (``data_config`` + ``preprocessing``): queries, adds and uploads
         follow it."""
-        return Preprocessing.from_record(self.info["data_config"], self.info.get("preprocessing"))
+        return Preprocessing.from_record(self.manifest.data_config, self.manifest.preprocessing)
 
     @property
     def decode_min_side(self) -> int | None:
@@ -152,7 +153,7 @@ class QueryEmbedding:
 
     def _amp(self, encoder: Encoder) -> str:
         """The mixed precision the index's descriptors were made with (see :func:`vitrieval.amp.amp_mode`)."""
-        mode = self.info.get("preprocessing", {}).get("amp")
+        mode = self.manifest.preprocessing.get("amp")
         return amp_mode(next(encoder.parameters()).device, mode, for_index=True)
 
     def _embedding_model(self, encoder: Encoder) -> Any:
@@ -206,7 +207,7 @@ class QueryEmbedding:
     @property
     def index_amp(self) -> str:
         """The autocast mode recorded for the index's descriptors (``preprocessing.amp``)."""
-        return str(self.info.get("preprocessing", {}).get("amp", "off"))
+        return str(self.manifest.preprocessing.get("amp", "off"))
 
     @property
     def query_amp_differs(self) -> bool:
@@ -214,7 +215,7 @@ class QueryEmbedding:
         return self.query_amp is not None and self.query_amp != self.index_amp
 
     def _load_embedder(self, stored: bool = False) -> Embedder:
-        resize = self.info.get("preprocessing", {}).get("resize", "shorter")
+        resize = self.manifest.preprocessing.get("resize", "shorter")
         if self.runtime == "onnx":
             from vitrieval.runtime.onnx_embedder import OnnxEmbedder
             from vitrieval.runtime.onnx_file import OnnxModelError, check_same_model, default_onnx_path

@@ -104,6 +104,23 @@ def read_shard(shard_dir: Path, s: int, key: str) -> CachedShard | None:
     return descriptors.astype(np.float32, copy=False), records, list(meta.get("bad", []))
 
 
+def read_any_shard(shard_dir: Path, s: int) -> tuple[np.ndarray, list[Record]]:
+    """Shard ``s`` whatever made it (descriptors computed elsewhere: ``vitrieval index --descriptors DIR``): its
+    descriptors and the records of their rows; a ``ValueError`` naming the file when it is incomplete or damaged."""
+    npy, meta_path = shard_paths(shard_dir, s)
+    try:
+        meta = json.loads(meta_path.read_text())
+        descriptors = np.load(npy, mmap_mode="r")
+        records = [Record(str(p), -1 if label is None else int(label)) for p, label in meta["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"descriptor shard {npy} (or its {meta_path.name}) is incomplete or damaged ({exc}); "
+                         "embed it again") from None
+    if descriptors.ndim != 2 or len(descriptors) != len(records):
+        raise ValueError(f"descriptor shard {npy} holds {descriptors.shape} descriptors for {len(records)} rows of "
+                         f"{meta_path.name}; embed it again")
+    return np.asarray(descriptors, dtype=np.float32), records
+
+
 def read_cached_shards(shard_dir: Path, keys: Sequence[str]) -> dict[int, CachedShard]:
     """Every shard of ``keys`` (one per shard, in order) already in ``shard_dir`` (created if missing)."""
     shard_dir.mkdir(parents=True, exist_ok=True)

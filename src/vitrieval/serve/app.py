@@ -80,7 +80,14 @@ from vitrieval.serve.uploads import (
     UploadLimits,
     UploadRefused,
 )
-from vitrieval.serve.writes import UploadStore, WriteHealth, add_upload, parse_label, remove_image
+from vitrieval.serve.writes import (
+    UploadStore,
+    WriteHealth,
+    add_upload,
+    parse_class_name,
+    parse_label,
+    remove_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +118,8 @@ class SearchResult(BaseModel):
     id: int = Field(description="id of the image in the index (also its thumbnail's id)")
     score: float = Field(description="cosine similarity to the query, 1 = identical")
     label: int | None = Field(description="the image's label, when the collection had labels")
+    class_name: str | None = Field(default=None, description="the image's class: its class folder's name (e.g. "
+                                                             "obj077), or the name it was added with")
     path: str = Field(description="the indexed file's path relative to the indexed folder (e.g. obj077/290.jpg); "
                                   "its base name for an index built before vitrieval kept that folder")
     thumbnail_url: str = Field(description="relative URL of a JPEG thumbnail")
@@ -414,8 +423,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         data, name, _ = await _read_upload(request, max_upload_bytes, max_mb)
         descriptor = await descriptor_of(data, name)
         hits = (await run_in_threadpool(idx.search, descriptor[None], k, rerank=options))[0]
-        results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, path=display_path(h.path, root),
-                                thumbnail_url=f"/images/{h.id}") for h in hits]
+        results = [SearchResult(id=h.id, score=round(h.score, 6), label=h.label, class_name=h.class_name,
+                                path=display_path(h.path, root), thumbnail_url=f"/images/{h.id}") for h in hits]
         return SearchResponse(results=results, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     @app.get("/images/{image_id}", response_class=Response, summary="Thumbnail of an indexed image (JPEG)",
@@ -453,14 +462,16 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
               openapi_extra=_UPLOAD_BODY,
               responses={**_WRITE_ERRORS, 400: {"description": "not a readable image"},
                          413: {"description": "upload too large"}, 415: {"description": "not a multipart image"},
-                         422: {"description": "a label that is not an integer, or too extreme an aspect ratio"}})
+                         422: {"description": "a label that is not an integer, or too extreme an aspect ratio"},
+                         507: {"description": "the disk is full: the write was not recorded"}})
     async def add_image(request: Request) -> Added:
         auth.check(request.headers.get("authorization"))
         data, name, fields = await _read_upload(request, max_upload_bytes, max_mb)
         label = parse_label(fields)
+        class_name = parse_class_name(fields)
         descriptor = await descriptor_of(data, name, stored=True)
         assert store is not None and compactor is not None
-        image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label, health)
+        image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label, health, name, class_name)
         compactor.notify()
         return Added(id=image_id)
 

@@ -1,9 +1,10 @@
 """Writes over HTTP: ``POST /images`` (add an uploaded image) and ``DELETE /images/{id}`` (remove one).
 
-- ``POST /images``: multipart ``file`` (the limits of ``/search`` apply: bytes, pixels, aspect ratio) and an
-  optional form field ``label`` (an integer from 0 to
-  :data:`MAX_LABEL`, given once) -> 201 ``{"id": n}``. The upload is stored under the index folder
-  (``<index>/uploads/<random>.<ext>``, written atomically and fsynced), embedded through the same
+- ``POST /images``: multipart ``file`` (the limits of ``/search`` apply: bytes, pixels, aspect ratio) and optional
+  form fields ``label`` (an integer from 0 to :data:`MAX_LABEL`, given once) and ``class_name`` (text) -> 201
+  ``{"id": n}``. The upload is stored under the index folder as ``<index>/uploads/<random>-<its sanitised file
+  name>`` (written atomically and fsynced; its row names it relative to the folder, so a copied index folder is
+  complete), embedded through the same
   :class:`~vitrieval.serve.batching.Batcher` as the queries, journalled (fsynced) and applied: the answer comes once
   the write is durable, and the next search finds the image.
 - ``DELETE /images/{id}`` -> 204; the image is gone from search and from ``/images/{id}``, the thumbnail cache
@@ -22,10 +23,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
@@ -51,14 +53,17 @@ class UploadStore:
     def __init__(self, index_dir: Path) -> None:
         self.directory = index_dir / UPLOADS_DIR
 
-    def save(self, data: bytes) -> Path:
-        """Write ``data`` durably under a fresh name (the extension from its format) and return the path."""
+    def save(self, data: bytes, name: str = "") -> Path:
+        """Write ``data`` durably under a fresh name that keeps the uploaded file's (:func:`sanitised_name`; the
+        extension from its format) and return the path."""
         try:
             fmt = Image.open(io.BytesIO(data)).format
         except (OSError, ValueError):  # it decoded already; the name only needs an extension
             fmt = None
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{uuid.uuid4().hex}{_EXTENSIONS.get(fmt or '', '.img')}"
+        stem = sanitised_name(name)
+        suffix = _EXTENSIONS.get(fmt or "", ".img")
+        path = self.directory / f"{uuid.uuid4().hex[:12]}{'-' + stem if stem else ''}{suffix}"
         with naming(path):  # a failed write of the temporary file names none
             atomic_write_bytes(path, data)  # fsynced before the rename
         fsync_dir(self.directory)
@@ -71,6 +76,27 @@ class UploadStore:
         """Delete an uploaded file (never one outside ``uploads/``)."""
         if self.owns(path):
             Path(path).unlink(missing_ok=True)
+
+
+def sanitised_name(name: str, limit: int = 80) -> str:
+    """The stem of an uploaded file's name as it may be stored: its last path component without the extension,
+    letters, digits, ``-``, ``_`` and ``.`` kept (other characters as ``_``), at most ``limit`` characters; ``""``
+    when nothing is left."""
+    stem = PurePath(name.replace("\\", "/")).name
+    stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    return cleaned[:limit]
+
+
+def parse_class_name(fields: dict[str, Any]) -> str | None:
+    """The optional ``class_name`` form field (one line of printable text, at most 200 characters; 422 otherwise)."""
+    raw = fields.get("class_name")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str) or len(raw) > 200 or not raw.isprintable():
+        raise HTTPException(422, f"class_name must be one line of text (at most 200 characters), got "
+                                 f"{str(raw)[:40]!r}")
+    return raw.strip()
 
 
 MAX_LABEL = 999_999_999
@@ -133,12 +159,13 @@ class WriteHealth:
 
 
 def add_upload(index: Index, store: UploadStore, data: bytes, descriptor: Any, label: int | None,
-               health: WriteHealth) -> int:
-    """Store the upload, then journal and apply its descriptor; returns its id (on a thread: both fsync)."""
+               health: WriteHealth, name: str = "", class_name: str | None = None) -> int:
+    """Store the upload (keeping its sanitised ``name``), then journal and apply its descriptor; returns its id (on a
+    thread: both fsync). A write the disk refuses leaves neither the file nor the row."""
     with health.writing():
-        path = store.save(data)
+        path = store.save(data, name)
         try:
-            return int(index.add_descriptors(descriptor[None], [(str(path), label)])[0])
+            return int(index.add_descriptors(descriptor[None], [(str(path), label, class_name)])[0])
         except BaseException:
             path.unlink(missing_ok=True)
             raise

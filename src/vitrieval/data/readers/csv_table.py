@@ -1,4 +1,5 @@
-"""The ``csv`` dataset: a CSV with columns ``path,label`` and optionally ``split,is_query,is_gallery,x1,y1,x2,y2``.
+"""The ``csv`` dataset: a CSV with columns ``path,label`` and optionally ``split,is_query,is_gallery,x1,y1,x2,y2``
+and ``class_name`` (the label's name: an index shows it with the hits).
 
 This is also the format :meth:`ImageTable.to_csv` writes. Relative paths are resolved against the CSV's folder
 (or ``image_root``). Missing ``split`` means ``test``; missing flags mean ``True``; a missing or empty label is
