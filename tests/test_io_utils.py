@@ -7,13 +7,12 @@ import os
 import stat
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
 
 from vitrieval.config import ModelConfig
-from vitrieval.index.store import IndexEntry, write_folder
+from vitrieval.index import Index
 from vitrieval.io_utils import atomic_path, atomic_write_json
 from vitrieval.model import Encoder
 from vitrieval.pca import PCAReduction
@@ -40,15 +39,16 @@ def test_every_writer_gives_the_umask_mode(tmp_path, umask):
     encoder.save(tmp_path / "model")                                    # safetensors + config.json
     save_checkpoint(tmp_path / "run", {"step": 1, "weights": torch.ones(3)})  # torch.save
     PCAReduction.fit(np.random.default_rng(0).normal(size=(20, 8)).astype("float32"), 4).save(tmp_path / "pca.st")
-    flat = faiss.IndexFlatIP(4)
-    flat.add(np.eye(4, dtype="float32"))
-    write_folder(tmp_path / "index", flat, [IndexEntry(i, f"{i}.png", None) for i in range(4)], {"backend": "faiss"})
+    dim = encoder.descriptor_dim  # faiss index, rows.sqlite, index.json
+    vectors = np.linalg.qr(np.random.default_rng(0).normal(size=(dim, 4)))[0].T.astype("float32")
+    Index.from_descriptors(tmp_path / "model", vectors, [f"{i}.png" for i in range(4)], out_dir=tmp_path / "index",
+                           factory="Flat")
     write_report(tmp_path / "report.html", "r", {"a": {"1": 0.5}}, [])
     atomic_write_json(tmp_path / "eval.json", {"recall": 1.0})
     modes = _modes(tmp_path)
     assert {"model/model.safetensors", "model/config.json", "run/last.pt", "pca.st", "index/index.json",
             "report.html", "eval.json"} <= set(modes)
-    assert any(name.endswith("index.faiss") for name in modes) and any(n.endswith("metadata.jsonl") for n in modes)
+    assert any(name.endswith("index.faiss") for name in modes) and any(n.endswith("rows.sqlite") for n in modes)
     assert modes == dict.fromkeys(modes, expected), {k: oct(v) for k, v in modes.items()}
 
 

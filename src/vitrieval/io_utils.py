@@ -40,15 +40,22 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def create_empty(path: Path) -> None:
+    """Create the new, empty file ``path`` with the umask's mode (``0o666 & ~umask``); ``FileExistsError`` if it
+    exists. For writers that create their own file with another mode (SQLite: 0644 whatever the umask), which keep
+    the mode of a file that already exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    os.close(fd)
+
+
 def _create_temp(target: Path) -> Path:
     """Create a new, empty, uniquely named file beside ``target`` with the umask's mode (``0o666 & ~umask``)."""
     for _ in range(100):
         candidate = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            create_empty(candidate)
         except FileExistsError:
             continue
-        os.close(fd)
         return candidate
     raise FileExistsError(f"could not create a temporary file beside {target}")
 

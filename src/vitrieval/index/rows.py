@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from vitrieval.data.table import Record
 from vitrieval.index.manifest import IndexFormatError
+from vitrieval.io_utils import create_empty
 
 ROWS_FILE = "rows.sqlite"
 _SCHEMA = ("CREATE TABLE rows (id INTEGER PRIMARY KEY, path BLOB NOT NULL, label INTEGER, class_name BLOB);"
@@ -73,6 +74,7 @@ def write_rows(path: Path, rows: Iterable[IndexEntry]) -> None:
     """Write a new rows file at ``path`` (replacing a leftover of an interrupted write), fsynced."""
     for leftover in (path, path.with_name(path.name + "-journal")):
         leftover.unlink(missing_ok=True)
+    create_empty(path)  # the umask's mode (SQLite would create it 0644); an empty file is a new database to SQLite
     db = sqlite3.connect(path)
     try:
         db.executescript(_SCHEMA)
@@ -165,6 +167,7 @@ class RowsFile:
         """Copy the whole table to a new file ``path`` (SQLite's backup), fsynced."""
         for leftover in (path, path.with_name(path.name + "-journal")):
             leftover.unlink(missing_ok=True)
+        create_empty(path)  # the umask's mode, as write_rows
         target = sqlite3.connect(path)
         try:
             with self._lock:
