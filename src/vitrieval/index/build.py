@@ -440,22 +440,30 @@ def recorded_checkpoint(checkpoint: Path, directory: Path | None) -> str:
     return str(checkpoint)
 
 
+def _numbered_entries(chunks: list[Chunk]) -> list[IndexEntry]:
+    """The rows of every chunk, ids consecutive from 0 in chunk order (what both stores number them)."""
+    return [IndexEntry.from_record(i, r) for i, r in enumerate(r for _, kept in chunks for r in kept)]
+
+
+def _manifest_info(encoder: Encoder, checkpoint: Path, directory: Path | None, preprocessing: dict[str, Any],
+                   dim: int, count: int, skipped: list[str], started: float, **store: Any) -> dict[str, Any]:
+    """The manifest of a fresh build, whichever store holds the vectors; ``store``: that store's own keys."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return {"format": FORMAT, "version": FORMAT_VERSION, "checkpoint": recorded_checkpoint(checkpoint, directory),
+            "fingerprint": encoder.fingerprint(), "descriptor_dim": dim, "metric": "inner_product",
+            "data_config": encoder.data_config, "preprocessing": preprocessing, "count": count, "next_id": count,
+            "created": now, "updated": now, "build_seconds": round(time.time() - started, 3),
+            "skipped": list(skipped), **store}
+
+
 def collect(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory: Path | None,
             options: BuildOptions, preprocessing: dict[str, Any], skipped: list[str], started: float) -> Built:
     """The parts of a build whose store takes the descriptors itself (Milvus): the entries (ids consecutive from 0,
     as :func:`assemble` numbers them) and the manifest; the descriptors are handed on in :attr:`Built.pending`."""
-    entries: list[IndexEntry] = []
-    for _, kept in chunks:
-        start = len(entries)
-        entries.extend(IndexEntry.from_record(start + j, r) for j, r in enumerate(kept))
+    entries = _numbered_entries(chunks)
     dim = next(int(d.shape[1]) for d, k in chunks if len(k))
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    info = {"format": FORMAT, "version": FORMAT_VERSION, "backend": "milvus",
-            "checkpoint": recorded_checkpoint(checkpoint, directory), "fingerprint": encoder.fingerprint(),
-            "descriptor_dim": dim,
-            "factory": "milvus", "metric": "inner_product", "data_config": encoder.data_config,
-            "preprocessing": preprocessing, "count": len(entries), "next_id": len(entries), "created": now,
-            "updated": now, "build_seconds": round(time.time() - started, 3), "skipped": list(skipped)}
+    info = _manifest_info(encoder, checkpoint, directory, preprocessing, dim, len(entries), skipped, started,
+                          backend="milvus", factory="milvus")
     return Built(None, entries, info, encoder, directory, options.device, pending=chunks)
 
 
@@ -464,33 +472,22 @@ def assemble(encoder: Encoder, checkpoint: Path, chunks: list[Chunk], directory:
     """Train (if needed) and fill the faiss index from descriptor chunks; ids are consecutive from 0."""
     if options.dba is not None:
         chunks = _augmented(chunks, options.dba)
-    count = sum(len(k) for _, k in chunks)
+    entries = _numbered_entries(chunks)
     dim = next(int(d.shape[1]) for d, k in chunks if len(k))
-    resolved = resolve_factory(options.factory, count)
+    resolved = resolve_factory(options.factory, len(entries))
     faiss_index = make_faiss_index(resolved, dim)
     if not faiss_index.is_trained:
         train_faiss_index(faiss_index, resolved, [d for d, _ in chunks])
-    entries: list[IndexEntry] = []
     next_id = 0
     for descriptors, kept in chunks:
-        if len(kept) == 0:
-            continue
-        ids = np.arange(next_id, next_id + len(kept), dtype=np.int64)
-        faiss_index.add_with_ids(normalized(descriptors), ids)
-        entries.extend(IndexEntry.from_record(i, r) for i, r in zip(ids.tolist(), kept))
-        next_id += len(kept)
+        if len(kept):
+            faiss_index.add_with_ids(normalized(descriptors), np.arange(next_id, next_id + len(kept), dtype=np.int64))
+            next_id += len(kept)
     params = default_search_params(faiss_index, resolved)
     params.update({k: v for k, v in options.search_params.items() if v is not None})
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    info = {
-        "format": FORMAT, "version": FORMAT_VERSION,
-        "checkpoint": recorded_checkpoint(checkpoint, directory), "fingerprint": encoder.fingerprint(),
-        "descriptor_dim": dim, "factory": resolved, "requested_factory": options.factory, "metric": "inner_product",
-        "data_config": encoder.data_config, "preprocessing": preprocessing,
-        "count": count, "next_id": next_id, "created": now, "updated": now,
-        "build_seconds": round(time.time() - started, 3), "skipped": list(skipped),
-        "search_params": set_search_params(faiss_index, **params),
-    }
+    info = _manifest_info(encoder, checkpoint, directory, preprocessing, dim, len(entries), skipped, started,
+                          factory=resolved, requested_factory=options.factory,
+                          search_params=set_search_params(faiss_index, **params))
     if options.dba is not None:
         info["dba"] = {"n": int(options.dba.n), "alpha": float(options.dba.alpha)}
     return Built(faiss_index, entries, info, encoder, directory, options.device)
