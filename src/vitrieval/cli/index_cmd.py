@@ -133,12 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.add and not args.checkpoint and not args.model:
         raise CLIError("--checkpoint or --model is required to build an index (only --add can reuse the index's "
                        "model)")
-    if args.model:  # the timm model as it is, written into the index folder: search / serve / --add need nothing else
-        args.checkpoint = str(model_into_index(args))
-    elif not args.add and not args.overwrite:
-        refuse_other_models_index(Path(args.output), Path(args.checkpoint))
-    if (args.backend == "milvus") != bool(args.milvus_uri) and not args.add:
-        raise CLIError("--backend milvus needs --milvus-uri (and --milvus-uri needs --backend milvus)")
+    if not args.add:
+        _model_for_new_index(args)
 
     import torch.distributed
 
@@ -308,6 +304,18 @@ def _build(args: argparse.Namespace, images: str, ctx: DistContext) -> Index | N
     return Index.build(args.checkpoint, images, args.output, build_options(args), distributed=ctx)
 
 
+def _model_for_new_index(args: argparse.Namespace) -> None:
+    """The model of a new index (from images or from descriptors), once the store options are consistent:
+    ``--model`` written into the index folder (search / serve / --add then need nothing else) as
+    ``args.checkpoint``, or ``--checkpoint`` refused over another model's index unless ``--overwrite``."""
+    if (args.backend == "milvus") != bool(args.milvus_uri):
+        raise CLIError("--backend milvus needs --milvus-uri (and --milvus-uri needs --backend milvus)")
+    if args.model:
+        args.checkpoint = str(model_into_index(args))
+    elif not args.overwrite:
+        refuse_other_models_index(Path(args.output), Path(args.checkpoint))
+
+
 def _from_descriptors(args: argparse.Namespace) -> int:
     """``--descriptors``: an index of descriptors computed elsewhere (:mod:`vitrieval.index.external`)."""
     from vitrieval.index import Index
@@ -320,12 +328,7 @@ def _from_descriptors(args: argparse.Namespace) -> int:
                        "fingerprint and pre-processing embed the queries)")
     if not Path(args.descriptors).exists():
         raise CLIError(f"--descriptors {args.descriptors} does not exist")
-    if args.model:  # the timm model as it is, written into the index folder (as a build from images does)
-        args.checkpoint = str(model_into_index(args))
-    elif not args.overwrite:
-        refuse_other_models_index(Path(args.output), Path(args.checkpoint))
-    if (args.backend == "milvus") != bool(args.milvus_uri):
-        raise CLIError("--backend milvus needs --milvus-uri (and --milvus-uri needs --backend milvus)")
+    _model_for_new_index(args)
     started = time.time()
     x, records = read_descriptors(args.descriptors, args.table)
     index = Index.from_descriptors(args.checkpoint, x, [r.path for r in records], [r.label for r in records],
