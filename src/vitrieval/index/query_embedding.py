@@ -98,7 +98,7 @@ class QueryEmbedding:
     def fast_decode(self) -> bool:
         """Whether the index's images were fast-decoded (``preprocessing.fast_decode``; missing: an older build,
         full decodes)."""
-        return bool(self.manifest.preprocessing.get("fast_decode", False))
+        return self.preprocessing.fast_decode
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -215,7 +215,6 @@ class QueryEmbedding:
         return self.query_amp is not None and self.query_amp != self.index_amp
 
     def _load_embedder(self, stored: bool = False) -> Embedder:
-        resize = self.manifest.preprocessing.get("resize", "shorter")
         if self.runtime == "onnx":
             from vitrieval.runtime.onnx_embedder import OnnxEmbedder
             from vitrieval.runtime.onnx_file import OnnxModelError, check_same_model, default_onnx_path
@@ -223,7 +222,8 @@ class QueryEmbedding:
             if self.scales != (1.0,):
                 raise OnnxModelError(f"this index holds multi-scale descriptors (scales {self.scales}); the exported "
                                      "graph runs one scale: query it with runtime torch")
-            embedder = OnnxEmbedder(default_onnx_path(self.model_dir), resize=resize, threads=self.threads)
+            embedder = OnnxEmbedder(default_onnx_path(self.model_dir), resize=self.preprocessing.resize,
+                                    threads=self.threads)
             check_same_model(embedder.info, embedder.path, self.fingerprint, self.descriptor_dim)
             return embedder
         from vitrieval.runtime.torch_embedder import TorchEmbedder
