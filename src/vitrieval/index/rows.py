@@ -70,11 +70,17 @@ class IndexEntry:
         return cls(int(image_id), record.path, label, name)
 
 
-def write_rows(path: Path, rows: Iterable[IndexEntry]) -> None:
-    """Write a new rows file at ``path`` (replacing a leftover of an interrupted write), fsynced."""
+def _fresh_database_file(path: Path) -> None:
+    """An empty file at ``path`` for a new database, replacing a leftover of an interrupted write (and its SQLite
+    journal), created with the umask's mode (SQLite would create it 0644); SQLite takes an empty file as new."""
     for leftover in (path, path.with_name(path.name + "-journal")):
         leftover.unlink(missing_ok=True)
-    create_empty(path)  # the umask's mode (SQLite would create it 0644); an empty file is a new database to SQLite
+    create_empty(path)
+
+
+def write_rows(path: Path, rows: Iterable[IndexEntry]) -> None:
+    """Write a new rows file at ``path`` (replacing a leftover of an interrupted write), fsynced."""
+    _fresh_database_file(path)
     db = sqlite3.connect(path)
     try:
         db.executescript(_SCHEMA)
@@ -165,9 +171,7 @@ class RowsFile:
 
     def copy_to(self, path: Path) -> None:
         """Copy the whole table to a new file ``path`` (SQLite's backup), fsynced."""
-        for leftover in (path, path.with_name(path.name + "-journal")):
-            leftover.unlink(missing_ok=True)
-        create_empty(path)  # the umask's mode, as write_rows
+        _fresh_database_file(path)
         target = sqlite3.connect(path)
         try:
             with self._lock:
