@@ -202,7 +202,7 @@ def test_an_older_folder_still_loads_and_becomes_a_current_generation(world, tmp
     assert len(old) == 30 and [e.path for e in old.entries()] == [str(p.resolve()) for p in good_images(world)]
     old.add(world["new"][:2], num_workers=0, progress=False)
     assert sorted(p.name for p in directory.iterdir()) == [f"g00000{2 if version == 2 else 1}", "index.json",
-                                                           "shards"]
+                                                           "journal.sqlite", "shards"]
     assert sorted(p.name for p in generation_dir(directory).iterdir()) == ["index.faiss", "rows.sqlite"]
     again = Index.load(directory)
     assert len(again) == 32 and again.info["version"] == FORMAT_VERSION

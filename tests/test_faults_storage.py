@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -232,34 +233,53 @@ def _journalled(world: dict, tmp_path: Path) -> Path:
     return directory
 
 
-def test_a_journal_replaced_by_a_folder_is_one_line_naming_it(world, tmp_path, capsys):
-    directory = _journalled(world, tmp_path)
+def _replace_by_folder(directory: Path) -> None:
     (directory / JOURNAL_FILE).unlink()
     (directory / JOURNAL_FILE).mkdir()
-    with pytest.raises(IndexFormatError, match="journal.log is not a file"):
+
+
+def _overwrite_page(directory: Path) -> None:
+    data = bytearray((directory / JOURNAL_FILE).read_bytes())
+    data[4096:8192] = bytes(range(256)) * 16  # the second page: a damaged copy
+    (directory / JOURNAL_FILE).write_bytes(bytes(data))
+
+
+def _delete_last_write(directory: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(directory / JOURNAL_FILE)
+    with db:
+        db.execute("DELETE FROM writes WHERE seq = 3")
+    db.close()
+
+
+def _raise_journal_seq(directory: Path) -> None:
+    info = json.loads((directory / "index.json").read_text())
+    info["journal_seq"] = 7
+    (directory / "index.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("damage, file, says", [
+    (_replace_by_folder, JOURNAL_FILE, "journal.sqlite is not a file"),
+    (lambda d: (d / JOURNAL_FILE).write_bytes(b""), JOURNAL_FILE, "journal.sqlite is empty (0 bytes)"),
+    (lambda d: (d / JOURNAL_FILE).unlink(), JOURNAL_FILE, "journal.sqlite is missing"),
+    (_overwrite_page, JOURNAL_FILE, "journal.sqlite is damaged"),
+    (_delete_last_write, JOURNAL_FILE, "the acknowledged write 3 since the generation of index.json (journal_seq 0) "
+                                       "is missing"),
+    (_raise_journal_seq, "index.json", "key 'journal_seq' is 7, beyond the last write"),
+], ids=["folder", "emptied", "deleted", "damaged", "write-deleted", "journal_seq-raised"])
+def test_a_damaged_journal_is_one_line_naming_the_file_never_a_silent_drop(world, tmp_path, capsys, damage, file,
+                                                                           says):
+    """Three acknowledged writes in the journal, then the journal damaged (or ``journal_seq`` raised by hand): a
+    load is one line naming the file and what is missing, and changes nothing."""
+    directory = _journalled(world, tmp_path)
+    damage(directory)
+    before = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    with pytest.raises(IndexFormatError, match=re.escape(says)):
         Index.load(directory)
     assert main(["search", "--index", str(directory), str(good_images(world)[0])]) == 2
-    _one_line(capsys, str(directory / JOURNAL_FILE), "not a file")
-
-
-def test_a_journal_damaged_in_the_middle_is_one_line_with_the_offset(world, tmp_path, capsys):
-    directory = _journalled(world, tmp_path)
-    data = bytearray((directory / JOURNAL_FILE).read_bytes())
-    data[20] ^= 0xFF  # inside the first record's payload: two good records follow
-    (directory / JOURNAL_FILE).write_bytes(bytes(data))
-    assert main(["search", "--index", str(directory), str(good_images(world)[0])]) == 2
-    _one_line(capsys, str(directory / JOURNAL_FILE), "record at byte 0 is damaged")
-
-
-def test_a_torn_last_record_is_left_out_with_a_warning_naming_the_offset(world, tmp_path, caplog):
-    directory = _journalled(world, tmp_path)
-    size = (directory / JOURNAL_FILE).stat().st_size
-    with open(directory / JOURNAL_FILE, "r+b") as fh:
-        fh.truncate(size - 5)
-    index = Index.load(directory)
-    assert len(index) == 32 and index.has(31) and not index.has(32)
-    assert any(str(directory / JOURNAL_FILE) in r.getMessage() and "incomplete record" in r.getMessage()
-               for r in caplog.records)
+    _one_line(capsys, str(directory / file), says, "restore the index folder from a copy, or rebuild it")
+    assert {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("edit, key", [(lambda info: info.pop("count"), "'count' is missing"),

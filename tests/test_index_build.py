@@ -31,7 +31,8 @@ def test_build_writes_complete_index_and_lists_the_corrupt_file(world: dict) -> 
     assert info["fingerprint"] == load(world["model"]).fingerprint() == index.fingerprint
     assert info["data_config"]["image_size"] == 32 and info["skipped"] == corrupt
     assert info["preprocessing"] == {"resize": "shorter", "amp": "off", "fast_decode": True}
-    assert info["generation"] == 1 and sorted(p.name for p in d.iterdir()) == ["g000001", "index.json", "shards"]
+    assert info["generation"] == 1
+    assert sorted(p.name for p in d.iterdir()) == ["g000001", "index.json", "journal.sqlite", "shards"]
     data = generation_dir(d)
     rows = read_rows(data)
     assert [r["id"] for r in rows] == list(range(30))

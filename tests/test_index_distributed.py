@@ -299,7 +299,7 @@ def test_only_rank_zero_writes_prints_and_logs(world):
     for built in ("cli.idx", "api.idx", "add.idx"):
         names = sorted(p.name for p in (world["out"] / built).iterdir())
         generation = json.loads((world["out"] / built / "index.json").read_text())["generation"]
-        assert names == [f"g{generation:06d}", "index.json", "shards"], (built, names)
+        assert names == [f"g{generation:06d}", "index.json", "journal.sqlite", "shards"], (built, names)
         assert sorted(p.name for p in (world["out"] / built / names[0]).iterdir()) == ["index.faiss",
                                                                                         "rows.sqlite"]
         shards = sorted(p.name for p in (world["out"] / built / "shards").iterdir())

@@ -22,7 +22,7 @@ import pytest
 from index_world import build_world, good_images
 from vitrieval.index import Index, faiss_store
 from vitrieval.index.compaction import Compactor
-from vitrieval.index.journal import JOURNAL_FILE
+from vitrieval.index.journal import JOURNAL_FILE, read_journal
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DIM = 192
@@ -61,7 +61,8 @@ def test_writes_are_replayed_from_the_journal_until_compacted(world, tmp_path):
     assert (hit.id, hit.score) == (30, pytest.approx(1.0, abs=1e-5))
     again.save()
     assert again.pending_writes == 0 and again.generation == generation + 1
-    assert not (directory / JOURNAL_FILE).exists()
+    state = read_journal(directory)  # the compacted writes are gone; the mark keeps the last one acknowledged
+    assert state.path == directory / JOURNAL_FILE and state.writes == [] and state.last_seq == 2
     third = Index.load(directory)
     assert [e.id for e in third.entries()] == [e.id for e in again.entries()] and third.pending_writes == 0
     assert third.add_descriptors(_unit(5)[None], [("c.png", None)]).tolist() == [32]  # ids are never reused
@@ -257,13 +258,18 @@ def test_sigkill_during_a_stream_of_writes_loses_no_acknowledged_write(world, tm
     assert acknowledged > 20  # the writers got through a real stream of writes
 
 
-def test_a_journal_that_does_not_follow_its_generation_is_refused(world, tmp_path):
-    from vitrieval.index import IndexFormatError
-    from vitrieval.index.journal import JournalWriter, Record
+def test_a_write_after_another_process_wrote_the_folder_is_refused_not_lost(world, tmp_path):
+    """An index loaded before another process wrote its folder would compact a generation without that write: its
+    next write (which takes the folder's lock) is refused, naming both journal positions, and the folder keeps it."""
+    from vitrieval.index.journal import JournalError
 
     directory = _copy(world, tmp_path)
-    writer = JournalWriter(directory)
-    writer.append(Record(3, "remove", np.array([1])))  # records 1 and 2 are missing: not this generation's
-    writer.close()
-    with pytest.raises(IndexFormatError, match="journal does not follow its generation"):
-        Index.load(directory)
+    stale = Index.load(directory)
+    Index.load(directory).remove([1], save=False)  # another process: journal write 1
+    with pytest.raises(JournalError, match=r"written by another process since this index was loaded \(its journal "
+                                           r"is at write 1, this index at 0\)"):
+        stale.remove([2], save=False)
+    with pytest.raises(JournalError):
+        stale.save()
+    again = Index.load(directory)
+    assert not again.has(1) and again.has(2) and again.pending_writes == 1

@@ -1,5 +1,5 @@
 """``index.json`` as a typed manifest (vitrieval.index.manifest): a folder written by format version 3 (the fixture
-``tests/fixtures/index_v3``, made by ``tests/fixtures/make_index_v3.py``) still loads, with its pending journal;
+``tests/fixtures/index_v3``) and by the current format 4 (``index_v4``) still load, with their pending journals;
 reading validates every key; writing upgrades the version and keeps keys this version does not know."""
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ sys.path.insert(0, str(FIXTURES))
 from make_index_v3 import vectors  # noqa: E402
 
 
-def test_a_folder_written_by_format_3_still_loads(tmp_path: Path) -> None:
-    directory = tmp_path / "v3.idx"
-    shutil.copytree(FIXTURES / "index_v3", directory)
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_folder_written_by_an_earlier_or_the_current_format_still_loads(tmp_path: Path, version: int) -> None:
+    """Format 3 (``journal.log``) and format 4 (``journal.sqlite``), each with an add and a removal pending."""
+    directory = tmp_path / f"v{version}.idx"
+    shutil.copytree(FIXTURES / f"index_v{version}", directory)
     index = Index.load(directory)
-    assert index.manifest.version == 3 and index.backend == "faiss" and index.pending_writes == 2
+    assert index.manifest.version == version and index.backend == "faiss" and index.pending_writes == 2
     assert len(index) == 6 and not index.has(2) and index.has(6)  # the journal: id 6 added, id 2 removed
     x = vectors(7)
     hits = index.search(x, k=1)

@@ -12,7 +12,9 @@ module             one idea
 ``milvus_backend`` the Milvus side: connecting by URI, the collection's schema and checks, batched writes
 ``manifest``       ``index.json``: the typed, versioned :class:`Manifest`, read and written in one place
 ``live``           the write path: journal, apply, compact (``save``), replay at load
-``journal``        the append-only, checksummed, fsynced journal of writes (``journal.log``)
+``journal``        the writes since the generation, one SQLite transaction each, with their high-water mark
+                   (``journal.sqlite``)
+``journal_log``    a format-3 folder's ``journal.log``, read until its first write moves it into ``journal.sqlite``
 ``compaction``     background compaction for a service taking writes
 ``removal``        removal from faiss indexes: in place over Flat, else tombstones until a rebuild
 ``rwlock``         the readers-writer lock of searches and writes

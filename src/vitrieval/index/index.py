@@ -35,6 +35,7 @@ from vitrieval.data.table import ImageTable
 from vitrieval.distributed import DistContext
 from vitrieval.index.build import BuildOptions, Built, build_index, from_descriptors
 from vitrieval.index.faiss_utils import SEARCH_PARAMS, normalized
+from vitrieval.index.journal import JournalGap
 from vitrieval.index.live import LiveWrites
 from vitrieval.index.manifest import Manifest, read_manifest
 from vitrieval.index.query_embedding import ImageLike, QueryEmbedding
@@ -236,12 +237,17 @@ class Index(QueryEmbedding, LiveWrites):
             if checkpoint is not None:
                 manifest.checkpoint = str(Path(checkpoint).expanduser().resolve())
             index = cls(store, manifest, directory, device=device, runtime=runtime, threads=threads)
-            if index._replay():  # the journalled writes after this generation (vitrieval.index.journal)
+            try:
+                index._replay()  # the journalled writes after this generation (vitrieval.index.journal)
                 return index
-            store.close()
-            manifest = read_manifest(directory)[0]
-        raise IndexFormatError(f"{directory}: its journal does not follow its generation (journal_seq "
-                               f"{index._seq}); is another process rewriting it? rebuild the index or copy it again")
+            except JournalGap:
+                store.close()
+                again = read_manifest(directory)[0]
+                if (again.generation, again.journal_seq) == (manifest.generation, manifest.journal_seq):
+                    raise  # the folder did not move on while it was read: writes are missing
+                manifest = again  # another process compacted meanwhile: read the new generation
+        raise IndexFormatError(f"{directory}: its generation changed 5 times while it was read; is another process "
+                               "rewriting it in a loop? try again")
 
     # -- properties ------------------------------------------------------------------------------------------
     def __repr__(self) -> str:

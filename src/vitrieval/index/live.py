@@ -4,18 +4,23 @@ Both ``vitrieval index --add/--remove`` (:meth:`Index.add` / :meth:`Index.remove
 service's ``POST /images`` / ``DELETE /images/{id}`` (``save=False``, compacted in the background by
 :class:`~vitrieval.index.compaction.Compactor`) write the same way:
 
-1. the write becomes a journal :class:`~vitrieval.index.journal.Record` (new ids from the store: never below its
-   largest id + 1 nor ``next_id``), appended and fsynced (:mod:`vitrieval.index.journal`): from here on it
-   survives SIGKILL; an append that fails (a full disk) is undone and the write answered with the error;
+1. the write becomes a journal :class:`~vitrieval.index.journal.Write` (new ids from the store: never below its
+   largest id + 1 nor ``next_id``), committed to ``journal.sqlite`` (:mod:`vitrieval.index.journal`), which gives
+   it the next sequence number: from here on it survives SIGKILL; a commit that fails (a full disk) leaves the
+   journal as it was and the write is answered with the error;
 2. it is applied in memory under the write side of a :class:`~vitrieval.index.rwlock.ReadWriteLock`, so a search
    (the read side, which covers both the faiss search and the metadata lookup of its hits) sees it whole or not at
    all; only then is it acknowledged;
 3. compaction (:meth:`LiveWrites.save`) takes the store's snapshot under the *read* side (for faiss a
    ``faiss.clone_index`` and the small overlay of rows written since the generation: milliseconds, searches carry
    on meanwhile), writes it as a new generation outside any lock (:func:`vitrieval.index.store.write_generation`,
-   ``index.json`` swapped atomically, recording ``journal_seq``), and then drops the journal records it holds.
-   Loading replays the records after ``journal_seq``. A Milvus store acknowledges its writes durably itself: no
+   ``index.json`` swapped atomically, recording ``journal_seq``), and then drops the journal's writes it holds.
+   Loading replays the writes after ``journal_seq``, checked to be every write the folder acknowledged since
+   (:meth:`~vitrieval.index.journal.JournalState.after`). A Milvus store acknowledges its writes durably itself: no
    journal, and a compaction writes the manifest.
+
+The index's journal position (``_seq``, the last write it has applied) counts in the journal of the folder it was
+loaded from or last saved into; taking that folder's write lock checks that nobody wrote it meanwhile.
 
 Writers are serialised by one mutex (ids are handed out in journal order); a compaction blocks writers only for its
 snapshot and the journal rewrite, never readers. Removal uses :mod:`vitrieval.index.removal` (tombstones where
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitrieval.index.faiss_utils import normalized
-from vitrieval.index.journal import JournalWriter, Record, read_journal
+from vitrieval.index.journal import JOURNAL_FILE, JournalError, JournalWriter, Write, read_journal
 from vitrieval.index.rows import IndexEntry
 from vitrieval.index.rwlock import ReadWriteLock
 
@@ -62,6 +67,7 @@ class LiveWrites:
         self._writer: JournalWriter | None = None
         self._writer_users = 0
         self._seq = int(self.manifest.journal_seq)
+        self._journal_dir: Path | None = None  # the folder whose journal ``_seq`` counts in (None: none yet)
         self._pending = 0
 
     def __len__(self) -> int:
@@ -93,7 +99,14 @@ class LiveWrites:
             raise ValueError("an index without a folder cannot journal writes")
         with self._write_mutex:
             if self._writer is None:
-                self._writer = writer if writer is not None else JournalWriter(self.directory)
+                if writer is None:
+                    writer = JournalWriter(self.directory)
+                    if self._journals_into(self.directory) and writer.last_seq != self._seq:
+                        writer.close()
+                        raise JournalError(f"{self.directory} was written by another process since this index was "
+                                           f"loaded (its journal is at write {writer.last_seq}, this index at "
+                                           f"{self._seq}): load it again")
+                self._writer = writer
             elif writer is not None and writer is not self._writer:
                 raise ValueError(f"this index holds the write lock of {self.directory} already")
             self._writer_users += 1
@@ -161,7 +174,7 @@ class LiveWrites:
             with self._rw.read():
                 first = self.store.free_from(int(self.manifest.next_id), len(x))
             ids = np.arange(first, first + len(x), dtype=np.int64)
-            self._commit(Record(self._seq + 1, "add", ids, rows, x), durable)
+            self._commit(Write("add", ids, rows, x), durable)
         return ids
 
     def remove(self, ids: Iterable[int], save: bool = True, durable: bool = True) -> int:
@@ -171,24 +184,28 @@ class LiveWrites:
             with self._rw.read():
                 present = sorted(self.store.rows(sorted({int(i) for i in ids})))
             if present:
-                self._commit(Record(self._seq + 1, "remove", np.asarray(present, dtype=np.int64)), durable)
+                self._commit(Write("remove", np.asarray(present, dtype=np.int64)), durable)
         if save and present and self.directory is not None:
             self.save()
         return len(present)
 
-    def _commit(self, record: Record, durable: bool) -> None:
-        """Journal ``record`` (fsynced), then apply it; the caller holds the write mutex."""
+    def _commit(self, write: Write, durable: bool) -> None:
+        """Journal ``write`` (committed, durable), then apply it; the caller holds the write mutex."""
         if durable and self.directory is not None and self.store.journals:
             with self._writing() as writer:
-                writer.append(record)
+                self._seq = writer.append(write)
+            self._journal_dir = self.directory
             self._pending += 1
         elif durable and self.directory is not None:
             self._pending += 1  # durable in the store itself; the manifest's count follows at the next save
         with self._rw.write():
-            self._apply(record)
-        self._seq = record.seq
+            self._apply(write)
 
-    def _apply(self, record: Record) -> None:
+    def _journals_into(self, directory: Path) -> bool:
+        """Whether ``_seq`` counts in ``directory``'s journal (this index was loaded from it or saved into it)."""
+        return self._journal_dir is not None and self._journal_dir.resolve() == directory.resolve()
+
+    def _apply(self, record: Write) -> None:
         """Apply a write to the store (the caller holds the write lock)."""
         if record.op == "add":
             assert record.vectors is not None
@@ -202,22 +219,23 @@ class LiveWrites:
         self.manifest.count = len(self.store)
         self.manifest.updated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-    def _replay(self) -> bool:
-        """Apply the journal records after the loaded generation's ``journal_seq`` (at load). ``False`` (nothing
-        applied) when the journal has moved past that generation: another process compacted meanwhile, so the
-        caller reads the folder again (never a generation with a gap of writes)."""
+    def _replay(self) -> None:
+        """Apply the journal's writes after the loaded generation's ``journal_seq`` (at load), checked to be every
+        write the folder acknowledged since. :class:`~vitrieval.index.journal.JournalGap` (nothing applied) when
+        writes are missing: another process compacted meanwhile (the caller reads the folder again), or damage."""
         assert self.directory is not None
         if not self.store.journals:
-            return True
-        records = read_journal(self.directory)[0]
-        later = [r for r in records if r.seq > self._seq]
-        if later and later[0].seq != self._seq + 1:
-            return False
-        for record in later:
-            self._apply(record)
-            self._seq = record.seq
+            return
+        state = read_journal(self.directory)
+        if state.path is None and self.manifest.version >= 4:
+            raise JournalError(f"{self.directory / JOURNAL_FILE} is missing: the writes acknowledged since "
+                               f"generation {self.generation} are in it; restore the index folder from a copy, or "
+                               "rebuild it (vitrieval index ... --overwrite)")
+        for write in state.after(self._seq, self.directory):
+            self._apply(write)
+            self._seq = write.seq
             self._pending += 1
-        return True
+        self._journal_dir = self.directory
 
     # -- compaction -----------------------------------------------------------------------------------------
     def save(self, directory: str | Path | None = None) -> Path:
@@ -231,17 +249,22 @@ class LiveWrites:
             raise ValueError(f"Index.save: this index takes writes into {self.directory}; it cannot move")
         self.directory = target
         with self._save_mutex, self._writing() as writer:
+            if self.store.journals:
+                writer.prepare()  # the journal exists before a generation of this format names the folder
             with self._write_mutex:
                 with self._rw.read():
                     snapshot = self.store.snapshot()
                     manifest = self.manifest.model_copy(deep=True)
-                seq = max(self._seq, writer.last_seq)
+                # every write the folder acknowledged: this index applied them (hold_writer checked), or it is
+                # another index saved over the folder, whose pending writes it replaces
+                seq = writer.last_seq
                 taken = self._pending
             manifest.journal_seq = seq
             snapshot.write(target, manifest)
             with self._write_mutex:
-                writer.drop_through(seq)
-                self._seq = max(self._seq, seq)
+                if self.store.journals:
+                    writer.drop_through(seq)
+                self._seq, self._journal_dir = writer.last_seq, target  # with the writes made meanwhile
                 for key in ("version", "generation", "bytes", "journal_seq", "tombstones", "search_params", "milvus"):
                     setattr(self.manifest, key, getattr(manifest, key))
                 with self._rw.write():

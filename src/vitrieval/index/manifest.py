@@ -6,8 +6,10 @@
 
 - 1: the faiss data files beside ``index.json``;
 - 2: the data files in a generation folder ``gNNNNNN/`` that ``generation`` names, rows in ``metadata.jsonl``;
-- 3 (:data:`FORMAT_VERSION`): the rows in the store (``rows.sqlite`` in the generation, or the Milvus collection's
-  fields) with their ``class_name``; ``backend`` always present.
+- 3: the rows in the store (``rows.sqlite`` in the generation, or the Milvus collection's fields) with their
+  ``class_name``; ``backend`` always present; the writes since the generation in ``journal.log``;
+- 4 (:data:`FORMAT_VERSION`): the writes since the generation in ``journal.sqlite``, which a faiss-backed folder
+  always holds (:mod:`vitrieval.index.journal`).
 
 An older manifest is read as it is (its folder's files as they were written) and written back as the current
 version by the next update.
@@ -25,9 +27,10 @@ from vitrieval.io_utils import atomic_write_json
 
 INFO_FILE = "index.json"
 FORMAT = "vitrieval-index"
-FORMAT_VERSION = 3
-"""3: rows in the store (SQLite / Milvus fields) with class names; 2: generation folders with ``metadata.jsonl``;
-1: the data files beside ``index.json``. Older ones are read and upgraded on the next write."""
+FORMAT_VERSION = 4
+"""4: the journal in ``journal.sqlite``; 3: rows in the store (SQLite / Milvus fields) with class names; 2: generation
+folders with ``metadata.jsonl``; 1: the data files beside ``index.json``. Older ones are read and upgraded on the next
+write."""
 
 
 class IndexFormatError(ValueError):

@@ -28,24 +28,24 @@ _SCHEMA = ("CREATE TABLE rows (id INTEGER PRIMARY KEY, path BLOB NOT NULL, label
 _CHUNK = 500  # bound parameters per IN (...) query (SQLite allows 999 or more)
 
 
-def _enc(text: str | None) -> bytes | None:
+def encode_name(text: str | None) -> bytes | None:
     """A path or name as stored: its exact bytes (a file name that is not UTF-8 keeps them, surrogateescape)."""
     return None if text is None else text.encode("utf-8", "surrogateescape")
 
 
-def _dec(data: bytes | str | None) -> str | None:
+def decode_name(data: bytes | str | None) -> str | None:
     if data is None or isinstance(data, str):
         return data
     return data.decode("utf-8", "surrogateescape")
 
 
 def _row(row: tuple) -> IndexEntry:
-    return IndexEntry(int(row[0]), _dec(row[1]) or "", row[2], _dec(row[3]))
+    return IndexEntry(int(row[0]), decode_name(row[1]) or "", row[2], decode_name(row[3]))
 
 
 def as_row(e: IndexEntry) -> tuple:
     """``e`` as the values of a row of the table."""
-    return (e.id, _enc(e.path), e.label, _enc(e.class_name))
+    return (e.id, encode_name(e.path), e.label, encode_name(e.class_name))
 
 
 @dataclass(frozen=True)
@@ -152,9 +152,9 @@ class RowsFile:
         """``path -> id`` for those of ``paths`` that are held."""
         out: dict[str, int] = {}
         for s in range(0, len(paths), _CHUNK):
-            part = [_enc(p) for p in paths[s:s + _CHUNK]]
+            part = [encode_name(p) for p in paths[s:s + _CHUNK]]
             marks = ",".join("?" * len(part))
-            out.update((_dec(row[0]), int(row[1])) for row in
+            out.update((decode_name(row[0]), int(row[1])) for row in
                        self._query(f"SELECT path, id FROM rows WHERE path IN ({marks})", part))
         return out
 

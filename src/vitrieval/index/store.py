@@ -7,7 +7,7 @@ An index folder holds::
     gNNNNNN/          one generation of a faiss-backed index's data (:mod:`vitrieval.index.faiss_store`):
         index.faiss       the faiss index (inner product on unit vectors = cosine), wrapped in IndexIDMap2
         rows.sqlite       the rows: id, path, label, class name (:mod:`vitrieval.index.rows`)
-    journal.log       the writes since that generation (:mod:`vitrieval.index.journal`)
+    journal.sqlite    the writes since that generation (:mod:`vitrieval.index.journal`)
     uploads/          images added over HTTP (their rows name them relative to the folder)
     shards/           the build's resumable descriptor cache (:mod:`vitrieval.index.shard_cache`)
 
