@@ -165,6 +165,53 @@ def test_a_writing_service_whose_start_fails_after_the_lock_releases_it(world, t
     JournalWriter(world["index_dir"]).close()  # before: JournalLocked, the folder locked until the process exits
 
 
+def _serve_with_model(world: dict, tmp_path, weights: str) -> int:
+    """``vitrieval serve`` of the world's index with writes on and ``--model`` made again from ``weights``."""
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-model-test\n")
+    return main(["serve", "--index", str(world["index_dir"]), "--write-token-file", str(token), "--port",
+                 str(_free_port()), "--model", "deit_tiny_patch16_224", "--pretrained-file", weights,
+                 "--image-size", "32"])
+
+
+def test_serve_with_writes_and_model_beside_another_writer_is_refused_before_the_model_is_made(
+        world, tmp_path, monkeypatch, capsys, model_loads):
+    import uvicorn
+
+    from vitrieval.cli import retrieval_options
+    from vitrieval.index.journal import JournalWriter
+
+    made: list[str] = []
+    monkeypatch.setattr(retrieval_options, "encoder_from_args", lambda args: made.append(args.model))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("uvicorn started"))
+    other = JournalWriter(world["index_dir"])
+    try:
+        assert _serve_with_model(world, tmp_path, str(tmp_path / "weights-never-read.pth")) == 2
+    finally:
+        other.close()
+    err = capsys.readouterr().err
+    assert err.startswith("vitrieval serve: error: ") and "being written by another process" in err
+    assert err.count("\n") == 1 and made == [] and model_loads == []
+
+
+def test_serve_with_writes_and_another_model_is_refused_naming_it_and_leaves_the_folder_unlocked(
+        world, tmp_path, monkeypatch, capsys):
+    import timm
+    import torch
+    import uvicorn
+
+    from vitrieval.index.journal import JournalWriter
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("uvicorn started"))
+    weights = tmp_path / "other.pth"  # timm's DeiT-Tiny at 32 px, patch 16: not the index's model
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), weights)
+    assert _serve_with_model(world, tmp_path, str(weights)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitrieval serve: error: --model deit_tiny_patch16_224: this model (fingerprint ")
+    assert "is not the one the index was built with" in err and err.count("\n") == 1
+    JournalWriter(world["index_dir"]).close()
+
+
 _FULL_DISK_SERVICE = """
 import json, sys
 from fastapi.testclient import TestClient
