@@ -62,7 +62,6 @@ from starlette.requests import ClientDisconnect
 
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
-from vitrieval.disk_errors import NotWritable
 from vitrieval.index import Index
 from vitrieval.index.compaction import DEFAULT_INTERVAL_S, DEFAULT_MAX_PENDING, Compactor
 from vitrieval.index.store import display_path
@@ -84,6 +83,7 @@ from vitrieval.serve.writes import (
     UploadStore,
     WriteHealth,
     add_upload,
+    hold_for_writes,
     parse_class_name,
     parse_label,
     remove_image,
@@ -275,17 +275,6 @@ async def _read_upload(request: Request, max_upload_bytes: int, max_mb: str) -> 
     return data, name, fields
 
 
-def _hold_writes(idx: Index) -> None:
-    """Take ``idx``'s folder write lock for the service's lifetime: refused in one line if another process writes
-    the folder (``JournalLocked``) or this one cannot (``NotWritable``: read-only, not this user's, immutable)."""
-    if idx.directory is None:
-        raise ValueError("writes need an index folder: give create_app the folder, or an Index loaded from one")
-    try:
-        idx.hold_writer()
-    except NotWritable as exc:  # refused now, in one line, rather than a 500 at the first write
-        raise NotWritable(f"writes are on but {exc}; or serve it read-only (no write token)") from None
-
-
 def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_k: int = DEFAULT_MAX_K, thumbnail_cache_entries: int = 1024,
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, preload_model: bool = True, *,
@@ -330,7 +319,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     idx.use_query_amp(query_amp)
     auth = WriteAuth(write_token)
     if auth.writable:  # the folder's lock and write probe before the model loads: a refusal is not kept waiting
-        _hold_writes(idx)
+        hold_for_writes(idx)
     compactor: Compactor | None = None
     store: UploadStore | None = None
     batcher: Batcher | None = None
