@@ -108,14 +108,108 @@ def test_serve_with_writes_on_a_read_only_folder_refuses_to_start_in_one_line(wo
     """Issue 28, case 4: not "writes on" and a 500 with a traceback at every write, but exit 2 before serving."""
     mount, token = tmp_path / "ro", tmp_path / "token"
     token.write_text("a-token-of-the-read-only-test\n")
-    done = in_mount_namespace(
+    done = in_mount_namespace(  # a model that is gone would be refused too, later: the folder is checked first
         f"{tmpfs_with(mount, world['index_dir'])} && {read_only(mount)} && {PYTHON} -m vitrieval serve --index "
-        f"{mount / 'flat.idx'} --write-token-file {token} --port {_free_port()}")
+        f"{mount / 'flat.idx'} --write-token-file {token} --port {_free_port()} --checkpoint {tmp_path / 'gone'}")
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "serving" not in done.stdout
     assert done.stderr.startswith(f"vitrieval serve: error: writes are on but cannot write {mount / 'flat.idx'}: "
                                   "Read-only file system (EROFS)")
     assert "serve it read-only (no write token)" in done.stderr
+
+
+@pytest.fixture
+def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The folders whose model a service loaded (Index's one loader of the query model, recorded, then run)."""
+    from vitrieval.index import Index
+
+    loads: list[str] = []
+    load = Index._load_embedder
+
+    def recorded(self, *args, **kwargs):
+        loads.append(str(self.directory))
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "_load_embedder", recorded)
+    return loads
+
+
+def test_serve_with_writes_beside_another_writer_is_refused_before_the_model_loads(world, model_loads):
+    """Issue 28, case 4: the folder's lock and write probe come first, so a refusal does not wait for the model."""
+    from vitrieval.index import Index
+    from vitrieval.index.journal import JournalLocked, JournalWriter
+
+    other = JournalWriter(world["index_dir"])  # another process's `vitrieval index --add`, say
+    try:
+        with pytest.raises(JournalLocked, match="being written by another process"):
+            create_app(Index.load(world["index_dir"]), write_token="a-token")
+    finally:
+        other.close()
+    assert model_loads == []
+    app = create_app(Index.load(world["index_dir"]), write_token="a-token")  # the same start, the lock free
+    assert model_loads == [str(world["index_dir"])]
+    app.state.close()
+
+
+@pytest.mark.parametrize("failure", ["model gone", "max_batch", "compact_every"])
+def test_a_writing_service_whose_start_fails_after_the_lock_releases_it(world, tmp_path, model_loads, failure):
+    from vitrieval.index import Index
+    from vitrieval.index.journal import JournalWriter
+
+    checkpoint = tmp_path / "gone" if failure == "model gone" else None
+    settings = {"max_batch": 0} if failure == "max_batch" else {"compact_every": 0} if failure == "compact_every" \
+        else {}
+    with pytest.raises((FileNotFoundError, ValueError), match="is gone|max_batch|max_pending"):
+        create_app(Index.load(world["index_dir"], checkpoint=checkpoint), write_token="a-token", **settings)
+    assert model_loads == [str(world["index_dir"])]  # the lock was taken: the start went on to the model
+    JournalWriter(world["index_dir"]).close()  # before: JournalLocked, the folder locked until the process exits
+
+
+def _serve_with_model(world: dict, tmp_path, weights: str) -> int:
+    """``vitrieval serve`` of the world's index with writes on and ``--model`` made again from ``weights``."""
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-model-test\n")
+    return main(["serve", "--index", str(world["index_dir"]), "--write-token-file", str(token), "--port",
+                 str(_free_port()), "--model", "deit_tiny_patch16_224", "--pretrained-file", weights,
+                 "--image-size", "32"])
+
+
+def test_serve_with_writes_and_model_beside_another_writer_is_refused_before_the_model_is_made(
+        world, tmp_path, monkeypatch, capsys, model_loads):
+    import uvicorn
+
+    from vitrieval.cli import retrieval_options
+    from vitrieval.index.journal import JournalWriter
+
+    made: list[str] = []
+    monkeypatch.setattr(retrieval_options, "encoder_from_args", lambda args: made.append(args.model))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("uvicorn started"))
+    other = JournalWriter(world["index_dir"])
+    try:
+        assert _serve_with_model(world, tmp_path, str(tmp_path / "weights-never-read.pth")) == 2
+    finally:
+        other.close()
+    err = capsys.readouterr().err
+    assert err.startswith("vitrieval serve: error: ") and "being written by another process" in err
+    assert err.count("\n") == 1 and made == [] and model_loads == []
+
+
+def test_serve_with_writes_and_another_model_is_refused_naming_it_and_leaves_the_folder_unlocked(
+        world, tmp_path, monkeypatch, capsys):
+    import timm
+    import torch
+    import uvicorn
+
+    from vitrieval.index.journal import JournalWriter
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("uvicorn started"))
+    weights = tmp_path / "other.pth"  # timm's DeiT-Tiny at 32 px, patch 16: not the index's model
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), weights)
+    assert _serve_with_model(world, tmp_path, str(weights)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitrieval serve: error: --model deit_tiny_patch16_224: this model (fingerprint ")
+    assert "is not the one the index was built with" in err and err.count("\n") == 1
+    JournalWriter(world["index_dir"]).close()
 
 
 _FULL_DISK_SERVICE = """

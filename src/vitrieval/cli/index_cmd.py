@@ -187,19 +187,17 @@ def refuse_other_models_index(output: Path, checkpoint: Path | None, wanted: str
 
 def load_index_for_queries(args: argparse.Namespace, **options: object) -> Index:
     """The index at ``--index`` for ``search`` / ``serve``: its own model folder, the one ``--checkpoint`` names (it
-    moved), or ``--model NAME [--pretrained-file F] ...`` made again (refused unless it is the index's model)."""
+    moved), or ``--model NAME [--pretrained-file F] ...`` made again (refused unless it is the index's model). The
+    model is loaded on first use (``serve`` takes a writing service's folder lock before)."""
     from vitrieval.cli.retrieval_options import encoder_from_args
     from vitrieval.index import Index
-    from vitrieval.index.store import ModelMismatchError
 
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device, **options)
     if args.model:
         from vitrieval.amp import resolve_device
 
-        try:
-            index.use_encoder(encoder_from_args(args).to(resolve_device(args.device)).eval())
-        except ModelMismatchError as exc:
-            raise CLIError(f"--model {args.model}: {exc}") from None
+        index.use_encoder_from(lambda: encoder_from_args(args).to(resolve_device(args.device)).eval(),
+                               f"--model {args.model}")
     return index
 
 

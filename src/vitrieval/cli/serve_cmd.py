@@ -10,7 +10,8 @@ Writes are off unless a write token is given (``--write-token-file`` or the envi
 ``VITRIEVAL_WRITE_TOKEN``); then ``POST /images`` and ``DELETE /images/{id}`` need ``Authorization: Bearer
 <token>``, are durable (journalled, fsynced) before they are answered, and are compacted into the index folder in
 the background. With writes on, a folder this process cannot write (read-only, another user's, immutable) or that
-another process writes is refused at start, in one line (exit 2): serve it without a token to search it read-only.
+another process writes is refused at start, in one line (exit 2), before the model is loaded: serve it without a
+token to search it read-only.
 A write the disk refuses later is a 507 (full) or 503 in one line, and ``/healthz`` says ``writable: false``.
 Concurrent queries are embedded in batches (``--max-batch``, ``--max-wait-ms``), under the index's own mixed
 precision unless ``--query-amp`` says otherwise (:mod:`vitrieval.index.query_embedding`). A client that does not

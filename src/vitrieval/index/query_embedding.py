@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,7 @@ class QueryEmbedding:
         self.runtime = check_runtime(runtime)
         self.threads = threads
         self._encoder: Encoder | None = None
+        self._make_encoder: tuple[Callable[[], Encoder], str] | None = None  # use_encoder_from's, until first use
         self._embedder: Embedder | None = None
         self.query_amp: str | None = None  # None: the mode the index's descriptors were made with
         self._stored_embedder: Embedder | None = None  # that mode, when query_amp differs (writes)
@@ -125,6 +126,11 @@ class QueryEmbedding:
     def _load_encoder(self) -> Encoder:
         from vitrieval.model import load
 
+        if self._make_encoder is not None:
+            make, name = self._make_encoder
+            encoder = make()
+            self._refuse_another_model(encoder, name)
+            return encoder
         checkpoint = self.model_dir
         if not checkpoint.exists():
             raise FileNotFoundError(f"the index's model {checkpoint} is gone; pass checkpoint= to Index.load "
@@ -142,14 +148,26 @@ class QueryEmbedding:
         return encoder
 
     def use_encoder(self, encoder: Encoder) -> None:
-        """Embed with ``encoder`` (e.g. ``--model NAME --pretrained-file F`` made again) instead of loading the
-        index's model folder; refused unless it is the index's model (fingerprint and dimension)."""
-        if encoder.fingerprint() != self.fingerprint or encoder.descriptor_dim != self.descriptor_dim:
-            raise ModelMismatchError(f"this model (fingerprint {encoder.fingerprint()}, {encoder.descriptor_dim}-d) "
-                                     f"is not the one the index was built with ({self.fingerprint}, "
-                                     f"{self.descriptor_dim}-d): its descriptors are not comparable")
+        """Embed with ``encoder`` instead of loading the index's model folder; refused unless it is the index's
+        model (fingerprint and dimension)."""
+        self._refuse_another_model(encoder, None)
         with self._lock:
-            self._encoder, self._embedder, self._stored_embedder = encoder, None, None
+            self._encoder, self._make_encoder, self._embedder, self._stored_embedder = encoder, None, None, None
+
+    def use_encoder_from(self, make: Callable[[], Encoder], name: str) -> None:
+        """Embed with the model ``make()`` returns (``name``, e.g. ``--model NAME --pretrained-file F`` made
+        again) instead of the index's model folder. Like that folder it is made on first use (:attr:`encoder`; a
+        service takes its folder's write lock before), and refused then, naming ``name``, unless it is the
+        index's model."""
+        with self._lock:
+            self._encoder, self._make_encoder, self._embedder, self._stored_embedder = None, (make, name), None, None
+
+    def _refuse_another_model(self, encoder: Encoder, name: str | None) -> None:
+        if encoder.fingerprint() != self.fingerprint or encoder.descriptor_dim != self.descriptor_dim:
+            raise ModelMismatchError(f"{f'{name}: ' if name else ''}this model (fingerprint {encoder.fingerprint()}, "
+                                     f"{encoder.descriptor_dim}-d) is not the one the index was built with "
+                                     f"({self.fingerprint}, {self.descriptor_dim}-d): its descriptors are not "
+                                     "comparable")
 
     def _amp(self, encoder: Encoder) -> str:
         """The mixed precision the index's descriptors were made with (see :func:`vitrieval.amp.amp_mode`)."""
@@ -222,6 +240,8 @@ class QueryEmbedding:
             if self.scales != (1.0,):
                 raise OnnxModelError(f"this index holds multi-scale descriptors (scales {self.scales}); the exported "
                                      "graph runs one scale: query it with runtime torch")
+            if self._make_encoder is not None:  # a model named to stand in for the folder's: refused if another
+                _ = self.encoder
             embedder = OnnxEmbedder(default_onnx_path(self.model_dir), resize=self.preprocessing.resize,
                                     threads=self.threads)
             check_same_model(embedder.info, embedder.path, self.fingerprint, self.descriptor_dim)

@@ -62,7 +62,6 @@ from starlette.requests import ClientDisconnect
 
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
-from vitrieval.disk_errors import NotWritable
 from vitrieval.index import Index
 from vitrieval.index.compaction import DEFAULT_INTERVAL_S, DEFAULT_MAX_PENDING, Compactor
 from vitrieval.index.store import display_path
@@ -84,6 +83,7 @@ from vitrieval.serve.writes import (
     UploadStore,
     WriteHealth,
     add_upload,
+    hold_for_writes,
     parse_class_name,
     parse_label,
     remove_image,
@@ -291,7 +291,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     first query is not slow. The upload limits are described in :mod:`vitrieval.serve.uploads`;
     ``max_concurrent_decodes=None`` is the CPU count, at most 4. ``max_batch`` / ``max_wait_ms``: batched
     inference (:mod:`vitrieval.serve.batching`; ``max_batch=1`` embeds each query alone). ``write_token`` turns on
-    ``POST /images`` / ``DELETE /images/{id}`` (the index must be a folder; this app becomes its one writer), with
+    ``POST /images`` / ``DELETE /images/{id}`` (the index must be a folder; this app becomes its one writer: its
+    write lock is taken and the folder probed before the model loads, and released if the start fails), with
     compaction after ``compact_every`` writes or ``compact_interval_s`` seconds (and at shutdown, in the app's
     lifespan). ``app.state.close()`` stops the app's threads and releases the folder's write lock.
     ``runtime`` (``torch`` / ``onnx``, see :mod:`vitrieval.runtime`) is what embeds the queries; ``None`` keeps the
@@ -316,27 +317,32 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         idx.use_query_amp(None)  # a query amp left by an earlier app must not block a switch to onnx
         idx.use_runtime(runtime)
     idx.use_query_amp(query_amp)
-    if preload_model:
-        _ = idx.embedder
+    auth = WriteAuth(write_token)
+    if auth.writable:  # the folder's lock and write probe before the model loads: a refusal is not kept waiting
+        hold_for_writes(idx)
+    compactor: Compactor | None = None
+    store: UploadStore | None = None
+    batcher: Batcher | None = None
+    try:
+        if preload_model:
+            _ = idx.embedder
+        batcher = Batcher(idx.embed_prepared, max_batch, max_wait_ms)
+        if auth.writable:  # last: its thread may compact the folder
+            assert idx.directory is not None
+            compactor = Compactor(idx, compact_every, compact_interval_s)
+            store = UploadStore(idx.directory)
+    except BaseException:  # a start-up that fails leaves the folder unlocked (another writer may take it)
+        if batcher is not None:
+            batcher.close()
+        if auth.writable:
+            idx.release_writer()
+        raise
     decoder = DecodePool(limits, idx.preprocessing)
     root = idx.root
     cache = ThumbnailCache(thumbnail_cache_entries)
     max_mb = f"{max_upload_bytes / 2 ** 20:g}"
     page = _page()
-    auth = WriteAuth(write_token)
-    compactor: Compactor | None = None
-    store: UploadStore | None = None
     health = WriteHealth(idx.directory if auth.writable else None)
-    if auth.writable:
-        if idx.directory is None:
-            raise ValueError("writes need an index folder: give create_app the folder, or an Index loaded from one")
-        try:  # JournalLocked if another process writes the folder; NotWritable if this one cannot
-            idx.hold_writer()
-        except NotWritable as exc:  # refused now, in one line, rather than a 500 at the first write
-            raise NotWritable(f"writes are on but {exc}; or serve it read-only (no write token)") from None
-        compactor = Compactor(idx, compact_every, compact_interval_s)
-        store = UploadStore(idx.directory)
-    batcher = Batcher(idx.embed_prepared, max_batch, max_wait_ms)
 
     def close() -> None:
         batcher.close()

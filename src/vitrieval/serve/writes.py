@@ -15,7 +15,8 @@ A write the disk refuses (full: 507; read-only or not this user's: 503) is answe
 line with the full path (no traceback), and kept by :class:`WriteHealth` for ``/healthz``.
 
 Both need ``Authorization: Bearer <token>`` (:mod:`vitrieval.serve.auth`) and are compacted into the index folder
-in the background (:class:`~vitrieval.index.compaction.Compactor`).
+in the background (:class:`~vitrieval.index.compaction.Compactor`). A service taking writes holds the folder's
+write lock from its start (:func:`hold_for_writes`, before its model loads) to its close.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import HTTPException
 from PIL import Image
 
-from vitrieval.disk_errors import FULL, describe, is_disk_error, naming
+from vitrieval.disk_errors import FULL, NotWritable, describe, is_disk_error, naming
 from vitrieval.index.store import fsync_dir
 from vitrieval.io_utils import atomic_write_bytes
 
@@ -45,6 +46,17 @@ log = logging.getLogger(__name__)
 UPLOADS_DIR = "uploads"
 _EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
                "TIFF": ".tif", "PPM": ".ppm"}
+
+
+def hold_for_writes(index: Index) -> None:
+    """Take ``index``'s folder write lock for a service's lifetime: refused in one line if another process writes
+    the folder (``JournalLocked``) or this one cannot (``NotWritable``: read-only, not this user's, immutable)."""
+    if index.directory is None:
+        raise ValueError("writes need an index folder: give create_app the folder, or an Index loaded from one")
+    try:
+        index.hold_writer()
+    except NotWritable as exc:  # refused now, in one line, rather than a 500 at the first write
+        raise NotWritable(f"writes are on but {exc}; or serve it read-only (no write token)") from None
 
 
 class UploadStore:
