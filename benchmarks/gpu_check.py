@@ -30,7 +30,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -143,15 +143,16 @@ def pipeline_extraction(sizes: Sizes, encoder: torch.nn.Module, data: Path, devi
     """Images/s of embed.extract end to end (PNG decode, resize, transfer, forward) over the generated images."""
     from vitrieval.data.readers import read_dataset
     from vitrieval.data.table import ImageTable
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
 
     table = read_dataset("folder", str(data))
     table = ImageTable(table.records * 4, "products x4")
-    extract(encoder, ImageTable(table.records[:sizes.extract_batch], "warm-up"), batch_size=sizes.extract_batch,
-            num_workers=0, amp="bf16", progress=False)
+    options = ExtractionOptions(batch_size=sizes.extract_batch, num_workers=workers, amp="bf16", progress=False)
+    extract(encoder, ImageTable(table.records[:sizes.extract_batch], "warm-up"),
+            replace(options, num_workers=0))
     _reset_peak(device)
     start = time.perf_counter()
-    ext = extract(encoder, table, batch_size=sizes.extract_batch, num_workers=workers, amp="bf16", progress=False)
+    ext = extract(encoder, table, options)
     _sync(device)
     seconds = time.perf_counter() - start
     assert len(ext.indices) == len(table)

@@ -44,7 +44,7 @@ from vitrieval.data.dataset import collate_skip_bad
 from vitrieval.data.loading import resolve_num_workers
 from vitrieval.data.readers import read_dataset
 from vitrieval.data.transforms import eval_transform
-from vitrieval.embed import extract
+from vitrieval.embed import ExtractionOptions, extract
 from vitrieval.model import Encoder
 from vitrieval.presets import load_preset
 from vitrieval.training.pk_trainer import Trainer
@@ -150,7 +150,8 @@ def extraction_rates(cfg: Config, root: Path, tv_workers: list[int], max_images:
 
     for fast in (True, False):
         rates[f"extract defaults{'' if fast else ', full decode'}"] = timed(
-            lambda fast=fast: len(extract(encoder, table, batch_size=64, progress=False, fast_decode=fast).indices))
+            lambda fast=fast: len(extract(encoder, table, ExtractionOptions(batch_size=64, progress=False,
+                                                                            fast_decode=fast)).indices))
     transform = eval_transform(encoder.data_config)
     from vitrieval.data.images import load_image
 

@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vitrieval.config import ModelConfig
     from vitrieval.data.table import ImageTable, Record
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.index import Index
     from vitrieval.model import Encoder, load
     from vitrieval.serve import create_app
@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     images = make_images(work / "images", args.real)
     encoder = load(model_dir)
-    ex = extract(encoder, ImageTable([Record(str(p), -1) for p in images]), batch_size=32, num_workers=0,
-                 amp="off", progress=False)
+    ex = extract(encoder, ImageTable([Record(str(p), -1) for p in images]),
+                 ExtractionOptions(batch_size=32, num_workers=0, amp="off", progress=False))
     rng = np.random.default_rng(1)
     filler = rng.standard_normal((args.size - args.real, encoder.descriptor_dim)).astype(np.float32)
     filler /= np.linalg.norm(filler, axis=1, keepdims=True)

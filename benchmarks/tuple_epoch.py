@@ -65,7 +65,7 @@ def main() -> None:
 
 def run_epoch(cfg, out: Path) -> dict[str, float]:
     """Mine and train one epoch with the real trainer; time the parts and a plain embedding of as many images."""
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.training.tuple_trainer import TupleTrainer
 
     trainer = TupleTrainer(cfg, out, progress=False)
@@ -75,8 +75,8 @@ def run_epoch(cfg, out: Path) -> dict[str, float]:
     embedded = len(trainer.tuples) + min(cfg.tuples.pool_size, len(trainer.train_table))
     t0 = time.perf_counter()
     extract(trainer.encoder, trainer.train_table.select([i < embedded for i in range(len(trainer.train_table))]),
-            batch_size=cfg.tuples.mining_batch_size, num_workers=cfg.data.num_workers, amp=cfg.train.amp,
-            resize=cfg.data.eval_resize, apply_pca=False, progress=False)
+            ExtractionOptions(batch_size=cfg.tuples.mining_batch_size, num_workers=cfg.data.num_workers,
+                              amp=cfg.train.amp, resize=cfg.data.eval_resize, output="normalized", progress=False))
     plain = time.perf_counter() - t0
     steps, images = 0, 0
     t0 = time.perf_counter()

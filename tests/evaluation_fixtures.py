@@ -4,6 +4,7 @@ from."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,9 @@ COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20), (150, 40
 SHAPES = ("ellipse", "rectangle", "triangle", "cross", "stripes")
 CATEGORY_KEYS = {"dataset", "model", "descriptor_dim", "image_size", "num_queries", "num_gallery", "protocol",
                  "recall_at_k", "map_at_r", "pca"}
-#: ``extract`` keyword arguments; ``EVAL``: the same settings for ``evaluate_model``.
-OPTS = dict(batch_size=16, num_workers=0, progress=False)
-EVAL = dict(extraction=ExtractionOptions(**OPTS))
+#: the settings of every ``extract`` here; ``EVAL``: the same settings for ``evaluate_model``.
+OPTS = ExtractionOptions(batch_size=16, num_workers=0, progress=False)
+EVAL = dict(extraction=OPTS)
 
 
 def draw(colour: tuple[int, int, int], shape: str, dark: bool, size: tuple[int, int] = (48, 40)) -> Image.Image:
@@ -61,9 +62,9 @@ def write_shapes_folder(root: Path) -> Path:
     return root
 
 
-def direct(encoder: Encoder, table, resize: str = "shorter", apply_pca: bool = True,
-           pooled: bool = False) -> np.ndarray:
-    """``extract`` descriptors (or with ``pooled`` the pooled vectors) of every row of ``table``, in table order."""
-    ext = extract(encoder, table, resize=resize, apply_pca=apply_pca, pooled=pooled, **OPTS)
+def direct(encoder: Encoder, table, resize: str = "shorter", output: str = "descriptor") -> np.ndarray:
+    """``extract`` descriptors (or the ``output`` named, e.g. ``pooled``) of every row of ``table``, in table
+    order."""
+    ext = extract(encoder, table, replace(OPTS, resize=resize, output=output))
     assert ext.indices.tolist() == list(range(len(table)))
     return ext.descriptors

@@ -197,7 +197,7 @@ def test_cli_analyze_with_pca_reduces_by_a_pca_fitted_on_the_training_split(prod
     from vitrieval.cli import main
     from vitrieval.config import ModelConfig
     from vitrieval.data.readers import read_dataset
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.model import Encoder
 
     torch.manual_seed(0)
@@ -212,9 +212,9 @@ def test_cli_analyze_with_pca_reduces_by_a_pca_fitted_on_the_training_split(prod
     assert entry["descriptor_dim"] == 8 and entry["pca"] == {"dim": 8, "whiten": False, "fitted_on": "folder/train"}
 
     table = read_dataset("folder", products_32)
-    opts = {"num_workers": 0, "amp": "off", "progress": False, "pooled": True}
-    train = extract(encoder, table.split("train"), **opts).descriptors.astype(np.float64)
-    test = extract(encoder, table.split("test"), **opts).descriptors.astype(np.float64)
+    opts = ExtractionOptions(num_workers=0, amp="off", output="pooled", progress=False)
+    train = extract(encoder, table.split("train"), opts).descriptors.astype(np.float64)
+    test = extract(encoder, table.split("test"), opts).descriptors.astype(np.float64)
     mu = train.mean(axis=0)
     eigval, eigvec = np.linalg.eigh(np.cov((train - mu).T, bias=True))
     y = (test - mu) @ eigvec[:, np.argsort(eigval)[::-1][:8]]

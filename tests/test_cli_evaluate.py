@@ -310,7 +310,7 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
     nothing (the cache of this model)."""
     import vitrieval.index.build as build_module
     from vitrieval.data.readers import read_dataset as read
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.multiscale import MultiScaleEncoder
 
@@ -326,8 +326,9 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
     assert payload["distractors"]["count"] == 30 and len(list(cache.iterdir())) == 1
 
     encoder = vitrieval.load(model_dir)
-    features = extract(MultiScaleEncoder(encoder, (1.0, 0.5)), read("folder", distractor_dir), resize="square",
-                       apply_pca=False, batch_size=64, num_workers=0, progress=False).descriptors
+    features = extract(MultiScaleEncoder(encoder, (1.0, 0.5)), read("folder", distractor_dir),
+                       ExtractionOptions(batch_size=64, num_workers=0, resize="square", output="normalized",
+                                         progress=False)).descriptors
     expected = evaluate_model(encoder, "roxford5k", roxford, scales=(1, 0.5), pca=PCAOptions(dim=4),
                               distractor_features=lambda model, resize: features, **EVAL)
     assert payload["distractors"] == json.loads(json.dumps(expected["distractors"]))

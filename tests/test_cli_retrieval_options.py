@@ -48,7 +48,7 @@ def test_flag_parsers() -> None:
 
 
 def test_index_records_scales_and_dba_and_queries_follow_the_scales(built: dict) -> None:
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.index import collection_table
     from vitrieval.model import load
     from vitrieval.multiscale import MultiScaleEncoder
@@ -58,9 +58,9 @@ def test_index_records_scales_and_dba_and_queries_follow_the_scales(built: dict)
     encoder = load(built["model"])
     table = collection_table(built["root"] / "images")
     amp = info["preprocessing"]["amp"]
-    multi = extract(MultiScaleEncoder(encoder, (1.0, 0.5)), table, num_workers=0, amp=amp,
-                    progress=False).descriptors
-    single = extract(encoder, table, num_workers=0, amp=amp, progress=False).descriptors
+    options = ExtractionOptions(num_workers=0, amp=amp, progress=False)
+    multi = extract(MultiScaleEncoder(encoder, (1.0, 0.5)), table, options).descriptors
+    single = extract(encoder, table, options).descriptors
     shards = np.load(built["out"] / "shards" / "00000.npy")
     np.testing.assert_allclose(shards, multi, atol=1e-5)  # the shards hold the multi-scale descriptors
     assert np.abs(multi - single).max() > 1e-2

@@ -130,7 +130,7 @@ def test_recall_on_real_photos_is_the_same_with_fast_decode(tmp_path):
     if not root.is_dir():
         pytest.skip(f"ORL faces not found at {root} (set VITRIEVAL_SHARED_DATA)")
     from vitrieval.config import ModelConfig
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.metrics.recall import recall_at_k
     from vitrieval.model import Encoder
 
@@ -147,7 +147,8 @@ def test_recall_on_real_photos_is_the_same_with_fast_decode(tmp_path):
                                   pooling="gem")).eval()
     recalls = {}
     for fast in (False, True):
-        ext = extract(encoder, table, batch_size=50, num_workers=0, progress=False, fast_decode=fast)
+        ext = extract(encoder, table, ExtractionOptions(batch_size=50, num_workers=0, progress=False,
+                                                        fast_decode=fast))
         recalls[fast] = recall_at_k(ext.descriptors, table.labels[ext.indices], [1])[1]
     assert recalls[False] > 0.2  # the check means something: far above chance (about 0.05)
     # within 4 of 200 queries: under the binomial noise of R@1 itself (sqrt(0.66 * 0.34 / 200) = 3.3 points)

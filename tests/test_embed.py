@@ -7,6 +7,7 @@ against the encoder's own forward on the same pre-processed pixels.
 from __future__ import annotations
 
 import multiprocessing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,12 @@ from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.data.table import ImageTable, Record
 from vitrieval.data.transforms import eval_transform
 from vitrieval.distributed import DistContext
-from vitrieval.embed import extract, shard_bounds
+from vitrieval.embed import ExtractionOptions, extract, shard_bounds
 from vitrieval.model import Encoder
 from vitrieval.pca import PCAReduction
 
 TINY = dict(name="deit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8, depth=2)
-OPTS = dict(num_workers=0, amp="off", progress=False)
+OPTS = ExtractionOptions(batch_size=4, num_workers=0, amp="off", progress=False)
 N_IMAGES = 11  # not a multiple of the batch size: the last batch is short
 
 
@@ -64,25 +65,31 @@ def _with_corrupt_file(image_dir: Path, tmp_path: Path, position: int) -> tuple[
 
 def test_rows_come_back_in_table_order_with_their_indices(encoder: Encoder, image_dir: Path) -> None:
     paths = sorted(image_dir.glob("*.png"))
-    ext = extract(encoder, _table(paths), batch_size=4, **OPTS)
+    ext = extract(encoder, _table(paths), OPTS)
     assert ext.indices.dtype == np.int64 and ext.indices.tolist() == list(range(N_IMAGES))
     assert ext.descriptors.dtype == np.float32 and ext.descriptors.shape == (N_IMAGES, 192)
     assert ext.bad_paths == []
     assert np.allclose(ext.descriptors, _reference(encoder, paths), atol=1e-5)
     # the batch size changes nothing but the batching
-    assert np.allclose(extract(encoder, _table(paths), batch_size=16, **OPTS).descriptors, ext.descriptors,
-                       atol=1e-5)
+    assert np.allclose(extract(encoder, _table(paths), replace(OPTS, batch_size=16)).descriptors,
+                       ext.descriptors, atol=1e-5)
+
+
+def test_settings_are_one_value_not_loose_keywords(encoder: Encoder, image_dir: Path) -> None:
+    """The settings travel as one ExtractionOptions; a loose keyword such as ``batch_size=`` is refused."""
+    with pytest.raises(TypeError, match="batch_size"):
+        extract(encoder, _table(sorted(image_dir.glob("*.png"))), batch_size=4)
 
 
 def test_pca_is_applied_unless_asked_not_to(encoder: Encoder, image_dir: Path) -> None:
     paths = sorted(image_dir.glob("*.png"))
     raw = _reference(encoder, paths)
-    pooled = extract(encoder, _table(paths), batch_size=4, pooled=True, **OPTS).descriptors
+    pooled = extract(encoder, _table(paths), replace(OPTS, output="pooled")).descriptors
     pca = PCAReduction.fit(pooled, 4)  # pool -> PCA -> L2: fitted on and applied to the pooled vectors
     encoder.set_pca(pca)
     try:
-        reduced = extract(encoder, _table(paths), batch_size=4, **OPTS)
-        plain = extract(encoder, _table(paths), batch_size=4, apply_pca=False, **OPTS)
+        reduced = extract(encoder, _table(paths), OPTS)
+        plain = extract(encoder, _table(paths), replace(OPTS, output="normalized"))
     finally:
         encoder.set_pca(None)
     assert reduced.descriptors.shape == (N_IMAGES, 4) and plain.descriptors.shape == (N_IMAGES, 192)
@@ -94,7 +101,7 @@ def test_pca_is_applied_unless_asked_not_to(encoder: Encoder, image_dir: Path) -
 def test_skip_bad_lists_the_unreadable_file_and_skips_its_row(encoder: Encoder, image_dir: Path,
                                                               tmp_path: Path) -> None:
     paths, bad = _with_corrupt_file(image_dir, tmp_path, position=5)
-    ext = extract(encoder, _table(paths), batch_size=4, skip_bad=True, **OPTS)
+    ext = extract(encoder, _table(paths), replace(OPTS, skip_bad=True))
     assert ext.bad_paths == [str(bad)]
     assert ext.indices.tolist() == [i for i in range(N_IMAGES + 1) if i != 5]
     good = [p for p in paths if p != bad]
@@ -107,7 +114,7 @@ def test_an_unreadable_file_raises_its_own_decode_error(encoder: Encoder, image_
     """The caller gets the ImageDecodeError itself (not torch's RuntimeError of a worker traceback)."""
     paths, bad = _with_corrupt_file(image_dir, tmp_path, position=6)
     with pytest.raises(ImageDecodeError) as info:
-        extract(encoder, _table(paths), batch_size=4, num_workers=workers, amp="off", progress=False)
+        extract(encoder, _table(paths), replace(OPTS, num_workers=workers))
     assert type(info.value) is ImageDecodeError
     assert info.value.path == str(bad)
     assert info.value.reason.startswith("not a recognised image format") or "corrupt" in info.value.reason
@@ -121,7 +128,7 @@ def test_an_empty_bounding_box_from_a_worker_names_the_file(encoder: Encoder, im
     records = [Record(str(p), 0) for p in paths]
     records[1] = Record(str(paths[1]), 0, bbox=(400.0, 4.0, 440.0, 36.0))
     with pytest.raises(ImageDecodeError) as info:
-        extract(encoder, ImageTable(records), batch_size=2, num_workers=2, amp="off", progress=False)
+        extract(encoder, ImageTable(records), replace(OPTS, batch_size=2, num_workers=2))
     assert info.value.path == str(paths[1])
     assert info.value.reason == "bounding box (400.0, 4.0, 440.0, 36.0) is empty inside an image of size 48x40"
 
@@ -164,11 +171,11 @@ class _TwoRanks(DistContext):
 def test_sharded_extraction_gathers_rank_parts_in_order(encoder: Encoder, image_dir: Path) -> None:
     paths = sorted(image_dir.glob("*.png"))
     table = _table(paths)
-    full = extract(encoder, table, batch_size=4, **OPTS)
+    full = extract(encoder, table, OPTS)
     start, stop = shard_bounds(len(table), 4, 1, 2)
     other = (full.descriptors[start:stop], full.indices[start:stop], [], None)
     ctx = _TwoRanks(other)
-    ext = extract(encoder, table, batch_size=4, distributed=ctx, **OPTS)
+    ext = extract(encoder, table, OPTS, distributed=ctx)
     mine = ctx.gathered[0]
     assert mine[1].tolist() == list(range(*shard_bounds(len(table), 4, 0, 2)))  # rank 0 embedded its shard only
     assert ext.indices.tolist() == list(range(N_IMAGES))
@@ -180,5 +187,5 @@ def test_a_decode_error_on_another_rank_is_raised_on_every_rank(encoder: Encoder
     error = ImageDecodeError("/data/rank1.jpg", "the file is empty")
     ctx = _TwoRanks((np.zeros((0, 192), np.float32), np.zeros(0, np.int64), [], error))
     with pytest.raises(ImageDecodeError) as info:
-        extract(encoder, _table(paths), batch_size=4, distributed=ctx, **OPTS)
+        extract(encoder, _table(paths), OPTS, distributed=ctx)
     assert info.value.path == "/data/rank1.jpg" and len(ctx.gathered) == 1

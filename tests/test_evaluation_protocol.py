@@ -134,7 +134,7 @@ def test_folder_leave_one_out_matches_the_metrics(encoder: Encoder, folder_root:
     json.loads(json.dumps(result, allow_nan=False))
     # the trainer's helper agrees
     table = read_dataset("folder", folder_root)
-    assert recall_on_table(encoder, table, [1, 2, 4, 8], ExtractionOptions(**OPTS)) == expected
+    assert recall_on_table(encoder, table, [1, 2, 4, 8], OPTS) == expected
 
 
 def test_explicit_ks_and_too_large_k(encoder: Encoder, folder_root: Path) -> None:
@@ -186,8 +186,8 @@ def test_pca_is_fitted_on_the_train_split_and_saved_as_a_new_model(folder_root: 
     fresh = vitrieval.load(saved)
     assert fresh.descriptor_dim == 8 and fresh.feature_dim == 192 and fresh.fingerprint() != fingerprint
     # fitted on the training split's pooled vectors (before PCA and L2: pool -> PCA -> L2), not on the test split's
-    train_raw = _direct(fresh, table.split("train"), pooled=True)
-    test_raw = _direct(fresh, table.split("test"), pooled=True)
+    train_raw = _direct(fresh, table.split("train"), output="pooled")
+    test_raw = _direct(fresh, table.split("test"), output="pooled")
     ref = PCAReduction.fit(train_raw, 8)
     assert torch.allclose(fresh.pca.matrix, ref.matrix, atol=1e-6)
     assert torch.allclose(fresh.pca.bias, ref.bias, atol=1e-6)
@@ -286,8 +286,8 @@ def test_revisited_pca_fit_sets(encoder: Encoder, roxford_root: Path, folder_roo
     assert on_db["pca_fitted_on"] == "roxford5k/database" and on_db["pca"]["fitted_on"] == "roxford5k/database"
     assert on_db["descriptor_dim"] == 4
     table = read_dataset("roxford5k", roxford_root)
-    db = _direct(encoder, table.gallery(), resize="square", apply_pca=False)
-    qs = _direct(encoder, table.queries(), resize="square", apply_pca=False)
+    db = _direct(encoder, table.gallery(), resize="square", output="normalized")
+    qs = _direct(encoder, table.queries(), resize="square", output="normalized")
     pca = PCAReduction.fit(db, 4)
     ref = revisited_map_from_descriptors(pca.apply_numpy(db), pca.apply_numpy(qs), table.extras["gnd"])
     assert on_db["map"] == {p: pytest.approx(ref[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
@@ -311,10 +311,10 @@ def test_landmark_pca_fitted_on_sfm120k(encoder: Encoder, roxford_root: Path, tm
                             pca=PCAOptions(dim=4, fit_dataset="sfm120k", fit_root=tmp_path / "train"), **EVAL)
     assert result["pca"] == {"dim": 4, "whiten": False, "fitted_on": "sfm120k/train"}
     sfm_train = read_dataset("sfm120k", tmp_path / "train").split("train")
-    pca = PCAReduction.fit(_direct(encoder, sfm_train, resize="square", apply_pca=False), 4)
+    pca = PCAReduction.fit(_direct(encoder, sfm_train, resize="square", output="normalized"), 4)
     table = read_dataset("roxford5k", roxford_root)
-    db = _direct(encoder, table.gallery(), resize="square", apply_pca=False)
-    qs = _direct(encoder, table.queries(), resize="square", apply_pca=False)
+    db = _direct(encoder, table.gallery(), resize="square", output="normalized")
+    qs = _direct(encoder, table.queries(), resize="square", output="normalized")
     ref = revisited_map_from_descriptors(pca.apply_numpy(db), pca.apply_numpy(qs), table.extras["gnd"])
     assert result["map"] == {p: pytest.approx(ref[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
 
@@ -323,7 +323,7 @@ def test_landmark_pca_fitted_on_sfm120k(encoder: Encoder, roxford_root: Path, tm
                             pca=PCAOptions(dim=4, fit_dataset="sfm120k", fit_root=tmp_path / "train",
                                            fit_max_images=10), **EVAL)
     every_2nd = sfm_train.select([i % 2 == 0 for i in range(len(sfm_train))])
-    pca2 = PCAReduction.fit(_direct(encoder, every_2nd, resize="square", apply_pca=False), 4)
+    pca2 = PCAReduction.fit(_direct(encoder, every_2nd, resize="square", output="normalized"), 4)
     ref2 = revisited_map_from_descriptors(pca2.apply_numpy(db), pca2.apply_numpy(qs), table.extras["gnd"])
     assert capped["map"] == {p: pytest.approx(ref2[p]["map"], abs=1e-9) for p in ("easy", "medium", "hard")}
 

@@ -136,11 +136,11 @@ def test_learned_whitening_from_sfm120k_pairs_is_stored_with_the_model(roxford_r
     sfm_train = sfm.split("train")
     used = np.unique(pairs)
     feats = _direct(enc, sfm_train.select(np.isin(np.arange(len(sfm_train)), used)), resize="square",
-                    pooled=True)  # Lw takes the pooled vectors (and normalises them first, as cirtorch)
+                    output="pooled")  # Lw takes the pooled vectors (and normalises them first, as cirtorch)
     lw = learn_whitening(feats, np.searchsorted(used, pairs), 8)
     table = read_dataset("roxford5k", roxford_root)
-    db = lw.apply_numpy(_direct(enc, table.gallery(), resize="square", pooled=True))
-    qs = lw.apply_numpy(_direct(enc, table.queries(), resize="square", pooled=True))
+    db = lw.apply_numpy(_direct(enc, table.gallery(), resize="square", output="pooled"))
+    qs = lw.apply_numpy(_direct(enc, table.queries(), resize="square", output="pooled"))
     assert result["map"] == _maps(revisited_map_from_descriptors(db, qs, table.extras["gnd"]))
     stored = vitrieval.load(tmp_path / "model-lw")
     assert stored.pca is not None and stored.descriptor_dim == 8

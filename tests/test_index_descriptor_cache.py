@@ -11,7 +11,7 @@ import pytest
 import vitrieval.index.build as build_module
 from index_world import COLOURS, make_images, make_model
 from vitrieval.data.collection import collection_table
-from vitrieval.embed import extract
+from vitrieval.embed import ExtractionOptions, extract
 from vitrieval.index.descriptor_cache import CACHE_FILE, cached_descriptors
 from vitrieval.model import load
 from vitrieval.multiscale import MultiScaleEncoder
@@ -46,8 +46,8 @@ def test_one_go_equals_the_direct_extraction(world: dict, tmp_path: Path) -> Non
     enc = world["encoder"]
     got = cached_descriptors(enc, enc.fingerprint(), world["images"], tmp_path, PREP, **OPTS)
     table = collection_table(world["images"])
-    ref = extract(enc, table, resize="square", amp="off", skip_bad=True, apply_pca=False, num_workers=0,
-                  progress=False)
+    ref = extract(enc, table, ExtractionOptions(num_workers=0, amp="off", resize="square", skip_bad=True,
+                                                output="normalized", progress=False))
     np.testing.assert_allclose(got.descriptors, ref.descriptors, atol=1e-6)
     assert got.paths == [table[i].path for i in ref.indices] and len(got.paths) == 15
     assert len(got.skipped) == 1 and "corrupt" in got.skipped[0] and got.embedded

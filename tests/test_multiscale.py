@@ -84,7 +84,7 @@ def test_extract_runs_unchanged_through_the_wrapper(encoder, tmp_path):
 
     from vitrieval.data.collection import collection_table
     from vitrieval.data.transforms import eval_transform
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
 
     rng = np.random.default_rng(0)
     paths = []
@@ -93,7 +93,7 @@ def test_extract_runs_unchanged_through_the_wrapper(encoder, tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(paths[-1])
     table = collection_table([str(p) for p in paths])
     ms = MultiScaleEncoder(encoder, (1, 0.5))
-    got = extract(ms, table, batch_size=2, num_workers=0, amp="off", progress=False, resize="square")
+    got = extract(ms, table, ExtractionOptions(batch_size=2, num_workers=0, amp="off", resize="square", progress=False))
     transform = eval_transform(encoder.data_config, "square")
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():

@@ -95,7 +95,7 @@ def _worker(work: Path, data: Path) -> None:
     from vitrieval.config import Config, apply_overrides
     from vitrieval.data.table import ImageTable, Record
     from vitrieval.distributed import DistContext
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.model import Encoder
     from vitrieval.training.pk_trainer import Trainer
 
@@ -127,9 +127,9 @@ def _worker(work: Path, data: Path) -> None:
     encoder = Encoder(trainer.cfg.model)
     rows = trainer.test_table.records[:EXTRACT_ITEMS - 1] + [Record(str(work / "broken.png"), 99)]
     table = ImageTable(rows, "extract")
-    ext = extract(encoder, table, batch_size=EXTRACT_BATCH, num_workers=0, amp="off", skip_bad=True, progress=False)
-    local = extract(encoder, table, batch_size=EXTRACT_BATCH, num_workers=0, amp="off", skip_bad=True,
-                    progress=False, distributed=False)
+    options = ExtractionOptions(batch_size=EXTRACT_BATCH, num_workers=0, amp="off", skip_bad=True, progress=False)
+    ext = extract(encoder, table, options)
+    local = extract(encoder, table, options, distributed=False)
     torch.save({"ext": ext, "local": local}, world / f"extract.rank{ctx.rank}.pt")
     ctx.barrier()
     ctx.shutdown()

@@ -44,9 +44,10 @@ def _config(root: Path, *extra: str):
 
 def _pair_distances(run: Path, table) -> tuple[float, float]:
     """Mean L2 distance of the training pairs, and of each query to a random image of another cluster."""
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
 
-    z = extract(vitrieval.load(run), table, num_workers=0, amp="off", resize="square", progress=False).descriptors
+    options = ExtractionOptions(num_workers=0, amp="off", resize="square", progress=False)
+    z = extract(vitrieval.load(run), table, options).descriptors
     pairs, labels = table.extras["pairs"]["train"], table.labels
     rng = np.random.default_rng(0)
     others = [rng.choice(np.flatnonzero(labels != labels[q])) for q in pairs[:, 0]]

@@ -9,10 +9,8 @@ gathered on every rank in rank order: every rank gets exactly the one-process re
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -61,15 +59,6 @@ class ExtractionOptions:
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
 
-    @classmethod
-    def of(cls, options: ExtractionOptions | None = None, **fields: Any) -> ExtractionOptions:
-        """``options`` (default ones when ``None``) with ``fields`` replaced; the older ``apply_pca=False`` and
-        ``pooled=True`` keywords name ``output``."""
-        pooled, apply_pca = fields.pop("pooled", False), fields.pop("apply_pca", True)
-        if pooled or not apply_pca:
-            fields["output"] = "pooled" if pooled else "normalized"
-        return dataclasses.replace(options or cls(), **fields)
-
 
 def shard_bounds(n_items: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of rank ``rank``: a contiguous run of whole ``batch_size`` batches (disjoint,
@@ -92,15 +81,16 @@ def resolve_distributed(distributed: bool | DistContext | None) -> DistContext:
 
 
 def extract(model: torch.nn.Module, table: ImageTable, options: ExtractionOptions | None = None, *,
-            desc: str = "embedding", distributed: bool | DistContext | None = None, **fields: Any) -> Extraction:
+            desc: str = "embedding", distributed: bool | DistContext | None = None) -> Extraction:
     """Embed every image of ``table`` with ``model`` (an encoder or its multi-scale wrapper, run in eval mode);
     rows come back in table order. The one torch extraction: a ``DataLoader`` over the table, each batch through
     :class:`~vitrieval.runtime.torch_embedder.TorchEmbedder` in the loop of :func:`vitrieval.runtime.extraction.
     collect`.
 
-    ``options`` (:class:`ExtractionOptions`; ``fields`` replace some of them, :meth:`ExtractionOptions.of`): the
-    rows are the final descriptors (``output="descriptor"``: ``L2(PCA(pooled))``, or ``L2(pooled)`` without a PCA),
-    ``L2(pooled)`` (``normalized``), or the pooled vectors themselves (``pooled``, what a PCA is fitted on).
+    ``options`` (:class:`ExtractionOptions`, the one value of its settings; the defaults when ``None``; another
+    value is ``dataclasses.replace(options, ...)``): the rows are the final descriptors (``output="descriptor"``:
+    ``L2(PCA(pooled))``, or ``L2(pooled)`` without a PCA), ``L2(pooled)`` (``normalized``), or the pooled vectors
+    themselves (``pooled``, what a PCA is fitted on).
 
     ``skip_bad=True`` lists unreadable files in ``bad_paths`` (and logs them) instead of stopping; otherwise the
     first unreadable file raises its :class:`~vitrieval.data.images.ImageDecodeError` (``.path``, ``.reason``)
@@ -112,7 +102,7 @@ def extract(model: torch.nn.Module, table: ImageTable, options: ExtractionOption
     the same table and ``batch_size``, and every rank gets the whole result. Pass the plain encoder, not a
     ``DistributedDataParallel`` wrapper. Pinned memory on CUDA.
     """
-    opts = ExtractionOptions.of(options, **fields)
+    opts = options or ExtractionOptions()
     ctx = resolve_distributed(distributed)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module

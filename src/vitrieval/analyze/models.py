@@ -13,6 +13,7 @@ The pair protocol follows the dataset: leave-one-out, query-gallery or revisited
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def benchmark_descriptors(encoder: Encoder, dataset: str, data_root: str | Path,
     resize = "square" if landmarks else "shorter"
 
     def embed(rows: Any, what: str) -> np.ndarray:
-        return extract_all(model, rows, ExtractionOptions.of(options, resize=resize),
+        return extract_all(model, rows, dataclasses.replace(options, resize=resize),
                            desc=f"embedding {what}").descriptors
 
     pooled = embed(test, f"{dataset} test images")

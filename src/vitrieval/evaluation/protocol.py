@@ -55,6 +55,7 @@ applied to those. Re-ranking (``rerank``): αQE / DBA on the final descriptors (
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -156,7 +157,7 @@ def extract_all(model: torch.nn.Module, table: ImageTable, options: ExtractionOp
     """:func:`~vitrieval.embed.extract` of the pooled vectors (before PCA and L2) of every row, stopping at the
     first unreadable file with its :class:`~vitrieval.data.images.ImageDecodeError` (raised where it was decoded,
     also inside a DataLoader worker)."""
-    ext = extract(model, table, ExtractionOptions.of(options, skip_bad=False, output="pooled"), desc=desc)
+    ext = extract(model, table, dataclasses.replace(options, skip_bad=False, output="pooled"), desc=desc)
     if len(ext.indices) != len(table) or not np.array_equal(ext.indices, np.arange(len(table))):
         raise RuntimeError(f"extraction returned {len(ext.indices)} of {len(table)} rows of {table.name}")
     return ext
@@ -228,7 +229,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     rerank = rerank if rerank is not None and rerank.methods else None
 
     def embed(rows: ImageTable, what: str) -> np.ndarray:
-        return extract_all(model, rows, ExtractionOptions.of(ext_options, resize=resize),
+        return extract_all(model, rows, dataclasses.replace(ext_options, resize=resize),
                            desc=f"embedding {what}").descriptors
 
     test = table.split("test")

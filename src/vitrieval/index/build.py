@@ -73,8 +73,10 @@ from vitrieval.rerank import RerankOptions, database_side_augmentation
 if TYPE_CHECKING:
     import faiss
 
+    from vitrieval.embed import ExtractionOptions
     from vitrieval.model import Encoder
     from vitrieval.runtime.embedder import Embedder
+    from vitrieval.runtime.extraction import Extraction
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class BuildOptions:
             prep["fast_decode"] = bool(self.fast_decode)
         return prep
 
-    def extraction(self, amp: str) -> Any:
+    def extraction(self, amp: str) -> ExtractionOptions:
         """The :class:`~vitrieval.embed.ExtractionOptions` of the build's torch extraction (under ``amp``, the mode
         it records): unreadable images skipped and listed."""
         from vitrieval.embed import ExtractionOptions
@@ -284,12 +286,13 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
     return result
 
 
-def extract(encoder: Encoder, table: ImageTable, *args: Any, **kwargs: Any) -> Any:
+def extract(encoder: Encoder, table: ImageTable, options: ExtractionOptions, *, desc: str,
+            distributed: DistContext) -> Extraction:
     """:func:`vitrieval.embed.extract`, imported when a build embeds (that module needs torch; an index opened
     for ``runtime="onnx"`` search imports this one without it)."""
     from vitrieval.embed import extract as torch_extract
 
-    return torch_extract(encoder, table, *args, **kwargs)
+    return torch_extract(encoder, table, options, desc=desc, distributed=distributed)
 
 
 def _onnx_embedder(encoder: Encoder, checkpoint: Path, options: BuildOptions, ctx: DistContext,

@@ -13,6 +13,7 @@ run mines the same tuples again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -106,7 +107,7 @@ def mine_epoch_tuples(encoder: torch.nn.Module, table: ImageTable, pairs: np.nda
     if negatives == 0:
         return EpochTuples(chosen[:, 0], chosen[:, 1], np.zeros((len(chosen), 0), np.int64))
     pool_rows = rng.permutation(len(table))[:min(pool_size, len(table))].astype(np.int64)
-    options = ExtractionOptions.of(extraction, output="normalized")
+    options = dataclasses.replace(extraction, output="normalized")
     q_table = ImageTable([table[int(i)] for i in chosen[:, 0]], f"{table.name}/epoch-{epoch}-queries")
     p_table = ImageTable([table[int(i)] for i in pool_rows], f"{table.name}/epoch-{epoch}-pool")
     q_ext = extract(encoder, q_table, options, desc=f"epoch {epoch}: embedding {len(q_table)} queries")
