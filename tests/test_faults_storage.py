@@ -233,6 +233,10 @@ def _journalled(world: dict, tmp_path: Path) -> Path:
     return directory
 
 
+def _empty(directory: Path) -> None:
+    (directory / JOURNAL_FILE).write_bytes(b"")
+
+
 def _replace_by_folder(directory: Path) -> None:
     (directory / JOURNAL_FILE).unlink()
     (directory / JOURNAL_FILE).mkdir()
@@ -261,7 +265,7 @@ def _raise_journal_seq(directory: Path) -> None:
 
 @pytest.mark.parametrize("damage, file, says", [
     (_replace_by_folder, JOURNAL_FILE, "journal.sqlite is not a file"),
-    (lambda d: (d / JOURNAL_FILE).write_bytes(b""), JOURNAL_FILE, "journal.sqlite is empty (0 bytes)"),
+    (_empty, JOURNAL_FILE, "journal.sqlite is empty (0 bytes)"),
     (lambda d: (d / JOURNAL_FILE).unlink(), JOURNAL_FILE, "journal.sqlite is missing"),
     (_overwrite_page, JOURNAL_FILE, "journal.sqlite is damaged"),
     (_delete_last_write, JOURNAL_FILE, "the acknowledged write 3 since the generation of index.json (journal_seq 0) "
@@ -295,3 +299,21 @@ def test_a_missing_or_ill_typed_manifest_key_is_one_line_naming_the_file_and_key
     (directory / "index.json").write_text(json.dumps(info))
     assert main(["search", "--index", str(directory), str(good_images(world)[0])]) == 2
     _one_line(capsys, str(directory / "index.json"), key)
+
+
+@pytest.mark.parametrize("damage", [_empty, _overwrite_page,
+                                    _delete_last_write, _raise_journal_seq], ids=["emptied", "damaged",
+                                                                                   "write-deleted", "raised"])
+def test_a_rebuild_replaces_a_damaged_journal_as_its_error_line_says(world, tmp_path, caplog, damage):
+    """The fix the error names works: a build over the folder (which replaces the index, pending writes included)
+    takes a damaged journal as none, says so in one warning, and leaves a folder that loads."""
+    directory = _journalled(world, tmp_path)
+    damage(directory)
+    before = json.loads((directory / "index.json").read_text())["journal_seq"]
+    Index.build(world["model"], world["root"] / "images", directory, factory="Flat", num_workers=0, progress=False)
+    index = Index.load(directory)
+    assert len(index) == 30 and index.pending_writes == 0
+    assert index.manifest.journal_seq >= min(before, 3)
+    damaged = [r.getMessage() for r in caplog.records if "this build replaces it" in r.getMessage()]
+    # an unreadable file is named; a readable one that lost writes, or a raised journal_seq, is simply replaced
+    assert len(damaged) == (1 if damage in (_empty, _overwrite_page) else 0)

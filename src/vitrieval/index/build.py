@@ -226,7 +226,8 @@ class _Plan:
             try:
                 check_out_dir(self.directory)
                 if lock:
-                    self.writer = JournalWriter(self.directory)  # JournalLocked: another process writes the folder
+                    # JournalLocked: another process writes the folder; a damaged journal is replaced with the index
+                    self.writer = JournalWriter(self.directory, replace_damaged=True)
                 self.cached = read_cached_shards(self.shard_dir, self.keys)
             except (OSError, ValueError) as exc:
                 failure = exc

@@ -219,7 +219,9 @@ class JournalWriter:
     """Commits writes to ``directory``'s journal, each durable before :meth:`append` returns; holds the folder's
     write lock (the module docstring)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, replace_damaged: bool = False) -> None:
+        """``replace_damaged``: a build, which replaces the whole index (its pending writes included), takes a
+        damaged journal as none (with a warning) and writes a new one; any other writer refuses it."""
         import fcntl
 
         self.directory = directory
@@ -232,9 +234,10 @@ class JournalWriter:
             os.close(self._lock_fd)
             raise JournalLocked(f"{directory} is being written by another process (a `vitrieval serve` taking "
                                 "writes, or another `vitrieval index --add/--remove`): stop it first") from None
+        self._replace = False
         try:
             check_writable(directory)  # NotWritable now, in one line, rather than at the first write
-            state = read_journal(directory)
+            state = self._read(replace_damaged)
         except (NotWritable, IndexFormatError, OSError):
             os.close(self._lock_fd)
             raise
@@ -243,6 +246,17 @@ class JournalWriter:
         self._legacy = state.writes if state.path is not None and not state.marked else []
         self._db: sqlite3.Connection | None = None
         self._broken: str | None = None
+
+    def _read(self, replace_damaged: bool) -> JournalState:
+        try:
+            return read_journal(self.directory)
+        except JournalError as exc:
+            if not replace_damaged or self.path.is_dir() or (self.directory / LEGACY_JOURNAL_FILE).is_dir():
+                raise
+            log.warning("%s; this build replaces it, with the writes it held, by a new journal",
+                        str(exc).split(f": {_FIX}")[0])
+            self._replace = True
+            return JournalState(None, [], 0, marked=False)
 
     # -- the file --------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -253,8 +267,9 @@ class JournalWriter:
         if self._broken is not None:
             raise OSError(errno.EIO, self._broken, str(self.path))
         if self._db is None:
-            if not self.path.exists():
+            if self._replace or not self.path.exists():
                 self._create()
+                self._replace = False
             try:
                 db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
                 db.execute("PRAGMA journal_mode = DELETE")
@@ -268,9 +283,12 @@ class JournalWriter:
     def _create(self) -> None:
         """A new journal: the mark at the folder's ``journal_seq`` (or higher), with a format-3 ``journal.log``'s
         writes moved in; written whole under a temporary name, then renamed; then the old file removed."""
-        from vitrieval.index.manifest import read_manifest
+        from vitrieval.index.manifest import ManifestError, read_manifest
 
-        floor = read_manifest(self.directory)[0].journal_seq if (self.directory / INFO_FILE).is_file() else 0
+        try:  # a damaged index.json: only a build (which replaces it) gets here with one
+            floor = read_manifest(self.directory)[0].journal_seq if (self.directory / INFO_FILE).is_file() else 0
+        except ManifestError:
+            floor = 0
         self.last_seq = max(self.last_seq, int(floor))
         try:
             with atomic_path(self.path) as tmp:
