@@ -193,6 +193,7 @@ def test_a_new_journal_starts_its_mark_at_the_folders_journal_seq(tmp_path):
                                                      "fingerprint": "f", "descriptor_dim": 8, "factory": "Flat",
                                                      "count": 0, "journal_seq": 9}))
     writer = JournalWriter(tmp_path)
+    assert writer.last_seq == 9  # an index loaded from the folder is at write 9 too: no "written meanwhile"
     writer.prepare()
     writer.close()
     state = read_journal(tmp_path)

@@ -65,3 +65,22 @@ def test_a_bad_manifest_names_the_file_and_the_key(tmp_path: Path, text: str, me
     with pytest.raises(ManifestError, match=message) as caught:
         parse_manifest(tmp_path / "index.json", text)
     assert str(caught.value).startswith(str(tmp_path / "index.json")) and "\n" not in str(caught.value)
+
+
+def test_a_compacted_format_3_folder_takes_writes_numbered_after_its_journal_seq(tmp_path: Path) -> None:
+    """A format-3 folder compacted through write 2 (no ``journal.log`` left): the first write is write 3, into a new
+    ``journal.sqlite``, and the folder loads with it (not refused as "written by another process")."""
+    directory = tmp_path / "v3.idx"
+    shutil.copytree(FIXTURES / "index_v3", directory)
+    (directory / "journal.log").unlink()
+    info = json.loads((directory / "index.json").read_text())
+    info["journal_seq"] = 2
+    (directory / "index.json").write_text(json.dumps(info))
+    index = Index.load(directory)
+    assert index.remove([1], save=False) == 1
+    again = Index.load(directory)
+    assert not again.has(1) and again.pending_writes == 1 and again.manifest.version == 3
+    from vitrieval.index.journal import read_journal
+
+    state = read_journal(directory)
+    assert state.marked and state.last_seq == 3 and [w.seq for w in state.writes] == [3]

@@ -241,11 +241,22 @@ class JournalWriter:
         except (NotWritable, IndexFormatError, OSError):
             os.close(self._lock_fd)
             raise
-        self.last_seq = state.last_seq
+        # a format-3 folder (or a replaced journal) has no mark: its writes go on from the generation's journal_seq
+        self.last_seq = state.last_seq if state.marked else max(state.last_seq, self._compacted_through())
         """The sequence number of the last write the folder acknowledged (0: none)."""
         self._legacy = state.writes if state.path is not None and not state.marked else []
         self._db: sqlite3.Connection | None = None
         self._broken: str | None = None
+
+    def _compacted_through(self) -> int:
+        """The folder's ``journal_seq``: the last write its generation holds (0 without a readable ``index.json``,
+        which only a build, replacing it, gets past)."""
+        from vitrieval.index.manifest import ManifestError, read_manifest
+
+        try:
+            return int(read_manifest(self.directory)[0].journal_seq) if (self.directory / INFO_FILE).is_file() else 0
+        except ManifestError:
+            return 0
 
     def _read(self, replace_damaged: bool) -> JournalState:
         try:
@@ -281,15 +292,9 @@ class JournalWriter:
         return self._db
 
     def _create(self) -> None:
-        """A new journal: the mark at the folder's ``journal_seq`` (or higher), with a format-3 ``journal.log``'s
-        writes moved in; written whole under a temporary name, then renamed; then the old file removed."""
-        from vitrieval.index.manifest import ManifestError, read_manifest
-
-        try:  # a damaged index.json: only a build (which replaces it) gets here with one
-            floor = read_manifest(self.directory)[0].journal_seq if (self.directory / INFO_FILE).is_file() else 0
-        except ManifestError:
-            floor = 0
-        self.last_seq = max(self.last_seq, int(floor))
+        """A new journal: the mark at :attr:`last_seq` (the folder's ``journal_seq`` or higher), with a format-3
+        ``journal.log``'s writes moved in; written whole under a temporary name, then renamed; then the old file
+        removed."""
         try:
             with atomic_path(self.path) as tmp:
                 db = sqlite3.connect(tmp, isolation_level=None)
