@@ -14,6 +14,7 @@ module             one idea
 ``live``           the write path: journal, apply, compact (``save``), replay at load
 ``journal``        the writes since the generation, one SQLite transaction each, with their high-water mark
                    (``journal.sqlite``)
+``journal_write``  one journalled write (:class:`~vitrieval.index.journal_write.Write`) and the journal's errors
 ``journal_log``    a format-3 folder's ``journal.log``, read until its first write moves it into ``journal.sqlite``
 ``compaction``     background compaction for a service taking writes
 ``removal``        removal from faiss indexes: in place over Flat, else tombstones until a rebuild

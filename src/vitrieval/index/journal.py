@@ -37,8 +37,8 @@ import errno
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,6 +46,7 @@ import numpy as np
 
 from vitrieval.disk_errors import NotWritable, check_writable
 from vitrieval.index.journal_log import LEGACY_JOURNAL_FILE, read_legacy_journal
+from vitrieval.index.journal_write import JournalError, JournalLocked, Write
 from vitrieval.index.manifest import INFO_FILE, IndexFormatError
 from vitrieval.index.rows import decode_name, encode_name
 from vitrieval.index.store import fsync_dir
@@ -66,30 +67,6 @@ CREATE TABLE acknowledged (last_seq INTEGER NOT NULL);
 _FIX = "restore the index folder from a copy, or rebuild it (vitrieval index ... --overwrite)"
 
 log = logging.getLogger(__name__)
-
-
-class JournalError(IndexFormatError):
-    """A journal that is damaged, not a file, or does not hold the writes it acknowledged: names file and writes."""
-
-
-class JournalLocked(ValueError):
-    """Another process holds the index folder's write lock (a ``ValueError``: the CLI reports it in one line)."""
-
-
-@dataclass(frozen=True)
-class Write:
-    """One journalled write: ``op`` ``"add"`` (ids, entries ``(path, label, class_name)``, vectors) or ``"remove"``
-    (ids); ``seq`` is its place in the journal (0 until :meth:`JournalWriter.append` gives it one)."""
-
-    op: str
-    ids: np.ndarray
-    entries: Sequence[tuple[str, int | None, str | None]] = field(default_factory=list)
-    vectors: np.ndarray | None = None
-    seq: int = 0
-
-    def __post_init__(self) -> None:  # (path, label) rows get no class name
-        object.__setattr__(self, "entries", [(str(e[0]), e[1], e[2] if len(e) > 2 else None) for e in self.entries])
-        object.__setattr__(self, "ids", np.asarray(self.ids, dtype=np.int64))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ One record on disk::
 
 A record cut short or failing its checksum *at the end* of the file is the torn tail of a write that was killed
 before its fsync returned: left out with a warning naming the file and the offset. A bad record with good records
-after it cannot come from a crash: :class:`~vitrieval.index.journal.JournalError` names the file and the byte offset.
+after it cannot come from a crash: :class:`~vitrieval.index.journal_write.JournalError` names the file and the
+byte offset.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import logging
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from vitrieval.index.journal import Write
+from vitrieval.index.journal_write import JournalError, Write
 
 LEGACY_JOURNAL_FILE = "journal.log"
 _HEADER = struct.Struct("<II")
@@ -48,8 +47,6 @@ def encode_record(seq: int, write: Write) -> bytes:
 
 
 def _decode(payload: bytes) -> Write:
-    from vitrieval.index.journal import Write
-
     body = json.loads(payload)
     ids = np.asarray(body["ids"], dtype=np.int64)
     if body["op"] == "remove":
@@ -62,8 +59,6 @@ def _decode(payload: bytes) -> Write:
 
 def read_legacy_journal(path: Path) -> list[Write]:
     """The writes of the ``journal.log`` at ``path`` (a torn tail left out, with a warning)."""
-    from vitrieval.index.journal import JournalError
-
     if not path.is_file():
         raise JournalError(f"{path} is not a file: restore the index folder from a copy, or rebuild it "
                            "(vitrieval index --overwrite)")
