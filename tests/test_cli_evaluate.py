@@ -330,7 +330,7 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
                        ExtractionOptions(batch_size=64, num_workers=0, resize="square", output="normalized",
                                          progress=False)).descriptors
     expected = evaluate_model(encoder, "roxford5k", roxford, scales=(1, 0.5), pca=PCAOptions(dim=4),
-                              distractor_features=lambda model, resize: features, **EVAL)
+                              distractor_features=lambda model, options: features, **EVAL)
     assert payload["distractors"] == json.loads(json.dumps(expected["distractors"]))
     assert payload["map"] == expected["map"] and payload["distractors"]["map"] != payload["map"]
 
@@ -341,32 +341,39 @@ def test_cli_distractors_folder_is_embedded_cached_and_reused(model_dir: Path, r
 
 
 
-def test_cli_full_decode_turns_fast_decoding_off(model_dir: Path, folder_root: Path, tmp_path: Path,
+def test_cli_full_decode_turns_fast_decoding_off(model_dir: Path, roxford_root: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """``--full-decode``: the extraction decodes every JPEG at full size (default: fast decoding, as training), and
-    the distractor cache keys on it."""
+    the distractor cache gets the evaluation's own extraction options (at its resize, before the PCA), so it keys
+    on them."""
     from types import SimpleNamespace
+
+    import numpy as np
 
     import vitrieval.evaluation.protocol as protocol
     import vitrieval.index.descriptor_cache as descriptor_cache
-    from vitrieval.cli import evaluate_cmd
+    from vitrieval.embed import ExtractionOptions
 
     seen: list[bool] = []
     real = protocol.evaluate_model
     monkeypatch.setattr(protocol, "evaluate_model",
                         lambda *a, **k: seen.append(k["extraction"].fast_decode) or real(*a, **k))
-    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "folder", "--data-root", str(folder_root),
-            "--workers", "0", "--no-progress", "--device", "cpu"]
+    asked: list[tuple] = []
+
+    def cached(model, fingerprint, images, root, options, **kwargs):  # records the call
+        asked.append((options, kwargs, descriptor_cache.preprocessing_key(model, options)))
+        one = np.full((1, model.descriptor_dim), model.descriptor_dim ** -0.5, np.float32)  # one unit distractor
+        return SimpleNamespace(descriptors=one, directory=tmp_path, embedded=False, skipped=[])
+
+    monkeypatch.setattr(descriptor_cache, "cached_descriptors", cached)
+    (tmp_path / "x").mkdir()
+    base = ["evaluate", "--checkpoint", str(model_dir), "--dataset", "roxford5k", "--data-root", str(roxford_root),
+            "--workers", "0", "--no-progress", "--device", "cpu", "--amp", "off", "--distractors",
+            str(tmp_path / "x"), "--distractor-shard-size", "10"]
     assert _run(base + ["-o", str(tmp_path / "fast.json")]) == 0
     assert _run(base + ["--full-decode", "-o", str(tmp_path / "full.json")]) == 0
     assert seen == [True, False]
-
-    keys: list[dict] = []
-    monkeypatch.setattr(descriptor_cache, "cached_descriptors", lambda *a, **k: keys.append(a[4]) or SimpleNamespace(
-        descriptors=[], directory=tmp_path, embedded=False, skipped=[]))
-    encoder = vitrieval.load(model_dir)
-    for flag in (False, True):
-        args = SimpleNamespace(amp="off", distractors=str(tmp_path), distractor_cache=str(tmp_path), batch_size=8,
-                               workers=0, distractor_shard_size=10, progress=False, full_decode=flag)
-        evaluate_cmd.distractor_folder_features(args, encoder, None)(encoder, "square")
-    assert [k["fast_decode"] for k in keys] == [True, False] and keys[0]["resize"] == "square"
+    for (options, kwargs, key), fast in zip(asked, (True, False), strict=True):
+        assert options == ExtractionOptions(num_workers=0, amp="off", resize="square", output="normalized",
+                                            progress=False, fast_decode=fast)
+        assert kwargs["shard_size"] == 10 and key["fast_decode"] is fast and key["pca"] == "before"

@@ -18,8 +18,8 @@ import pytest
 
 from torchrun_launch import launch, torchrun
 
-PREP = {"resize": "square", "amp": "off", "pca": "before"}
-OPTS = dict(batch_size=3, num_workers=0, shard_size=4, apply_pca=False, progress=False)
+OPTIONS = dict(batch_size=3, num_workers=0, amp="off", resize="square", output="normalized", progress=False)
+SHARD_SIZE = 4
 TIMEOUT = 180
 
 
@@ -27,14 +27,15 @@ def _worker(work: Path) -> None:
     import logging
 
     from vitrieval.distributed import DistContext
+    from vitrieval.embed import ExtractionOptions
     from vitrieval.index.descriptor_cache import cached_descriptors
     from vitrieval.model import load
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ctx = DistContext.from_env()
     encoder = load(work / "model", device="cpu")
-    got = cached_descriptors(encoder, encoder.fingerprint(), work / "images", work / "b", PREP, distributed=ctx,
-                             **OPTS)
+    got = cached_descriptors(encoder, encoder.fingerprint(), work / "images", work / "b",
+                             ExtractionOptions(**OPTIONS), shard_size=SHARD_SIZE, distributed=ctx)
     np.save(work / f"rank{ctx.rank}.npy", np.asarray(got.descriptors))
     (work / f"rank{ctx.rank}.json").write_text(json.dumps({"paths": got.paths, "embedded": got.embedded}))
     ctx.barrier()
@@ -45,14 +46,16 @@ def _worker(work: Path) -> None:
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import vitrieval.index.build as build_module
     from index_world import COLOURS, make_images, make_model
-    from vitrieval.embed import extract
+    from vitrieval.embed import ExtractionOptions, extract
     from vitrieval.index.descriptor_cache import cached_descriptors
     from vitrieval.model import load
 
     work = tmp_path_factory.mktemp("dcache_dist").resolve()
     make_images(work / "images", COLOURS[:3], corrupt=1)
     encoder = load(make_model(work / "model"), device="cpu")
-    one_go = cached_descriptors(encoder, encoder.fingerprint(), work / "images", work / "a", PREP, **OPTS)
+    options = ExtractionOptions(**OPTIONS)
+    one_go = cached_descriptors(encoder, encoder.fingerprint(), work / "images", work / "a", options,
+                                shard_size=SHARD_SIZE)
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -65,7 +68,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     build_module.extract = interrupted
     try:
         with pytest.raises(KeyboardInterrupt):
-            cached_descriptors(encoder, encoder.fingerprint(), work / "images", work / "b", PREP, **OPTS)
+            cached_descriptors(encoder, encoder.fingerprint(), work / "images", work / "b", options,
+                               shard_size=SHARD_SIZE)
     finally:
         build_module.extract = build_module_extract
     output = launch(torchrun([str(Path(__file__).resolve()), str(work)]), work, work / "launch.log", TIMEOUT)

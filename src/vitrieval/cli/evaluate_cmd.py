@@ -100,22 +100,16 @@ def features_fingerprint(encoder: Encoder) -> str:
 
 
 def distractor_folder_features(args: argparse.Namespace, encoder: Encoder, dist):  # noqa: ANN001, ANN201
-    """The ``distractor_features(model, resize)`` of :func:`~vitrieval.evaluation.protocol.evaluate_model` for
-    ``--distractors DIR``: the folder's pre-PCA descriptors from the cache (:mod:`vitrieval.index.descriptor_cache`)."""
+    """The ``distractor_features(model, options)`` of :func:`~vitrieval.evaluation.protocol.evaluate_model` for
+    ``--distractors DIR``: the folder's pre-PCA descriptors from the cache (:mod:`vitrieval.index.descriptor_cache`),
+    embedded with the evaluation's extraction options (the cache keys on them)."""
     import logging
 
     from vitrieval.index.descriptor_cache import cached_descriptors
 
-    def features(model, resize: str):  # noqa: ANN001, ANN202 - an encoder (wrapper), a float32 array
-        device = next(model.parameters()).device
-        preprocessing = {"resize": resize, "amp": args.amp, "device": device.type, "pca": "before",
-                         "image_size": int(model.data_config["image_size"]),
-                         "scales": [float(s) for s in getattr(model, "scales", (1.0,))],
-                         "fast_decode": not args.full_decode}
+    def features(model, options):  # noqa: ANN001, ANN202 - an encoder (wrapper), ExtractionOptions; float32 array
         found = cached_descriptors(model, features_fingerprint(encoder), args.distractors, args.distractor_cache,
-                                   preprocessing, batch_size=args.batch_size, num_workers=args.workers,
-                                   shard_size=args.distractor_shard_size, apply_pca=False, progress=args.progress,
-                                   distributed=dist)
+                                   options, shard_size=args.distractor_shard_size, distributed=dist)
         logging.getLogger(__name__).info(
             "distractors: %d descriptors %s %s (%d unreadable skipped)", len(found.descriptors),
             "embedded into" if found.embedded else "reused from", found.directory, len(found.skipped))

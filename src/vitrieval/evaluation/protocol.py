@@ -191,7 +191,7 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
                    model_name: str | None = None, rerank: RerankOptions | None = None,
                    scales: Sequence[float] | None = None,
                    distractors: np.ndarray | None = None,
-                   distractor_features: Callable[[torch.nn.Module, str], np.ndarray] | None = None,
+                   distractor_features: Callable[[torch.nn.Module, ExtractionOptions], np.ndarray] | None = None,
                    inspect: Callable[[EvaluatedSet], None] | None = None
                    ) -> dict[str, Any]:
     """Evaluate ``encoder`` on ``dataset`` read from ``data_root`` with the paper's protocol (module docstring).
@@ -209,9 +209,10 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
     file. ``scales`` (e.g. ``(1, 0.707, 0.5)``) gives multi-scale descriptors (a PCA fitted on them is not stored:
     index / serve extract at one scale); ``rerank`` adds the αQE / DBA variants; ``distractors`` (M × D final
     descriptors of the same model, e.g. ``np.load(path, mmap_mode="r")``) adds the landmark metrics with them in
-    the database; ``distractor_features(model, resize)`` instead gives their descriptors *before* PCA by the
-    evaluation's model (at its image size and scales), reduced here by the evaluation's PCA block by block
-    (``vitrieval evaluate --distractors DIR``). ``inspect`` is called once with the :class:`EvaluatedSet` the
+    the database; ``distractor_features(model, options)`` instead gives their descriptors *before* PCA by the
+    evaluation's model (at its image size and scales) embedded with ``options`` (the evaluation's extraction at its
+    resize, ``output="normalized"``), reduced here by the evaluation's PCA block by block (``vitrieval evaluate
+    --distractors DIR``). ``inspect`` is called once with the :class:`EvaluatedSet` the
     metrics were computed on (``vitrieval evaluate --report``). Returns the JSON-ready result dict.
     """
     from vitrieval.data.readers import read_dataset
@@ -281,7 +282,9 @@ def evaluate_model(encoder: Encoder, dataset: str, data_root: str | Path, *, ks:
         if distractors is None and distractor_features is not None:
             from vitrieval.evaluation.distractors import ReducedRows
 
-            distractors = ReducedRows(distractor_features(model, resize),
+            features = distractor_features(model, dataclasses.replace(ext_options, resize=resize,
+                                                                      output="normalized"))
+            distractors = ReducedRows(features,
                                       None if reduction is None else lambda x: apply_pca(reduction, x))
         if distractors is not None:
             from vitrieval.evaluation.distractors import revisited_map_with_distractors

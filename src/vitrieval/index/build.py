@@ -108,7 +108,6 @@ class BuildOptions:
     progress: bool = True
     scales: Sequence[float] | None = None
     dba: RerankOptions | tuple[int, float] | None = None
-    apply_pca: bool = True  # False: the descriptors before the model's PCA (index/descriptor_cache.py)
     runtime: str = "torch"  # "onnx": embed with <model>/model.onnx (vitrieval.runtime), in one process
     fast_decode: bool | None = True  # large JPEGs at a reduced DCT scale; None: not recorded (from_descriptors)
     milvus: MilvusOptions | None = None
@@ -150,15 +149,8 @@ class BuildOptions:
         from vitrieval.embed import ExtractionOptions
 
         return ExtractionOptions(batch_size=self.batch_size, num_workers=self.num_workers, amp=amp,
-                                 resize=self.resize, skip_bad=True,
-                                 output="descriptor" if self.apply_pca else "normalized",
-                                 progress=self.progress, fast_decode=bool(self.fast_decode))
-
-    def decode_min_side(self, data_config: dict[str, Any]) -> int | None:
-        """The ``min_side`` images are decoded with (:attr:`fast_decode`; ``None``: full size)."""
-        from vitrieval.data.preprocessing import Preprocessing
-
-        return Preprocessing.from_data_config(data_config, self.resize, bool(self.fast_decode)).min_side
+                                 resize=self.resize, skip_bad=True, progress=self.progress,
+                                 fast_decode=bool(self.fast_decode))
 
     def embedding_model(self, encoder: Encoder) -> Any:
         """``encoder``, or its :class:`~vitrieval.multiscale.MultiScaleEncoder` at :attr:`scales`."""
@@ -271,8 +263,8 @@ def build_index(checkpoint_dir: str | Path, images: ImagesArg, out_dir: str | Pa
                 rank0.share(None, refusal)  # raised on every rank, reported by rank 0
             todo = plan.shards_to_embed(ctx, rank0, lock=True)
             started = time.time()
-            chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo, options,
-                                            preprocessing["amp"], ctx, embedder)
+            chunks, skipped = _embed_shards(options.embedding_model(encoder), plan, todo,
+                                            options.extraction(preprocessing["amp"]), ctx, embedder)
             result, failure = None, None
             if ctx.is_main:  # rank 0 alone trains, fills and writes the index; the others wait for the folder
                 try:
@@ -313,26 +305,28 @@ def _onnx_embedder(encoder: Encoder, checkpoint: Path, options: BuildOptions, ct
     return embedder
 
 
-def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: BuildOptions, amp: str,
-                  ctx: DistContext, embedder: Embedder | None = None) -> tuple[list[Chunk], list[str]]:
-    """Embed the shards in ``todo`` (all ranks; with ``embedder`` rank 0 alone), write them and gather every
-    shard's chunk (rank 0)."""
+def _embed_shards(encoder: Any, plan: _Plan, todo: set[int], options: ExtractionOptions, ctx: DistContext,
+                  embedder: Embedder | None = None) -> tuple[list[Chunk], list[str]]:
+    """Embed the shards in ``todo`` with ``options`` (all ranks; with ``embedder`` rank 0 alone, at the options'
+    batch size and decode size), write them and gather every shard's chunk (rank 0)."""
+    from vitrieval.data.preprocessing import Preprocessing
     from vitrieval.progress import tqdm
     from vitrieval.runtime.extraction import embed_table
 
     chunks: list[Chunk] = []
     skipped: list[str] = []
     n_shards = len(plan.shards)
+    min_side = None if embedder is None else Preprocessing.from_data_config(
+        encoder.data_config, options.resize, options.fast_decode).min_side  # the torch transform's decode size
     bar = tqdm(total=len(plan.table), desc="indexing", unit="img", disable=not (options.progress and ctx.is_main))
     for s, records in enumerate(plan.shards):
         if s in todo:
             sub = ImageTable(list(records), f"{plan.table.name}/shard{s:05d}")
             if embedder is not None:
-                ex = embed_table(embedder, sub, options.batch_size, min_side=options.decode_min_side(
-                    encoder.data_config), progress=options.progress, desc=f"shard {s + 1}/{n_shards}")
+                ex = embed_table(embedder, sub, options.batch_size, min_side=min_side, progress=options.progress,
+                                 desc=f"shard {s + 1}/{n_shards}")
             else:
-                ex = extract(encoder, sub, options.extraction(amp), desc=f"shard {s + 1}/{n_shards}",
-                             distributed=ctx)
+                ex = extract(encoder, sub, options, desc=f"shard {s + 1}/{n_shards}", distributed=ctx)
             descriptors = ex.descriptors
             kept = [records[i] for i in ex.indices.tolist()]
             bad = list(ex.bad_paths)

@@ -3,7 +3,9 @@
 :func:`cached_descriptors` embeds a collection with the shard machinery of an index build
 (:mod:`vitrieval.index.build`, :mod:`vitrieval.index.shard_cache`): shards of ``shard_size`` images, each written
 when finished, so an interrupted run resumes where it stopped; under torchrun every shard is embedded by all ranks
-together and written by rank 0, so the descriptors are bit for bit those of one process. The folder is
+together and written by rank 0, so the descriptors are bit for bit those of one process. Its settings are one
+:class:`~vitrieval.embed.ExtractionOptions` (plus ``shard_size``, the cache's own); what the cache keys on, the
+``preprocessing`` below, is derived from that value and the model (:func:`preprocessing_key`). The folder is
 
     <cache_root>/<fingerprint>-<h>/      h = sha256(preprocessing, collection)[:12]
         shards/NNNNN.npy, NNNNN.json     the resumable shards (their keys hash fingerprint, preprocessing, records)
@@ -19,6 +21,7 @@ the shards are kept so that a collection that grows re-embeds only its new shard
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,14 +33,15 @@ import numpy as np
 
 from vitrieval.data.collection import ImagesArg, collection_root, collection_table
 from vitrieval.distributed import DistContext, RankZero
-from vitrieval.embed import resolve_distributed
-from vitrieval.index.build import BuildOptions, _embed_shards, _Plan
+from vitrieval.embed import ExtractionOptions, resolve_distributed
+from vitrieval.index.build import _embed_shards, _Plan
 from vitrieval.index.shard_cache import DEFAULT_SHARD_SIZE
 from vitrieval.io_utils import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CACHE_FILE", "DESCRIPTORS_FILE", "CachedDescriptors", "cache_folder", "cached_descriptors"]
+__all__ = ["CACHE_FILE", "DESCRIPTORS_FILE", "CachedDescriptors", "cache_folder", "cached_descriptors",
+           "preprocessing_key"]
 
 CACHE_FILE = "cache.json"
 DESCRIPTORS_FILE = "descriptors.npy"
@@ -75,32 +79,49 @@ def _complete(folder: Path, digest: str) -> CachedDescriptors | None:
     return CachedDescriptors(x, list(meta["paths"]), list(meta.get("skipped", [])), folder, embedded=False)
 
 
+def preprocessing_key(model: Any, options: ExtractionOptions) -> dict[str, Any]:
+    """Everything besides the model's weights that changes the descriptors ``model`` makes under ``options``, as the
+    cache records it (``cache.json``'s ``"preprocessing"``) and hashes it (folder name, shard keys): derived from
+    the two, so the key cannot disagree with the extraction.
+
+    ``resize``, ``amp`` (as asked: ``auto`` resolves by ``device``), ``fast_decode``, the model's ``device`` type,
+    ``image_size`` and ``scales`` (1.0 for a plain encoder), and ``pca``: the stage of pool -> [PCA] -> L2 the rows
+    are taken at (``options.output``: ``descriptor`` after the PCA, ``normalized`` before it, ``pooled`` before
+    the L2 too).
+    """
+    return {"resize": options.resize, "amp": options.amp, "device": next(model.parameters()).device.type,
+            "pca": _PCA_STAGE[options.output], "image_size": int(model.data_config["image_size"]),
+            "scales": [float(s) for s in getattr(model, "scales", (1.0,))], "fast_decode": bool(options.fast_decode)}
+
+
+_PCA_STAGE = {"descriptor": "after", "normalized": "before", "pooled": "pooled"}
+"""``preprocessing_key``'s ``pca`` for each :attr:`~vitrieval.embed.ExtractionOptions.output`."""
+
+
 def cached_descriptors(model: Any, fingerprint: str, images: ImagesArg, cache_root: str | Path,
-                       preprocessing: dict[str, Any], *, batch_size: int = 64, num_workers: int | str = "auto",
-                       shard_size: int = DEFAULT_SHARD_SIZE, apply_pca: bool = True, progress: bool = True,
+                       options: ExtractionOptions, *, shard_size: int = DEFAULT_SHARD_SIZE,
                        distributed: bool | DistContext | None = None) -> CachedDescriptors:
     """Descriptors of ``images`` by ``model`` (an encoder, or a wrapper of one such as a ``MultiScaleEncoder``),
-    from the cache folder of ``fingerprint`` and ``preprocessing`` (module docstring), embedding what is missing.
+    from the cache folder of ``fingerprint`` and :func:`preprocessing_key` (module docstring), embedding what is
+    missing in shards of ``shard_size`` images.
 
-    ``preprocessing`` must name everything besides the model's weights that changes the descriptors (``resize``,
-    ``amp`` and ``fast_decode`` (default true) are passed to the extraction; image size, scales, PCA or not...);
-    ``apply_pca=False`` caches the descriptors before the model's PCA. Every rank of a process group must call it
-    with the same arguments; every rank gets the result once rank 0 has written the folder.
+    ``options`` (:class:`~vitrieval.embed.ExtractionOptions`) is how they are embedded: its ``output`` says which
+    rows are cached (``normalized``: the descriptors before the model's PCA, whose ``fingerprint`` then need not
+    name the PCA); unreadable images are always skipped and listed (``skip_bad`` is set). Every rank of a process
+    group must call it with the same arguments; every rank gets the result once rank 0 has written the folder.
     """
     ctx = resolve_distributed(distributed)
     table = collection_table(images)
     collection = collection_root(table) or table.name
+    preprocessing = preprocessing_key(model, options)
     folder = cache_folder(cache_root, fingerprint, preprocessing, str(collection))
-    options = BuildOptions(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
-                           resize=str(preprocessing.get("resize", "shorter")), progress=progress,
-                           apply_pca=apply_pca, fast_decode=bool(preprocessing.get("fast_decode", True)))
     plan = _Plan.make(table, folder, shard_size, fingerprint, preprocessing)
     with RankZero(ctx) as rank0:
         rank0.check_same(plan.digest, f"the ranks see different distractor images or models ({len(table)} here)")
         done = rank0.share(_complete(folder, plan.digest) is not None if ctx.is_main else None)
         if not done:
             todo = plan.shards_to_embed(ctx, rank0)
-            chunks, skipped = _embed_shards(model, plan, todo, options, str(preprocessing.get("amp", "auto")), ctx)
+            chunks, skipped = _embed_shards(model, plan, todo, dataclasses.replace(options, skip_bad=True), ctx)
             failure = None
             if ctx.is_main:
                 try:
