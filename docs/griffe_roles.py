@@ -37,13 +37,9 @@ ROLE = re.compile(
 
 
 def convert_roles(text: str, resolve: Callable[[str], str] = str) -> str:
-    """Rewrite the reST roles in ``text`` as Markdown (see the module's rule); everything else is unchanged.
-
-    :param text: docstring text.
-    :param resolve: the full dotted path of a target as written (without ``~``); by default the target itself.
-    :returns: the text with every role replaced: an optional autoref, code for ``:math:``, and in a code block,
-        which can hold no link, the plain title.
-    """
+    """``text`` with every reST role rewritten as Markdown (the module's rule), everything else unchanged: an
+    optional autoref to ``resolve(target)`` (the target as written, without ``~``; by default itself), code for
+    ``:math:``, and in a code block, which can hold no link, the plain title."""
     return "".join(
         ROLE.sub(_plain if code else partial(_autoref, resolve), chunk) for code, chunk in _chunks(text)
     )
@@ -103,12 +99,8 @@ def _chunks(text: str) -> Iterator[tuple[bool, str]]:
 
 
 def scope_resolver(obj: griffe.Object, collection: griffe.ModulesCollection) -> Callable[[str], str]:
-    """The resolver of role targets written in the docstring of ``obj`` (see the module's rule).
-
-    :param obj: the object that owns the docstring.
-    :param collection: the loaded modules, for full dotted paths.
-    :returns: a function from a target as written to its full dotted path, or the target when it resolves nowhere.
-    """
+    """The full dotted path of a role target written in the docstring of ``obj`` (the module's rule), or the target
+    as written when it resolves nowhere; ``collection`` (the loaded modules) follows full dotted paths."""
 
     def resolve(target: str) -> str:
         try:
@@ -147,12 +139,7 @@ class ReSTRoles(griffe.Extension):
     """Rewrites the reST roles of a package's docstrings once the package is loaded."""
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
-        """Rewrite the roles in every docstring of ``pkg`` (see the module's rule).
-
-        :param pkg: the loaded package.
-        :param loader: the loader, whose collection holds the loaded modules.
-        :param kwargs: griffe's further arguments, unused.
-        """
+        """Rewrite the roles in every docstring of ``pkg``, resolved among the loader's modules."""
         for obj in _documented(pkg):
             if obj.docstring is not None:
                 obj.docstring.value = convert_roles(obj.docstring.value, scope_resolver(obj, loader.modules_collection))
