@@ -17,7 +17,7 @@ demo: setup
 	$(VENV)/bin/vitrieval demo --output runs/demo
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
 
 # The documentation site from docs/ (mkdocs.yml) into site/: --strict turns any warning into a failure; offline.
 docs: setup
