@@ -63,31 +63,23 @@ from starlette.requests import ClientDisconnect
 from vitrieval import __version__
 from vitrieval.data.images import ImageDecodeError, load_image
 from vitrieval.index import Index
-from vitrieval.index.compaction import DEFAULT_INTERVAL_S, DEFAULT_MAX_PENDING, Compactor
+from vitrieval.index.compaction import DEFAULT_INTERVAL_S, DEFAULT_MAX_PENDING
 from vitrieval.index.store import display_path
 from vitrieval.rerank import DEFAULT_ALPHA, DEFAULT_N, RerankOptions
 from vitrieval.serve.auth import WriteAuth
-from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Batcher
+from vitrieval.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 from vitrieval.serve.head import HeadAsGet
+from vitrieval.serve.startup import Running, start
 from vitrieval.serve.timeouts import DEFAULT_REQUEST_TIMEOUT_S, BodyDeadline
 from vitrieval.serve.uploads import (
     DEFAULT_DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_ASPECT_RATIO,
     DEFAULT_MAX_RESIZED_PIXELS,
     DEFAULT_MAX_UPLOAD_PIXELS,
-    DecodePool,
     UploadLimits,
     UploadRefused,
 )
-from vitrieval.serve.writes import (
-    UploadStore,
-    WriteHealth,
-    add_upload,
-    hold_for_writes,
-    parse_class_name,
-    parse_label,
-    remove_image,
-)
+from vitrieval.serve.writes import WriteHealth, add_upload, parse_class_name, parse_label, remove_image
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +284,10 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     ``max_concurrent_decodes=None`` is the CPU count, at most 4. ``max_batch`` / ``max_wait_ms``: batched
     inference (:mod:`vitrieval.serve.batching`; ``max_batch=1`` embeds each query alone). ``write_token`` turns on
     ``POST /images`` / ``DELETE /images/{id}`` (the index must be a folder; this app becomes its one writer: its
-    write lock is taken and the folder probed before the model loads, and released if the start fails), with
+    write lock is taken and the folder probed before the model loads), with
     compaction after ``compact_every`` writes or ``compact_interval_s`` seconds (and at shutdown, in the app's
-    lifespan). ``app.state.close()`` stops the app's threads and releases the folder's write lock.
+    lifespan). ``app.state.close()`` stops the app's threads and releases the folder's write lock; a start that
+    fails does so itself (:mod:`vitrieval.serve.startup`: nothing left running or locked).
     ``runtime`` (``torch`` / ``onnx``, see :mod:`vitrieval.runtime`) is what embeds the queries; ``None`` keeps the
     index's (``torch`` for a folder). With ``onnx`` the service imports no torch.
     ``query_amp``: the autocast of the queries' forward pass (``None``: the index's own;
@@ -318,61 +311,31 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         idx.use_runtime(runtime)
     idx.use_query_amp(query_amp)
     auth = WriteAuth(write_token)
-    if auth.writable:  # the folder's lock and write probe before the model loads: a refusal is not kept waiting
-        hold_for_writes(idx)
-    compactor: Compactor | None = None
-    store: UploadStore | None = None
-    batcher: Batcher | None = None
-    try:
-        if preload_model:
-            _ = idx.embedder
-        batcher = Batcher(idx.embed_prepared, max_batch, max_wait_ms)
-        if auth.writable:  # last: its thread may compact the folder
-            assert idx.directory is not None
-            compactor = Compactor(idx, compact_every, compact_interval_s)
-            store = UploadStore(idx.directory)
-    except BaseException:  # a start-up that fails leaves the folder unlocked (another writer may take it)
-        if batcher is not None:
-            batcher.close()
-        if auth.writable:
-            idx.release_writer()
-        raise
-    decoder = DecodePool(limits, idx.preprocessing)
     root = idx.root
     cache = ThumbnailCache(thumbnail_cache_entries)
     max_mb = f"{max_upload_bytes / 2 ** 20:g}"
     page = _page()
     health = WriteHealth(idx.directory if auth.writable else None)
-
-    def close() -> None:
-        batcher.close()
-        decoder.shutdown()
-        if compactor is not None:
-            compactor.close()
-            idx.release_writer()
+    running: Running  # the threads and the folder's lock: started last (below), so no failed start leaves them
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        if compactor is not None and idx.pending_writes:  # at shutdown: fold the journal into a generation
-            await run_in_threadpool(compactor.compact)
+        if running.compactor is not None and idx.pending_writes:  # at shutdown: fold the journal into a generation
+            await run_in_threadpool(running.compactor.compact)
 
     app = FastAPIOffline(title="vitrieval image search", version=__version__, lifespan=lifespan,
                          description=f"Search {len(idx)} indexed images by example (model {idx.fingerprint}).",
                          swagger_ui_parameters={"validatorUrl": None})  # Swagger's validator badge is remote
     app.state.index = idx
     app.state.thumbnails = cache
-    app.state.decoder = decoder
-    app.state.batcher = batcher
-    app.state.compactor = compactor
-    app.state.close = close
 
     async def descriptor_of(data: bytes, name: str, stored: bool = False) -> Any:
         """Decode (bounded pool), preprocess (threadpool) and embed (batched) one upload; HTTP errors for bad ones.
         ``stored``: an image to add, embedded under the index's own mode when queries use another (unbatched)."""
         try:
-            with batcher.incoming():
-                image = await decoder.decode(data, name)
+            with running.batcher.incoming():
+                image = await running.decoder.decode(data, name)
                 tensor = await run_in_threadpool(idx.prepare, image)
         except UploadRefused as exc:
             raise HTTPException(exc.status, exc.detail) from None
@@ -380,7 +343,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
             raise HTTPException(400, f"cannot read the uploaded image {name!r}: {exc.reason}") from None
         if stored and idx.query_amp_differs:
             return (await run_in_threadpool(idx.embed_prepared, [tensor], True))[0]
-        return await batcher.embed(tensor)
+        return await running.batcher.embed(tensor)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # noqa: ANN001, ANN202 - starlette signature
@@ -395,8 +358,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
     @app.get("/healthz", response_model=Health, summary="Liveness and what is indexed")
     def healthz() -> Health:
         return Health(status="ok", count=len(idx), generation=idx.generation, pending_writes=idx.pending_writes,
-                      writable=health.writable, write_error=health.last_error, max_batch=batcher.max_batch,
-                      max_wait_ms=batcher.max_wait_ms,
+                      writable=health.writable, write_error=health.last_error,
+                      max_batch=running.batcher.max_batch, max_wait_ms=running.batcher.max_wait_ms,
                       query_amp=idx.query_amp or idx.index_amp,
                       fingerprint=idx.fingerprint, descriptor_dim=idx.descriptor_dim,
                       factory=idx.factory, max_k=max_k, max_upload_bytes=max_upload_bytes,
@@ -476,6 +439,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         label = parse_label(fields)
         class_name = parse_class_name(fields)
         descriptor = await descriptor_of(data, name, stored=True)
+        store, compactor = running.store, running.compactor
         assert store is not None and compactor is not None
         image_id = await run_in_threadpool(add_upload, idx, store, data, descriptor, label, health, name, class_name)
         compactor.notify()
@@ -487,6 +451,7 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
         auth.check(request.headers.get("authorization"))
         if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > MAX_ID_DIGITS:
             raise HTTPException(404, "no such image")
+        store, compactor = running.store, running.compactor
         assert store is not None and compactor is not None
         if not await run_in_threadpool(remove_image, idx, store, int(image_id), health):
             raise HTTPException(404, f"no image with id {image_id}")
@@ -496,4 +461,8 @@ def create_app(index: str | Path | Index, max_upload_bytes: int = DEFAULT_MAX_UP
 
     app.add_middleware(BodyDeadline, timeout_s=request_timeout_s)
     app.add_middleware(HeadAsGet)
+    running = start(idx, writable=auth.writable, limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                    compact_every=compact_every, compact_interval_s=compact_interval_s, preload_model=preload_model)
+    app.state.batcher, app.state.decoder, app.state.compactor = running.batcher, running.decoder, running.compactor
+    app.state.close = running.close
     return app
