@@ -3,14 +3,16 @@ the commands under test run in a child process dropped to ``nobody`` (uid/gid 65
 against a folder owned by root, mode 0755 (files 0644): a writer is refused in one line and changes nothing; a
 reader works, reading a pending write from ``journal.sqlite`` read-only.
 
-Skipped (with the reason) when the tests do not run as root, when the drop is refused, or when ``nobody`` cannot
-reach the interpreter, the environment's packages or vitrieval's sources.
+Where the interpreter lies in a folder closed to others (a pyenv under ``/root``, 0700), the child runs in a private
+mount namespace that opens that folder for it alone (:func:`_opening`). Skipped (with the reason) when the tests do
+not run as root, when the drop or the namespace is refused, or when ``nobody`` still cannot import vitrieval.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -39,19 +41,37 @@ def _closed_to_others(path: Path) -> Path | None:
     return None if mode & stat.S_IROTH and (not path.is_dir() or mode & stat.S_IXOTH) else path
 
 
+def _needed() -> dict[str, Path]:
+    return {"the interpreter": Path(sys.executable).resolve(), "the standard library": Path(os.__file__).resolve(),
+            "the environment's packages": Path(sysconfig.get_paths()["purelib"]),
+            "vitrieval's sources": SRC / "vitrieval" / "__init__.py"}
+
+
+def _opening() -> list[str]:
+    """Shell lines that, in a private mount namespace, open to others each folder closed on the way to what the
+    child needs (``/root``, 0700, holding a pyenv interpreter): the folder inside it on the way is bind-mounted
+    aside, a 0755 tmpfs covers the closed folder, and the inside folder is bound back. The machine's mounts and
+    modes are not touched."""
+    lines, opened = [], set()
+    for path in _needed().values():
+        closed = _closed_to_others(path)
+        if closed is None or closed == path or closed in opened:
+            continue
+        inside = shlex.quote(str(closed / path.relative_to(closed).parts[0]))
+        lines += ['aside="$(mktemp -d)"', f'mount --bind {inside} "$aside"',
+                  f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(closed))}", f"mkdir -p {inside}",
+                  f'mount --bind "$aside" {inside}', 'umount "$aside"', 'rmdir "$aside"']
+        opened.add(closed)
+    return lines
+
+
 def _why_not_as_nobody() -> str | None:
     """Why a child cannot run vitrieval as ``nobody`` here; ``None`` when it can."""
     if os.geteuid() != 0:
         return "runs only as root (dropping to uid 65534 needs root; as another user the files' modes are tested " \
                "by the read-only tests)"
-    needed = {"the interpreter": Path(sys.executable).resolve(), "the standard library": Path(os.__file__).resolve(),
-              "the environment's packages": Path(sysconfig.get_paths()["purelib"]),
-              "vitrieval's sources": SRC / "vitrieval" / "__init__.py"}
-    for what, path in needed.items():
-        closed = _closed_to_others(path)
-        if closed is not None:
-            return f"uid {NOBODY} cannot read {what} ({path}): {closed} is mode " \
-                   f"{stat.S_IMODE(closed.stat().st_mode):o}; run the tests from an install other users can read"
+    if _opening() and (shutil.which("unshare") is None or shutil.which("setpriv") is None):
+        return "the interpreter is in a folder closed to other users, and unshare(1) / setpriv(1) are missing"
     try:
         done = _as_nobody(["-c", "import vitrieval.cli, faiss, fastapi, torch"], Path("/"))
     except (PermissionError, OSError) as exc:  # no CAP_SETUID / CAP_SETGID in this container
@@ -62,10 +82,18 @@ def _why_not_as_nobody() -> str | None:
 
 
 def _as_nobody(args: list[str], home: Path) -> subprocess.CompletedProcess:
-    """``python ARGS`` as ``nobody`` (uid, gid 65534, no supplementary groups), with vitrieval's sources."""
+    """``python ARGS`` as ``nobody`` (uid, gid 65534, no supplementary groups), with vitrieval's sources; in a
+    private mount namespace that opens the folders closed on the way to the interpreter (:func:`_opening`) where
+    there are some."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "HOME": str(home)}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=home, timeout=300,
-                          user=NOBODY, group=NOBODY, extra_groups=[])
+    opening = _opening()
+    if not opening:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=home,
+                              timeout=300, user=NOBODY, group=NOBODY, extra_groups=[])
+    shell = "set -e; " + "; ".join(opening) + \
+        f'; exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- "$@"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", shell, "sh", sys.executable, *args], capture_output=True,
+                          text=True, env=env, cwd=home, timeout=300)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
