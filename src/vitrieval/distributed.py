@@ -3,7 +3,8 @@
 One process (no ``WORLD_SIZE`` in the environment) is the default and needs no process group. Under torchrun,
 ``gather_with_grad`` returns the concatenation of every rank's tensor in rank order, where the local part is the
 autograd-tracked input itself, so the contrastive loss and the cross-batch memory see the global batch.
-``DistContext.current()`` describes a process group that something else already initialised (``embed.extract``
+:func:`process_group` initialises the group of one command and destroys it after; ``DistContext.current()``
+describes a process group that something else already initialised (``embed.extract``
 uses it to shard extraction automatically); ``all_gather_object`` / ``broadcast_object`` move picklable results.
 :class:`RankZero` runs a part that rank 0 does alone (e.g. training a faiss index and writing its folder) while the
 other ranks wait for its value or its error.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -103,6 +106,22 @@ class DistContext:
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(backend: str | None = None) -> Iterator[DistContext]:
+    """The process group of one command (or one :func:`vitrieval.training.train`): under torchrun it is initialised
+    here unless something already did (:meth:`DistContext.from_env`), and the one initialised here is destroyed on
+    the way out, error or not. A process that exits with its gloo group alive can abort in the group's destructor
+    ("terminate called without an active exception", SIGABRT after the work is done); one that did not create the
+    group leaves it to its creator."""
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized())
+    ctx = DistContext.from_env(backend)
+    try:
+        yield ctx
+    finally:
+        if created:
+            ctx.shutdown()
 
 
 RANK0_WAIT_TIMEOUT = timedelta(hours=24)

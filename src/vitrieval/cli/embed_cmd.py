@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Embed the collection; print a one-line summary."""
     from vitrieval.cli.index_cmd import model_into_index, refuse_other_models_index
-    from vitrieval.distributed import DistContext
+    from vitrieval.distributed import process_group
     from vitrieval.index.build import BuildOptions
     from vitrieval.index.embeddings import embed_collection
 
@@ -69,11 +69,8 @@ def run(args: argparse.Namespace) -> int:
     options = BuildOptions(batch_size=args.batch_size, num_workers=args.workers, shard_size=args.shard_size,
                            device=args.device, progress=args.progress, scales=args.scales,
                            fast_decode=not args.full_decode)
-    ctx = DistContext.from_env()
-    try:
+    with process_group() as ctx:
         done = embed_collection(args.checkpoint, images, args.output, options, ctx)
-    finally:
-        ctx.shutdown()
     if done is None:  # not rank 0
         return 0
     print(f"embedded {done.count} image(s) into {len(done.info['shards'])} shard(s) in {args.output} "

@@ -42,7 +42,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vitrieval.cli import CLIError, check_output_file, num_workers_arg
 from vitrieval.cli.retrieval_options import (
@@ -56,7 +57,9 @@ from vitrieval.cli.retrieval_options import (
 )
 
 if TYPE_CHECKING:
+    from vitrieval.distributed import DistContext
     from vitrieval.model import Encoder
+    from vitrieval.rerank import RerankOptions
 
 
 def _ks(text: str) -> list[int]:
@@ -81,7 +84,6 @@ def _distractor_file(path: str):  # noqa: ANN202 - a memory-mapped numpy array
 def default_cache_root() -> str:
     """``$XDG_CACHE_HOME/vitrieval/distractors`` (``~/.cache/vitrieval/distractors``)."""
     import os
-    from pathlib import Path
 
     return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitrieval" / "distractors")
 
@@ -177,7 +179,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the paper-style line, optionally write the JSON; returns the exit code."""
-    from pathlib import Path
 
     from vitrieval.data.readers import READERS
 
@@ -237,14 +238,20 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--use-bbox applies to cub (landmark queries are always cropped; csv tables crop to "
                            f"their x1,y1,x2,y2 columns); not to {args.dataset}")
 
+    from vitrieval.distributed import process_group
+
+    with process_group() as dist:  # under torchrun: each rank embeds its shard, every rank gets all descriptors
+        return _evaluate(args, dist, learned, rerank, reader_options)
+
+
+def _evaluate(args: argparse.Namespace, dist: DistContext, learned: bool, rerank: RerankOptions,
+              reader_options: dict[str, Any]) -> int:
     from vitrieval.amp import resolve_device
-    from vitrieval.distributed import DistContext
     from vitrieval.evaluation.format import format_results
     from vitrieval.evaluation.pca_fit import PCAOptions
     from vitrieval.evaluation.protocol import ExtractionOptions, evaluate_model
     from vitrieval.io_utils import atomic_write_json
 
-    dist = DistContext.from_env()  # under torchrun: each rank embeds its shard, every rank gets all descriptors
     device = resolve_device(args.device)
     encoder = encoder_from_args(args).to(device).eval()
     pca = PCAOptions(dim=args.pca, whiten=args.whiten is not None, method="learned" if learned else "pca",

@@ -108,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Build (or extend) the index; prints a one-line summary and the skipped files."""
     from vitrieval.disk_errors import naming
-    from vitrieval.distributed import DistContext
+    from vitrieval.distributed import process_group
 
     if args.remove is not None:
         if args.descriptors:
@@ -136,28 +136,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.add:
         _model_for_new_index(args)
 
-    import torch.distributed
-
-    created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    ctx = DistContext.from_env()  # under torchrun: the ranks share the embedding, rank 0 writes, prints and logs
-    created = created and ctx.enabled
-    quiet = _quiet_logging() if not ctx.is_main else None
-    try:
-        with naming(args.output):
-            return _run(args, images, ctx)
-    except Exception as exc:
-        if (not is_user_error(exc) or getattr(exc, "raised_on_rank", None) != 0
-                or getattr(args, "verbose", False)):
-            raise
-        # rank 0's error, raised on every rank: rank 0 reports it (as ``vitrieval`` does), before anyone exits
-        code = report_error(args.command, exc) if ctx.is_main else 2
-        ctx.barrier()
-        return code
-    finally:
-        if quiet is not None:
-            quiet()
-        if created:
-            ctx.shutdown()
+    with process_group() as ctx:  # under torchrun: the ranks share the embedding, rank 0 writes, prints and logs
+        quiet = _quiet_logging() if not ctx.is_main else None
+        try:
+            with naming(args.output):
+                return _run(args, images, ctx)
+        except Exception as exc:
+            if (not is_user_error(exc) or getattr(exc, "raised_on_rank", None) != 0
+                    or getattr(args, "verbose", False)):
+                raise
+            # rank 0's error, raised on every rank: rank 0 reports it (as ``vitrieval`` does), before anyone exits
+            code = report_error(args.command, exc) if ctx.is_main else 2
+            ctx.barrier()
+            return code
+        finally:
+            if quiet is not None:
+                quiet()
 
 
 def refuse_other_models_index(output: Path, checkpoint: Path | None, wanted: str | None = None,

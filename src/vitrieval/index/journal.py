@@ -49,10 +49,9 @@ from vitrieval.index.journal_log import LEGACY_JOURNAL_FILE, read_legacy_journal
 from vitrieval.index.journal_write import JournalError, JournalLocked, Write
 from vitrieval.index.manifest import INFO_FILE, IndexFormatError
 from vitrieval.index.rows import decode_name, encode_name
-from vitrieval.index.store import fsync_dir
+from vitrieval.index.store import JOURNAL_FILE, fsync_dir
 from vitrieval.io_utils import atomic_path
 
-JOURNAL_FILE = "journal.sqlite"
 SEQ_KEY = "journal_seq"
 """``index.json`` key: the last journalled write a generation holds."""
 APPLICATION_ID = 0x56524A31  # "VRJ1": PRAGMA application_id of a vitrieval journal

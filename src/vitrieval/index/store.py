@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from vitrieval.index.journal_log import LEGACY_JOURNAL_FILE
 from vitrieval.index.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     import faiss
 
 INDEX_FILE = "index.faiss"
+JOURNAL_FILE = "journal.sqlite"
+"""The writes since the generation (:mod:`vitrieval.index.journal`)."""
 METADATA_FILE = "metadata.jsonl"
 """The rows of a version-1/2 folder (read, never written)."""
 GENERATION_KEY = "generation"
@@ -79,7 +82,7 @@ def check_out_dir(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"index output {directory} exists and is not a folder")
     if directory.is_dir() and any(directory.iterdir()):
-        ours = {INFO_FILE, INDEX_FILE, METADATA_FILE, SHARDS_DIR}
+        ours = {INFO_FILE, INDEX_FILE, METADATA_FILE, SHARDS_DIR, JOURNAL_FILE, LEGACY_JOURNAL_FILE}
         only_model = {p.name for p in directory.iterdir()} == {"model"}  # `index --model` wrote its model first
         if not only_model and not any((directory / name).exists() for name in ours) \
                 and not any(map(_is_generation, directory.iterdir())):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vitrieval.config import Config
 from vitrieval.data.images import ImageDecodeError
+from vitrieval.distributed import process_group
 from vitrieval.training.checkpoint import LAST
 from vitrieval.training.lifecycle import TrainResult
 from vitrieval.training.pk_trainer import Trainer
@@ -23,8 +24,12 @@ def train(config: Config, output_dir: str | Path, resume: bool = False, progress
     does a run that fails before its first checkpoint there. An unreadable training image with
     ``data.on_bad_image=stop`` is raised naming ``data.on_bad_image=skip``.
     """
+    with process_group():  # under torchrun: the group of this run, destroyed at its end
+        return _train(config, Path(output_dir), resume, progress)
+
+
+def _train(config: Config, out: Path, resume: bool, progress: bool) -> TrainResult:
     kind = TupleTrainer if config.train.sampler == "tuples" else Trainer
-    out = Path(output_dir)
     fresh = not out.exists()
     try:
         trainer = kind(config, out, resume=resume, progress=progress)
