@@ -206,3 +206,37 @@ def test_one_writer_per_folder(tmp_path):
         JournalWriter(tmp_path)
     first.close()
     JournalWriter(tmp_path).close()
+
+
+CRASH_MID_COMMIT = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 1")  # pages spill into the file before the commit: a hot rollback journal
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO writes VALUES (4, 'remove', NULL)")
+for p in range(3000):
+    db.execute("INSERT INTO write_rows (seq, position, id, path) VALUES (4, ?, ?, ?)", (p, p, os.urandom(300)))
+db.execute("UPDATE acknowledged SET last_seq = 4")
+os._exit(0)  # killed before COMMIT
+"""
+
+
+def test_a_commit_a_crash_left_half_done_is_rolled_back_or_named(tmp_path, monkeypatch):
+    """A writer killed inside its transaction leaves SQLite's hot rollback journal: a reader who may write rolls it
+    back (write 4 was never acknowledged, and is absent); one who may not is told so in one line."""
+    import subprocess
+    import sys
+
+    _journal(tmp_path)
+    path = tmp_path / JOURNAL_FILE
+    subprocess.run([sys.executable, "-c", CRASH_MID_COMMIT, str(path)], check=True)
+    hot = tmp_path / f"{JOURNAL_FILE}-journal"
+    assert hot.is_file() and hot.stat().st_size > 0
+    with monkeypatch.context() as m:
+        m.setattr(os, "access", lambda *a, **k: False)  # as a user who may not write the folder (read-only open)
+        with pytest.raises(JournalError, match=r"journal.sqlite: a write a crash left half done "
+                                               r"\(journal.sqlite-journal\) must be rolled back"):
+            read_journal(tmp_path)
+    state = read_journal(tmp_path)  # may write: SQLite rolls the half-done write back
+    assert state.last_seq == 3 and [w.seq for w in state.writes] == [1, 2, 3]
+    assert not hot.exists() or hot.stat().st_size == 0

@@ -175,7 +175,12 @@ def _error(exc: sqlite3.Error, path: Path) -> Exception:
     """What a failed SQLite call on the journal ``path`` is to the user: an ``OSError`` of the disk's errno (a
     full disk, a read-only or forbidden file: :mod:`vitrieval.disk_errors` reports it in one line), else a
     :class:`JournalError` (a damaged file)."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    extended = getattr(exc, "sqlite_errorcode", 0)
+    if extended == sqlite3.SQLITE_READONLY_ROLLBACK:
+        return JournalError(f"{path}: a write a crash left half done ({path.name}-journal) must be rolled back "
+                            "before it can be read, which needs write access: run any vitrieval command on the "
+                            "folder once as a user who may write it (vitrieval search will do)")
+    code = extended & 0xFF
     if code == sqlite3.SQLITE_FULL:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     if code == sqlite3.SQLITE_READONLY:
