@@ -240,3 +240,20 @@ def test_a_commit_a_crash_left_half_done_is_rolled_back_or_named(tmp_path, monke
     state = read_journal(tmp_path)  # may write: SQLite rolls the half-done write back
     assert state.last_seq == 3 and [w.seq for w in state.writes] == [1, 2, 3]
     assert not hot.exists() or hot.stat().st_size == 0
+
+
+def test_a_new_journal_does_not_take_a_stale_rollback_journal_left_beside_its_name(tmp_path):
+    """A journal deleted while a crash had left its hot rollback journal beside it: the new journal a writer then
+    creates must not have that rollback journal played into it (SQLite would, on the first open)."""
+    import subprocess
+    import sys
+
+    _journal(tmp_path)
+    subprocess.run([sys.executable, "-c", CRASH_MID_COMMIT, str(tmp_path / JOURNAL_FILE)], check=True)
+    assert (tmp_path / f"{JOURNAL_FILE}-journal").is_file()
+    (tmp_path / JOURNAL_FILE).unlink()
+    writer = JournalWriter(tmp_path)
+    assert writer.append(Write("remove", np.array([1]))) == 1
+    writer.close()
+    state = read_journal(tmp_path)
+    assert state.last_seq == 1 and [(w.seq, w.op, w.ids.tolist()) for w in state.writes] == [(1, "remove", [1])]

@@ -48,7 +48,7 @@ from vitrieval.disk_errors import NotWritable, check_writable
 from vitrieval.index.journal_log import LEGACY_JOURNAL_FILE, read_legacy_journal
 from vitrieval.index.journal_write import JournalError, JournalLocked, Write
 from vitrieval.index.manifest import INFO_FILE, IndexFormatError
-from vitrieval.index.rows import decode_name, encode_name
+from vitrieval.index.rows import decode_name, drop_stale_rollback_journal, encode_name
 from vitrieval.index.store import JOURNAL_FILE, fsync_dir
 from vitrieval.io_utils import atomic_path
 
@@ -275,7 +275,9 @@ class JournalWriter:
     def _create(self) -> None:
         """A new journal: the mark at :attr:`last_seq` (the folder's ``journal_seq`` or higher), with a format-3
         ``journal.log``'s writes moved in; written whole under a temporary name, then renamed; then the old file
-        removed."""
+        removed. A rollback journal left beside the name (of a deleted or replaced file) is removed first: SQLite
+        would take it as a commit to roll back into the new file."""
+        drop_stale_rollback_journal(self.path)
         try:
             with atomic_path(self.path) as tmp:
                 db = sqlite3.connect(tmp, isolation_level=None)

@@ -70,11 +70,17 @@ class IndexEntry:
         return cls(int(image_id), record.path, label, name)
 
 
+def drop_stale_rollback_journal(path: Path) -> None:
+    """Remove the SQLite rollback journal left beside ``path`` (``NAME-journal``) before a new database takes that
+    name: SQLite would take it as a commit a crash left half done and play it into the new file."""
+    path.with_name(path.name + "-journal").unlink(missing_ok=True)
+
+
 def _fresh_database_file(path: Path) -> None:
     """An empty file at ``path`` for a new database, replacing a leftover of an interrupted write (and its SQLite
     journal), created with the umask's mode (SQLite would create it 0644); SQLite takes an empty file as new."""
-    for leftover in (path, path.with_name(path.name + "-journal")):
-        leftover.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    drop_stale_rollback_journal(path)
     create_empty(path)
 
 
