@@ -46,7 +46,7 @@ import numpy as np
 
 from vitrieval.disk_errors import NotWritable, check_writable
 from vitrieval.index.journal_log import LEGACY_JOURNAL_FILE, read_legacy_journal
-from vitrieval.index.journal_write import JournalError, JournalLocked, Write
+from vitrieval.index.journal_write import JOURNAL_FIX, JournalError, JournalLocked, Write
 from vitrieval.index.manifest import INFO_FILE, IndexFormatError
 from vitrieval.index.rows import decode_name, drop_stale_rollback_journal, encode_name
 from vitrieval.index.store import JOURNAL_FILE, fsync_dir
@@ -63,7 +63,6 @@ CREATE TABLE write_rows (seq INTEGER NOT NULL, position INTEGER NOT NULL, id INT
                          label INTEGER, class_name BLOB, vector BLOB, PRIMARY KEY (seq, position)) WITHOUT ROWID;
 CREATE TABLE acknowledged (last_seq INTEGER NOT NULL);
 """
-_FIX = "restore the index folder from a copy, or rebuild it (vitrieval index ... --overwrite)"
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class JournalState:
         if self.marked and seq > self.last_seq:
             raise JournalError(f"{directory / INFO_FILE}: key {SEQ_KEY!r} is {seq}, beyond the last write "
                                f"{self.path} acknowledged ({self.last_seq}): a hand-edited {INFO_FILE}, or "
-                               f"another folder's journal? {_FIX}")
+                               f"another folder's journal? {JOURNAL_FIX}")
         later = [w for w in self.writes if w.seq > seq]
         last = self.last_seq if self.marked else seq + len(later)
         expected = list(range(seq + 1, last + 1))
@@ -96,7 +95,7 @@ class JournalState:
             what = f"writes {missing[0]}..{missing[-1]}" if len(missing) > 1 else f"write {missing[0]}"
             verb = "are" if len(missing) > 1 else "is"
             raise JournalGap(f"{self.path}: the acknowledged {what} since the generation of {INFO_FILE} "
-                             f"({SEQ_KEY} {seq}) {verb} missing (emptied, cut short or edited?): {_FIX}")
+                             f"({SEQ_KEY} {seq}) {verb} missing (emptied, cut short or edited?): {JOURNAL_FIX}")
         return later
 
 
@@ -119,7 +118,7 @@ def read_journal(directory: Path) -> JournalState:
 
 def _read_sqlite(path: Path) -> JournalState:
     if not path.is_file():
-        raise JournalError(f"{path} is not a file: {_FIX}")
+        raise JournalError(f"{path} is not a file: {JOURNAL_FIX}")
     # read-write where this process may write (so that a commit a crash left half done is rolled back: SQLite's
     # hot journal), read-only elsewhere; never created here
     mode = "rw" if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK) else "ro"
@@ -132,7 +131,8 @@ def _read_sqlite(path: Path) -> JournalState:
         _check_journal(db, path)
         last = db.execute("SELECT last_seq FROM acknowledged").fetchall()
         if len(last) != 1:
-            raise JournalError(f"{path}: its high-water mark (table acknowledged) has {len(last)} rows, not 1: {_FIX}")
+            raise JournalError(f"{path}: its high-water mark (table acknowledged) has {len(last)} rows, not 1: "
+                               f"{JOURNAL_FIX}")
         ops = db.execute("SELECT seq, op, dim FROM writes ORDER BY seq").fetchall()
         rows: dict[int, list[tuple]] = {}
         for row in db.execute("SELECT seq, id, path, label, class_name, vector FROM write_rows "
@@ -152,12 +152,12 @@ def _check_journal(db: sqlite3.Connection, path: Path) -> None:
     if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
         size = path.stat().st_size
         raise JournalError(f"{path} is {'empty' if size == 0 else 'not a vitrieval journal'} ({size} bytes): "
-                           f"{_FIX}")
+                           f"{JOURNAL_FIX}")
     problems = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
     if problems != ["ok"]:
         first = next((line.strip() for p in problems for line in str(p).splitlines()
                       if line.strip() and not line.startswith("***")), "quick_check failed")
-        raise JournalError(f"{path} is damaged ({first[:160]}): {_FIX}")
+        raise JournalError(f"{path} is damaged ({first[:160]}): {JOURNAL_FIX}")
 
 
 def _write(seq: int, op: str, dim: int | None, rows: list[tuple], path: Path) -> Write:
@@ -165,7 +165,7 @@ def _write(seq: int, op: str, dim: int | None, rows: list[tuple], path: Path) ->
     if op == "remove":
         return Write("remove", ids, seq=seq)
     if not dim or any(r[4] is None or len(r[4]) != 4 * dim for r in rows):
-        raise JournalError(f"{path}: write {seq} has vectors of the wrong size (dim {dim}): {_FIX}")
+        raise JournalError(f"{path}: write {seq} has vectors of the wrong size (dim {dim}): {JOURNAL_FIX}")
     vectors = np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").reshape(len(rows), dim).astype(np.float32)
     entries = [(decode_name(r[1]) or "", None if r[2] is None else int(r[2]), decode_name(r[3])) for r in rows]
     return Write("add", ids, entries, vectors, seq=seq)
@@ -193,7 +193,7 @@ def _error(exc: sqlite3.Error, path: Path) -> Exception:
         return OSError(errno.EIO, f"{os.strerror(errno.EIO)} ({exc})", str(path))
     if code == sqlite3.SQLITE_BUSY:
         return JournalLocked(f"{path} is locked by another process ({exc}): try again")
-    return JournalError(f"{path} is damaged or not a journal ({exc}): {_FIX}")
+    return JournalError(f"{path} is damaged or not a journal ({exc}): {JOURNAL_FIX}")
 
 
 class JournalWriter:
@@ -246,7 +246,7 @@ class JournalWriter:
             if not replace_damaged or self.path.is_dir() or (self.directory / LEGACY_JOURNAL_FILE).is_dir():
                 raise
             log.warning("%s; this build replaces it, with the writes it held, by a new journal",
-                        str(exc).split(f": {_FIX}")[0])
+                        str(exc).split(f": {JOURNAL_FIX}")[0])
             self._replace = True
             return JournalState(None, [], 0, marked=False)
 
@@ -266,7 +266,7 @@ class JournalWriter:
                 db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
                 db.execute("PRAGMA journal_mode = DELETE")
                 db.execute("PRAGMA synchronous = EXTRA")  # the commit's unlink of the rollback journal fsynced too
-                _check_journal(db, self.path)
+                # no second quick_check: __init__ read (and checked) an existing file; a new one was just written
             except sqlite3.Error as exc:
                 raise _error(exc, self.path) from None
             self._db = db

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrieval.index.journal_write import JournalError, Write
+from vitrieval.index.journal_write import JOURNAL_FIX, JournalError, Write
 
 LEGACY_JOURNAL_FILE = "journal.log"
 _HEADER = struct.Struct("<II")
@@ -60,8 +60,7 @@ def _decode(payload: bytes) -> Write:
 def read_legacy_journal(path: Path) -> list[Write]:
     """The writes of the ``journal.log`` at ``path`` (a torn tail left out, with a warning)."""
     if not path.is_file():
-        raise JournalError(f"{path} is not a file: restore the index folder from a copy, or rebuild it "
-                           "(vitrieval index --overwrite)")
+        raise JournalError(f"{path} is not a file: {JOURNAL_FIX}")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -88,7 +87,7 @@ def read_legacy_journal(path: Path) -> list[Write]:
                 break
             raise JournalError(f"{path}: the record at byte {offset} is damaged (checksum or content) and "
                                f"{len(data) - end} bytes of records follow it: not a crash, a damaged copy; "
-                               "restore the index folder from a copy, or rebuild it (vitrieval index --overwrite)")
+                               f"{JOURNAL_FIX}")
         writes.append(write)
         offset = end
     return writes

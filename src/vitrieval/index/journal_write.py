@@ -11,6 +11,9 @@ import numpy as np
 
 from vitrieval.index.manifest import IndexFormatError
 
+JOURNAL_FIX = "restore the index folder from a copy, or rebuild it (vitrieval index ... --overwrite)"
+"""How every journal error ends: what the user can do (a build replaces a damaged journal with the index)."""
+
 
 class JournalError(IndexFormatError):
     """A journal that is damaged, not a file, or does not hold the writes it acknowledged: names file and writes."""

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitrieval.index.faiss_utils import normalized
-from vitrieval.index.journal import JOURNAL_FILE, JournalError, JournalWriter, Write, read_journal
+from vitrieval.index.journal import JOURNAL_FILE, JOURNAL_FIX, JournalError, JournalWriter, Write, read_journal
 from vitrieval.index.rows import IndexEntry
 from vitrieval.index.rwlock import ReadWriteLock
 
@@ -229,8 +229,7 @@ class LiveWrites:
         state = read_journal(self.directory)
         if state.path is None and self.manifest.version >= 4:
             raise JournalError(f"{self.directory / JOURNAL_FILE} is missing: the writes acknowledged since "
-                               f"generation {self.generation} are in it; restore the index folder from a copy, or "
-                               "rebuild it (vitrieval index ... --overwrite)")
+                               f"generation {self.generation} are in it; {JOURNAL_FIX}")
         for write in state.after(self._seq, self.directory):
             self._apply(write)
             self._seq = write.seq
