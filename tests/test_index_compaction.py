@@ -26,9 +26,9 @@ class _Failing:
         raise self.exc
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
-def test_a_compaction_the_disk_refuses_is_one_warning_line_without_a_traceback(caplog, code):
-    compactor = Compactor(_Failing(OSError(code, os.strerror(code))), max_pending=10 ** 6, interval_s=3600)
+def _one_failed_compaction(exc: Exception, caplog: pytest.LogCaptureFixture) -> tuple[Compactor, logging.LogRecord]:
+    """One compaction of an index whose save raises ``exc``: the compactor and the one log record it wrote."""
+    compactor = Compactor(_Failing(exc), max_pending=10 ** 6, interval_s=3600)
     try:
         with caplog.at_level(logging.WARNING):
             compactor.compact()
@@ -36,6 +36,12 @@ def test_a_compaction_the_disk_refuses_is_one_warning_line_without_a_traceback(c
         compactor.index.pending_writes = 0
         compactor.close()
     [record] = caplog.records
+    return compactor, record
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_compaction_the_disk_refuses_is_one_warning_line_without_a_traceback(caplog, code):
+    compactor, record = _one_failed_compaction(OSError(code, os.strerror(code)), caplog)
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert record.getMessage().startswith(f"compaction failed: cannot write /data/cat.idx: {os.strerror(code)} "
                                           f"({errno.errorcode[code]})")
@@ -43,12 +49,5 @@ def test_a_compaction_the_disk_refuses_is_one_warning_line_without_a_traceback(c
 
 
 def test_any_other_compaction_failure_keeps_its_traceback(caplog):
-    compactor = Compactor(_Failing(RuntimeError("faiss: write error")), max_pending=10 ** 6, interval_s=3600)
-    try:
-        with caplog.at_level(logging.WARNING):
-            compactor.compact()
-    finally:
-        compactor.index.pending_writes = 0
-        compactor.close()
-    [record] = caplog.records
+    compactor, record = _one_failed_compaction(RuntimeError("faiss: write error"), caplog)
     assert record.levelno == logging.ERROR and record.exc_info is not None

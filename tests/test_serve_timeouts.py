@@ -158,18 +158,9 @@ def test_a_slow_answer_after_a_complete_body_is_not_cut():
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"done"
 
 
-def test_a_body_that_stops_coming_is_408_at_the_asgi_level_and_the_endpoint_sees_a_disconnect():
-    seen: list[dict] = []
-
-    async def reading_app(scope, receive, send):
-        while True:
-            message = await receive()
-            seen.append(message)
-            if message["type"] == "http.disconnect" or not message.get("more_body"):
-                break
-        await send({"type": "http.response.start", "status": 400, "headers": []})
-        await send({"type": "http.response.body", "body": b"cut short", "more_body": False})
-
+def _post_half_a_body(app, timeout_s: float) -> list[dict]:
+    """``app`` behind :class:`BodyDeadline` (``timeout_s``) for a POST whose client sends two bytes of its body with
+    ``more_body`` and then nothing; returns the messages sent back to the client."""
     first = True
 
     async def receive():
@@ -184,7 +175,23 @@ def test_a_body_that_stops_coming_is_408_at_the_asgi_level_and_the_endpoint_sees
     async def send(message):
         sent.append(message)
 
-    asyncio.run(BodyDeadline(reading_app, 0.05)({"type": "http", "method": "POST"}, receive, send))
+    asyncio.run(BodyDeadline(app, timeout_s)({"type": "http", "method": "POST"}, receive, send))
+    return sent
+
+
+def test_a_body_that_stops_coming_is_408_at_the_asgi_level_and_the_endpoint_sees_a_disconnect():
+    seen: list[dict] = []
+
+    async def reading_app(scope, receive, send):
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b"cut short", "more_body": False})
+
+    sent = _post_half_a_body(reading_app, 0.05)
     assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
     assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
     assert len(sent) == 2 and b"did not arrive within 0.05 s" in sent[1]["body"]
@@ -201,19 +208,5 @@ def test_an_endpoint_that_gives_up_without_answering_still_gets_its_client_a_408
         while (await receive())["type"] == "http.request":
             pass
 
-    first = True
-
-    async def receive():
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": b"ab", "more_body": True}
-        await asyncio.Event().wait()
-
-    sent: list[dict] = []
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(BodyDeadline(silent_app, 0.05)({"type": "http", "method": "POST"}, receive, send))
+    sent = _post_half_a_body(silent_app, 0.05)
     assert [m.get("status") for m in sent] == [408, None] and sent[1]["more_body"] is False
